@@ -1,0 +1,62 @@
+# Rota build. `make` builds everything: .venv, generated protos, bin/ programs,
+# and the etcd server when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := $(wildcard protos/*.proto)
+PROTO_GEN := $(PROTO_SRC:.proto=_pb2.py) $(PROTO_SRC:.proto=_pb2_grpc.py)
+PROGRAMS := bin/master bin/executor bin/master-client
+PYTEST_ARGS ?=
+
+.PHONY: all etcd test unit_test integration_test dev demo bench clean chaos
+
+all: $(VENV)/.installed $(PROTO_GEN) $(PROGRAMS) etcd
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+protos/%_pb2.py protos/%_pb2_grpc.py: protos/%.proto $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $<
+
+bin/%: $(VENV)/.installed
+	@mkdir -p bin
+	ln -sf ../$(VENV)/bin/$* $@
+
+# The etcd server comes from Debian's etcd-server package (3.4.23).
+etcd:
+	@if [ -n "$$ROTA_ETCD_BIN" ] && [ -x "$$ROTA_ETCD_BIN" ]; then exit 0; fi; \
+	if command -v etcd >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "etcd not found: installing Debian's etcd-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; \
+	else \
+		echo "etcd not found. Install it with 'sudo apt-get install etcd-server' (etcd >= 3.4.22)," >&2; \
+		echo "or point ROTA_ETCD_BIN at an etcd binary." >&2; exit 1; \
+	fi
+
+test: all
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+unit_test: all
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
+
+integration_test: all
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/integration
+
+dev: all
+	$(VENV)/bin/ruff format scheduler executor metastore tests bench
+	$(VENV)/bin/ruff check --fix scheduler executor metastore tests bench
+	$(VENV)/bin/mypy scheduler executor metastore
+
+demo: all
+	$(PY) bench/demo.py
+
+bench: all
+	$(PY) bench/failover.py
+
+clean:
+	rm -rf $(VENV) bin protos/*_pb2*.py protos/*_pb2*.pyi *.egg-info

@@ -1,0 +1,1 @@
+"""The Rota executor: joins the masters, holds a lease, runs tasks."""

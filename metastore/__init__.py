@@ -1,0 +1,1 @@
+"""Everything that touches etcd: member launcher, client wrapper, keys, leases, election, watches."""

@@ -1,0 +1,446 @@
+"""The one etcd client of Rota: failover between endpoints, batched txns, leases, watches.
+
+It speaks etcd's v3 gRPC API through the protocol bindings of ``aetcd`` (a maintained
+asyncio descendant of python-etcd3) over grpc.aio channels of its own, because Rota
+needs what ``aetcd.Client`` does not do: rotate to the next endpoint when a member dies
+or loses quorum, keep one lease keep-alive stream for many leases, and re-watch from the
+last seen revision. Nothing outside ``metastore`` imports an etcd client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import rpc
+
+log = logging.getLogger("rota.etcd")
+
+RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 100),
+]
+_HAS_LEADER = (("hasleader", "true"),)
+
+
+class EtcdError(Exception):
+    """etcd could not be reached or refused a request."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered within the deadline (members down or quorum lost)."""
+
+
+class WatchCompacted(EtcdError):
+    """The revision a watch asked for was compacted: the caller must list again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted up to {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True, slots=True)
+class KV:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_pb(cls, kv: Any) -> KV:
+        return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A watch event. ``kv.value`` is empty for deletes; ``prev`` is the value before."""
+
+    type: str  # "put" or "delete"
+    kv: KV
+    prev: KV | None
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    responses: list[Any]
+
+    def ranges(self) -> list[list[KV]]:
+        """The range results among the responses, in order."""
+        return [
+            [KV.from_pb(kv) for kv in r.response_range.kvs]
+            for r in self.responses
+            if r.WhichOneof("response") == "response_range"
+        ]
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+# Operations and comparisons for transactions, as etcd's own messages.
+
+
+def put_op(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def delete_op(key: bytes, prefix: bool = False) -> Any:
+    req = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+    return rpc.RequestOp(request_delete_range=req)
+
+
+def get_op(key: bytes, prefix: bool = False) -> Any:
+    req = rpc.RangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+    return rpc.RequestOp(request_range=req)
+
+
+def create_revision_is(key: bytes, revision: int) -> Any:
+    """True while ``key`` is the very key created at ``revision`` (0: absent)."""
+    return rpc.Compare(
+        key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=revision
+    )
+
+
+def value_is(key: bytes, value: bytes) -> Any:
+    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, value=value)
+
+
+def mod_revision_is(key: bytes, revision: int) -> Any:
+    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=revision)
+
+
+class EtcdClient:
+    """An asyncio etcd client over several endpoints.
+
+    Calls go to one endpoint at a time; when it fails with a transport error or a
+    deadline, the client moves to the next and retries until ``timeout`` runs out.
+    Retried writes may have been applied once already: callers keep them idempotent
+    (puts of whole values, compare-guarded creates).
+    """
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, call_timeout: float = 1.0) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = [_target(e) for e in endpoints]
+        self.timeout = timeout
+        self.call_timeout = call_timeout
+        self._current = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._keepalive: _KeepAliveStream | None = None
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._current]
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            self._channels[target] = ch
+        return ch
+
+    def _rotate(self, failed: str) -> None:
+        if self.endpoint == failed and len(self.endpoints) > 1:
+            self._current = (self._current + 1) % len(self.endpoints)
+            log.info("etcd endpoint %s failed; trying %s", failed, self.endpoint)
+
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Adopt the cluster's member list, keeping the current endpoint first."""
+        targets = [_target(e) for e in endpoints]
+        if not targets:
+            return
+        current = self.endpoint
+        self.endpoints = [current] + [t for t in targets if t != current] if current in targets else targets
+        self._current = 0
+
+    async def _call(self, stub_cls: Any, method: str, request: Any, timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        delay = 0.02
+        last: Exception | None = None
+        while True:
+            target = self.endpoint
+            remaining = deadline - time.monotonic()
+            try:
+                fn = getattr(stub_cls(self._channel(target)), method)
+                return await fn(request, timeout=max(0.05, min(self.call_timeout, remaining)))
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in RETRY_CODES:
+                    raise EtcdError(f"etcd {method}: {e.details()}") from e
+                last = e
+                self._rotate(target)
+            if time.monotonic() + delay >= deadline:
+                detail = last.details() if isinstance(last, grpc.aio.AioRpcError) else last
+                raise EtcdUnavailable(f"etcd unavailable at {', '.join(self.endpoints)}: {detail}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._keepalive:
+            await self._keepalive.close()
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> EtcdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- KV -----------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> KV | None:
+        return (await self.read(key))[0]
+
+    async def read(self, key: bytes) -> tuple[KV | None, int]:
+        """A key and the store revision it was read at."""
+        resp = await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=key))
+        return (KV.from_pb(resp.kvs[0]) if resp.kvs else None), int(resp.header.revision)
+
+    async def get_prefix(
+        self, prefix: bytes, revision: int = 0, keys_only: bool = False
+    ) -> tuple[list[KV], int]:
+        """Every key under ``prefix`` at one revision, read in pages; returns (kvs, revision)."""
+        out: list[KV] = []
+        start, end = prefix, prefix_end(prefix)
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=10000, revision=revision, keys_only=keys_only)
+            resp = await self._call(rpc.KVStub, "Range", req, timeout=max(self.timeout, 30.0))
+            revision = revision or resp.header.revision
+            out.extend(KV.from_pb(kv) for kv in resp.kvs)
+            if not resp.more:
+                return out, revision
+            start = resp.kvs[-1].key + b"\0"
+
+    async def count_prefix(self, prefix: bytes) -> int:
+        req = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
+        return int((await self._call(rpc.KVStub, "Range", req)).count)
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        resp = await self._call(rpc.KVStub, "Put", rpc.PutRequest(key=key, value=value, lease=lease))
+        return int(resp.header.revision)
+
+    async def delete(self, key: bytes, prefix: bool = False) -> int:
+        req = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+        return int((await self._call(rpc.KVStub, "DeleteRange", req)).deleted)
+
+    async def txn(
+        self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
+    ) -> TxnResult:
+        req = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        resp = await self._call(rpc.KVStub, "Txn", req)
+        return TxnResult(resp.succeeded, resp.header.revision, list(resp.responses))
+
+    # -- cluster ------------------------------------------------------------------------
+
+    async def member_client_urls(self) -> list[str]:
+        resp = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+        return [url for m in resp.members for url in m.clientURLs]
+
+    async def healthy(self, timeout: float = 1.0) -> bool:
+        """True when a linearizable read succeeds, i.e. a quorum answers."""
+        try:
+            await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=b"/rota/health"), timeout=timeout)
+            return True
+        except EtcdError:
+            return False
+
+    # -- leases -------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        resp = await self._call(rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
+        if resp.error:
+            raise EtcdError(f"lease grant: {resp.error}")
+        return int(resp.ID)
+
+    async def revoke(self, lease_id: int) -> bool:
+        """Revoke a lease; False when it was already gone."""
+        try:
+            await self._call(rpc.LeaseStub, "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
+            return True
+        except EtcdError as e:
+            if "lease not found" in str(e):
+                return False
+            raise
+
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
+        """Renew a lease once; returns its remaining TTL (0: it has expired)."""
+        if self._keepalive is None:
+            self._keepalive = _KeepAliveStream(self)
+        return await self._keepalive.renew(lease_id, self.call_timeout if timeout is None else timeout)
+
+    async def time_to_live(self, lease_id: int) -> int:
+        resp = await self._call(rpc.LeaseStub, "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        return int(resp.TTL)
+
+    # -- watches ------------------------------------------------------------------------
+
+    async def watch(
+        self, key: bytes, start_revision: int, prefix: bool = False, check_every: float = 1.0
+    ) -> AsyncIterator[list[Event]]:
+        """Yield batches of events from ``start_revision`` on, forever.
+
+        Survives member deaths: the stream is re-created on another endpoint from the
+        revision after the last event seen. A member that stops answering (SIGSTOP,
+        lost quorum) is found by a linearizable read every ``check_every`` seconds.
+        Raises WatchCompacted when history is gone; the caller must list again.
+        """
+        next_rev = start_revision
+        while not self._closed:
+            target = self.endpoint
+            call = rpc.WatchStub(self._channel(target)).Watch(metadata=_HAS_LEADER)
+            checker = asyncio.create_task(self._watch_checker(target, call, check_every))
+            try:
+                create = rpc.WatchCreateRequest(
+                    key=key, range_end=prefix_end(key) if prefix else b"", start_revision=next_rev, prev_kv=True
+                )
+                await call.write(rpc.WatchRequest(create_request=create))
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        break
+                    if resp.compact_revision:
+                        raise WatchCompacted(resp.compact_revision)
+                    if resp.canceled:
+                        log.info("etcd watch on %s canceled: %s", target, resp.cancel_reason)
+                        break
+                    if resp.events:
+                        events = [_event(e) for e in resp.events]
+                        next_rev = events[-1].kv.mod_revision + 1
+                        yield events
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.CANCELLED or not checker.done():
+                    log.info("etcd watch on %s broke: %s", target, e.details())
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            finally:
+                checker.cancel()
+                call.cancel()
+            self._rotate(target)
+            await asyncio.sleep(0.05)
+
+    async def _watch_checker(self, target: str, call: Any, every: float) -> None:
+        """Cancel ``call`` when ``target`` stops answering linearizable reads."""
+        stub = rpc.KVStub(self._channel(target))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await stub.Range(rpc.RangeRequest(key=b"/rota/health"), timeout=max(every, 0.5))
+            except grpc.aio.AioRpcError:
+                log.info("etcd member %s stopped answering; moving the watch", target)
+                call.cancel()
+                return
+
+
+def _event(e: Any) -> Event:
+    prev = KV.from_pb(e.prev_kv) if e.HasField("prev_kv") else None
+    return Event("delete" if e.type == rpc.Event.DELETE else "put", KV.from_pb(e.kv), prev)
+
+
+def _target(endpoint: str) -> str:
+    """``http://host:port`` to the ``host:port`` that gRPC dials."""
+    for scheme in ("http://", "https://"):
+        if endpoint.startswith(scheme):
+            endpoint = endpoint[len(scheme) :]
+    return endpoint.rstrip("/")
+
+
+class _KeepAliveStream:
+    """One LeaseKeepAlive stream shared by every lease of a client.
+
+    The leader renews the leases of many executors; one stream with requests matched
+    to answers by lease id costs a fraction of a stream per renewal.
+    """
+
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
+        self._call: Any = None
+        self._target = ""
+        self._reader: asyncio.Task[None] | None = None
+        self._waiters: dict[int, list[asyncio.Future[int]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> Any:
+        if self._call is None or self._call.done():
+            self._target = self._client.endpoint
+            self._call = rpc.LeaseStub(self._client._channel(self._target)).LeaseKeepAlive()
+            self._reader = asyncio.create_task(self._read(self._call, self._target))
+        return self._call
+
+    async def _read(self, call: Any, target: str) -> None:
+        error: Exception = EtcdUnavailable(f"lease keep-alive stream to {target} closed")
+        try:
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    break
+                for fut in self._waiters.pop(resp.ID, []):
+                    if not fut.done():
+                        fut.set_result(int(resp.TTL))
+        except grpc.aio.AioRpcError as e:
+            error = EtcdUnavailable(f"lease keep-alive stream to {target}: {e.details()}")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self._call is call:
+                self._call = None
+                self._client._rotate(target)
+            waiters, self._waiters = self._waiters, {}
+            for futs in waiters.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(error)
+
+    async def renew(self, lease_id: int, timeout: float) -> int:
+        deadline = time.monotonic() + max(timeout, 0.05)
+        while True:
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            try:
+                async with self._lock:
+                    call = await self._ensure()
+                    self._waiters.setdefault(lease_id, []).append(fut)
+                    await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, EtcdUnavailable, asyncio.InvalidStateError):
+                self._drop()
+            except asyncio.TimeoutError:
+                self._drop()
+                raise EtcdUnavailable(f"lease keep-alive timed out at {self._target}") from None
+            if time.monotonic() >= deadline:
+                raise EtcdUnavailable(f"lease keep-alive failed at {self._target}")
+            await asyncio.sleep(0.02)
+
+    def _drop(self) -> None:
+        """Abandon the stream (its member is down or stuck) so the next renewal reopens one."""
+        if self._call is not None:
+            self._call.cancel()
+
+    async def close(self) -> None:
+        self._drop()
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)

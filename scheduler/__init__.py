@@ -1,0 +1,1 @@
+"""The Rota master: gRPC services, leadership, scheduling core and the client library."""

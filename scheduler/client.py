@@ -1,0 +1,161 @@
+"""The Python API of Rota: ``Client`` (blocking) and ``AsyncClient`` (awaitable).
+
+Both take a list of master addresses; any master works, and when one does not
+answer the next is tried until ``timeout`` runs out. ``bin/master-client`` is built
+on this module, so the CLI and programs share one code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from protos import rota_pb2, rota_pb2_grpc
+from scheduler.config import ConfigError, parse_address, split_list
+
+DEFAULT_ADDR = "127.0.0.1:10240"
+_RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+T = TypeVar("T")
+
+
+class NoMasterReachable(Exception):
+    """No master answered within the timeout."""
+
+
+def resolve_addresses(addresses: str | Sequence[str] | None) -> list[str]:
+    """``A,B,C`` (or a list) to dialable addresses; default ``$ROTA_MASTER_ADDR``, then 127.0.0.1:10240."""
+    if addresses is None:
+        addresses = os.environ.get("ROTA_MASTER_ADDR") or DEFAULT_ADDR
+    items = split_list(addresses)
+    if not items:
+        raise ConfigError("no master address given")
+    return [parse_address(a).dial() for a in items]
+
+
+def status_to_dict(s: rota_pb2.ClusterStatus) -> dict[str, Any]:
+    return {
+        "leader": {"name": s.leader_name, "addr": s.leader_addr} if s.leader_name else None,
+        "masters": [{"name": m.name, "addr": m.addr, "role": m.role} for m in s.masters],
+        "etcd": {"endpoints": list(s.etcd.endpoints), "healthy": s.etcd.healthy},
+        "executors": s.executors,
+    }
+
+
+def info_to_dict(i: rota_pb2.MasterInfo) -> dict[str, Any]:
+    return {
+        "name": i.name,
+        "addr": i.addr,
+        "role": i.role,
+        "leader": {"name": i.leader_name, "addr": i.leader_addr} if i.leader_name else None,
+        "term": i.term,
+        "fenced_rejections": i.fenced_rejections,
+        "elections_won": i.elections_won,
+    }
+
+
+class AsyncClient:
+    def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
+        self.addresses = resolve_addresses(addresses)
+        self.timeout = timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._preferred = 0
+
+    def _stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = self._channels[addr] = grpc.aio.insecure_channel(addr)
+        return rota_pb2_grpc.MasterStub(ch)
+
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` on the first master that answers, going round until the deadline."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        errors: dict[str, str] = {}
+        n = len(self.addresses)
+        attempt = 0
+        while True:
+            idx = (self._preferred + attempt) % n
+            addr = self.addresses[idx]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                detail = "; ".join(f"{a}: {e}" for a, e in errors.items()) or "no attempt"
+                raise NoMasterReachable(
+                    f"no master reachable at {', '.join(self.addresses)} within {self.timeout:g}s ({detail})"
+                )
+            try:
+                per_try = min(remaining, 2.0) if n > 1 else remaining
+                result = await getattr(self._stub(addr), method)(request, timeout=per_try)
+                self._preferred = idx
+                return result
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in _RETRY:
+                    raise
+                errors[addr] = e.details() or e.code().name
+            attempt += 1
+            if attempt % n == 0:
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """The dict that ``master-client cluster-status --json`` prints."""
+        return status_to_dict(await self._call("GetClusterStatus", rota_pb2.ClusterStatusRequest()))
+
+    async def master_info(self, addr: str | None = None) -> dict[str, Any]:
+        """What one master (the first that answers, or ``addr``) says of itself."""
+        if addr is not None:
+            reply = await self._stub(parse_address(addr).dial()).GetMasterInfo(
+                rota_pb2.MasterInfoRequest(), timeout=self.timeout
+            )
+            return info_to_dict(reply)
+        return info_to_dict(await self._call("GetMasterInfo", rota_pb2.MasterInfoRequest()))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
+        self._channels.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Client:
+    """Blocking face of AsyncClient, running it on a private event loop."""
+
+    def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncClient(addresses, timeout)
+
+    @property
+    def addresses(self) -> list[str]:
+        return self._async.addresses
+
+    def _run(self, make: Callable[[], Awaitable[T]]) -> T:
+        return self._loop.run_until_complete(make())  # type: ignore[arg-type]
+
+    def cluster_status(self) -> dict[str, Any]:
+        return self._run(self._async.cluster_status)
+
+    def master_info(self, addr: str | None = None) -> dict[str, Any]:
+        return self._run(lambda: self._async.master_info(addr))
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._async.close())
+            self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

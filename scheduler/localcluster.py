@@ -1,0 +1,185 @@
+"""A local Rota cluster of real processes on 127.0.0.1: for ``make demo``, benchmarks and tests.
+
+Every master is a real ``scheduler.master`` process with its embedded etcd member (or
+an external etcd cluster), on free ports and fresh data dirs. Processes are started
+so that they die with the process that started them, and are stopped by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from metastore.etcd_server import die_with_parent, free_ports
+from scheduler.client import Client, NoMasterReachable
+
+
+class Process:
+    """One program of the cluster, started by pid and stopped by pid."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} never started"
+        return self.proc.pid
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (SIGCONT first, in case it is stopped), then SIGKILL."""
+        if not self.alive():
+            if self.proc is not None:
+                self.proc.poll()
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        if self.wait(timeout) is None:
+            self.signal(signal.SIGKILL)
+            self.wait(5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class MasterProcess(Process):
+    def __init__(self, name: str, addr: str, argv: list[str], log_path: Path) -> None:
+        super().__init__(name, argv, log_path)
+        self.addr = addr
+
+
+class LocalCluster:
+    """``masters`` masters with embedded etcd (or ``etcd_endpoints``), under ``base_dir``."""
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str],
+        masters: int = 3,
+        etcd_endpoints: Sequence[str] | None = None,
+        leader_lease_ttl: str = "3s",
+        master_args: Sequence[str] = (),
+        etcd_tuning: tuple[str, str] = ("25ms", "250ms"),
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.masters: list[MasterProcess] = []
+        ports = free_ports(3 * masters)
+        names = [f"m{i}" for i in range(masters)]
+        peers = [f"http://127.0.0.1:{ports[3 * i + 1]}" for i in range(masters)]
+        initial = ",".join(f"{n}={p}" for n, p in zip(names, peers))
+        for i, name in enumerate(names):
+            addr = f"127.0.0.1:{ports[3 * i]}"
+            argv = [
+                sys.executable, "-m", "scheduler.master", "--name", name, "--master-addr", addr,
+                "--leader-lease-ttl", leader_lease_ttl, "--data-dir", str(self.base_dir / name),
+            ]  # fmt: skip
+            if etcd_endpoints:
+                argv += ["--etcd-endpoints", ",".join(etcd_endpoints)]
+            else:
+                argv += [
+                    "--peer-urls", peers[i], "--etcd-client-urls", f"http://127.0.0.1:{ports[3 * i + 2]}",
+                    "--initial-cluster", initial, "--etcd-heartbeat-interval", etcd_tuning[0],
+                    "--etcd-election-timeout", etcd_tuning[1],
+                ]  # fmt: skip
+            argv += list(master_args)
+            self.masters.append(MasterProcess(name, addr, argv, self.base_dir / f"{name}.log"))
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(m.addr for m in self.masters)
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.addresses, timeout=timeout)
+
+    def master(self, name: str) -> MasterProcess:
+        return next(m for m in self.masters if m.name == name)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every master and wait until they agree on a leader; on failure stop everything."""
+        try:
+            for m in self.masters:
+                m.start()
+            self.wait_for_leader(timeout=timeout, all_reachable=True)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_for_leader(
+        self, timeout: float = 30.0, exclude: str | None = None, all_reachable: bool = False
+    ) -> str:
+        """Block until the cluster names a leader (other than ``exclude``); return its name."""
+        deadline = time.monotonic() + timeout
+        live = ",".join(m.addr for m in self.masters if m.alive())
+        with Client(live or self.addresses, timeout=2.0) as c:
+            while True:
+                for m in self.masters:
+                    if m.proc is not None and not m.alive() and all_reachable:
+                        raise RuntimeError(f"master {m.name} exited:\n{m.log_tail()}")
+                try:
+                    s = c.cluster_status()
+                    leader = s["leader"]
+                    ok = leader is not None and leader["name"] != exclude
+                    if ok and all_reachable:
+                        ok = len(s["masters"]) == len(self.masters) and all(
+                            x["role"] != "unreachable" for x in s["masters"]
+                        )
+                    if ok:
+                        return str(leader["name"])
+                except NoMasterReachable:
+                    pass
+                if time.monotonic() > deadline:
+                    logs = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in self.masters)
+                    raise TimeoutError(f"no leader after {timeout:g}s\n{logs}")
+                time.sleep(0.05)
+
+    def leader(self) -> MasterProcess:
+        return self.master(self.wait_for_leader())
+
+    def stop(self) -> None:
+        for m in self.masters:
+            m.signal(signal.SIGCONT)
+        for m in self.masters:
+            m.signal(signal.SIGTERM)
+        for m in self.masters:
+            m.stop()
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

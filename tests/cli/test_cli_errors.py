@@ -1,0 +1,101 @@
+"""Bad input to the programs: one clear line on stderr, exit code 2, no traceback (no etcd needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def assert_usage_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_master_unknown_flag():
+    assert_usage_error(run("scheduler.master", "--bogus"), "No such option", "--bogus")
+
+
+def test_master_unknown_toml_key(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text('name = "m0"\nmaster-adr = "127.0.0.1:1"\n')
+    assert_usage_error(run("scheduler.master", "--config", str(f)), "unknown key 'master-adr'", str(f))
+
+
+@pytest.mark.parametrize("flag, value", [("--master-addr", "localhost"), ("--peer-urls", "http://x"),
+                                         ("--etcd-endpoints", "a:b")])
+def test_master_malformed_address(flag, value):
+    assert_usage_error(run("scheduler.master", flag, value), "malformed address", value)
+
+
+def test_master_initial_cluster_without_itself():
+    p = run("scheduler.master", "--name", "m9", "--initial-cluster", "m0=http://127.0.0.1:1")
+    assert_usage_error(p, "m9", "--initial-cluster")
+
+
+def test_master_etcd_binary_missing(tmp_path):
+    p = run("scheduler.master", "--etcd-bin", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d"))
+    assert_usage_error(p, "etcd", "nope")
+
+
+@pytest.mark.parametrize("version, needle", [("3.4.10", "too old"), ("3.5.1", "data-loss")])
+def test_master_etcd_binary_refused(tmp_path, version, needle):
+    fake = tmp_path / "etcd"
+    fake.write_text(f"#!/bin/sh\necho 'etcd Version: {version}'\n")
+    fake.chmod(0o755)
+    p = run("scheduler.master", "--data-dir", str(tmp_path / "d"), env={"ROTA_ETCD_BIN": str(fake)})
+    assert_usage_error(p, version, needle)
+    assert not (tmp_path / "d").exists(), "nothing may be written before the binary is accepted"
+
+
+def test_master_print_sample_config_round_trips(tmp_path):
+    p = run("scheduler.master", "--print-sample-config")
+    assert p.returncode == 0
+    assert "# master-addr = " in p.stdout and "# initial-cluster" in p.stdout
+    # Uncommenting a line gives a valid config key.
+    f = tmp_path / "m.toml"
+    f.write_text('master-addr = "127.0.0.1:1"\nleader-lease-ttl = "x"\n')
+    assert_usage_error(run("scheduler.master", "--config", str(f)), "malformed duration 'x'")
+
+
+def test_client_malformed_master_addr():
+    assert_usage_error(run("scheduler.client_cli", "--master-addr", "nohost", "cluster-status"), "malformed address")
+
+
+def test_client_unknown_command():
+    assert_usage_error(run("scheduler.client_cli", "frobnicate"), "frobnicate")
+
+
+def test_client_no_master_reachable_exits_3():
+    from metastore.etcd_server import free_port
+
+    p = run("scheduler.client_cli", "--master-addr", f"127.0.0.1:{free_port()}", "--timeout", "1s", "cluster-status")
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert "no master reachable" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_teaches():
+    p = run("scheduler.master", "--help")
+    assert p.returncode == 0 and "--initial-cluster" in p.stdout and "--etcd-endpoints" in p.stdout
+    p = run("scheduler.client_cli", "--help")
+    assert p.returncode == 0 and "cluster-status" in p.stdout and "Exit codes" in p.stdout

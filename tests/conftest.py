@@ -1,0 +1,40 @@
+"""Fixtures that start real processes (etcd members, masters) and always stop them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metastore.etcd_server import EtcdCluster
+from scheduler.localcluster import LocalCluster
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Start LocalClusters on demand; every one is stopped at teardown, pass or fail."""
+    started: list[LocalCluster] = []
+
+    def start(**kwargs: Any) -> LocalCluster:
+        cluster = LocalCluster(tmp_path / f"cluster{len(started)}", **kwargs)
+        started.append(cluster)
+        cluster.start()
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for c in started:
+            c.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path / "etcd", size=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
