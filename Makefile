@@ -41,11 +41,12 @@ etcd:
 test: all
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+# Tests that need no etcd: pure logic and the programs' handling of bad input.
 unit_test: all
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not etcd" tests
 
 integration_test: all
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests/integration
+	$(PY) -m pytest -q $(PYTEST_ARGS) -m etcd tests
 
 dev: all
 	$(VENV)/bin/ruff format scheduler executor metastore tests bench
@@ -53,7 +54,7 @@ dev: all
 	$(VENV)/bin/mypy scheduler executor metastore
 
 demo: all
-	$(PY) bench/demo.py
+	$(PY) -m scheduler.demo
 
 bench: all
 	$(PY) bench/failover.py

@@ -115,9 +115,7 @@ def get_op(key: bytes, prefix: bool = False) -> Any:
 
 def create_revision_is(key: bytes, revision: int) -> Any:
     """True while ``key`` is the very key created at ``revision`` (0: absent)."""
-    return rpc.Compare(
-        key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=revision
-    )
+    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=revision)
 
 
 def value_is(key: bytes, value: bytes) -> Any:
@@ -227,7 +225,9 @@ class EtcdClient:
         out: list[KV] = []
         start, end = prefix, prefix_end(prefix)
         while True:
-            req = rpc.RangeRequest(key=start, range_end=end, limit=10000, revision=revision, keys_only=keys_only)
+            req = rpc.RangeRequest(
+                key=start, range_end=end, limit=10000, revision=revision, keys_only=keys_only
+            )
             resp = await self._call(rpc.KVStub, "Range", req, timeout=max(self.timeout, 30.0))
             revision = revision or resp.header.revision
             out.extend(KV.from_pb(kv) for kv in resp.kvs)
@@ -315,7 +315,10 @@ class EtcdClient:
             checker = asyncio.create_task(self._watch_checker(target, call, check_every))
             try:
                 create = rpc.WatchCreateRequest(
-                    key=key, range_end=prefix_end(key) if prefix else b"", start_revision=next_rev, prev_kv=True
+                    key=key,
+                    range_end=prefix_end(key) if prefix else b"",
+                    start_revision=next_rev,
+                    prev_kv=True,
                 )
                 await call.write(rpc.WatchRequest(create_request=create))
                 while True:

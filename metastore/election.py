@@ -44,6 +44,25 @@ class Leader:
         return cls(str(data.get("name", "")), str(data.get("addr", "")), kv.lease, kv.create_revision)
 
 
+def campaign_outcome(result: TxnResult, lease_id: int) -> tuple[int, KV | None]:
+    """Read a campaign transaction: (term, None) when we lead, (0, holder) when another does.
+
+    A retried campaign whose first attempt committed finds the key under our own lease:
+    that is a win too, with the key's create revision as the term.
+    """
+    if result.succeeded:
+        return result.revision, None
+    current = result.ranges()[0] if result.responses else []
+    if current and current[0].lease == lease_id:
+        return current[0].create_revision, None
+    return 0, (current[0] if current else None)
+
+
+def fence(key: bytes, term: int) -> Any:
+    """The compare that makes a transaction fail once ``term`` has ended."""
+    return create_revision_is(key, term)
+
+
 class Election:
     def __init__(self, client: EtcdClient, key: bytes, session: Session) -> None:
         self.client = client
@@ -67,16 +86,12 @@ class Election:
                 [put_op(self.key, value, lease=self.session.lease_id)],
                 [get_op(self.key)],
             )
-            if result.succeeded:
-                self.term = result.revision
-                return self.term
-            current = result.ranges()[0]
-            if current and current[0].lease == self.session.lease_id:
-                # Our own key: an earlier attempt committed but its answer was lost.
-                self.term = current[0].create_revision
-                return self.term
-            if current:
-                await self.wait_deleted(current[0].mod_revision)
+            term, holder = campaign_outcome(result, self.session.lease_id)
+            if term:
+                self.term = term
+                return term
+            if holder is not None:
+                await self.wait_deleted(holder.mod_revision)
 
     async def wait_deleted(self, seen_revision: int) -> None:
         """Return once the leader key seen at ``seen_revision`` is deleted."""
@@ -102,8 +117,9 @@ class Election:
         """
         if not self.term:
             raise Fenced("not the leader")
-        fence = create_revision_is(self.key, self.term)
-        result = await self.client.txn([fence, *compare], list(ops), [get_op(self.key)] if compare else [])
+        result = await self.client.txn(
+            [fence(self.key, self.term), *compare], list(ops), [get_op(self.key)] if compare else []
+        )
         if result.succeeded:
             return result
         if compare:
@@ -118,7 +134,7 @@ class Election:
         """Give up leadership at once so the next leader need not wait out the lease."""
         term, self.term = self.term, 0
         if term:
-            await self.client.txn([create_revision_is(self.key, term)], [delete_op(self.key)])
+            await self.client.txn([fence(self.key, term)], [delete_op(self.key)])
 
     async def leader(self) -> Leader | None:
         return await read_leader(self.client, self.key)

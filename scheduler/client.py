@@ -16,9 +16,12 @@ from typing import Any, TypeVar
 import grpc
 
 from protos import rota_pb2, rota_pb2_grpc
+from scheduler import rpc
 from scheduler.config import ConfigError, parse_address, split_list
 
 DEFAULT_ADDR = "127.0.0.1:10240"
+#: How long one master may take to accept a connection before the next is tried.
+CONNECT_TIMEOUT = 1.0
 _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 T = TypeVar("T")
 
@@ -68,7 +71,7 @@ class AsyncClient:
     def _stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr)
+            ch = self._channels[addr] = rpc.channel(addr)
         return rota_pb2_grpc.MasterStub(ch)
 
     async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
@@ -86,15 +89,18 @@ class AsyncClient:
                 raise NoMasterReachable(
                     f"no master reachable at {', '.join(self.addresses)} within {self.timeout:g}s ({detail})"
                 )
-            try:
-                per_try = min(remaining, 2.0) if n > 1 else remaining
-                result = await getattr(self._stub(addr), method)(request, timeout=per_try)
-                self._preferred = idx
-                return result
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in _RETRY:
-                    raise
-                errors[addr] = e.details() or e.code().name
+            stub = self._stub(addr)
+            if n > 1 and not await rpc.ready(self._channels[addr], min(remaining, CONNECT_TIMEOUT)):
+                errors[addr] = "not answering"
+            else:
+                try:
+                    result = await getattr(stub, method)(request, timeout=remaining)
+                    self._preferred = idx
+                    return result
+                except grpc.aio.AioRpcError as e:
+                    if e.code() not in _RETRY:
+                        raise
+                    errors[addr] = e.details() or e.code().name
             attempt += 1
             if attempt % n == 0:
                 await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

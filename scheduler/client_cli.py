@@ -35,12 +35,22 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--master-addr", envvar="ROTA_MASTER_ADDR", default="127.0.0.1:10240", show_default=True,
-              help="Master addresses A[,B,C]; any master works, the next is tried when one fails "
-                   "[env: ROTA_MASTER_ADDR].")
+@click.option(
+    "--master-addr",
+    envvar="ROTA_MASTER_ADDR",
+    default="127.0.0.1:10240",
+    show_default=True,
+    help="Master addresses A[,B,C]; any master works, the next is tried when one fails "
+    "[env: ROTA_MASTER_ADDR].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--timeout", type=cfg.DURATION, default="10s", show_default=True,
-              help="Give up (exit 3) when no master answers within this time.")
+@click.option(
+    "--timeout",
+    type=cfg.DURATION,
+    default="10s",
+    show_default=True,
+    help="Give up (exit 3) when no master answers within this time.",
+)
 @click.pass_context
 def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float) -> None:
     """Talk to a Rota cluster.

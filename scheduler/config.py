@@ -50,7 +50,9 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-_ADDR_RE = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]*):(?P<port>\d+)/?$")
+_ADDR_RE = re.compile(
+    r"^(?:(?P<scheme>https?)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]*):(?P<port>\d+)/?$"
+)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|s|m|h)")
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 

@@ -22,6 +22,7 @@ from metastore.client import EtcdClient, EtcdError, put_op
 from metastore.election import Election, Fenced, Leader, observe
 from metastore.session import Session
 from protos import rota_pb2, rota_pb2_grpc
+from scheduler import rpc
 
 log = logging.getLogger("rota.leadership")
 
@@ -153,7 +154,7 @@ class Leadership:
 
     async def _watch_leader_process(self, leader: Leader) -> None:
         """Revoke the leader's lease once its process is provably gone."""
-        async with grpc.aio.insecure_channel(leader.addr) as channel:
+        async with rpc.channel(leader.addr) as channel:
             stub = rota_pb2_grpc.MasterStub(channel)
             while True:
                 started = time.monotonic()
@@ -184,4 +185,3 @@ async def _refuses_connections(addr: str) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return False
-

@@ -37,7 +37,11 @@ class Process:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),
             )
 
     def alive(self) -> bool:
@@ -98,7 +102,7 @@ class LocalCluster:
         ports = free_ports(3 * masters)
         names = [f"m{i}" for i in range(masters)]
         peers = [f"http://127.0.0.1:{ports[3 * i + 1]}" for i in range(masters)]
-        initial = ",".join(f"{n}={p}" for n, p in zip(names, peers))
+        initial = ",".join(f"{n}={p}" for n, p in zip(names, peers, strict=True))
         for i, name in enumerate(names):
             addr = f"127.0.0.1:{ports[3 * i]}"
             argv = [

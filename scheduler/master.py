@@ -11,15 +11,23 @@ import re
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import click
 import grpc
 
 from metastore import keys
 from metastore.client import EtcdClient, EtcdError
-from metastore.etcd_server import EtcdBinaryError, EtcdMember, MemberConfig, check_etcd_version, find_etcd_binary
+from metastore.etcd_server import (
+    EtcdBinaryError,
+    EtcdMember,
+    MemberConfig,
+    check_etcd_version,
+    find_etcd_binary,
+)
 from protos import rota_pb2_grpc
 from scheduler import config as cfg
+from scheduler import rpc
 from scheduler.leadership import Leadership
 from scheduler.logs import setup_logging
 from scheduler.service import MasterService, Peers
@@ -65,26 +73,26 @@ def _replace_wildcard(urls: list[str], host: str) -> list[str]:
     return out
 
 
-def build_config(o: dict[str, object]) -> MasterConfig:
+def build_config(o: dict[str, Any]) -> MasterConfig:
     """Turn parsed flags into a MasterConfig, checking what depends on several flags."""
     name = str(o["name"])
     if not _NAME_RE.match(name):
         raise cfg.ConfigError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
-    master_addr: cfg.Address = o["master_addr"]  # type: ignore[assignment]
-    advertise: cfg.Address = o["advertise_addr"] or cfg.Address(  # type: ignore[assignment]
+    master_addr: cfg.Address = o["master_addr"]
+    advertise: cfg.Address = o["advertise_addr"] or cfg.Address(
         _advertised_host(master_addr.host), master_addr.port
     )
     if _wildcard(advertise.host):
         raise cfg.ConfigError(f"--advertise-addr {advertise}: must name a host others can reach")
     data_dir = str(o["data_dir"] or os.path.join("rota-data", name))
-    endpoints: list[str] = list(o["etcd_endpoints"] or [])  # type: ignore[call-overload]
+    endpoints: list[str] = list(o["etcd_endpoints"] or [])
     member = None
     if not endpoints:
-        peer_urls: list[str] = o["peer_urls"]  # type: ignore[assignment]
-        client_urls: list[str] = o["etcd_client_urls"]  # type: ignore[assignment]
+        peer_urls: list[str] = o["peer_urls"]
+        client_urls: list[str] = o["etcd_client_urls"]
         adv_peer = o["advertise_peer_urls"] or _replace_wildcard(peer_urls, advertise.host)
         adv_client = o["advertise_client_urls"] or _replace_wildcard(client_urls, advertise.host)
-        initial: dict[str, str] = o["initial_cluster"] or {name: adv_peer[0]}  # type: ignore[assignment]
+        initial: dict[str, str] = o["initial_cluster"] or {name: adv_peer[0]}
         if name not in initial:
             raise cfg.ConfigError(
                 f"--initial-cluster does not list this master's --name {name!r} (it lists {', '.join(initial)})"
@@ -94,24 +102,26 @@ def build_config(o: dict[str, object]) -> MasterConfig:
                 f"--initial-cluster gives {name}={initial[name]} but this master advertises peer URL "
                 f"{','.join(adv_peer)} (set --advertise-peer-urls)"
             )
-        heartbeat_ms = round(float(o["etcd_heartbeat_interval"]) * 1000)  # type: ignore[arg-type]
-        election_ms = round(float(o["etcd_election_timeout"]) * 1000)  # type: ignore[arg-type]
+        heartbeat_ms = round(float(o["etcd_heartbeat_interval"]) * 1000)
+        election_ms = round(float(o["etcd_election_timeout"]) * 1000)
         if election_ms < 5 * heartbeat_ms:
-            raise cfg.ConfigError("--etcd-election-timeout must be at least 5 times --etcd-heartbeat-interval")
+            raise cfg.ConfigError(
+                "--etcd-election-timeout must be at least 5 times --etcd-heartbeat-interval"
+            )
         member = MemberConfig(
             name=name,
             data_dir=os.path.join(data_dir, "etcd"),
             peer_urls=peer_urls,
-            advertise_peer_urls=list(adv_peer),  # type: ignore[call-overload]
+            advertise_peer_urls=list(adv_peer),
             client_urls=client_urls,
-            advertise_client_urls=list(adv_client),  # type: ignore[call-overload]
+            advertise_client_urls=list(adv_client),
             initial_cluster=",".join(f"{n}={u}" for n, u in initial.items()),
             initial_cluster_state=str(o["initial_cluster_state"]),
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
         )
         endpoints = list(member.advertise_client_urls)
-    ttl = float(o["leader_lease_ttl"])  # type: ignore[arg-type]
+    ttl = float(o["leader_lease_ttl"])
     if ttl < 1:
         raise cfg.ConfigError("--leader-lease-ttl must be at least 1s (etcd leases count whole seconds)")
     return MasterConfig(
@@ -121,9 +131,9 @@ def build_config(o: dict[str, object]) -> MasterConfig:
         data_dir=data_dir,
         etcd_endpoints=endpoints,
         member=member,
-        etcd_bin=o["etcd_bin"],  # type: ignore[arg-type]
+        etcd_bin=o["etcd_bin"],
         leader_lease_ttl=ttl,
-        etcd_start_timeout=float(o["etcd_start_timeout"]),  # type: ignore[arg-type]
+        etcd_start_timeout=float(o["etcd_start_timeout"]),
     )
 
 
@@ -146,7 +156,9 @@ class Master:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             await self._start()
-            log.info("master %s serving on %s (advertised %s)", self.conf.name, self.conf.master_addr, self.addr)
+            log.info(
+                "master %s serving on %s (advertised %s)", self.conf.name, self.conf.master_addr, self.addr
+            )
             await self._stop.wait()
             log.info("shutting down")
             return 0
@@ -157,7 +169,9 @@ class Master:
         conf = self.conf
         if conf.member is not None:
             os.makedirs(conf.data_dir, exist_ok=True)
-            self.member = EtcdMember(conf.member, binary=conf.etcd_bin, log_path=os.path.join(conf.data_dir, "etcd.log"))
+            self.member = EtcdMember(
+                conf.member, binary=conf.etcd_bin, log_path=os.path.join(conf.data_dir, "etcd.log")
+            )
             self.member.start()
         self.client = EtcdClient(conf.etcd_endpoints)
         await self._wait_for_etcd()
@@ -165,7 +179,7 @@ class Master:
             members = await self.client.member_client_urls()
             self.client.set_endpoints(conf.etcd_endpoints + members)
         self.leadership = Leadership(self.client, conf.name, self.addr, conf.leader_lease_ttl)
-        self.server = grpc.aio.server()
+        self.server = rpc.server()
         rota_pb2_grpc.add_MasterServicer_to_server(
             MasterService(conf.name, self.addr, self.client, self.leadership, self.peers), self.server
         )
@@ -183,7 +197,9 @@ class Master:
         next_note = loop.time() + 5
         while not await self.client.healthy(timeout=1.0):
             if self.member is not None and not self.member.alive():
-                raise StartError(f"embedded etcd member exited (code {self.member.returncode}); see {self.member.log_path}")
+                raise StartError(
+                    f"embedded etcd member exited (code {self.member.returncode}); see {self.member.log_path}"
+                )
             if loop.time() > deadline:
                 raise StartError(
                     f"etcd at {', '.join(self.conf.etcd_endpoints)} has no quorum after "
@@ -222,42 +238,120 @@ and the same initial-cluster on all three.
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @cfg.config_option
-@click.option("--name", default=lambda: socket.gethostname().split(".")[0], show_default="the host name",
-              help="This master's name, unique in the cluster (also its etcd member name).")
-@click.option("--master-addr", type=cfg.ADDRESS, default="127.0.0.1:10240", show_default=True,
-              help="gRPC listen address for clients, executors and other masters.")
-@click.option("--advertise-addr", type=cfg.ADDRESS, default=None,
-              help="Address others reach this master at [default: --master-addr, wildcard host replaced].")
-@click.option("--data-dir", default=None, help="Where the embedded etcd member keeps its data [default: rota-data/NAME].")
-@click.option("--peer-urls", type=cfg.URL_LIST, default="http://127.0.0.1:8291", show_default=True,
-              help="Embedded etcd: URLs to listen on for peer traffic.")
-@click.option("--advertise-peer-urls", type=cfg.URL_LIST, default=None,
-              help="Embedded etcd: peer URLs announced to other members [default: --peer-urls].")
-@click.option("--initial-cluster", type=cfg.INITIAL_CLUSTER, default=None,
-              help="Embedded etcd: every member as name=peer-url,... [default: only this master].")
-@click.option("--initial-cluster-state", type=click.Choice(["new", "existing"]), default="new", show_default=True,
-              help="Embedded etcd: 'new' to bootstrap a cluster, 'existing' to join one.")
-@click.option("--etcd-client-urls", type=cfg.URL_LIST, default="http://127.0.0.1:2379", show_default=True,
-              help="Embedded etcd: URLs to listen on for clients.")
-@click.option("--advertise-client-urls", type=cfg.URL_LIST, default=None,
-              help="Embedded etcd: client URLs announced to others [default: --etcd-client-urls].")
-@click.option("--etcd-endpoints", type=cfg.URL_LIST, default=None,
-              help="Use this external etcd cluster (url,...) instead of an embedded member.")
+@click.option(
+    "--name",
+    default=lambda: socket.gethostname().split(".")[0],
+    show_default="the host name",
+    help="This master's name, unique in the cluster (also its etcd member name).",
+)
+@click.option(
+    "--master-addr",
+    type=cfg.ADDRESS,
+    default="127.0.0.1:10240",
+    show_default=True,
+    help="gRPC listen address for clients, executors and other masters.",
+)
+@click.option(
+    "--advertise-addr",
+    type=cfg.ADDRESS,
+    default=None,
+    help="Address others reach this master at [default: --master-addr, wildcard host replaced].",
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    help="Where the embedded etcd member keeps its data [default: rota-data/NAME].",
+)
+@click.option(
+    "--peer-urls",
+    type=cfg.URL_LIST,
+    default="http://127.0.0.1:8291",
+    show_default=True,
+    help="Embedded etcd: URLs to listen on for peer traffic.",
+)
+@click.option(
+    "--advertise-peer-urls",
+    type=cfg.URL_LIST,
+    default=None,
+    help="Embedded etcd: peer URLs announced to other members [default: --peer-urls].",
+)
+@click.option(
+    "--initial-cluster",
+    type=cfg.INITIAL_CLUSTER,
+    default=None,
+    help="Embedded etcd: every member as name=peer-url,... [default: only this master].",
+)
+@click.option(
+    "--initial-cluster-state",
+    type=click.Choice(["new", "existing"]),
+    default="new",
+    show_default=True,
+    help="Embedded etcd: 'new' to bootstrap a cluster, 'existing' to join one.",
+)
+@click.option(
+    "--etcd-client-urls",
+    type=cfg.URL_LIST,
+    default="http://127.0.0.1:2379",
+    show_default=True,
+    help="Embedded etcd: URLs to listen on for clients.",
+)
+@click.option(
+    "--advertise-client-urls",
+    type=cfg.URL_LIST,
+    default=None,
+    help="Embedded etcd: client URLs announced to others [default: --etcd-client-urls].",
+)
+@click.option(
+    "--etcd-endpoints",
+    type=cfg.URL_LIST,
+    default=None,
+    help="Use this external etcd cluster (url,...) instead of an embedded member.",
+)
 @click.option("--etcd-bin", default=None, help="The etcd binary [default: $ROTA_ETCD_BIN, then PATH].")
-@click.option("--etcd-heartbeat-interval", type=cfg.DURATION, default="50ms", show_default=True,
-              help="Embedded etcd: raft heartbeat interval.")
-@click.option("--etcd-election-timeout", type=cfg.DURATION, default="500ms", show_default=True,
-              help="Embedded etcd: raft election timeout (at least 5x the heartbeat).")
-@click.option("--etcd-start-timeout", type=cfg.DURATION, default="60s", show_default=True,
-              help="How long to wait for etcd quorum at start-up.")
-@click.option("--leader-lease-ttl", type=cfg.DURATION, default="3s", show_default=True,
-              help="TTL of the leader's etcd lease: the longest a silent leader keeps its role.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              default="info", show_default=True, help="Log verbosity.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Log line format on stderr.")
-@cfg.sample_config_option(lambda: cfg.render_sample_config(master_command, SAMPLE_HEADER))
-def master_command(**options: object) -> int:
+@click.option(
+    "--etcd-heartbeat-interval",
+    type=cfg.DURATION,
+    default="50ms",
+    show_default=True,
+    help="Embedded etcd: raft heartbeat interval.",
+)
+@click.option(
+    "--etcd-election-timeout",
+    type=cfg.DURATION,
+    default="500ms",
+    show_default=True,
+    help="Embedded etcd: raft election timeout (at least 5x the heartbeat).",
+)
+@click.option(
+    "--etcd-start-timeout",
+    type=cfg.DURATION,
+    default="60s",
+    show_default=True,
+    help="How long to wait for etcd quorum at start-up.",
+)
+@click.option(
+    "--leader-lease-ttl",
+    type=cfg.DURATION,
+    default="3s",
+    show_default=True,
+    help="TTL of the leader's etcd lease: the longest a silent leader keeps its role.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log verbosity.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log line format on stderr.",
+)
+@cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
+def master_command(**options: Any) -> int:
     """Run one Rota master.
 
     Three masters share one etcd cluster (by default each runs an embedded etcd
@@ -279,6 +373,10 @@ def master_command(**options: object) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+
+
+def _this_command() -> click.Command:
+    return master_command
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from metastore import keys
 from metastore.client import EtcdClient, EtcdError
 from metastore.election import read_leader
 from protos import rota_pb2, rota_pb2_grpc
+from scheduler import rpc
 from scheduler.leadership import Leadership
 
 log = logging.getLogger("rota.service")
@@ -30,7 +31,7 @@ class Peers:
     def stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr)
+            ch = self._channels[addr] = rpc.channel(addr)
         return rota_pb2_grpc.MasterStub(ch)
 
     async def close(self) -> None:
@@ -39,7 +40,9 @@ class Peers:
 
 
 class MasterService(rota_pb2_grpc.MasterServicer):
-    def __init__(self, name: str, addr: str, client: EtcdClient, leadership: Leadership, peers: Peers) -> None:
+    def __init__(
+        self, name: str, addr: str, client: EtcdClient, leadership: Leadership, peers: Peers
+    ) -> None:
         self.name = name
         self.addr = addr
         self.client = client
@@ -60,7 +63,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             elections_won=lead.elections_won,
         )
 
-    async def GetMasterInfo(self, request: rota_pb2.MasterInfoRequest, context: object) -> rota_pb2.MasterInfo:
+    async def GetMasterInfo(
+        self, request: rota_pb2.MasterInfoRequest, context: object
+    ) -> rota_pb2.MasterInfo:
         return self.info()
 
     async def GetClusterStatus(
@@ -77,7 +82,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
         except EtcdError as e:
             log.warning("cluster status without etcd: %s", e)
-            healthy, leader, executors, endpoints = False, self.leadership.leader, 0, list(self.client.endpoints)
+            healthy, leader, executors, endpoints = (
+                False,
+                self.leadership.leader,
+                0,
+                list(self.client.endpoints),
+            )
             masters = {self.name: self.addr}
         names = sorted(masters)
         reachable = await asyncio.gather(*(self._reachable(n, masters[n]) for n in names))
@@ -87,7 +97,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 addr=masters[n],
                 role=("leader" if leader and leader.name == n else "follower") if ok else "unreachable",
             )
-            for n, ok in zip(names, reachable)
+            for n, ok in zip(names, reachable, strict=True)
         ]
         return rota_pb2.ClusterStatus(
             leader_name=leader.name if leader else "",

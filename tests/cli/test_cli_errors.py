@@ -42,8 +42,9 @@ def test_master_unknown_toml_key(tmp_path):
     assert_usage_error(run("scheduler.master", "--config", str(f)), "unknown key 'master-adr'", str(f))
 
 
-@pytest.mark.parametrize("flag, value", [("--master-addr", "localhost"), ("--peer-urls", "http://x"),
-                                         ("--etcd-endpoints", "a:b")])
+@pytest.mark.parametrize(
+    "flag, value", [("--master-addr", "localhost"), ("--peer-urls", "http://x"), ("--etcd-endpoints", "a:b")]
+)
 def test_master_malformed_address(flag, value):
     assert_usage_error(run("scheduler.master", flag, value), "malformed address", value)
 
@@ -79,7 +80,9 @@ def test_master_print_sample_config_round_trips(tmp_path):
 
 
 def test_client_malformed_master_addr():
-    assert_usage_error(run("scheduler.client_cli", "--master-addr", "nohost", "cluster-status"), "malformed address")
+    assert_usage_error(
+        run("scheduler.client_cli", "--master-addr", "nohost", "cluster-status"), "malformed address"
+    )
 
 
 def test_client_unknown_command():
@@ -89,7 +92,14 @@ def test_client_unknown_command():
 def test_client_no_master_reachable_exits_3():
     from metastore.etcd_server import free_port
 
-    p = run("scheduler.client_cli", "--master-addr", f"127.0.0.1:{free_port()}", "--timeout", "1s", "cluster-status")
+    p = run(
+        "scheduler.client_cli",
+        "--master-addr",
+        f"127.0.0.1:{free_port()}",
+        "--timeout",
+        "1s",
+        "cluster-status",
+    )
     assert p.returncode == 3, (p.stdout, p.stderr)
     assert "no master reachable" in p.stderr and "Traceback" not in p.stderr
 

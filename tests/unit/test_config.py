@@ -45,8 +45,18 @@ def test_parse_url_normalises_to_http():
 
 @pytest.mark.parametrize(
     "value, seconds",
-    [("500ms", 0.5), ("3s", 3.0), ("1m", 60.0), ("1m30s", 90.0), ("1.5s", 1.5), ("2h", 7200.0), (5, 5.0),
-     (0.25, 0.25), ("7", 7.0), ("250us", 0.00025)],
+    [
+        ("500ms", 0.5),
+        ("3s", 3.0),
+        ("1m", 60.0),
+        ("1m30s", 90.0),
+        ("1.5s", 1.5),
+        ("2h", 7200.0),
+        (5, 5.0),
+        (0.25, 0.25),
+        ("7", 7.0),
+        ("250us", 0.00025),
+    ],
 )
 def test_parse_duration(value, seconds):
     assert cfg.parse_duration(value) == pytest.approx(seconds)

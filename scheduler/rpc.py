@@ -1,0 +1,53 @@
+"""gRPC settings shared by every Rota process (masters, executors, clients).
+
+Keepalive pings every second find a peer that stopped answering (SIGSTOP, a dead
+host) on a connection that still looks open, so calls fail over instead of hanging;
+servers must then accept pings that often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+]
+
+SERVER_OPTIONS = [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+]
+
+
+def channel(addr: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+
+
+def server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
+    """True once ``ch`` is connected; False if it is not within ``timeout``."""
+    if ch.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+        return True
+    try:
+        await asyncio.wait_for(ch.channel_ready(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
