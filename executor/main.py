@@ -1,8 +1,193 @@
-"""``bin/executor``: not built yet (see issue 3)."""
+"""``bin/executor``: join a Rota cluster through any master and run tasks."""
 
-import sys
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+from typing import Any
+
+import click
+
+from executor.agent import Agent, AgentConfig
+from executor.kinds.base import Kind
+from executor.registry import load_kinds
+from protos import rota_pb2, rota_pb2_grpc
+from scheduler import config as cfg
+from scheduler import rpc
+from scheduler.logs import setup_logging
+
+log = logging.getLogger("rota.executor")
+
+
+class ExecutorService(rota_pb2_grpc.ExecutorServicer):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def GetStatus(self, request: rota_pb2.ExecutorStatusRequest, context: Any) -> rota_pb2.JsonReply:
+        return rota_pb2.JsonReply(json=json.dumps(self.agent.status()).encode())
+
+
+async def serve(conf: AgentConfig, listen: str, kinds: dict[str, Kind]) -> int:
+    agent = Agent(conf, kinds)
+    server = rpc.server()
+    rota_pb2_grpc.add_ExecutorServicer_to_server(ExecutorService(agent), server)
+    if not server.add_insecure_port(listen):
+        log.error("cannot listen on %s (address in use?)", listen)
+        return 1
+    await asyncio.gather(*(k.start() for k in kinds.values()))
+    await server.start()
+    log.info(
+        "executor %s on %s: %d slots, kinds %s, joining %s",
+        conf.name, listen, conf.slots, ",".join(sorted(kinds)), ",".join(conf.join),
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.create_task(agent.run())
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down: stopping %d running tasks", len(agent.running))
+    await agent.stop()
+    for t in (runner, waiter):
+        t.cancel()
+    await asyncio.gather(runner, waiter, return_exceptions=True)
+    await server.stop(grace=0.5)
+    for k in kinds.values():
+        with contextlib.suppress(Exception):
+            await k.close()
+    return 0
+
+
+SAMPLE_HEADER = """\
+Rota executor configuration. Every key is a flag of bin/executor of the same name;
+flags given on the command line override this file.
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@cfg.config_option
+@click.option(
+    "--join",
+    type=cfg.ADDRESS_LIST,
+    default=None,
+    help="Master addresses host:port[,host:port...]; any master works (required).",
+)
+@click.option(
+    "--name",
+    default=lambda: socket.gethostname().split(".")[0],
+    show_default="the host name",
+    help="This executor's name (its id adds a unique suffix).",
+)
+@click.option(
+    "--worker-addr",
+    type=cfg.ADDRESS,
+    default="127.0.0.1:10241",
+    show_default=True,
+    help="This executor's own gRPC listen address.",
+)
+@click.option(
+    "--advertise-addr",
+    type=cfg.ADDRESS,
+    default=None,
+    help="Address masters and clients reach this executor at [default: --worker-addr].",
+)
+@click.option(
+    "--slots",
+    type=click.IntRange(min=1),
+    default=lambda: os.cpu_count() or 1,
+    show_default="the CPU count",
+    help="How many tasks run at once.",
+)
+@click.option("--labels", type=cfg.KEY_VALUES, default=None, help="Labels k=v,... shown in list-executors.")
+@click.option(
+    "--keepalive-ttl",
+    type=cfg.DURATION,
+    default="5s",
+    show_default=True,
+    help="TTL of this executor's lease: silent this long, its tasks run elsewhere and it stops them.",
+)
+@click.option(
+    "--keepalive-interval",
+    type=cfg.DURATION,
+    default="1s",
+    show_default=True,
+    help="How often it heartbeats to the leader.",
+)
+@click.option(
+    "--allow-kinds",
+    type=cfg.STRING_LIST,
+    default=None,
+    help="Task kinds it runs, kind,... [default: every installed kind this host can run].",
+)
+@click.option("--work-dir", default=None, help="Scratch space for tasks [default: a temporary directory].")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log verbosity.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log line format on stderr.",
+)
+@cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
+def executor_command(**o: Any) -> int:
+    """Run a Rota executor: join the masters, hold a lease, run tasks.
+
+    \b
+    Example:  executor --join 127.0.0.1:10240,127.0.0.1:10250 --slots 4
+    """
+    if not o["join"]:
+        raise cfg.ConfigError("--join is required: give one or more master addresses host:port,...")
+    ttl, interval = float(o["keepalive_ttl"]), float(o["keepalive_interval"])
+    if ttl < 1:
+        raise cfg.ConfigError("--keepalive-ttl must be at least 1s (etcd leases count whole seconds)")
+    if not 0 < interval < ttl:
+        raise cfg.ConfigError("--keepalive-interval must be above zero and below --keepalive-ttl")
+    worker: cfg.Address = o["worker_addr"]
+    advertise: cfg.Address = o["advertise_addr"] or cfg.Address(
+        worker.dial().rsplit(":", 1)[0].strip("[]"), worker.port
+    )
+    try:
+        kinds = load_kinds(int(o["slots"]), o["allow_kinds"])
+    except ValueError as e:
+        raise cfg.ConfigError(f"--allow-kinds: {e}") from None
+    if not kinds:
+        raise cfg.ConfigError("no task kind is available on this host (check --allow-kinds)")
+    work_dir = o["work_dir"] or tempfile.mkdtemp(prefix=f"rota-executor-{o['name']}-")
+    os.makedirs(work_dir, exist_ok=True)
+    setup_logging(str(o["log_level"]), str(o["log_format"]), f"executor[{o['name']}]")
+    conf = AgentConfig(
+        name=str(o["name"]),
+        join=[a.dial() for a in o["join"]],
+        addr=str(advertise),
+        slots=int(o["slots"]),
+        labels=dict(o["labels"] or {}),
+        keepalive_ttl=ttl,
+        keepalive_interval=interval,
+        work_dir=work_dir,
+    )
+    return asyncio.run(serve(conf, worker.listen(), kinds))
+
+
+def _this_command() -> click.Command:
+    return executor_command
 
 
 def main() -> None:
-    print("executor: not implemented yet", file=sys.stderr)
-    sys.exit(2)
+    cfg.run_command(executor_command, "executor")
+
+
+if __name__ == "__main__":
+    main()

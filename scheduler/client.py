@@ -8,8 +8,11 @@ on this module, so the CLI and programs share one code path.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +21,7 @@ import grpc
 from protos import rota_pb2, rota_pb2_grpc
 from scheduler import rpc
 from scheduler.config import ConfigError, parse_address, split_list
+from scheduler.jobspec import JobSpec, load_job, validate_job_id
 
 DEFAULT_ADDR = "127.0.0.1:10240"
 #: How long one master may take to accept a connection before the next is tried.
@@ -26,8 +30,23 @@ _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 T = TypeVar("T")
 
 
+TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+#: How long one WaitJob call may block on the leader before the client asks again.
+WAIT_CHUNK = 20.0
+
+
 class NoMasterReachable(Exception):
     """No master answered within the timeout."""
+
+
+class RequestError(Exception):
+    """The cluster refused the request as invalid, or it names something that does not exist."""
+
+
+def new_job_id(spec: JobSpec) -> str:
+    """A fresh id, made by the client so that a retried submission stays one job."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name).strip("-.")[:80] or "job"
+    return f"{slug}-{uuid.uuid4().hex[:10]}"
 
 
 def resolve_addresses(addresses: str | Sequence[str] | None) -> list[str]:
@@ -98,6 +117,8 @@ class AsyncClient:
                     self._preferred = idx
                     return result
                 except grpc.aio.AioRpcError as e:
+                    if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                        raise RequestError(e.details()) from None
                     if e.code() not in _RETRY:
                         raise
                     errors[addr] = e.details() or e.code().name
@@ -117,6 +138,59 @@ class AsyncClient:
             )
             return info_to_dict(reply)
         return info_to_dict(await self._call("GetMasterInfo", rota_pb2.MasterInfoRequest()))
+
+    async def submit_job(
+        self, job: str | os.PathLike[str] | dict[str, Any] | JobSpec, job_id: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a job (a path, TOML text, a dict or a JobSpec); returns {"id", "created"}.
+
+        The reply comes only once the whole job is committed to etcd. Bad input raises
+        scheduler.jobspec.JobSpecError before anything is sent.
+        """
+        spec = job if isinstance(job, JobSpec) else load_job(job)
+        jid = validate_job_id(job_id) if job_id else (spec.id or new_job_id(spec))
+        req = rota_pb2.SubmitJobRequest(spec_json=json.dumps(spec.to_dict()).encode(), id=jid)
+        reply = await self._call("SubmitJob", req)
+        return {"id": reply.id, "created": reply.created}
+
+    async def _json_call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        return json.loads((await self._call(method, request, timeout)).json)
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return await self._json_call("GetJob", rota_pb2.GetJobRequest(id=job_id))  # type: ignore[no-any-return]
+
+    async def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        return await self._json_call("ListJobs", rota_pb2.ListJobsRequest(state=state or ""))  # type: ignore[no-any-return]
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return await self._json_call("CancelJob", rota_pb2.CancelJobRequest(id=job_id))  # type: ignore[no-any-return]
+
+    async def list_executors(self) -> list[dict[str, Any]]:
+        return await self._json_call("ListExecutors", rota_pb2.ListExecutorsRequest())  # type: ignore[no-any-return]
+
+    async def wait_job(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """The get-job dict once the job has ended; TimeoutError after ``timeout`` seconds.
+
+        Survives leader changes: each wait is a bounded call, repeated on whichever master answers.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunk = 0.5 if progress else WAIT_CHUNK
+        while True:
+            left = chunk if deadline is None else min(chunk, max(0.0, deadline - time.monotonic()))
+            doc = await self._json_call(
+                "WaitJob", rota_pb2.WaitJobRequest(id=job_id, timeout=left), timeout=left + self.timeout
+            )
+            if doc["state"] in TERMINAL_JOB_STATES:
+                return doc  # type: ignore[no-any-return]
+            if progress:
+                progress(doc)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {doc['state']} after {timeout:g}s")
 
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
@@ -148,6 +222,31 @@ class Client:
 
     def master_info(self, addr: str | None = None) -> dict[str, Any]:
         return self._run(lambda: self._async.master_info(addr))
+
+    def submit_job(
+        self, job: str | os.PathLike[str] | dict[str, Any] | JobSpec, job_id: str | None = None
+    ) -> dict[str, Any]:
+        return self._run(lambda: self._async.submit_job(job, job_id))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._run(lambda: self._async.get_job(job_id))
+
+    def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        return self._run(lambda: self._async.list_jobs(state))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._run(lambda: self._async.cancel_job(job_id))
+
+    def list_executors(self) -> list[dict[str, Any]]:
+        return self._run(self._async.list_executors)
+
+    def wait_job(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        return self._run(lambda: self._async.wait_job(job_id, timeout, progress))
 
     def close(self) -> None:
         if not self._loop.is_closed():

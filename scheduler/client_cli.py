@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from scheduler import config as cfg
-from scheduler.client import Client, NoMasterReachable, resolve_addresses
+from scheduler.client import Client, NoMasterReachable, RequestError, resolve_addresses
+from scheduler.jobspec import JobSpecError
+
+EXIT_JOB_FAILED = 1
+EXIT_BAD_INPUT = 2
+#: get-job shows this many tasks in a table; --json always has them all.
+MAX_TASK_ROWS = 50
 
 EXIT_NO_LEADER = 3
 
@@ -83,12 +89,173 @@ def cluster_status(ctx: Ctx) -> None:
     emit(ctx, s, "\n".join(lines))
 
 
+def _summary(result: dict[str, Any] | None) -> str:
+    if not result:
+        return ""
+    if result.get("error"):
+        text = str(result["error"])
+    elif result.get("value") is not None:
+        text = json.dumps(result["value"])
+    else:
+        out = (result.get("stdout") or "").strip().splitlines()
+        text = out[-1] if out else f"exit {result.get('exit_code')}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _counts(doc: dict[str, Any]) -> str:
+    return " ".join(f"{state.lower()}={n}" for state, n in doc["counts"].items())
+
+
+def job_text(doc: dict[str, Any]) -> str:
+    lines = [
+        f"job:      {doc['id']} ({doc['name']})",
+        f"state:    {doc['state']}",
+        f"priority: {doc['priority']}",
+        f"tasks:    {_counts(doc)}",
+    ]
+    tasks = doc.get("tasks")
+    if tasks:
+        rows = [
+            [t["id"], t["name"], t["state"], str(t["attempt"]), t["executor"] or "-", _summary(t["result"])]
+            for t in tasks[:MAX_TASK_ROWS]
+        ]
+        lines += ["", table(["TASK", "NAME", "STATE", "ATTEMPT", "EXECUTOR", "RESULT"], rows)]
+        if len(tasks) > MAX_TASK_ROWS:
+            lines.append(f"... and {len(tasks) - MAX_TASK_ROWS} more tasks (--json shows all)")
+    return "\n".join(lines)
+
+
+def _exit_for(doc: dict[str, Any]) -> None:
+    if doc["state"] in ("FAILED", "CANCELLED"):
+        sys.exit(EXIT_JOB_FAILED)
+
+
+class Progress:
+    """A one-line progress bar on stderr, for --wait on a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, doc: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        total = sum(doc["counts"].values()) or 1
+        done = sum(n for s, n in doc["counts"].items() if s in ("SUCCEEDED", "FAILED", "CANCELLED"))
+        width = 30
+        filled = int(width * done / total)
+        bar = "#" * filled + "." * (width - filled)
+        click.echo(f"\r{doc['id']} [{bar}] {done}/{total} {doc['state'].lower()}  ", nl=False, err=True)
+
+    def end(self) -> None:
+        if self.enabled:
+            click.echo("", err=True)
+
+
+def wait_and_print(ctx: Ctx, c: Client, job_id: str) -> None:
+    progress = Progress()
+    try:
+        doc = c.wait_job(job_id, progress=progress if not ctx.json else None)
+    finally:
+        progress.end()
+    emit(ctx, doc, job_text(doc))
+    _exit_for(doc)
+
+
+@cli.command("submit-job")
+@click.option("--config", "path", required=True, type=click.Path(dir_okay=False), help="The job file (TOML).")
+@click.option(
+    "--wait", is_flag=True, help="Wait for the job to end and print it (exit 1 if it did not succeed)."
+)
+@click.option("--id", "job_id", default=None, help="Job id; submitting an existing id returns that job.")
+@click.pass_obj
+def submit_job(ctx: Ctx, path: str, wait: bool, job_id: str | None) -> None:
+    """Submit a job file; it is acknowledged once committed to etcd."""
+    with ctx.client() as c:
+        reply = c.submit_job(path, job_id)
+        if wait:
+            wait_and_print(ctx, c, reply["id"])
+            return
+    verb = "submitted job" if reply["created"] else "job already exists:"
+    emit(ctx, reply, f"{verb} {reply['id']}")
+
+
+@cli.command("get-job")
+@click.argument("job_id")
+@click.pass_obj
+def get_job(ctx: Ctx, job_id: str) -> None:
+    """Show a job, its task counts and its tasks with results."""
+    with ctx.client() as c:
+        doc = c.get_job(job_id)
+    emit(ctx, doc, job_text(doc))
+
+
+@cli.command("list-jobs")
+@click.option(
+    "--state",
+    type=click.Choice(["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"], case_sensitive=False),
+    default=None,
+    help="Only jobs in this state.",
+)
+@click.pass_obj
+def list_jobs(ctx: Ctx, state: str | None) -> None:
+    """List jobs, oldest first."""
+    with ctx.client() as c:
+        docs = c.list_jobs(state.upper() if state else None)
+    rows = [[d["id"], d["name"], d["state"], str(d["priority"]), _counts(d)] for d in docs]
+    emit(ctx, docs, table(["JOB", "NAME", "STATE", "PRIORITY", "TASKS"], rows) if docs else "no jobs")
+
+
+@cli.command("wait-job")
+@click.argument("job_id")
+@click.pass_obj
+def wait_job(ctx: Ctx, job_id: str) -> None:
+    """Wait until a job ends and print it; exit 1 if it FAILED or was CANCELLED."""
+    with ctx.client() as c:
+        wait_and_print(ctx, c, job_id)
+
+
+@cli.command("cancel-job")
+@click.argument("job_id")
+@click.pass_obj
+def cancel_job(ctx: Ctx, job_id: str) -> None:
+    """Cancel a job: running tasks are killed, pending ones never start."""
+    with ctx.client() as c:
+        doc = c.cancel_job(job_id)
+    emit(ctx, doc, job_text({**doc, "tasks": []}))
+
+
+@cli.command("list-executors")
+@click.pass_obj
+def list_executors(ctx: Ctx) -> None:
+    """List the executors the leader knows, with their slots and running tasks."""
+    with ctx.client() as c:
+        docs = c.list_executors()
+    rows = [
+        [
+            d["id"],
+            d["addr"],
+            f"{d['running']}/{d['slots']}",
+            d["state"],
+            ",".join(f"{k}={v}" for k, v in d["labels"].items()),
+        ]
+        for d in docs
+    ]
+    emit(
+        ctx,
+        docs,
+        table(["EXECUTOR", "ADDRESS", "RUNNING", "STATE", "LABELS"], rows) if docs else "no executors",
+    )
+
+
 def main() -> None:
     try:
         cfg.run_command(cli, "master-client")
     except NoMasterReachable as e:
         click.echo(f"master-client: error: {e}", err=True)
         sys.exit(EXIT_NO_LEADER)
+    except (JobSpecError, RequestError) as e:
+        click.echo(f"master-client: error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

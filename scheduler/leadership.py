@@ -54,6 +54,7 @@ class Leadership:
         self.elections_won = 0
         self.fenced_rejections = 0
         self._stopping = False
+        self._abdicate = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -63,6 +64,10 @@ class Leadership:
     @property
     def term(self) -> int:
         return self.election.term if self.election and self.election.is_leader else 0
+
+    def step_down(self) -> None:
+        """Give up leading at once (a fenced write was rejected); the loop campaigns again."""
+        self._abdicate.set()
 
     def start(self) -> None:
         self._tasks = [
@@ -116,9 +121,16 @@ class Leadership:
 
     async def _lead(self, election: Election) -> None:
         assert self.session is not None
+        self._abdicate.clear()
         if self.on_elected:
             await self.on_elected(election)
-        await self.session.lost.wait()
+        lost = asyncio.ensure_future(self.session.lost.wait())
+        abdicate = asyncio.ensure_future(self._abdicate.wait())
+        try:
+            await asyncio.wait([lost, abdicate], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            abdicate.cancel()
         # The lease is gone or presumed gone: prove it with a fenced write, which a
         # successor's key makes fail. If it still succeeds, give the key up anyway.
         try:

@@ -95,10 +95,15 @@ class LocalCluster:
         leader_lease_ttl: str = "3s",
         master_args: Sequence[str] = (),
         etcd_tuning: tuple[str, str] = ("25ms", "250ms"),
+        executors: int = 0,
+        executor_slots: int = 1,
+        executor_args: Sequence[str] = (),
     ) -> None:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.masters: list[MasterProcess] = []
+        self.executors: list[Process] = []
+        self._initial_executors = (executors, executor_slots, tuple(executor_args))
         ports = free_ports(3 * masters)
         names = [f"m{i}" for i in range(masters)]
         peers = [f"http://127.0.0.1:{ports[3 * i + 1]}" for i in range(masters)]
@@ -131,14 +136,50 @@ class LocalCluster:
         return next(m for m in self.masters if m.name == name)
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start every master and wait until they agree on a leader; on failure stop everything."""
+        """Start every master (and executor) and wait until all are up; on failure stop everything."""
         try:
             for m in self.masters:
                 m.start()
             self.wait_for_leader(timeout=timeout, all_reachable=True)
+            count, slots, args = self._initial_executors
+            for _ in range(count):
+                self.add_executor(slots=slots, args=args)
+            if count:
+                self.wait_for_executors(count, timeout=timeout)
         except BaseException:
             self.stop()
             raise
+
+    def add_executor(self, slots: int = 1, args: Sequence[str] = (), name: str | None = None) -> Process:
+        """Start one more executor process joining every master."""
+        name = name or f"e{len(self.executors)}"
+        work = self.base_dir / f"{name}-work"
+        work.mkdir(exist_ok=True)
+        argv = [
+            sys.executable, "-m", "executor.main", "--join", self.addresses, "--name", name,
+            "--worker-addr", f"127.0.0.1:{free_ports(1)[0]}", "--slots", str(slots), "--work-dir", str(work),
+            *args,
+        ]  # fmt: skip
+        proc = Process(name, argv, self.base_dir / f"{name}.log")
+        self.executors.append(proc)
+        proc.start()
+        return proc
+
+    def wait_for_executors(self, count: int, timeout: float = 30.0) -> list[dict[str, object]]:
+        """Block until the leader lists ``count`` ready executors."""
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=5.0) as c:
+            while True:
+                try:
+                    docs = [d for d in c.list_executors() if d["state"] == "ready"]
+                    if len(docs) >= count:
+                        return docs
+                except NoMasterReachable:
+                    pass
+                if time.monotonic() > deadline:
+                    logs = "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in self.executors)
+                    raise TimeoutError(f"fewer than {count} executors after {timeout:g}s\n{logs}")
+                time.sleep(0.05)
 
     def wait_for_leader(
         self, timeout: float = 30.0, exclude: str | None = None, all_reachable: bool = False
@@ -172,6 +213,8 @@ class LocalCluster:
         return self.master(self.wait_for_leader())
 
     def stop(self) -> None:
+        for e in self.executors:
+            e.stop()
         for m in self.masters:
             m.signal(signal.SIGCONT)
         for m in self.masters:

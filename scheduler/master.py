@@ -18,6 +18,7 @@ import grpc
 
 from metastore import keys
 from metastore.client import EtcdClient, EtcdError
+from metastore.election import Election
 from metastore.etcd_server import (
     EtcdBinaryError,
     EtcdMember,
@@ -28,6 +29,7 @@ from metastore.etcd_server import (
 from protos import rota_pb2_grpc
 from scheduler import config as cfg
 from scheduler import rpc
+from scheduler.leader import LeaderRuntime
 from scheduler.leadership import Leadership
 from scheduler.logs import setup_logging
 from scheduler.service import MasterService, Peers
@@ -147,6 +149,7 @@ class Master:
         self.client: EtcdClient | None = None
         self.server: grpc.aio.Server | None = None
         self.leadership: Leadership | None = None
+        self.runtime: LeaderRuntime | None = None
         self.peers = Peers()
         self._stop = asyncio.Event()
 
@@ -178,17 +181,36 @@ class Master:
         with contextlib.suppress(EtcdError):
             members = await self.client.member_client_urls()
             self.client.set_endpoints(conf.etcd_endpoints + members)
-        self.leadership = Leadership(self.client, conf.name, self.addr, conf.leader_lease_ttl)
-        self.server = rpc.server()
-        rota_pb2_grpc.add_MasterServicer_to_server(
-            MasterService(conf.name, self.addr, self.client, self.leadership, self.peers), self.server
+        self.leadership = Leadership(
+            self.client,
+            conf.name,
+            self.addr,
+            conf.leader_lease_ttl,
+            on_elected=self._lead,
+            on_deposed=self._stop_leading,
         )
+        self.server = rpc.server()
+        service = MasterService(
+            conf.name, self.addr, self.client, self.leadership, self.peers, lambda: self.runtime
+        )
+        rota_pb2_grpc.add_MasterServicer_to_server(service, self.server)
         if not self.server.add_insecure_port(conf.master_addr.listen()):
             raise StartError(f"cannot listen on {conf.master_addr.listen()} (address in use?)")
         await self.server.start()
         registration = json.dumps({"name": conf.name, "addr": self.addr}).encode()
         await self.client.put(keys.master(conf.name), registration)
         self.leadership.start()
+
+    async def _lead(self, election: Election) -> None:
+        assert self.client is not None and self.leadership is not None
+        runtime = LeaderRuntime(self.client, election, self.leadership.step_down)
+        await runtime.start()
+        self.runtime = runtime
+
+    async def _stop_leading(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            await runtime.stop()
 
     async def _wait_for_etcd(self) -> None:
         assert self.client is not None
@@ -211,6 +233,7 @@ class Master:
             await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
+        await self._stop_leading()
         if self.leadership:
             await self.leadership.stop()
         if self.server:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -14,7 +15,10 @@ from metastore.client import EtcdClient, EtcdError
 from metastore.election import read_leader
 from protos import rota_pb2, rota_pb2_grpc
 from scheduler import rpc
+from scheduler.jobspec import JobSpec, JobSpecError, validate_job_id
+from scheduler.leader import ExecutorLink, LeaderRuntime, NotReady
 from scheduler.leadership import Leadership
+from scheduler.views import executor_doc, job_doc
 
 log = logging.getLogger("rota.service")
 
@@ -39,15 +43,29 @@ class Peers:
         self._channels.clear()
 
 
+JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _json(doc: Any) -> rota_pb2.JsonReply:
+    return rota_pb2.JsonReply(json=json.dumps(doc).encode())
+
+
 class MasterService(rota_pb2_grpc.MasterServicer):
     def __init__(
-        self, name: str, addr: str, client: EtcdClient, leadership: Leadership, peers: Peers
+        self,
+        name: str,
+        addr: str,
+        client: EtcdClient,
+        leadership: Leadership,
+        peers: Peers,
+        runtime: Callable[[], LeaderRuntime | None],
     ) -> None:
         self.name = name
         self.addr = addr
         self.client = client
         self.leadership = leadership
         self.peers = peers
+        self.runtime = runtime
 
     def info(self) -> rota_pb2.MasterInfo:
         lead = self.leadership
@@ -125,3 +143,144 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             yield rota_pb2.LeaderBeat(leader_name=self.name, term=lead.term, lease_id=lead.session.lease_id)
             await asyncio.sleep(BEAT_EVERY)
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.name} is not the leader")
+
+    async def _on_leader(
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        local: Callable[[LeaderRuntime], Awaitable[Any]],
+    ) -> Any:
+        """Run ``local`` here when we lead, else forward the call to the leader (promise 7)."""
+        rt = self.runtime()
+        if rt is not None and rt.ready:
+            try:
+                return await local(rt)
+            except NotReady as e:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        leader = self.leadership.leader
+        if leader is None or leader.name == self.name:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is ready yet; try again")
+        assert leader is not None
+        remaining = context.time_remaining()
+        try:
+            return await getattr(self.peers.stub(leader.addr), method)(
+                request, timeout=remaining if remaining is not None else 30.0
+            )
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or "")
+
+    async def SubmitJob(self, request: rota_pb2.SubmitJobRequest, context: Any) -> rota_pb2.SubmitJobReply:
+        try:
+            spec = JobSpec.from_dict(json.loads(request.spec_json))
+            job_id = validate_job_id(request.id or spec.id or "")
+        except (JobSpecError, ValueError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+        async def local(rt: LeaderRuntime) -> rota_pb2.SubmitJobReply:
+            jid, created = await rt.submit(job_id, spec)
+            return rota_pb2.SubmitJobReply(id=jid, created=created)
+
+        return await self._on_leader("SubmitJob", request, context, local)
+
+    async def _job_or_404(self, job: Any, job_id: str, context: Any) -> Any:
+        if job is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+        return job
+
+    async def GetJob(self, request: rota_pb2.GetJobRequest, context: Any) -> rota_pb2.JsonReply:
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            return _json(job_doc(await self._job_or_404(rt.job(request.id), request.id, context)))
+
+        return await self._on_leader("GetJob", request, context, local)
+
+    async def ListJobs(self, request: rota_pb2.ListJobsRequest, context: Any) -> rota_pb2.JsonReply:
+        state = request.state.upper()
+        if state and state not in JOB_STATES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown job state {request.state!r} (one of {', '.join(JOB_STATES)})",
+            )
+
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            jobs = sorted(rt.jobs(), key=lambda j: j.seq)
+            return _json(
+                [job_doc(j, with_tasks=False) for j in jobs if not state or j.current_state() == state]
+            )
+
+        return await self._on_leader("ListJobs", request, context, local)
+
+    async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            job = await rt.wait_job(request.id, max(0.0, request.timeout or 30.0))
+            return _json(job_doc(await self._job_or_404(job, request.id, context)))
+
+        return await self._on_leader("WaitJob", request, context, local)
+
+    async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            return _json(job_doc(await self._job_or_404(rt.cancel_job(request.id), request.id, context)))
+
+        return await self._on_leader("CancelJob", request, context, local)
+
+    async def ListExecutors(self, request: rota_pb2.ListExecutorsRequest, context: Any) -> rota_pb2.JsonReply:
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            return _json([executor_doc(e) for e in sorted(rt.executors(), key=lambda e: e.id)])
+
+        return await self._on_leader("ListExecutors", request, context, local)
+
+    async def Attach(
+        self, request_iterator: AsyncIterator[rota_pb2.ExecutorMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rota_pb2.LeaderMessage]:
+        """One executor's stream: hello, then heartbeats and reports in; work, cancels and acks out."""
+        rt = self.runtime()
+        if rt is None or not rt.ready:
+            leader = self.leadership.leader
+            addr = leader.addr if leader and leader.name != self.name else ""
+            context.set_trailing_metadata((("rota-leader", addr),))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.name} is not the leader")
+        assert rt is not None
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an executor stream starts with hello")
+        assert first is not None
+        if first.hello.slots < 1 or not first.hello.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello needs a name and at least one slot")
+        try:
+            link = await rt.attach(first.hello)
+        except NotReady as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        reader = asyncio.create_task(self._read_executor(rt, link, request_iterator))
+        try:
+            yield rota_pb2.LeaderMessage(
+                welcome=rota_pb2.Welcome(executor_id=link.executor_id, lease_id=link.lease_id, ttl=link.ttl)
+            )
+            while True:
+                msg = await link.outbox.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await rt.detach(link)
+
+    async def _read_executor(
+        self, rt: LeaderRuntime, link: ExecutorLink, requests: AsyncIterator[rota_pb2.ExecutorMessage]
+    ) -> None:
+        try:
+            async for msg in requests:
+                body = msg.WhichOneof("body")
+                if body == "heartbeat":
+                    ttl = await rt.heartbeat(link)
+                    if ttl == 0:
+                        log.info("executor %s: lease expired", link.executor_id)
+                        break
+                    if ttl > 0:
+                        link.send(rota_pb2.LeaderMessage(heartbeat_ack=rota_pb2.HeartbeatAck(ttl=ttl)))
+                elif body == "reports":
+                    rt.reports(link, msg.reports.reports)
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            link.close()

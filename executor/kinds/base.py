@@ -1,0 +1,205 @@
+"""What every task kind implements, and the subprocess plumbing the process-based kinds share."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+OUTPUT_CAP = 64 * 1024
+TRUNCATED_MARK = "\n[... truncated]"
+
+# After the task's main process exits, output still in the pipes gets this long to arrive before whatever
+# the task left running in its process group is killed.
+_DRAIN_GRACE = 1.0
+
+
+@dataclass
+class TaskSpec:
+    """One attempt of one task, as the executor hands it to a kind."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+    kind: str
+    params: dict[str, Any]
+    env: dict[str, str]
+    timeout: float | None
+    work_dir: str
+
+
+@dataclass
+class TaskResult:
+    """What a kind reports; ``error`` is for humans, ``ok`` is what the scheduler acts on."""
+
+    ok: bool
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    value: Any = None
+    error: str = ""
+    truncated: bool = False
+
+
+class Kind(abc.ABC):
+    """A way of running a task. Subclasses are found through the ``rota.kinds`` entry-point group."""
+
+    name: str = ""
+
+    def __init__(self, slots: int = 1) -> None:
+        self.slots = max(1, slots)
+
+    def available(self) -> bool:
+        """False when this host cannot run the kind (a missing toolchain): the executor then omits it."""
+        return True
+
+    async def start(self) -> None:  # noqa: B027 - a no-op is the right default
+        """Warm up before the first task, so start-up cost is not paid by a task's timeout."""
+
+    @abc.abstractmethod
+    async def run(self, spec: TaskSpec) -> TaskResult:
+        """Run one attempt; honour ``spec.timeout``; on cancellation kill everything and re-raise."""
+
+    async def close(self) -> None:  # noqa: B027 - a no-op is the right default
+        """Release what ``start`` acquired."""
+
+
+class ParamError(ValueError):
+    """A task's kind-specific parameters are unusable; reported as a failed attempt, not a crash."""
+
+
+def bad_params(spec: TaskSpec, exc: ParamError) -> TaskResult:
+    return TaskResult(ok=False, error=f"{spec.kind}: {exc}")
+
+
+def timed_out(timeout: float | None) -> str:
+    return f"timed out after {timeout:g}s" if timeout is not None else "timed out"
+
+
+def cap_text(text: str, truncated: bool) -> str:
+    return text + TRUNCATED_MARK if truncated else text
+
+
+def param_env(spec: TaskSpec) -> dict[str, str]:
+    """The task's own ``env`` table, checked, with TOML numbers and booleans turned into strings."""
+    raw = spec.params.get("env", {})
+    if not isinstance(raw, Mapping):
+        raise ParamError("'env' must be a table of strings")
+    env: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise ParamError(f"'env' entry {key!r} must map a name to a string")
+        env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def task_env(spec: TaskSpec) -> dict[str, str]:
+    """The environment a subprocess task sees: the executor's, then Rota's variables, then the task's."""
+    return {**os.environ, **spec.env, **param_env(spec)}
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a whole process group whose leader was started with ``start_new_session=True``."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Capture:
+    """Reads a pipe to EOF, keeping the first OUTPUT_CAP bytes; reading on past the cap keeps the child
+    from blocking on a full pipe, and what was kept survives the reader being cancelled."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.data = bytearray()
+        self.truncated = False
+        self.task = asyncio.ensure_future(self._drain(stream))
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            room = OUTPUT_CAP - len(self.data)
+            if len(chunk) > room:
+                self.truncated = True
+                chunk = chunk[: max(room, 0)]
+            self.data += chunk
+
+    def text(self) -> str:
+        return cap_text(self.data.decode("utf-8", errors="replace"), self.truncated)
+
+
+async def run_subprocess(argv: Sequence[str], spec: TaskSpec, env: Mapping[str, str]) -> TaskResult:
+    """Run ``argv`` as the task: own session, cwd ``spec.work_dir``, output capped, timeout and
+    cancellation enforced by killing the process group. The task owns its group, so anything it leaves
+    running after its main process exits is killed too."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=spec.work_dir,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return TaskResult(ok=False, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _Capture(proc.stdout), _Capture(proc.stderr)
+    try:
+        expired = await _supervise(proc, [out.task, err.task], spec.timeout)
+    finally:
+        kill_group(proc.pid)
+        await _settle(proc, [out.task, err.task])
+    code = proc.returncode
+    result = TaskResult(
+        ok=not expired and code == 0,
+        exit_code=code,
+        stdout=out.text(),
+        stderr=err.text(),
+        truncated=out.truncated or err.truncated,
+    )
+    if expired:
+        result.error = timed_out(spec.timeout)
+    elif code is None:
+        result.error = "process could not be reaped"
+    elif code != 0:
+        result.error = describe_exit(code)
+    return result
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process, readers: list[asyncio.Future[None]], timeout: float | None
+) -> bool:
+    """Wait for the main process, then briefly for its output; True when the timeout expired first."""
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        return True
+    await asyncio.wait(readers, timeout=_DRAIN_GRACE)
+    return False
+
+
+async def _settle(proc: asyncio.subprocess.Process, readers: list[asyncio.Future[None]]) -> None:
+    """After the group was killed: collect the last output and reap, never waiting long or leaking a reader."""
+    pending: list[asyncio.Future[Any]] = [*readers, asyncio.ensure_future(proc.wait())]
+    try:
+        await asyncio.wait(pending, timeout=_DRAIN_GRACE)
+    finally:
+        for fut in pending:
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+            else:
+                fut.cancel()

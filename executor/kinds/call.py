@@ -1,0 +1,309 @@
+"""The ``call`` kind: ``function = "module:function"`` run with ``args``/``kwargs`` in a pool of warm worker
+processes, so a task pays for an import once per worker, not an interpreter start per task.
+
+Each worker is a ``spawn``-context process in its own session, looping over a Pipe. A task that times out
+or is cancelled kills only its worker's process group; a worker that dies is reported and replaced. While
+the function runs, the worker's ``os.environ`` carries the task's variables, its cwd is the task's work
+dir and ``sys.stdout``/``sys.stderr`` are captured (output written straight to file descriptors 1 and 2,
+by C code or child processes, goes to the executor's own streams instead). Workers are daemonic so that
+they never outlive the executor; a function therefore cannot start a ``multiprocessing`` pool of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import io
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from executor.kinds.base import (
+    OUTPUT_CAP,
+    Kind,
+    ParamError,
+    TaskResult,
+    TaskSpec,
+    bad_params,
+    cap_text,
+    kill_group,
+    param_env,
+    timed_out,
+)
+
+_TRACEBACK_LINES = 40
+_EXIT_WAIT = 2.0
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class _Worker:
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """The whole group, so children the function started die too; the worker itself in case it has
+        not reached ``setsid`` yet."""
+        kill_group(self.pid)
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+
+    async def exit_code(self) -> int | None:
+        """Poll instead of ``join``: the pipe reports EOF a moment before the process can be reaped."""
+        deadline = time.monotonic() + _EXIT_WAIT
+        while self.process.exitcode is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.process.exitcode
+
+
+class CallKind(Kind):
+    name = "call"
+
+    def __init__(self, slots: int = 1) -> None:
+        super().__init__(slots)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._busy: set[_Worker] = set()
+        self._reapers: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.slots):
+                self._idle.put_nowait(self._spawn())
+
+    async def run(self, spec: TaskSpec) -> TaskResult:
+        try:
+            request = _request(spec)
+        except ParamError as exc:
+            return bad_params(spec, exc)
+        if self._closed:
+            return TaskResult(ok=False, error="call: the worker pool is closed")
+        await self.start()
+        assert self._idle is not None
+        worker = await self._idle.get()
+        if not worker.process.is_alive():
+            self._retire(worker)
+            worker = self._spawn()
+        self._busy.add(worker)
+        healthy = False
+        try:
+            reply = await asyncio.wait_for(self._roundtrip(worker, request), spec.timeout)
+            healthy = True
+            return _result(reply)
+        except asyncio.TimeoutError:
+            return TaskResult(ok=False, error=timed_out(spec.timeout))
+        except _WorkerDied:
+            code = await worker.exit_code()
+            return TaskResult(ok=False, exit_code=code, error=f"worker process died (exit code {code})")
+        finally:
+            self._busy.discard(worker)
+            if healthy and not self._closed:
+                self._idle.put_nowait(worker)
+            else:
+                self._retire(worker)
+                if not self._closed:
+                    self._idle.put_nowait(self._spawn())
+
+    async def close(self) -> None:
+        """Idle workers exit on EOF; busy ones and stragglers are killed."""
+        self._closed = True
+        idle: list[_Worker] = []
+        while self._idle is not None and not self._idle.empty():
+            idle.append(self._idle.get_nowait())
+        for worker in idle:
+            worker.conn.close()
+        for worker in self._busy:
+            worker.kill()
+        deadline = time.monotonic() + 1.0
+        while any(w.process.is_alive() for w in idle) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for worker in idle:
+            self._retire(worker)
+        if self._reapers:
+            await asyncio.gather(*self._reapers)
+
+    def _spawn(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child_conn,), name="rota-call", daemon=True)
+        process.start()
+        child_conn.close()
+        return _Worker(process, parent_conn)
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.kill()
+        worker.conn.close()
+        task = asyncio.ensure_future(self._reap(worker))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    @staticmethod
+    async def _reap(worker: _Worker) -> None:
+        if await worker.exit_code() is None:
+            worker.process.join(0.1)
+
+    @staticmethod
+    async def _roundtrip(worker: _Worker, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            worker.conn.send(request)
+        except OSError as exc:
+            raise _WorkerDied from exc
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = worker.conn.fileno()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        try:
+            reply: dict[str, Any] = worker.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _WorkerDied from exc
+        return reply
+
+
+def _request(spec: TaskSpec) -> dict[str, Any]:
+    function = spec.params.get("function")
+    if not isinstance(function, str) or not _split_target(function):
+        raise ParamError(f"'function' must be 'module:function', got {function!r}")
+    args = spec.params.get("args", [])
+    kwargs = spec.params.get("kwargs", {})
+    if not isinstance(args, (list, tuple)):
+        raise ParamError("'args' must be a list")
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ParamError("'kwargs' must be a table")
+    return {
+        "function": function,
+        "args": list(args),
+        "kwargs": dict(kwargs),
+        "env": {**spec.env, **param_env(spec)},
+        "cwd": spec.work_dir,
+    }
+
+
+def _result(reply: dict[str, Any]) -> TaskResult:
+    return TaskResult(
+        ok=reply["ok"],
+        stdout=reply["stdout"],
+        stderr=reply["stderr"],
+        value=json.loads(reply["value"]) if reply["ok"] else None,
+        error=reply["error"],
+        truncated=reply["truncated"],
+    )
+
+
+def _split_target(function: str) -> tuple[str, str] | None:
+    module, sep, attr = function.partition(":")
+    if not sep or not module.strip() or not attr.strip():
+        return None
+    return module.strip(), attr.strip()
+
+
+# Everything below runs in the worker processes.
+
+
+class _CappedText(io.TextIOBase):
+    """A ``sys.stdout`` stand-in that keeps the first OUTPUT_CAP characters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[str] = []
+        self._size = 0
+        self.truncated = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        room = OUTPUT_CAP - self._size
+        kept = s if len(s) <= room else s[: max(room, 0)]
+        self.truncated = self.truncated or len(kept) < len(s)
+        self._parts.append(kept)
+        self._size += len(kept)
+        return len(s)
+
+    def getvalue(self) -> str:
+        return cap_text("".join(self._parts), self.truncated)
+
+
+def _worker_main(conn: Connection) -> None:
+    """Serve requests until the executor closes its end of the pipe (or dies, which closes it too)."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_execute(request))
+
+
+def _resolve(function: str) -> Any:
+    target = _split_target(function)
+    assert target is not None
+    module_name, attr_path = target
+    obj: Any = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    return obj
+
+
+def _traceback(exc: BaseException) -> str:
+    """The tail of the traceback, starting at the user's function rather than the worker's loop."""
+    frames = traceback.format_tb(exc.__traceback__.tb_next) if exc.__traceback__ else []
+    lines = "".join([*frames, *traceback.format_exception_only(type(exc), exc)]).splitlines()
+    return "\n".join(["Traceback (most recent call last):", *lines[-_TRACEBACK_LINES:]]) + "\n"
+
+
+def _execute(request: dict[str, Any]) -> dict[str, Any]:
+    out, err = _CappedText(), _CappedText()
+    env: dict[str, str] = request["env"]
+    saved_env = {key: os.environ.get(key) for key in env}
+    saved_cwd = os.getcwd()
+    reply: dict[str, Any] = {"ok": False, "value": "null", "error": ""}
+    try:
+        os.environ.update(env)
+        os.chdir(request["cwd"])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            value = _resolve(request["function"])(*request["args"], **request["kwargs"])
+        try:
+            reply.update(ok=True, value=json.dumps(value))
+        except (TypeError, ValueError) as exc:
+            reply["error"] = (
+                f"return value of type {type(value).__qualname__} is not JSON-serialisable: {exc}"
+            )
+    except BaseException as exc:  # a SystemExit raised by the function must not end the worker
+        reply["error"] = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        err.write(_traceback(exc))
+    finally:
+        for key, old in saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        with contextlib.suppress(OSError):
+            os.chdir(saved_cwd)
+    reply.update(stdout=out.getvalue(), stderr=err.getvalue(), truncated=out.truncated or err.truncated)
+    return reply

@@ -1,0 +1,12 @@
+"""The ``noop`` kind: succeeds at once; useful to exercise scheduling without doing work."""
+
+from __future__ import annotations
+
+from executor.kinds.base import Kind, TaskResult, TaskSpec
+
+
+class NoopKind(Kind):
+    name = "noop"
+
+    async def run(self, spec: TaskSpec) -> TaskResult:
+        return TaskResult(ok=True, exit_code=0)

@@ -1,0 +1,440 @@
+"""The leader's scheduling core: a plain synchronous state machine.
+
+Events come in as method calls (job added, executor attached or lost, task report,
+cancel, tick); decisions go out through ``drain()``: state writes to persist, task
+batches to dispatch, cancels and acks to send, jobs that ended. The core does no I/O
+and never awaits, so its logic is tested in microseconds; ``scheduler.leader`` is the
+thin asyncio adapter that commits the writes (fenced, batched) before it sends
+anything that depends on them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.jobspec import JobSpec, TaskTemplate
+from scheduler.placement import ExecutorSlot, choose_executor
+
+PENDING, ASSIGNED, RUNNING = "PENDING", "ASSIGNED", "RUNNING"
+SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
+TASK_STATES = (PENDING, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
+ACTIVE = frozenset((ASSIGNED, RUNNING))
+
+RETRY_BASE = 0.5
+RETRY_CAP = 10.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Backoff before attempt ``attempt + 1`` after a failed attempt ``attempt``."""
+    return min(RETRY_CAP, RETRY_BASE * 2 ** max(0, attempt - 1))
+
+
+def task_name(template: TaskTemplate, copy: int) -> str:
+    if template.shards:
+        return f"{template.name}-shard{copy}"
+    if template.count > 1:
+        return f"{template.name}-{copy}"
+    return template.name
+
+
+class Task:
+    __slots__ = ("job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at")
+
+    def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
+        self.job = job
+        self.index = index
+        self.template = template
+        self.copy = copy
+        self.state = PENDING
+        self.attempt = 0
+        self.executor = ""
+        self.result: dict[str, Any] | None = None
+        self.ready_at = 0.0
+
+    @property
+    def spec(self) -> TaskTemplate:
+        return self.job.spec.tasks[self.template]
+
+    @property
+    def id(self) -> str:
+        return f"{self.job.id}/{self.index}"
+
+    @property
+    def name(self) -> str:
+        return task_name(self.spec, self.copy)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.spec.max_attempts or self.job.spec.max_attempts
+
+    @property
+    def timeout(self) -> float | None:
+        return self.spec.timeout if self.spec.timeout is not None else self.job.spec.timeout
+
+    def __lt__(self, other: Task) -> bool:
+        return False
+
+    def ref(self) -> TaskRef:
+        return TaskRef(self.job.id, self.index, self.attempt)
+
+    def record(self) -> dict[str, Any]:
+        """What etcd keeps of the task (scheduler.store encodes it)."""
+        rec: dict[str, Any] = {"s": self.state, "a": self.attempt}
+        if self.executor:
+            rec["e"] = self.executor
+        if self.result is not None:
+            rec["r"] = self.result
+        return rec
+
+
+class Job:
+    __slots__ = ("id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled")
+
+    def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float) -> None:
+        self.id = job_id
+        self.spec = spec
+        self.seq = seq
+        self.created = created
+        self.state: str | None = None  # set once the job has ended
+        self.started = False
+        self.cancelled = False
+        self.tasks: list[Task] = []
+        self.counts: Counter[str] = Counter()
+        for t_idx, tmpl in enumerate(spec.tasks):
+            for copy in range(tmpl.copies()):
+                self.tasks.append(Task(self, len(self.tasks), t_idx, copy))
+        self.counts[PENDING] = len(self.tasks)
+
+    @property
+    def priority(self) -> int:
+        return self.spec.priority
+
+    def current_state(self) -> str:
+        return self.state or (RUNNING if self.started else PENDING)
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.id, "seq": self.seq, "created": self.created, "state": self.state}
+
+
+def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
+    """Apply a task record read from etcd to a job being rebuilt (before ``Core.add_job``)."""
+    task = job.tasks[index]
+    counts = job.counts
+    counts[task.state] -= 1
+    task.state = record.get("s", PENDING)
+    counts[task.state] += 1
+    task.attempt = int(record.get("a", 0))
+    task.executor = record.get("e", "")
+    task.result = record.get("r")
+    if task.attempt:
+        job.started = True
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    job_id: str
+    index: int
+    attempt: int
+
+
+# -- decisions -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PutTask:
+    """Persist this task's state (the record as of when the decision was made)."""
+
+    task: Task
+    record: dict[str, Any]
+
+
+@dataclass(slots=True)
+class PutJob:
+    job: Job
+
+
+@dataclass(slots=True)
+class Dispatch:
+    executor: str
+    tasks: list[tuple[Task, int]]  # (task, attempt it was assigned with)
+
+
+@dataclass(slots=True)
+class CancelTasks:
+    executor: str
+    refs: list[TaskRef]
+
+
+@dataclass(slots=True)
+class Ack:
+    executor: str
+    refs: list[TaskRef]
+
+
+@dataclass(slots=True)
+class JobEnded:
+    job: Job
+
+
+Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded
+
+
+@dataclass
+class Report:
+    """An executor's word on one attempt of one task."""
+
+    ref: TaskRef
+    state: str  # RUNNING, SUCCEEDED or FAILED
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class Stats:
+    stale_reports: int = 0
+    requeued: int = 0
+    dispatched: int = 0
+    finished: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Core:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.executors: dict[str, ExecutorSlot] = {}
+        self.stats = Stats()
+        self._pending: dict[str, list[tuple[int, int, int, Task]]] = {}
+        self._delayed: list[tuple[float, int, int, Task]] = []
+        self._out: list[Decision] = []
+        self._dispatch: dict[str, list[tuple[Task, int]]] = {}
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def drain(self) -> list[Decision]:
+        """Every decision since the last drain, dispatches last (after the writes they need)."""
+        out = self._out
+        for ex_id, tasks in self._dispatch.items():
+            out.append(Dispatch(ex_id, tasks))
+        self._out, self._dispatch = [], {}
+        return out
+
+    def _put(self, task: Task) -> None:
+        self._out.append(PutTask(task, task.record()))
+
+    # -- state changes -------------------------------------------------------------------
+
+    def _set_state(self, task: Task, state: str) -> None:
+        counts = task.job.counts
+        counts[task.state] -= 1
+        counts[state] += 1
+        task.state = state
+
+    def _enqueue(self, task: Task) -> None:
+        if task.ready_at > self.clock():
+            heapq.heappush(self._delayed, (task.ready_at, task.job.seq, task.index, task))
+            return
+        heap = self._pending.setdefault(task.spec.kind, [])
+        heapq.heappush(heap, (-task.job.priority, task.job.seq, task.index, task))
+
+    def _release(self, task: Task) -> None:
+        ex = self.executors.get(task.executor)
+        if ex is not None:
+            ex.running.discard(task)
+
+    def _finish(self, task: Task, state: str, result: dict[str, Any] | None) -> None:
+        self._release(task)
+        self._set_state(task, state)
+        task.result = result
+        self.stats.finished += 1
+        self._put(task)
+        job = task.job
+        if job.state is None and sum(job.counts[s] for s in TERMINAL) == len(job.tasks):
+            if job.cancelled:
+                job.state = CANCELLED
+            else:
+                job.state = FAILED if job.counts[FAILED] or job.counts[CANCELLED] else SUCCEEDED
+            self._out.append(PutJob(job))
+            self._out.append(JobEnded(job))
+
+    def _retry_or_fail(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
+        """After a failed or lost attempt: run again with the next attempt, or fail for good."""
+        if task.attempt >= task.max_attempts:
+            self._finish(task, FAILED, result)
+            return
+        self._release(task)
+        self._set_state(task, PENDING)
+        task.result = result
+        task.ready_at = self.clock() + retry_delay(task.attempt) if backoff else 0.0
+        self.stats.requeued += 1
+        self._put(task)
+        self._enqueue(task)
+
+    # -- events --------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        """A job whose record is committed to etcd (new, or rebuilt by a new leader)."""
+        self.jobs[job.id] = job
+        if job.state is None:
+            for task in job.tasks:
+                if task.state == PENDING:
+                    self._enqueue(task)
+        self._schedule()
+
+    def attach_executor(self, ex: ExecutorSlot, reported: Iterable[TaskRef] = ()) -> None:
+        """An executor attached (new, or re-attached after a leader change with its running tasks).
+
+        Tasks the leader has on this executor are kept if the executor reports the same
+        attempt, and requeued otherwise; reported attempts the leader does not know are
+        cancelled on the executor.
+        """
+        known = self.executors.get(ex.id)
+        if known is not None:
+            ex.running = known.running
+        self.executors[ex.id] = ex
+        ex.connected = True
+        reported_set = set(reported)
+        for task in self._tasks_on(ex.id):
+            if task.ref() in reported_set:
+                ex.running.add(task)
+                self._set_state(task, RUNNING)
+                reported_set.discard(task.ref())
+            else:
+                ex.running.discard(task)
+                self._retry_or_fail(task, {"error": f"executor {ex.name} no longer runs it"}, backoff=False)
+        if reported_set:
+            self._out.append(CancelTasks(ex.id, sorted(reported_set, key=lambda r: (r.job_id, r.index))))
+        self._schedule()
+
+    def _tasks_on(self, ex_id: str) -> list[Task]:
+        ex = self.executors.get(ex_id)
+        return sorted(ex.running, key=lambda t: (t.job.seq, t.index)) if ex else []
+
+    def adopt_running(self) -> None:
+        """After a rebuild: attach active tasks to the executors they were assigned to."""
+        for job in self.jobs.values():
+            if job.state is None and (job.counts[ASSIGNED] or job.counts[RUNNING]):
+                for t in job.tasks:
+                    if t.state in ACTIVE:
+                        ex = self.executors.get(t.executor)
+                        if ex is None:
+                            self._retry_or_fail(t, {"error": "its executor is gone"}, backoff=False)
+                        else:
+                            ex.running.add(t)
+        self._schedule()
+
+    def executor_lost(self, ex_id: str) -> None:
+        """The executor's lease expired or was revoked: requeue everything it ran."""
+        ex = self.executors.pop(ex_id, None)
+        if ex is None:
+            return
+        ex.connected = False
+        for task in sorted(ex.running, key=lambda t: (t.job.seq, t.index)):
+            self._retry_or_fail(task, {"error": f"executor {ex.name} lost"}, backoff=False)
+        ex.running.clear()
+        self._schedule()
+
+    def executor_detached(self, ex_id: str) -> None:
+        """The stream broke; until its lease is gone the executor gets no new work."""
+        ex = self.executors.get(ex_id)
+        if ex is not None:
+            ex.connected = False
+
+    def report(self, executor_id: str, reports: Iterable[Report]) -> None:
+        """Task reports from one executor. Stale ones (another attempt, or already ended) are ignored."""
+        acks: list[TaskRef] = []
+        for rep in reports:
+            acks.append(rep.ref)
+            job = self.jobs.get(rep.ref.job_id)
+            task = job.tasks[rep.ref.index] if job and 0 <= rep.ref.index < len(job.tasks) else None
+            if (
+                task is None
+                or task.attempt != rep.ref.attempt
+                or task.executor != executor_id
+                or task.state not in ACTIVE
+            ):
+                self.stats.stale_reports += 1
+                continue
+            if rep.state == RUNNING:
+                if task.state == ASSIGNED:
+                    self._set_state(task, RUNNING)
+            elif rep.state == SUCCEEDED:
+                self._finish(task, SUCCEEDED, rep.result)
+            else:
+                self._retry_or_fail(task, rep.result, backoff=True)
+        if acks:
+            self._out.append(Ack(executor_id, acks))
+        self._schedule()
+
+    def cancel_job(self, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state is not None:
+            return job
+        job.cancelled = True
+        by_executor: dict[str, list[TaskRef]] = {}
+        for task in job.tasks:
+            if task.state in TERMINAL:
+                continue
+            if task.state in ACTIVE:
+                by_executor.setdefault(task.executor, []).append(task.ref())
+            self._finish(task, CANCELLED, task.result)
+        for ex_id, refs in by_executor.items():
+            self._out.append(CancelTasks(ex_id, refs))
+        self._schedule()
+        return job
+
+    def tick(self) -> float | None:
+        """Move retries whose backoff has passed back to the queue; return the next wake-up time."""
+        now = self.clock()
+        moved = False
+        while self._delayed and self._delayed[0][0] <= now:
+            task = heapq.heappop(self._delayed)[3]
+            if task.state == PENDING:
+                self._enqueue(task)
+                moved = True
+        if moved:
+            self._schedule()
+        return self._delayed[0][0] if self._delayed else None
+
+    # -- placement -----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Assign pending tasks, highest priority first, while executors have free slots."""
+        free = [ex for ex in self.executors.values() if ex.free > 0]
+        while free:
+            best: tuple[int, int, int, Task] | None = None
+            best_heap: list[tuple[int, int, int, Task]] | None = None
+            for kind, heap in self._pending.items():
+                while heap and heap[0][3].state != PENDING:
+                    heapq.heappop(heap)
+                if heap and (best is None or heap[0] < best) and any(kind in ex.kinds for ex in free):
+                    best, best_heap = heap[0], heap
+            if best is None or best_heap is None:
+                return
+            heapq.heappop(best_heap)
+            task = best[3]
+            ex = choose_executor(task.spec.kind, free)
+            assert ex is not None
+            self._assign(task, ex)
+            if ex.free == 0:
+                free.remove(ex)
+
+    def _assign(self, task: Task, ex: ExecutorSlot) -> None:
+        task.attempt += 1
+        task.executor = ex.id
+        task.job.started = True
+        self._set_state(task, ASSIGNED)
+        ex.running.add(task)
+        self.stats.dispatched += 1
+        self._put(task)
+        self._dispatch.setdefault(ex.id, []).append((task, task.attempt))
+
+    # -- views ---------------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        return sum(j.counts[PENDING] for j in self.jobs.values() if j.state is None)

@@ -1,0 +1,589 @@
+"""Job files: the one parser and validator shared by the client and the master.
+
+The client checks a TOML file before submitting it, then sends ``JobSpec.to_dict()``
+as JSON; the master runs the same checks again on that dict through
+``JobSpec.from_dict``, so a job that one side accepts the other accepts too.
+Every error names its source (a file path, ``<text>`` or ``<request>``) and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import keyword
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.config import ConfigError, parse_duration
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRIORITIES = {"low": 10, "medium": 50, "high": 90}
+DEFAULT_PRIORITY = 50
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_JOB_BYTES = 8 * 1024 * 1024
+MAX_TASKS = 1_000_000
+BUILTIN_KINDS = ("noop", "sleep", "shell", "python", "go", "call")
+KIND_GROUP = "rota.kinds"
+SHELL = ("/bin/sh", "-c")
+REQUEST_SOURCE = "<request>"
+TEXT_SOURCE = "<text>"
+MAX_NAME_CHARS = 200
+
+_JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "task")
+_COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "data")
+_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "noop": (),
+    "sleep": ("seconds",),
+    "shell": ("command", "env"),
+    "python": ("code", "env"),
+    "go": ("code", "env"),
+    "call": ("function", "args", "kwargs"),
+}
+_DATA_PREFIXES = ("python", "go")
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_EXPANDED_RE = re.compile(r"(.+)-(shard)?(0|[1-9][0-9]*)")
+
+
+class JobSpecError(Exception):
+    """A bad job: the message reads ``source: key: reason``; the parts are kept as attributes."""
+
+    def __init__(self, reason: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        self.key = key
+        super().__init__(": ".join(p for p in (source, key, reason) if p))
+
+    def with_source(self, source: str) -> JobSpecError:
+        return JobSpecError(self.reason, source=self.source or source, key=self.key)
+
+
+@dataclass
+class TaskTemplate:
+    """One ``[[task]]`` table; it stands for ``copies()`` tasks once expanded."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    count: int = 1
+    shards: int = 0
+    timeout: float | None = None
+    max_attempts: int | None = None
+
+    def copies(self) -> int:
+        return self.shards or self.count
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, **self.params}
+        if self.shards:
+            out["shards"] = self.shards
+        elif self.count != 1:
+            out["count"] = self.count
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.max_attempts is not None:
+            out["max-attempts"] = self.max_attempts
+        return out
+
+
+@dataclass(frozen=True)
+class ExpandedTask:
+    """One runnable task: a copy of a template, named so it is unique within the job."""
+
+    template: int
+    copy: int
+    name: str
+    shard_index: int | None
+    shard_count: int | None
+
+
+@dataclass
+class JobSpec:
+    """A validated job. Durations are float seconds; defaults are filled in."""
+
+    name: str
+    id: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None
+    tasks: list[TaskTemplate] = field(default_factory=list)
+
+    def task_count(self) -> int:
+        return sum(t.copies() for t in self.tasks)
+
+    def expand(self) -> Iterator[ExpandedTask]:
+        """Yield tasks lazily: a job may hold up to ``MAX_TASKS`` of them."""
+        for index, t in enumerate(self.tasks):
+            if t.shards:
+                for i in range(t.shards):
+                    yield ExpandedTask(index, i, f"{t.name}-shard{i}", i, t.shards)
+            elif t.count > 1:
+                for i in range(t.count):
+                    yield ExpandedTask(index, i, f"{t.name}-{i}", None, None)
+            else:
+                yield ExpandedTask(index, 0, t.name, None, None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON-able form; ``from_dict`` turns it back into an equal spec."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.id is not None:
+            out["id"] = self.id
+        out["priority"] = self.priority
+        out["max-attempts"] = self.max_attempts
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        out["task"] = [t.to_dict() for t in self.tasks]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = REQUEST_SOURCE) -> JobSpec:
+        """Validate a parsed job (TOML tables or JSON) exactly as a job file is validated."""
+        return _Parser(source).job(data)
+
+
+def validate_job_id(job_id: str) -> str:
+    """Ids become etcd keys and file names, so only a safe character set is allowed."""
+    if not isinstance(job_id, str):
+        raise JobSpecError(f"expected a string, got {_type_name(job_id)}", key="id")
+    if not _JOB_ID_RE.fullmatch(job_id) or job_id.startswith("."):
+        raise JobSpecError(
+            f"malformed job id {job_id!r}: expected 1-128 characters of A-Z a-z 0-9 _ . - "
+            "not starting with '.'",
+            key="id",
+        )
+    return job_id
+
+
+def parse_priority(value: Any) -> int:
+    """``low``/``medium``/``high`` (any case) or an integer 0..100."""
+    if isinstance(value, str):
+        try:
+            return PRIORITIES[value.strip().lower()]
+        except KeyError:
+            raise JobSpecError(
+                f"unknown priority {value!r}: expected low, medium, high or an integer 0..100",
+                key="priority",
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobSpecError(
+            f"expected low, medium, high or an integer 0..100, got {_type_name(value)}", key="priority"
+        )
+    if not 0 <= value <= 100:
+        raise JobSpecError(f"priority {value} is out of range 0..100", key="priority")
+    return value
+
+
+def load_job(source: str | os.PathLike[str] | Mapping[str, Any], *, job_id: str | None = None) -> JobSpec:
+    """Parse a job from a dict, a file path or TOML text; ``job_id`` overrides the job's own id."""
+    if isinstance(source, Mapping):
+        spec = JobSpec.from_dict(source)
+        name = REQUEST_SOURCE
+    elif isinstance(source, os.PathLike) or _looks_like_path(source):
+        name = os.fspath(source)
+        spec = _Parser(name).job(_parse_toml(_read_file(name), name))
+    elif isinstance(source, str):
+        name = TEXT_SOURCE
+        if len(source.encode("utf-8", "surrogatepass")) > MAX_JOB_BYTES:
+            raise _oversize(name)
+        spec = _Parser(name).job(_parse_toml(source, name))
+    else:
+        raise JobSpecError(f"expected a path, TOML text or a dict, got {type(source).__name__}")
+    if job_id is not None:
+        try:
+            spec.id = validate_job_id(job_id)
+        except JobSpecError as e:
+            raise e.with_source(name) from None
+    return spec
+
+
+def _looks_like_path(text: str | os.PathLike[str] | Mapping[str, Any]) -> bool:
+    """A one-line string without ``=`` cannot be a job, so it is a (maybe missing) file name."""
+    if not isinstance(text, str) or not text or "\n" in text:
+        return False
+    return os.path.exists(text) or "=" not in text or text.endswith(".toml")
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JOB_BYTES + 1)
+    except FileNotFoundError:
+        raise JobSpecError("no such job file", source=path) from None
+    except OSError as e:
+        raise JobSpecError(f"cannot read: {e.strerror or e}", source=path) from None
+    if len(raw) > MAX_JOB_BYTES:
+        raise _oversize(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobSpecError(f"not UTF-8 text (byte {e.start})", source=path) from None
+
+
+def _oversize(source: str) -> JobSpecError:
+    return JobSpecError(f"oversize job: more than {MAX_JOB_BYTES} bytes (MAX_JOB_BYTES)", source=source)
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise JobSpecError(f"invalid TOML: {e}", source=source) from None
+
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    for t, name in _TYPE_NAMES.items():
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def _unknown_key(key: str, known: tuple[str, ...] | list[str], what: str = "") -> str:
+    hint = difflib.get_close_matches(key, known, n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"unknown key {key!r}{what} (known: {', '.join(known)}){suggestion}"
+
+
+def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    """The ``rota.kinds`` entry points, looked up per job so kinds installed later count."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=KIND_GROUP)}
+
+
+class _Parser:
+    """Walks one job's tables; ``fail`` prefixes every error with the source."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._entry_points: dict[str, importlib.metadata.EntryPoint] | None = None
+        self._validators: dict[str, Callable[[dict[str, Any]], None] | None] = {}
+
+    @property
+    def plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        if self._entry_points is None:
+            self._entry_points = _plugins()
+        return self._entry_points
+
+    def fail(self, key: str | None, reason: str) -> JobSpecError:
+        return JobSpecError(reason, source=self.source, key=key)
+
+    def job(self, data: Mapping[str, Any]) -> JobSpec:
+        if not isinstance(data, Mapping):
+            raise self.fail(None, f"expected a table of job keys, got {_type_name(data)}")
+        data = self._present(data, None)
+        if not data:
+            raise self.fail(None, "no tasks: the job is empty")
+        for key in data:
+            if key not in _JOB_KEYS:
+                raise self.fail(None, _unknown_key(key, _JOB_KEYS))
+        name = self._name(data, "name")
+        job_id = None
+        if "id" in data:
+            try:
+                job_id = validate_job_id(data["id"])
+            except JobSpecError as e:
+                raise e.with_source(self.source) from None
+        priority = DEFAULT_PRIORITY
+        if "priority" in data:
+            try:
+                priority = parse_priority(data["priority"])
+            except JobSpecError as e:
+                raise e.with_source(self.source) from None
+        max_attempts = self._int(data, "max-attempts", "max-attempts", 1, DEFAULT_MAX_ATTEMPTS)
+        timeout = self._duration(data, "timeout", "timeout")
+        tasks = self._tasks(data.get("task"))
+        return JobSpec(name, job_id, priority, max_attempts, timeout, tasks)
+
+    def _present(self, table: Mapping[str, Any], where: str | None) -> dict[str, Any]:
+        """Keys with a null value count as absent: TOML has no null, JSON callers may send one."""
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            if not isinstance(key, str):
+                raise self.fail(where, f"key {key!r} is not a string")
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _tasks(self, raw: Any) -> list[TaskTemplate]:
+        if raw is None or (isinstance(raw, list) and not raw):
+            raise self.fail("task", "no tasks: a job needs at least one [[task]] table")
+        if not isinstance(raw, list):
+            raise self.fail("task", f"expected an array of tables ([[task]]), got {_type_name(raw)}")
+        tasks: list[TaskTemplate] = []
+        seen: dict[str, int] = {}
+        total = 0
+        for i, table in enumerate(raw):
+            where = f"task[{i}]"
+            if not isinstance(table, Mapping):
+                raise self.fail(where, f"expected a table, got {_type_name(table)}")
+            task = self._task(self._present(table, where), where)
+            if task.name in seen:
+                raise self.fail(
+                    f"{where}.name", f"duplicate task name {task.name!r} (also task[{seen[task.name]}])"
+                )
+            seen[task.name] = i
+            total += task.copies()
+            if total > MAX_TASKS:
+                key = f"{where}.shards" if task.shards else f"{where}.count"
+                raise self.fail(key, f"too many tasks: the job expands to more than {MAX_TASKS} (MAX_TASKS)")
+            tasks.append(task)
+        self._check_expanded_names(tasks)
+        return tasks
+
+    def _check_expanded_names(self, tasks: list[TaskTemplate]) -> None:
+        """A plain name like ``a-3`` must not equal a copy of a counted ``a``.
+
+        Copies of two different templates never collide (the text after the last
+        ``-`` tells the template apart), so only plain names need checking, without
+        expanding up to ``MAX_TASKS`` names.
+        """
+        by_name = {t.name: (i, t) for i, t in enumerate(tasks)}
+        for i, t in enumerate(tasks):
+            if t.copies() > 1 or t.shards:
+                continue
+            m = _EXPANDED_RE.fullmatch(t.name)
+            if not m or m.group(1) not in by_name:
+                continue
+            j, other = by_name[m.group(1)]
+            sharded = m.group(2) is not None
+            if (sharded and other.shards or not sharded and not other.shards and other.count > 1) and int(
+                m.group(3)
+            ) < other.copies():
+                raise self.fail(
+                    f"task[{i}].name", f"task name {t.name!r} equals a copy of task[{j}] ({other.name!r})"
+                )
+
+    def _task(self, table: dict[str, Any], where: str) -> TaskTemplate:
+        name = self._name(table, "name", where)
+        kind, table = self._kind(table, where)
+        known = _KIND_KEYS.get(kind)
+        plugin_keys = []
+        for key in table:
+            if key in _COMMON_TASK_KEYS:
+                continue
+            if known is None:
+                plugin_keys.append(key)
+            elif key not in known:
+                raise self.fail(
+                    f"{where}.{key}",
+                    _unknown_key(key, list(_COMMON_TASK_KEYS) + list(known), f" for kind {kind!r}"),
+                )
+        if "count" in table and "shards" in table:
+            raise self.fail(f"{where}.shards", "give count (batch) or shards (split), not both")
+        count = self._int(table, "count", f"{where}.count", 1, 1)
+        shards = self._int(table, "shards", f"{where}.shards", 1, 0)
+        timeout = self._duration(table, "timeout", f"{where}.timeout")
+        max_attempts = self._int(table, "max-attempts", f"{where}.max-attempts", 1, None)
+        if known is None:
+            params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
+            self._plugin_validate(kind, params, where)
+        else:
+            params = getattr(self, f"_params_{kind}")(table, where)
+        return TaskTemplate(name, kind, params, count, shards, timeout, max_attempts)
+
+    def _kind(self, table: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+        """The task's kind, expanding the ``data = "python:<code>"`` shorthand into kind and code."""
+        kind = table.get("kind")
+        if kind is not None and not isinstance(kind, str):
+            raise self.fail(f"{where}.kind", f"expected a string, got {_type_name(kind)}")
+        if "data" in table:
+            data = table["data"]
+            if not isinstance(data, str):
+                raise self.fail(f"{where}.data", f"expected a string, got {_type_name(data)}")
+            prefix, sep, code = data.partition(":")
+            if not sep or prefix not in _DATA_PREFIXES:
+                raise self.fail(
+                    f"{where}.data",
+                    f"unknown shorthand {data[:20]!r}: expected 'python:<code>' or 'go:<code>'",
+                )
+            if kind is not None and kind != prefix:
+                raise self.fail(f"{where}.data", f"says {prefix!r} but kind is {kind!r}")
+            if "code" in table:
+                raise self.fail(f"{where}.data", "give data or code, not both")
+            table = {k: v for k, v in table.items() if k != "data"}
+            table["code"] = code
+            kind = prefix
+        if kind is None:
+            raise self.fail(f"{where}.kind", f"missing (known: {', '.join(self._known_kinds())})")
+        if kind not in _KIND_KEYS and kind not in self.plugins:
+            raise self.fail(
+                f"{where}.kind", f"unknown kind {kind!r} (known: {', '.join(self._known_kinds())})"
+            )
+        return kind, table
+
+    def _known_kinds(self) -> list[str]:
+        return list(BUILTIN_KINDS) + sorted(k for k in self.plugins if k not in BUILTIN_KINDS)
+
+    def _plugin_validate(self, kind: str, params: dict[str, Any], where: str) -> None:
+        if kind not in self._validators:
+            try:
+                obj = self.plugins[kind].load()
+            except Exception as e:
+                raise self.fail(f"{where}.kind", f"cannot load plug-in kind {kind!r}: {e}") from None
+            check = getattr(obj, "validate_params", None)
+            self._validators[kind] = check if callable(check) else None
+        check = self._validators[kind]
+        if check is None:
+            return
+        try:
+            check(params)
+        except ValueError as e:
+            raise self.fail(where, f"kind {kind!r}: {e}") from None
+
+    def _params_noop(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        return {}
+
+    def _params_sleep(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        key = f"{where}.seconds"
+        if "seconds" not in table:
+            raise self.fail(key, "missing: kind 'sleep' needs seconds (a number >= 0)")
+        seconds = table["seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise self.fail(key, f"expected a number of seconds, got {_type_name(seconds)}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise self.fail(key, f"expected a finite number >= 0, got {seconds}")
+        return {"seconds": float(seconds)}
+
+    def _params_shell(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        """A string command becomes ``/bin/sh -c`` so executors only ever run an argv list."""
+        key = f"{where}.command"
+        if "command" not in table:
+            raise self.fail(key, "missing: kind 'shell' needs command (a string or a list of strings)")
+        command = table["command"]
+        if isinstance(command, str):
+            if not command.strip():
+                raise self.fail(key, "must not be empty")
+            argv = [*SHELL, command]
+        elif isinstance(command, list) and all(isinstance(a, str) for a in command):
+            if not command or not command[0]:
+                raise self.fail(key, "must not be empty")
+            argv = list(command)
+        else:
+            raise self.fail(key, "expected a string or a list of strings")
+        return {"command": argv, "env": self._env(table, where)}
+
+    def _params_python(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        return {"code": self._code(table, where, "python"), "env": self._env(table, where)}
+
+    def _params_go(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        return {"code": self._code(table, where, "go"), "env": self._env(table, where)}
+
+    def _params_call(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        key = f"{where}.function"
+        if "function" not in table:
+            raise self.fail(key, "missing: kind 'call' needs function ('module:function')")
+        function = table["function"]
+        if not isinstance(function, str):
+            raise self.fail(key, f"expected a string 'module:function', got {_type_name(function)}")
+        module, sep, attr = function.partition(":")
+        if not sep or not all(_identifier(p) for p in [*module.split("."), attr]):
+            raise self.fail(key, f"malformed function {function!r}: expected 'package.module:function'")
+        args = table.get("args", [])
+        if not isinstance(args, list):
+            raise self.fail(f"{where}.args", f"expected an array, got {_type_name(args)}")
+        kwargs = table.get("kwargs", {})
+        if not isinstance(kwargs, Mapping):
+            raise self.fail(f"{where}.kwargs", f"expected a table, got {_type_name(kwargs)}")
+        return {
+            "function": function,
+            "args": self._json(args, f"{where}.args"),
+            "kwargs": self._json(kwargs, f"{where}.kwargs"),
+        }
+
+    def _code(self, table: dict[str, Any], where: str, kind: str) -> str:
+        key = f"{where}.code"
+        if "code" not in table:
+            raise self.fail(key, f"missing: kind {kind!r} needs code (a string)")
+        code = table["code"]
+        if not isinstance(code, str):
+            raise self.fail(key, f"expected a string, got {_type_name(code)}")
+        if not code.strip():
+            raise self.fail(key, "must not be empty")
+        return code
+
+    def _env(self, table: dict[str, Any], where: str) -> dict[str, str]:
+        env = table.get("env", {})
+        if not isinstance(env, Mapping):
+            raise self.fail(f"{where}.env", f"expected a table of strings, got {_type_name(env)}")
+        for name, value in env.items():
+            key = f"{where}.env.{name}"
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                raise self.fail(f"{where}.env", f"malformed variable name {name!r}")
+            if not isinstance(value, str):
+                raise self.fail(key, f"expected a string, got {_type_name(value)}")
+            if "\0" in value:
+                raise self.fail(key, "must not contain a NUL character")
+        return dict(env)
+
+    def _json(self, value: Any, key: str) -> Any:
+        """A copy that survives JSON unchanged: TOML dates and non-finite floats do not."""
+        if value is None or isinstance(value, (str, bool, int)):
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise self.fail(key, f"{value} cannot be sent as JSON")
+            return value
+        if isinstance(value, list):
+            return [self._json(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise self.fail(key, f"key {k!r} is not a string")
+                out[k] = self._json(v, f"{key}.{k}")
+            return out
+        raise self.fail(key, f"a {_type_name(value)} cannot be sent as JSON")
+
+    def _name(self, table: dict[str, Any], key: str, where: str | None = None) -> str:
+        full = f"{where}.{key}" if where else key
+        if key not in table:
+            raise self.fail(full, "missing: a non-empty string is required")
+        value = table[key]
+        if not isinstance(value, str):
+            raise self.fail(full, f"expected a string, got {_type_name(value)}")
+        if not value.strip():
+            raise self.fail(full, "must not be empty")
+        if len(value) > MAX_NAME_CHARS or not value.isprintable():
+            raise self.fail(full, f"expected at most {MAX_NAME_CHARS} printable characters")
+        return value
+
+    def _int(self, table: dict[str, Any], key: str, full: str, minimum: int, default: Any) -> Any:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(full, f"expected an integer >= {minimum}, got {_type_name(value)}")
+        if value < minimum:
+            raise self.fail(full, f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    def _duration(self, table: dict[str, Any], key: str, full: str) -> float | None:
+        if key not in table:
+            return None
+        value = table[key]
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise self.fail(
+                full, f"expected a duration like '30s' or a number of seconds, got {_type_name(value)}"
+            )
+        try:
+            seconds = parse_duration(value)
+        except ConfigError as e:
+            raise self.fail(full, str(e)) from None
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise self.fail(full, f"expected a positive duration, got {value!r}")
+        return seconds
+
+
+def _identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)

@@ -1,0 +1,386 @@
+"""The leader's asyncio adapter around the scheduling core.
+
+It rebuilds the core from etcd when this master is elected, feeds it events (jobs
+submitted, executors attached or lost, task reports), and carries out its decisions:
+state writes are committed in fenced, batched transactions first, and only then are
+tasks dispatched, cancels sent and reports acknowledged, so nothing an executor or a
+client is told is ever ahead of etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from metastore import keys
+from metastore.client import EtcdClient, EtcdError, WatchCompacted
+from metastore.election import Election, Fenced
+from protos import rota_pb2
+from scheduler.core import (
+    ACTIVE,
+    Ack,
+    CancelTasks,
+    Core,
+    Dispatch,
+    Job,
+    JobEnded,
+    PutJob,
+    PutTask,
+    Report,
+    Task,
+    TaskRef,
+)
+from scheduler.jobspec import JobSpec
+from scheduler.placement import ExecutorSlot
+from scheduler.store import Store
+
+log = logging.getLogger("rota.leader")
+
+TICK = 0.1
+
+
+class NotReady(Exception):
+    """This master is not (or no longer) a ready leader."""
+
+
+@dataclass(eq=False)
+class ExecutorLink:
+    """The leader's end of one executor's Attach stream."""
+
+    executor_id: str
+    lease_id: int
+    ttl: int
+    outbox: asyncio.Queue[rota_pb2.LeaderMessage | None] = field(default_factory=asyncio.Queue)
+    closed: bool = False
+
+    def send(self, msg: rota_pb2.LeaderMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(msg)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+
+def _refs(refs: Iterable[TaskRef]) -> list[rota_pb2.TaskRef]:
+    return [rota_pb2.TaskRef(job_id=r.job_id, index=r.index, attempt=r.attempt) for r in refs]
+
+
+def assignment(task: Task, attempt: int) -> rota_pb2.TaskAssignment:
+    spec = task.spec
+    env = {"ROTA_JOB_ID": task.job.id, "ROTA_TASK_ID": task.id, "ROTA_ATTEMPT": str(attempt)}
+    if spec.shards:
+        env["ROTA_SHARD_INDEX"] = str(task.copy)
+        env["ROTA_SHARD_COUNT"] = str(spec.shards)
+    return rota_pb2.TaskAssignment(
+        task=rota_pb2.TaskRef(job_id=task.job.id, index=task.index, attempt=attempt),
+        kind=spec.kind,
+        params_json=json.dumps(spec.params).encode(),
+        env=env,
+        timeout=task.timeout or 0.0,
+    )
+
+
+def report_from_pb(r: rota_pb2.TaskReport) -> Report:
+    ref = TaskRef(r.task.job_id, r.task.index, r.task.attempt)
+    if r.state == "RUNNING":
+        return Report(ref, "RUNNING")
+    result: dict[str, Any] = {
+        "exit_code": r.exit_code if r.has_exit_code else None,
+        "stdout": r.stdout,
+        "stderr": r.stderr,
+        "value": json.loads(r.value_json) if r.value_json else None,
+        "error": r.error or None,
+    }
+    if r.truncated:
+        result["truncated"] = True
+    return Report(ref, "SUCCEEDED" if r.state == "SUCCEEDED" else "FAILED", result)
+
+
+class LeaderRuntime:
+    def __init__(self, client: EtcdClient, election: Election, on_fenced: Callable[[], None]) -> None:
+        self.client = client
+        self.election = election
+        self.on_fenced = on_fenced
+        self.core = Core()
+        self.store = Store(client, election)
+        self.links: dict[str, ExecutorLink] = {}
+        self.ready = False
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._submitting: dict[str, asyncio.Future[None]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        snap = await self.store.load()
+        for rec in snap.executors:
+            self.core.executors[rec["id"]] = ExecutorSlot(
+                id=rec["id"],
+                name=rec.get("name", rec["id"]),
+                addr=rec.get("addr", ""),
+                slots=int(rec.get("slots", 1)),
+                kinds=frozenset(rec.get("kinds", ())),
+                labels=rec.get("labels", {}),
+                lease_id=int(rec["lease"]),
+            )
+        for job in snap.jobs:
+            self.core.add_job(job)
+        self.core.adopt_running()
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="leader-flush"),
+            asyncio.create_task(self._tick_loop(), name="leader-tick"),
+            asyncio.create_task(self._watch_executors(snap.revision + 1), name="leader-executors"),
+        ]
+        self.ready = True
+        self._wake.set()
+        log.info(
+            "leader state rebuilt from etcd in %.3fs: %d jobs, %d pending tasks, %d executors",
+            time.monotonic() - t0,
+            len(snap.jobs),
+            self.core.pending_count(),
+            len(snap.executors),
+        )
+
+    async def stop(self) -> None:
+        """Stop leading: end executor streams (they re-attach to the next leader) and background work."""
+        self._stopping = True
+        self.ready = False
+        for link in list(self.links.values()):
+            link.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(NotReady("the leader stepped down"))
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    # -- background work -----------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            decisions = self.core.drain()
+            if not decisions:
+                continue
+            writes = [d for d in decisions if isinstance(d, (PutTask, PutJob))]
+            delay = 0.05
+            while writes:
+                try:
+                    await self.store.commit(writes)
+                    break
+                except Fenced:
+                    log.warning("a fenced write was rejected: stepping down")
+                    self.ready = False
+                    self.on_fenced()
+                    return
+                except EtcdError as e:
+                    log.warning("cannot commit %d writes yet: %s", len(writes), e)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+            self._route(decisions)
+
+    def _route(self, decisions: list[Any]) -> None:
+        for d in decisions:
+            if isinstance(d, Dispatch):
+                link = self.links.get(d.executor)
+                batch = [assignment(t, a) for t, a in d.tasks if t.attempt == a and t.state in ACTIVE]
+                if link is not None and batch:
+                    link.send(rota_pb2.LeaderMessage(dispatch=rota_pb2.Dispatch(tasks=batch)))
+            elif isinstance(d, CancelTasks):
+                link = self.links.get(d.executor)
+                if link is not None:
+                    link.send(rota_pb2.LeaderMessage(cancel=rota_pb2.CancelTasks(tasks=_refs(d.refs))))
+            elif isinstance(d, Ack):
+                link = self.links.get(d.executor)
+                if link is not None:
+                    link.send(rota_pb2.LeaderMessage(acks=rota_pb2.Acks(tasks=_refs(d.refs))))
+            elif isinstance(d, JobEnded):
+                for f in self._waiters.pop(d.job.id, []):
+                    if not f.done():
+                        f.set_result(None)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.core.tick()
+            self.kick()
+
+    async def _watch_executors(self, start: int) -> None:
+        """Executors whose lease expired (or was revoked) lose their tasks."""
+        while True:
+            try:
+                async for events in self.client.watch(keys.EXECUTORS, start, prefix=True):
+                    for e in events:
+                        start = e.kv.mod_revision + 1
+                        if e.type == "delete":
+                            ex_id = e.kv.key[len(keys.EXECUTORS) :].decode()
+                            log.info("executor %s lost its lease: requeueing its tasks", ex_id)
+                            link = self.links.pop(ex_id, None)
+                            if link:
+                                link.close()
+                            self.core.executor_lost(ex_id)
+                    self.kick()
+            except WatchCompacted as e:
+                log.warning("executor watch compacted at %d; resuming from there", e.compact_revision)
+                start = e.compact_revision
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self.ready:
+            raise NotReady("this master is not a ready leader")
+
+    async def submit(self, job_id: str, spec: JobSpec) -> tuple[str, bool]:
+        """Commit a job to etcd, then schedule it; created is False when the id exists."""
+        self._check()
+        if job_id in self.core.jobs:
+            return job_id, False
+        pending = self._submitting.get(job_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return job_id, False
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submitting[job_id] = done
+        try:
+            created_at = time.time()
+            seq = await self.store.create_job(job_id, spec, created_at)
+            if seq is None:
+                return job_id, False
+            self._check()
+            self.core.add_job(Job(job_id, spec, seq, created_at))
+            self.kick()
+            return job_id, True
+        except Fenced:
+            self.on_fenced()
+            raise NotReady("leadership lost while submitting") from None
+        finally:
+            del self._submitting[job_id]
+            done.set_result(None)
+
+    def job(self, job_id: str) -> Job | None:
+        self._check()
+        return self.core.jobs.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        self._check()
+        return list(self.core.jobs.values())
+
+    def executors(self) -> list[ExecutorSlot]:
+        self._check()
+        return list(self.core.executors.values())
+
+    async def wait_job(self, job_id: str, timeout: float) -> Job | None:
+        job = self.job(job_id)
+        if job is None or job.state is not None:
+            return job
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        if not fut.done():
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.get(job_id, []).remove(fut)
+        else:
+            fut.result()
+        return self.job(job_id)
+
+    def cancel_job(self, job_id: str) -> Job | None:
+        self._check()
+        job = self.core.cancel_job(job_id)
+        self.kick()
+        return job
+
+    # -- executors -----------------------------------------------------------------------
+
+    async def attach(self, hello: rota_pb2.Hello) -> ExecutorLink:
+        """Register an executor (or re-adopt one after a leader change) and open its link."""
+        self._check()
+        ttl = max(1, round(hello.keepalive_ttl or 5))
+        reported = [TaskRef(r.job_id, r.index, r.attempt) for r in hello.running]
+        ex_id, lease = hello.executor_id, hello.lease_id
+        known = self.core.executors.get(ex_id) if ex_id else None
+        if known is None or known.lease_id != lease or await self.client.time_to_live(lease) <= 0:
+            lease = await self.client.grant(ttl)
+            ex_id = f"{hello.name}-{lease & 0xFFFFFF:06x}"
+            record = {
+                "id": ex_id,
+                "name": hello.name,
+                "addr": hello.addr,
+                "slots": hello.slots,
+                "kinds": list(hello.kinds),
+                "labels": dict(hello.labels),
+            }
+            try:
+                await self.store.put_executor(ex_id, record, lease)
+            except Fenced:
+                self.on_fenced()
+                await self.client.revoke(lease)
+                raise NotReady("leadership lost") from None
+            log.info(
+                "executor %s attached: %s, %d slots, kinds %s",
+                ex_id,
+                hello.addr,
+                hello.slots,
+                ",".join(hello.kinds),
+            )
+        else:
+            log.info("executor %s re-attached with %d running tasks", ex_id, len(reported))
+        old = self.links.pop(ex_id, None)
+        if old:
+            old.close()
+        link = ExecutorLink(ex_id, lease, ttl)
+        self.links[ex_id] = link
+        slot = ExecutorSlot(
+            id=ex_id,
+            name=hello.name,
+            addr=hello.addr,
+            slots=max(1, hello.slots),
+            kinds=frozenset(hello.kinds),
+            labels=dict(hello.labels),
+            lease_id=lease,
+        )
+        self.core.attach_executor(slot, reported)
+        self.kick()
+        return link
+
+    async def heartbeat(self, link: ExecutorLink) -> int:
+        """Renew the executor's lease; 0 means it expired and the executor must start over."""
+        try:
+            return await self.client.keepalive(link.lease_id)
+        except EtcdError:
+            return -1
+
+    def reports(self, link: ExecutorLink, reports: Iterable[rota_pb2.TaskReport]) -> None:
+        if self.links.get(link.executor_id) is link:
+            self.core.report(link.executor_id, [report_from_pb(r) for r in reports])
+            self.kick()
+
+    async def detach(self, link: ExecutorLink) -> None:
+        """The stream broke while we lead: the executor is gone, so revoke its lease now."""
+        if self._stopping or self.links.get(link.executor_id) is not link:
+            return
+        del self.links[link.executor_id]
+        link.close()
+        self.core.executor_detached(link.executor_id)
+        log.info("executor %s disconnected: revoking its lease", link.executor_id)
+        with contextlib.suppress(EtcdError):
+            await self.client.revoke(link.lease_id)
+        self.core.executor_lost(link.executor_id)
+        self.kick()

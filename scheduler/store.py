@@ -1,0 +1,148 @@
+"""Jobs and tasks in etcd: how the leader writes them (fenced, batched) and reads them back.
+
+A job is its record ``/rota/jobs/<id>`` (the commit marker, written last) plus its spec
+in parts of at most 1 MiB under ``/rota/jobspec/<id>/``, so a job of any size is written
+in transactions within etcd's request limit and is visible only once complete. A task
+has a key ``/rota/tasks/<id>/<index>`` only once its state changes: no key means
+PENDING with no attempt yet, which keeps submission cheap. docs/keys.md has the layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from metastore import keys
+from metastore.client import EtcdClient, create_revision_is, delete_op, put_op
+from metastore.election import Election
+from scheduler.core import Job, PutJob, PutTask, restore_task
+from scheduler.jobspec import JobSpec
+
+log = logging.getLogger("rota.store")
+
+JOBS = keys.ROOT + b"jobs/"
+JOBSPECS = keys.ROOT + b"jobspec/"
+TASKS = keys.ROOT + b"tasks/"
+
+#: Writes per transaction, below etcd's --max-txn-ops 1024 that the launcher sets.
+MAX_OPS = 1000
+#: Bytes per transaction, below the 1.5 MiB etcd accepts by default.
+MAX_TXN_BYTES = 1_200_000
+SPEC_PART = 1_000_000
+#: Transactions in flight at once while committing a large batch.
+PARALLEL_TXNS = 8
+
+
+def job_key(job_id: str) -> bytes:
+    return JOBS + job_id.encode()
+
+
+def spec_key(job_id: str, part: int) -> bytes:
+    return JOBSPECS + f"{job_id}/{part:05d}".encode()
+
+
+def task_key(job_id: str, index: int) -> bytes:
+    return TASKS + f"{job_id}/{index:08d}".encode()
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@dataclass
+class Snapshot:
+    """Everything a new leader needs, read at one revision."""
+
+    jobs: list[Job]
+    executors: list[dict[str, Any]]
+    revision: int
+
+
+class Store:
+    def __init__(self, client: EtcdClient, election: Election) -> None:
+        self.client = client
+        self.election = election
+        self.txns = 0
+        self.writes = 0
+
+    async def create_job(self, job_id: str, spec: JobSpec, created: float) -> int | None:
+        """Write a job; return its sequence number (the record's create revision), None if it exists."""
+        blob = _dumps(spec.to_dict())
+        parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
+        for i, part in enumerate(parts[:-1]):
+            await self._txn([put_op(spec_key(job_id, i), part)])
+        record = {"id": job_id, "created": created, "state": None, "parts": len(parts)}
+        result = await self.election.fenced_txn(
+            [put_op(spec_key(job_id, len(parts) - 1), parts[-1]), put_op(job_key(job_id), _dumps(record))],
+            compare=[create_revision_is(job_key(job_id), 0)],
+        )
+        self.txns += len(parts)
+        self.writes += len(parts) + 1
+        return result.revision if result.succeeded else None
+
+    async def _txn(self, ops: Sequence[Any]) -> None:
+        await self.election.fenced_txn(ops)
+
+    async def commit(self, decisions: Sequence[PutTask | PutJob]) -> None:
+        """Persist state changes in as few fenced transactions as fit etcd's limits."""
+        latest: dict[bytes, bytes] = {}
+        for d in decisions:
+            if isinstance(d, PutTask):
+                latest[task_key(d.task.job.id, d.task.index)] = _dumps(d.record)
+            else:
+                rec = {**d.job.record(), "parts": None}
+                latest[job_key(d.job.id)] = _dumps(rec)
+        if not latest:
+            return
+        batches: list[list[Any]] = [[]]
+        size = 0
+        for key, value in latest.items():
+            if len(batches[-1]) >= MAX_OPS or size + len(key) + len(value) > MAX_TXN_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(put_op(key, value))
+            size += len(key) + len(value) + 16
+        for i in range(0, len(batches), PARALLEL_TXNS):
+            await asyncio.gather(*(self._txn(b) for b in batches[i : i + PARALLEL_TXNS]))
+        self.txns += len(batches)
+        self.writes += len(latest)
+
+    async def put_executor(self, executor_id: str, record: dict[str, Any], lease: int) -> None:
+        await self.election.fenced_txn([put_op(keys.executor(executor_id), _dumps(record), lease=lease)])
+
+    async def load(self) -> Snapshot:
+        """Read every job, task and executor at one revision, dropping half-written jobs."""
+        job_kvs, rev = await self.client.get_prefix(JOBS)
+        spec_kvs, _ = await self.client.get_prefix(JOBSPECS, revision=rev)
+        task_kvs, _ = await self.client.get_prefix(TASKS, revision=rev)
+        ex_kvs, _ = await self.client.get_prefix(keys.EXECUTORS, revision=rev)
+        parts: dict[str, list[bytes]] = {}
+        for kv in spec_kvs:
+            job_id = kv.key[len(JOBSPECS) :].decode().rsplit("/", 1)[0]
+            parts.setdefault(job_id, []).append(kv.value)
+        jobs: dict[str, Job] = {}
+        for kv in job_kvs:
+            rec = json.loads(kv.value)
+            job_id = rec["id"]
+            spec = JobSpec.from_dict(json.loads(b"".join(parts.pop(job_id, []))), source=f"etcd job {job_id}")
+            job = Job(job_id, spec, kv.create_revision, float(rec.get("created", 0.0)))
+            job.state = rec.get("state")
+            job.cancelled = job.state == "CANCELLED"
+            jobs[job_id] = job
+        for kv in task_kvs:
+            job_id, _, index = kv.key[len(TASKS) :].decode().rpartition("/")
+            owner = jobs.get(job_id)
+            if owner is not None and 0 <= int(index) < len(owner.tasks):
+                restore_task(owner, int(index), json.loads(kv.value))
+        if parts:
+            log.warning("dropping %d half-written job(s): %s", len(parts), ", ".join(sorted(parts)))
+            await self.election.fenced_txn(
+                [delete_op(JOBSPECS + f"{j}/".encode(), prefix=True) for j in parts]
+            )
+        executors = [json.loads(kv.value) | {"lease": kv.lease} for kv in ex_kvs]
+        ordered = sorted(jobs.values(), key=lambda j: j.seq)
+        return Snapshot(ordered, executors, rev)

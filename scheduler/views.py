@@ -1,0 +1,56 @@
+"""The JSON documents of SPEC.md (get-job, list-jobs, list-executors), built from the core's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scheduler.core import TASK_STATES, Job, Task
+from scheduler.placement import ExecutorSlot
+
+RESULT_KEYS = ("exit_code", "stdout", "stderr", "value", "error")
+
+
+def result_doc(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    doc = {k: result.get(k) for k in RESULT_KEYS}
+    if result.get("truncated"):
+        doc["truncated"] = True
+    return doc
+
+
+def task_doc(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "state": task.state,
+        "attempt": task.attempt,
+        "executor": task.executor or None,
+        "result": result_doc(task.result),
+    }
+
+
+def job_doc(job: Job, with_tasks: bool = True) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": job.id,
+        "name": job.spec.name,
+        "state": job.current_state(),
+        "priority": job.spec.priority,
+        "counts": {s: job.counts[s] for s in TASK_STATES if job.counts[s]},
+    }
+    if with_tasks:
+        doc["tasks"] = [task_doc(t) for t in job.tasks]
+    return doc
+
+
+def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "name": ex.name,
+        "addr": ex.addr,
+        "slots": ex.slots,
+        "running": len(ex.running),
+        "labels": dict(ex.labels),
+        "kinds": sorted(ex.kinds),
+        "state": "ready" if ex.connected else "disconnected",
+    }
