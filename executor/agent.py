@@ -149,7 +149,11 @@ class Agent:
         return None
 
     def _hello(self) -> rota_pb2.Hello:
-        running = [r.ref for r in self.running.values()] if self.executor_id else []
+        # Attempts whose result is not yet acknowledged count as running: the new leader
+        # must keep them assigned here, or it would run them again before the result lands.
+        running = [r.ref for r in self.running.values()] + [r.task for r in self.unacked.values()]
+        if not self.executor_id:
+            running = []
         return rota_pb2.Hello(
             name=self.conf.name,
             addr=self.conf.addr,

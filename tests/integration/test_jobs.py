@@ -1,0 +1,267 @@
+"""Jobs end to end on a real cluster: three masters, embedded etcd, two executors (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos import rota_pb2, rota_pb2_grpc
+from scheduler.client import Client
+from scheduler.localcluster import LocalCluster
+
+pytestmark = pytest.mark.etcd
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "sample" / "jobs"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("jobs"), executors=2, executor_slots=2)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler.client_cli", "--master-addr", cluster.addresses, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def etcd_revision(cluster: LocalCluster) -> int:
+    """The store revision, read straight from one embedded member's JSON gateway."""
+    argv = cluster.masters[0].argv
+    url = argv[argv.index("--etcd-client-urls") + 1]
+    req = urllib.request.Request(url + "/v3/kv/range", data=json.dumps({"key": "AA=="}).encode())
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=5) as resp:
+        return int(json.loads(resp.read())["header"]["revision"])
+
+
+def test_every_kind_end_to_end(cluster):
+    if shutil.which("go") is None:
+        pytest.skip("no Go toolchain on PATH here (.ci/run installs golang-go)")
+    with cluster.client(timeout=10) as c:
+        job = c.submit_job(SAMPLES / "all-kinds.toml")
+        doc = c.wait_job(job["id"], timeout=180)
+    tasks = {t["name"]: t for t in doc["tasks"]}
+    assert doc["state"] == "SUCCEEDED", json.dumps(doc, indent=1)
+    assert all(t["state"] == "SUCCEEDED" and t["attempt"] == 1 for t in tasks.values())
+    assert tasks["shell-list"]["result"]["stdout"] == "argv without a shell\n"
+    assert tasks["shell-string"]["result"]["stdout"] == f"JOB {job['id'].upper()}\n"
+    assert tasks["python"]["result"]["stdout"].startswith("python 3.")
+    assert tasks["call"]["result"]["value"] == 42
+    assert tasks["go"]["result"]["stdout"] == "hello from go\n"
+
+
+def test_shards_spread_over_both_executors_and_see_their_index(cluster):
+    with cluster.client(timeout=10) as c:
+        doc = c.wait_job(c.submit_job(SAMPLES / "split.toml")["id"], timeout=60)
+    assert doc["state"] == "SUCCEEDED"
+    assert len({t["executor"] for t in doc["tasks"]}) == 2
+    outputs = sorted(t["result"]["stdout"] for t in doc["tasks"])
+    assert all(f"shard {i} of 4" in outputs[i] for i in range(4)), outputs
+
+
+def test_call_batch_and_failures_are_reported(cluster):
+    job = {
+        "name": "mixed",
+        "max-attempts": 2,
+        "task": [
+            {"name": "mul", "kind": "call", "function": "operator:mul", "args": [6, 7], "count": 20},
+            {"name": "bad", "kind": "shell", "command": ["sh", "-c", "echo oops >&2; exit 3"]},
+        ],
+    }
+    with cluster.client(timeout=10) as c:
+        doc = c.wait_job(c.submit_job(job)["id"], timeout=60)
+    assert doc["state"] == "FAILED"
+    assert doc["counts"] == {"SUCCEEDED": 20, "FAILED": 1}
+    bad = next(t for t in doc["tasks"] if t["name"] == "bad")
+    assert bad["attempt"] == 2 and bad["result"]["exit_code"] == 3 and bad["result"]["stderr"] == "oops\n"
+    assert {t["result"]["value"] for t in doc["tasks"] if t["name"].startswith("mul")} == {42}
+
+
+def test_same_id_twice_makes_one_job(cluster):
+    with cluster.client(timeout=10) as c:
+        first = c.submit_job(SAMPLES / "hello.toml", job_id="same-id-1")
+        second = c.submit_job(SAMPLES / "hello.toml", job_id="same-id-1")
+        jobs = [j for j in c.list_jobs() if j["id"] == "same-id-1"]
+    assert first == {"id": "same-id-1", "created": True}
+    assert second == {"id": "same-id-1", "created": False}
+    assert len(jobs) == 1
+
+
+def test_cancel_kills_a_running_task(cluster, tmp_path):
+    pid_file = tmp_path / "pid"
+    job = {
+        "name": "long",
+        "task": [{"name": "s", "kind": "shell", "command": f"echo $$ > {pid_file}; exec sleep 60"}],
+    }
+    with cluster.client(timeout=10) as c:
+        job_id = c.submit_job(job)["id"]
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        doc = c.cancel_job(job_id)
+        assert doc["state"] == "CANCELLED"
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline, "the cancelled task's process still runs"
+            time.sleep(0.05)
+        assert c.get_job(job_id)["tasks"][0]["state"] == "CANCELLED"
+    p = cli(cluster, "wait-job", job_id)
+    assert p.returncode == 1, p.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("name = 'x'\n[[task]\n", "invalid TOML"),
+        ("name = 'x'\ncolour = 1\n[[task]]\nname='t'\nkind='noop'\n", "unknown key 'colour'"),
+        ("name = 'x'\n[[task]]\nname='t'\nkind='sleep'\nseconds='long'\n", "task[0].seconds"),
+        ("name = 'x'\n[[task]]\nname='t'\nkind='teleport'\n", "unknown kind 'teleport'"),
+        ("", "no tasks"),
+        ("name = 'x'\n[[task]]\nname='t'\nkind='noop'\ncount=2000000\n", "1000000"),
+    ],
+    ids=["syntax", "unknown-key", "wrong-type", "unknown-kind", "empty", "oversize"],
+)
+def test_bad_job_files_exit_2_and_write_nothing(cluster, tmp_path, content, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(content)
+    before = etcd_revision(cluster)
+    p = cli(cluster, "submit-job", "--config", str(f))
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert needle in p.stderr and str(f) in p.stderr and "Traceback" not in p.stderr
+    assert etcd_revision(cluster) == before
+
+
+def test_master_rejects_a_bad_spec_with_invalid_argument(cluster):
+    before = etcd_revision(cluster)
+    for m in cluster.masters:  # the leader and the followers alike
+        with grpc.insecure_channel(m.addr) as ch:
+            stub = rota_pb2_grpc.MasterStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.SubmitJob(
+                    rota_pb2.SubmitJobRequest(spec_json=b'{"name": "x", "task": []}', id="x1"), timeout=10
+                )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "no tasks" in e.value.details()
+    assert etcd_revision(cluster) == before
+
+
+def test_cli_submit_wait_get_list(cluster):
+    p = cli(cluster, "--json", "submit-job", "--config", str(SAMPLES / "hello.toml"), "--wait")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["state"] == "SUCCEEDED" and doc["counts"] == {"SUCCEEDED": 2}
+    assert set(doc) == {"id", "name", "state", "priority", "counts", "tasks"}
+    assert set(doc["tasks"][0]) == {"id", "name", "state", "attempt", "executor", "result"}
+    assert set(doc["tasks"][0]["result"]) >= {"exit_code", "stdout", "stderr", "value", "error"}
+    p = cli(cluster, "get-job", doc["id"])
+    assert p.returncode == 0 and "hello from rota" in p.stdout and "SUCCEEDED" in p.stdout
+    p = cli(cluster, "--json", "list-jobs", "--state", "succeeded")
+    assert p.returncode == 0 and doc["id"] in {j["id"] for j in json.loads(p.stdout)}
+    assert all("tasks" not in j for j in json.loads(p.stdout))
+    p = cli(cluster, "--json", "list-executors")
+    executors = json.loads(p.stdout)
+    assert len(executors) == 2 and all(
+        set(e) >= {"id", "name", "addr", "slots", "running", "labels", "state"} for e in executors
+    )
+    p = cli(cluster, "get-job", "no-such-job")
+    assert p.returncode == 2 and "no job 'no-such-job'" in p.stderr
+    with Client(cluster.masters[1].addr, timeout=10) as c:  # a follower or the leader: same answer
+        assert c.get_job(doc["id"])["state"] == "SUCCEEDED"
+
+
+def test_priority_high_runs_before_low_on_one_slot(local_cluster):
+    cluster = local_cluster(executors=1, executor_slots=1)
+
+    def stamp(name, priority):
+        return {"name": name, "priority": priority,
+                "task": [{"name": "t", "kind": "python", "code": "import time; print(time.time())"}]}  # fmt: skip
+
+    with cluster.client(timeout=10) as c:
+        blocker = c.submit_job({"name": "blocker", "task": [{"name": "b", "kind": "sleep", "seconds": 1.5}]})
+        deadline = time.monotonic() + 20
+        while c.get_job(blocker["id"])["state"] != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        low = c.submit_job(stamp("low", "low"))
+        high = c.submit_job(stamp("high", "high"))
+        t_low = float(c.wait_job(low["id"], timeout=60)["tasks"][0]["result"]["stdout"])
+        t_high = float(c.wait_job(high["id"], timeout=60)["tasks"][0]["result"]["stdout"])
+    assert t_high < t_low
+
+
+def test_executor_refuses_kinds_not_allowed(local_cluster):
+    cluster = local_cluster(executors=1, executor_slots=1, executor_args=["--allow-kinds", "noop,sleep"])
+    with cluster.client(timeout=10) as c:
+        (ex,) = c.list_executors()
+        assert ex["kinds"] == ["noop", "sleep"]
+        shell = c.submit_job({"name": "s", "task": [{"name": "t", "kind": "shell", "command": ["true"]}]})
+        noop = c.submit_job({"name": "n", "task": [{"name": "t", "kind": "noop"}]})
+        assert c.wait_job(noop["id"], timeout=30)["state"] == "SUCCEEDED"
+        time.sleep(0.5)
+        doc = c.get_job(shell["id"])
+    assert doc["state"] == "PENDING" and doc["tasks"][0]["attempt"] == 0
+
+
+def test_fifty_thousand_tasks_are_accepted_and_complete(local_cluster):
+    cluster = local_cluster(executors=2, executor_slots=16)
+    with cluster.client(timeout=30) as c:
+        job = c.submit_job({"name": "big", "task": [{"name": "n", "kind": "noop", "count": 50_000}]})
+        assert job["created"]
+        doc = c.wait_job(job["id"], timeout=400)
+    assert doc["counts"] == {"SUCCEEDED": 50_000}
+    assert all(t["attempt"] == 1 for t in doc["tasks"])
+
+
+def test_leader_change_mid_job_completes_each_task_once(local_cluster, tmp_path):
+    cluster = local_cluster(executors=2, executor_slots=4)
+    log = tmp_path / "side-effects.log"
+    code = (
+        "import os, time; time.sleep(0.2); "
+        f"open({str(log)!r}, 'a').write(os.environ['ROTA_TASK_ID'] + ' ' + os.environ['ROTA_ATTEMPT'] + '\\n')"
+    )
+    job = {"name": "through-failover", "task": [{"name": "w", "kind": "python", "code": code, "count": 120}]}
+    with cluster.client(timeout=30) as c:
+        job_id = c.submit_job(job)["id"]
+        deadline = time.monotonic() + 60
+        while c.get_job(job_id)["counts"].get("SUCCEEDED", 0) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        leader = cluster.leader()
+        leader.signal(signal.SIGKILL)
+        cluster.wait_for_leader(exclude=leader.name, timeout=30)
+        doc = c.wait_job(job_id, timeout=180)
+    assert doc["state"] == "SUCCEEDED" and doc["counts"] == {"SUCCEEDED": 120}
+    lines = log.read_text().splitlines()
+    ids = [line.split()[0] for line in lines]
+    assert sorted(set(ids)) == sorted(t["id"] for t in doc["tasks"])
+    assert len(ids) == len(set(ids)), "a task ran twice although no executor was lost"
