@@ -15,7 +15,7 @@ from scheduler.jobspec import JobSpecError
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
 #: get-job shows this many tasks in a table; --json always has them all.
-MAX_TASK_ROWS = 50
+MAX_TASK_ROWS = 20
 
 EXIT_NO_LEADER = 3
 

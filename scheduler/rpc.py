@@ -43,11 +43,21 @@ def server() -> grpc.aio.Server:
 
 
 async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
-    """True once ``ch`` is connected; False if it is not within ``timeout``."""
-    if ch.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
-        return True
-    try:
-        await asyncio.wait_for(ch.channel_ready(), timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
+    """True once ``ch`` is connected; False when it fails to connect or ``timeout`` passes first.
+
+    A refused connection answers at once (TRANSIENT_FAILURE), so a dead peer costs no wait;
+    a stopped one (it accepts TCP but never speaks) costs ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = ch.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        remaining = deadline - loop.time()
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE or remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(ch.wait_for_state_change(state), remaining)
+        except asyncio.TimeoutError:
+            return False
+        state = ch.get_state(try_to_connect=True)
+    return True
