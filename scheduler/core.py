@@ -255,12 +255,15 @@ class Core:
         self._put(task)
         job = task.job
         if job.state is None and sum(job.counts[s] for s in TERMINAL) == len(job.tasks):
-            if job.cancelled:
-                job.state = CANCELLED
-            else:
-                job.state = FAILED if job.counts[FAILED] or job.counts[CANCELLED] else SUCCEEDED
-            self._out.append(PutJob(job))
-            self._out.append(JobEnded(job))
+            self._end_job(job)
+
+    def _end_job(self, job: Job) -> None:
+        if job.cancelled:
+            job.state = CANCELLED
+        else:
+            job.state = FAILED if job.counts[FAILED] or job.counts[CANCELLED] else SUCCEEDED
+        self._out.append(PutJob(job))
+        self._out.append(JobEnded(job))
 
     def _retry_or_fail(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
         """After a failed or lost attempt: run again with the next attempt, or fail for good."""
@@ -278,9 +281,20 @@ class Core:
     # -- events --------------------------------------------------------------------------
 
     def add_job(self, job: Job) -> None:
-        """A job whose record is committed to etcd (new, or rebuilt by a new leader)."""
+        """A job whose record is committed to etcd (new, or rebuilt by a new leader).
+
+        A rebuilt job may carry the traces of a commit cut short by a leader change: a
+        cancelled task (only a cancel makes one) finishes the cancel, and a job whose tasks
+        have all ended gets its end written now.
+        """
         self.jobs[job.id] = job
         if job.state is None:
+            if job.counts[CANCELLED] and not job.cancelled:
+                self.cancel_job(job.id)
+                return
+            if sum(job.counts[s] for s in TERMINAL) == len(job.tasks):
+                self._end_job(job)
+                return
             for task in job.tasks:
                 if task.state == PENDING:
                     self._enqueue(task)

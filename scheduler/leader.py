@@ -88,6 +88,12 @@ def assignment(task: Task, attempt: int) -> rota_pb2.TaskAssignment:
     )
 
 
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_result(None)
+
+
 def report_from_pb(r: rota_pb2.TaskReport) -> Report:
     ref = TaskRef(r.task.job_id, r.task.index, r.task.attempt)
     if r.state == "RUNNING":
@@ -116,6 +122,7 @@ class LeaderRuntime:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._submitting: dict[str, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
+        self._synced: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -161,10 +168,9 @@ class LeaderRuntime:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for futs in self._waiters.values():
-            for f in futs:
-                if not f.done():
-                    f.set_exception(NotReady("the leader stepped down"))
+        for f in [*self._synced, *(f for futs in self._waiters.values() for f in futs)]:
+            if not f.done():
+                f.set_exception(NotReady("the leader stepped down"))
 
     def kick(self) -> None:
         self._wake.set()
@@ -175,8 +181,10 @@ class LeaderRuntime:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            synced, self._synced = self._synced, []
             decisions = self.core.drain()
             if not decisions:
+                _resolve(synced)
                 continue
             writes = [d for d in decisions if isinstance(d, (PutTask, PutJob))]
             delay = 0.05
@@ -194,6 +202,14 @@ class LeaderRuntime:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
             self._route(decisions)
+            _resolve(synced)
+
+    async def sync(self) -> None:
+        """Return once every decision the core has made so far is committed to etcd."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._synced.append(fut)
+        self.kick()
+        await fut
 
     def _route(self, decisions: list[Any]) -> None:
         for d in decisions:
@@ -301,10 +317,12 @@ class LeaderRuntime:
             fut.result()
         return self.job(job_id)
 
-    def cancel_job(self, job_id: str) -> Job | None:
+    async def cancel_job(self, job_id: str) -> Job | None:
+        """Cancel a job; the answer comes once the cancellation is committed."""
         self._check()
         job = self.core.cancel_job(job_id)
-        self.kick()
+        await self.sync()
+        self._check()
         return job
 
     # -- executors -----------------------------------------------------------------------
