@@ -156,7 +156,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         if rt is not None and rt.ready:
             try:
                 return await local(rt)
-            except NotReady as e:
+            except (NotReady, EtcdError) as e:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         leader = self.leadership.leader
         if leader is None or leader.name == self.name:
