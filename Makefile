@@ -59,6 +59,7 @@ demo: all
 bench: all
 	$(PY) bench/failover.py
 	$(PY) bench/throughput.py
+	$(PY) bench/recovery.py
 
 clean:
 	rm -rf $(VENV) bin protos/*_pb2*.py protos/*_pb2*.pyi *.egg-info
