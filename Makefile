@@ -61,5 +61,8 @@ bench: all
 	$(PY) bench/throughput.py
 	$(PY) bench/recovery.py
 
+chaos: all
+	$(PY) bench/chaos.py
+
 clean:
 	rm -rf $(VENV) bin protos/*_pb2*.py protos/*_pb2*.pyi *.egg-info

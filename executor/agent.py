@@ -99,6 +99,9 @@ class Agent:
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError) as e:
                 log.debug("attach to %s failed: %s", addr, e)
                 redirect = None
+            except Exception as e:  # a stream torn down mid-write, and the like: attach again
+                log.warning("stream to %s ended: %s: %s", addr, type(e).__name__, e)
+                redirect = None
             self._fenced = False
             if self._stopping:
                 break

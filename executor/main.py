@@ -53,6 +53,8 @@ async def serve(conf: AgentConfig, listen: str, kinds: dict[str, Kind]) -> int:
     runner = asyncio.create_task(agent.run())
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if runner.done() and not runner.cancelled() and runner.exception() is not None:
+        log.error("executor loop failed", exc_info=runner.exception())
     log.info("shutting down: stopping %d running tasks", len(agent.running))
     await agent.stop()
     for t in (runner, waiter):

@@ -26,6 +26,8 @@ from scheduler.jobspec import JobSpec, load_job, validate_job_id
 DEFAULT_ADDR = "127.0.0.1:10240"
 #: How long one master may take to accept a connection before the next is tried.
 CONNECT_TIMEOUT = 1.0
+#: The least time one call to one master gets when there are others to try.
+PER_TRY_MIN = 3.0
 _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 T = TypeVar("T")
 
@@ -113,7 +115,9 @@ class AsyncClient:
                 errors[addr] = "not answering"
             else:
                 try:
-                    result = await getattr(stub, method)(request, timeout=remaining)
+                    # Several masters: do not let one that stopped answering eat the whole timeout.
+                    per_try = remaining if n == 1 else min(remaining, max(PER_TRY_MIN, self.timeout / n))
+                    result = await getattr(stub, method)(request, timeout=per_try)
                     self._preferred = idx
                     return result
                 except grpc.aio.AioRpcError as e:

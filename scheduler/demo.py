@@ -32,7 +32,9 @@ def main() -> int:
     print(f"Starting three masters with embedded etcd and two executors (logs in {logs}/) ...", flush=True)
     t0 = time.monotonic()
     with LocalCluster(logs, etcd_tuning=("50ms", "500ms"), executors=2, executor_slots=2) as cluster:
-        print(f"Cluster ready in {time.monotonic() - t0:.1f}s; ROTA_MASTER_ADDR={cluster.addresses}", flush=True)
+        print(
+            f"Cluster ready in {time.monotonic() - t0:.1f}s; ROTA_MASTER_ADDR={cluster.addresses}", flush=True
+        )
         addrs = cluster.addresses
         master_client(addrs, "cluster-status")
         master_client(addrs, "list-executors")

@@ -16,13 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-# This process forks children while gRPC threads run; gRPC's fork handlers are not needed
-# (children exec at once) and only print warnings.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-from metastore.etcd_server import die_with_parent, free_ports  # noqa: E402
-from scheduler.client import Client, NoMasterReachable  # noqa: E402
+from metastore.etcd_server import die_with_parent, free_ports
+from scheduler.client import Client, NoMasterReachable
 
 
 class Process:

@@ -219,7 +219,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            return _json(job_doc(await self._job_or_404(await rt.cancel_job(request.id), request.id, context)))
+            return _json(
+                job_doc(await self._job_or_404(await rt.cancel_job(request.id), request.id, context))
+            )
 
         return await self._on_leader("CancelJob", request, context, local)
 

@@ -36,7 +36,11 @@ def pid_alive(pid: int) -> bool:
 def long_tasks(tmp: Path, n: int) -> dict:
     """n shell tasks that record each attempt's pid, then sleep a minute."""
     cmd = f'echo $$ > {tmp}/"${{ROTA_TASK_ID##*/}}-$ROTA_ATTEMPT".pid; exec sleep 60'
-    return {"name": "long", "max-attempts": 3, "task": [{"name": "s", "kind": "shell", "command": cmd, "count": n}]}
+    return {
+        "name": "long",
+        "max-attempts": 3,
+        "task": [{"name": "s", "kind": "shell", "command": cmd, "count": n}],
+    }
 
 
 def running_on(c: Client, job_id: str) -> dict[str, str]:
@@ -51,7 +55,9 @@ def test_killed_executor_tasks_run_elsewhere_with_next_attempt(local_cluster, tm
     cluster: LocalCluster = local_cluster(executors=2, executor_slots=2)
     with cluster.client(timeout=10) as c:
         job_id = c.submit_job(long_tasks(tmp_path, 2))["id"]
-        placed = wait_until("both tasks running", lambda: len(running_on(c, job_id)) == 2 and running_on(c, job_id))
+        placed = wait_until(
+            "both tasks running", lambda: len(running_on(c, job_id)) == 2 and running_on(c, job_id)
+        )
         victim = cluster.executors[0]
         victim_id = executor_id(c, victim.name)
         moved = [t for t, e in placed.items() if e == victim_id]
@@ -74,16 +80,25 @@ def test_killed_executor_tasks_run_elsewhere_with_next_attempt(local_cluster, tm
 
 def test_frozen_executor_is_fenced_out_and_kills_its_task(local_cluster, tmp_path):
     cluster: LocalCluster = local_cluster(
-        executors=2, executor_slots=2, executor_args=["--keepalive-ttl", "2s", "--keepalive-interval", "200ms"]
+        executors=2,
+        executor_slots=2,
+        executor_args=["--keepalive-ttl", "2s", "--keepalive-interval", "200ms"],
     )
     with cluster.client(timeout=10) as c:
         job_id = c.submit_job(long_tasks(tmp_path, 2))["id"]
-        placed = wait_until("both tasks running", lambda: len(running_on(c, job_id)) == 2 and running_on(c, job_id))
+        placed = wait_until(
+            "both tasks running", lambda: len(running_on(c, job_id)) == 2 and running_on(c, job_id)
+        )
         victim = cluster.executors[0]
         victim_id = executor_id(c, victim.name)
         (task_id,) = [t for t, e in placed.items() if e == victim_id]
         first_pid_file = tmp_path / f"{task_id.rsplit('/', 1)[1]}-1.pid"
-        first_pid = int(wait_until("the first attempt's pid", lambda: first_pid_file.exists() and first_pid_file.read_text().strip()))
+        first_pid = int(
+            wait_until(
+                "the first attempt's pid",
+                lambda: first_pid_file.exists() and first_pid_file.read_text().strip(),
+            )
+        )
         victim.signal(signal.SIGSTOP)
         try:
             t0 = time.monotonic()
@@ -99,7 +114,11 @@ def test_frozen_executor_is_fenced_out_and_kills_its_task(local_cluster, tmp_pat
             victim.signal(signal.SIGCONT)
         # Promise 5: woken up past its TTL, the executor kills what it ran and starts over.
         wait_until("the fenced attempt's process to die", lambda: not pid_alive(first_pid), timeout=15)
-        wait_until("the executor to register anew", lambda: executor_id(c, victim.name) not in ("", victim_id), timeout=15)
+        wait_until(
+            "the executor to register anew",
+            lambda: executor_id(c, victim.name) not in ("", victim_id),
+            timeout=15,
+        )
         assert next(t for t in c.get_job(job_id)["tasks"] if t["id"] == task_id)["attempt"] == 2
         c.cancel_job(job_id)
     assert elapsed < 2 + 3, elapsed  # TTL plus etcd's expiry sweep and a loaded machine
@@ -124,12 +143,16 @@ def test_whole_cluster_restart_resumes_unfinished_jobs(local_cluster, tmp_path):
 
 
 def test_one_etcd_member_down_keeps_scheduling_and_quorum_loss_pauses_it(local_cluster, etcd_cluster):
-    cluster: LocalCluster = local_cluster(etcd_endpoints=etcd_cluster.endpoints, executors=1, executor_slots=2)
+    cluster: LocalCluster = local_cluster(
+        etcd_endpoints=etcd_cluster.endpoints, executors=1, executor_slots=2
+    )
     hello = {"name": "q", "task": [{"name": "t", "kind": "noop"}]}
     etcd_cluster.members[2].kill(signal.SIGKILL)
     with cluster.client(timeout=20) as c:
         assert c.wait_job(c.submit_job(hello)["id"], timeout=30)["state"] == "SUCCEEDED"
-        slow = c.submit_job({"name": "slow", "task": [{"name": "s", "kind": "sleep", "seconds": 1, "count": 4}]})
+        slow = c.submit_job(
+            {"name": "slow", "task": [{"name": "s", "kind": "sleep", "seconds": 1, "count": 4}]}
+        )
     etcd_cluster.members[1].kill(signal.SIGKILL)
     with Client(cluster.addresses, timeout=4) as c, pytest.raises(NoMasterReachable):
         c.submit_job(hello, job_id="during-quorum-loss")
@@ -148,7 +171,13 @@ def test_task_that_kills_its_executor_fails_instead_of_the_cluster(local_cluster
     killer = {
         "name": "killer",
         "max-attempts": 3,
-        "task": [{"name": "k", "kind": "python", "code": "import os, signal; os.kill(os.getppid(), signal.SIGKILL)"}],
+        "task": [
+            {
+                "name": "k",
+                "kind": "python",
+                "code": "import os, signal; os.kill(os.getppid(), signal.SIGKILL)",
+            }
+        ],
     }
     with cluster.client(timeout=10) as c:
         doc = c.wait_job(c.submit_job(killer)["id"], timeout=60)

@@ -1,0 +1,90 @@
+"""A short chaos round (bench/chaos.py): faults under load, then every promise checked (issue 4)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from metastore.client import KV, Event
+from scheduler.store import JOBS, TASKS
+
+pytestmark = pytest.mark.etcd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_chaos() -> ModuleType:
+    """bench/ is not a package: load bench/chaos.py by path."""
+    name = "rota_bench_chaos"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "chaos.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+chaos = _load_chaos()
+
+
+@pytest.mark.timeout(240)
+def test_short_chaos_keeps_every_promise(tmp_path: Path) -> None:
+    report = chaos.run_chaos(tmp_path, faults=12, seed=1, duration_limit=40, settle_timeout=60)
+    summary = report.summary()
+    print(summary)
+    assert not report.errors, summary
+    assert len(report.faults) >= 10, summary
+    assert len({f["type"] for f in report.faults}) >= 3, summary
+    assert report.jobs_acknowledged >= 5, summary
+    assert report.check("1 no lost jobs").count == 0, summary
+    assert report.check("2 terminal state written once").count == 0, summary
+    assert report.check("3 no stale results").count == 0, summary
+    assert report.check("4 attempts within bounds").count == 0, summary
+    assert report.ok, summary
+    assert report.tasks_completed == report.tasks_total > 0, summary
+
+
+def _put(key: bytes, rev: int, value: dict[str, object]) -> Event:
+    return Event("put", KV(key, json.dumps(value).encode(), 1, rev, 1, 0), None)
+
+
+def test_checker_flags_every_kind_of_violation() -> None:
+    """The checker itself, on a made-up history that breaks each promise once."""
+    t0, t1 = TASKS + b"j1/00000000", TASKS + b"j1/00000001"
+    ok = {"exit_code": 0, "stdout": "j1/0 1 100\n"}
+    history = [
+        _put(t0, 10, {"s": "ASSIGNED", "a": 1, "e": "x"}),
+        _put(t0, 11, {"s": "SUCCEEDED", "a": 1, "e": "x", "r": ok}),
+        _put(t0, 12, {"s": "SUCCEEDED", "a": 1, "e": "y", "r": ok}),  # completed twice
+        _put(t1, 13, {"s": "ASSIGNED", "a": 2, "e": "x"}),
+        _put(t1, 14, {"s": "ASSIGNED", "a": 6, "e": "x"}),  # past max-attempts
+        _put(t1, 15, {"s": "SUCCEEDED", "a": 1, "e": "x", "r": {"stdout": "j1/1 3 7\n"}}),  # stale
+    ]
+    view = chaos.EtcdView(
+        jobs={"j1": {"id": "j1", "state": "SUCCEEDED"}},
+        tasks={
+            "j1/0": {"s": "SUCCEEDED", "a": 1, "e": "y", "r": ok},
+            "j1/1": {"s": "SUCCEEDED", "a": 1, "e": "x", "r": {"stdout": "j1/1 3 7\n"}},
+        },
+        task_history=history,
+        job_history=[_put(JOBS + b"j1", 16, {"id": "j1", "state": "SUCCEEDED"})],
+        revision=16,
+    )
+    side = chaos.SideLog(starts={"j1/0": {1}, "j1/1": {1, 3, 7}}, ends={"j1/0": {1}}, bad_lines=0, lines=5)
+    report = chaos.ChaosReport(seed=0, faults_requested=0, base_dir="-")
+    chaos.check_outcome(report, {"j1": 2, "lost": 1}, {}, {}, view, side)
+    assert report.check("1 no lost jobs").count == 1  # "lost" has no record
+    assert report.check("2 terminal state written once").count == 1
+    # j1/1: no end line for attempt 1, stdout of attempt 3, attempt 6 written before it
+    assert report.check("3 no stale results").count == 3
+    # j1/1: started attempt 7 and a record with attempt 6
+    assert report.check("4 attempts within bounds").count == 2
+    assert report.check("5 tasks run more than once").count == 1
+    assert not report.ok
