@@ -276,8 +276,8 @@ def test_python_requires_code(make_spec):
 # go
 
 
-@pytest.mark.skipif(shutil.which("go") is not None, reason="a Go toolchain is installed")
-def test_go_is_unavailable_without_a_toolchain():
+def test_go_is_unavailable_without_a_toolchain(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
     assert GoKind().available() is False
 
 
