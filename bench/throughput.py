@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--slots", type=int, default=2, help="slots per executor (two executors)")
+    ap.add_argument("--prefetch", type=int, default=0, help="executor --prefetch (tasks queued beyond slots)")
     ap.add_argument("--kind", default="noop", choices=["noop", "call"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = ap.parse_args()
@@ -34,7 +35,10 @@ def main() -> int:
         task = {"name": "t", "kind": "call", "function": "operator:mul", "args": [6, 7], "count": args.tasks}
     rates = []
     with tempfile.TemporaryDirectory(prefix="rota-throughput-") as tmp:
-        with LocalCluster(tmp, executors=2, executor_slots=args.slots) as cluster, cluster.client(30) as c:
+        cluster = LocalCluster(
+            tmp, executors=2, executor_slots=args.slots, executor_args=["--prefetch", str(args.prefetch)]
+        )
+        with cluster, cluster.client(30) as c:
             for run in range(args.runs):
                 t0 = time.monotonic()
                 job = c.submit_job({"name": f"bench-{run}", "task": [task]})
@@ -47,6 +51,7 @@ def main() -> int:
                       f"(submit {submitted:.2f}s) = {rates[-1]:.0f} tasks/s", flush=True)  # fmt: skip
     result = {
         "tasks": args.tasks, "kind": args.kind, "executors": 2, "slots_per_executor": args.slots,
+        "prefetch": args.prefetch,
         "runs_tasks_per_s": [round(r) for r in rates], "median_tasks_per_s": round(statistics.median(rates)),
     }  # fmt: skip
     print(f"median {result['median_tasks_per_s']} tasks/s over {args.runs} runs")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from executor.gate import PriorityGate
 from executor.kinds.base import Kind, TaskResult, TaskSpec
 from protos import rota_pb2, rota_pb2_grpc
 from scheduler import rpc
@@ -47,6 +48,7 @@ class AgentConfig:
     keepalive_ttl: float
     keepalive_interval: float
     work_dir: str
+    prefetch: int = 0
 
 
 @dataclass
@@ -64,10 +66,12 @@ class Agent:
         self.lease_id = 0
         self.ttl = conf.keepalive_ttl
         self.renewed_at = 0.0
+        # Every accepted attempt, queued at the gate or running.
         self.running: dict[Key, Running] = {}
+        self.gate = PriorityGate(conf.slots)
         self.unacked: dict[tuple[str, int, int], rota_pb2.TaskReport] = {}
         self.completed = 0
-        self._outbox: asyncio.Queue[rota_pb2.ExecutorMessage] | None = None
+        self._outbox: asyncio.Queue[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] | None = None
         self._sent_beats: collections.deque[float] = collections.deque()
         self._stopping = False
         self._fenced = False
@@ -135,8 +139,8 @@ class Agent:
                 "attached to leader at %s as %s (lease ttl %ss)", addr, self.executor_id, first.welcome.ttl
             )
             self._outbox = asyncio.Queue()
-            if self.unacked:
-                self._outbox.put_nowait(self._reports_msg(list(self.unacked.values())))
+            for report in self.unacked.values():
+                self._outbox.put_nowait(report)
             workers = [asyncio.create_task(self._write(call)), asyncio.create_task(self._heartbeat())]
             try:
                 reader = asyncio.create_task(self._read(call))
@@ -164,6 +168,7 @@ class Agent:
             labels=self.conf.labels,
             kinds=sorted(self.kinds),
             keepalive_ttl=self.conf.keepalive_ttl,
+            prefetch=self.conf.prefetch,
             executor_id=self.executor_id,
             lease_id=self.lease_id,
             running=running,
@@ -182,18 +187,18 @@ class Agent:
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         assert self._outbox is not None
         while True:
-            msg = await self._outbox.get()
-            if msg.WhichOneof("body") == "reports":
+            item = await self._outbox.get()
+            if isinstance(item, rota_pb2.TaskReport):
                 # Fold every report already waiting into one message.
-                reports = list(msg.reports.reports)
+                reports = [item]
+                others: list[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] = []
                 while not self._outbox.empty():
                     nxt = self._outbox.get_nowait()
-                    if nxt.WhichOneof("body") == "reports":
-                        reports.extend(nxt.reports.reports)
-                    else:
-                        await call.write(nxt)
-                msg = self._reports_msg(reports)
-            await call.write(msg)
+                    (reports if isinstance(nxt, rota_pb2.TaskReport) else others).append(nxt)
+                for other in others:
+                    await call.write(other)
+                item = self._reports_msg(reports)
+            await call.write(item)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -270,11 +275,15 @@ class Agent:
         kind = self.kinds.get(a.kind)
         work_dir = ""
         announce: asyncio.TimerHandle | None = None
+        acquired = False
         try:
+            await self.gate.acquire(a.priority)
+            acquired = True
             if kind is None:
                 result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")
             else:
-                work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir)
+                if kind.needs_work_dir:
+                    work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir)
                 spec = TaskSpec(
                     job_id=ref.job_id,
                     task_id=a.env.get("ROTA_TASK_ID", f"{ref.job_id}/{ref.index}"),
@@ -283,7 +292,7 @@ class Agent:
                     params=json.loads(a.params_json or b"{}"),
                     env=dict(a.env),
                     timeout=a.timeout or None,
-                    work_dir=work_dir,
+                    work_dir=work_dir or self.conf.work_dir,
                 )
                 announce = asyncio.get_running_loop().call_later(
                     RUNNING_REPORT_DELAY, self._send, rota_pb2.TaskReport(task=ref, state="RUNNING")
@@ -296,6 +305,8 @@ class Agent:
             log.exception("kind %s failed on %s/%d", a.kind, ref.job_id, ref.index)
             result = TaskResult(ok=False, error=f"{type(e).__name__}: {e}")
         finally:
+            if acquired:
+                self.gate.release()
             if announce is not None:
                 announce.cancel()
             if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:
@@ -309,7 +320,7 @@ class Agent:
 
     def _send(self, report: rota_pb2.TaskReport) -> None:
         if self._outbox is not None:
-            self._outbox.put_nowait(self._reports_msg([report]))
+            self._outbox.put_nowait(report)
 
     @staticmethod
     def _reports_msg(reports: Sequence[rota_pb2.TaskReport]) -> rota_pb2.ExecutorMessage:

@@ -85,6 +85,7 @@ def assignment(task: Task, attempt: int) -> rota_pb2.TaskAssignment:
         params_json=json.dumps(spec.params).encode(),
         env=env,
         timeout=task.timeout or 0.0,
+        priority=task.job.priority,
     )
 
 
@@ -373,6 +374,7 @@ class LeaderRuntime:
             kinds=frozenset(hello.kinds),
             labels=dict(hello.labels),
             lease_id=lease,
+            prefetch=max(0, hello.prefetch),
         )
         self.core.attach_executor(slot, reported)
         self.kick()

@@ -18,12 +18,13 @@ class ExecutorSlot:
     kinds: frozenset[str]
     labels: dict[str, str] = field(default_factory=dict)
     lease_id: int = 0
+    prefetch: int = 0
     connected: bool = False
     running: set[Any] = field(default_factory=set)
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running) if self.connected else 0
+        return self.slots + self.prefetch - len(self.running) if self.connected else 0
 
     def load(self) -> tuple[float, int, str]:
         return (len(self.running) / self.slots if self.slots else 1.0, len(self.running), self.id)

@@ -49,6 +49,8 @@ class Kind(abc.ABC):
     """A way of running a task. Subclasses are found through the ``rota.kinds`` entry-point group."""
 
     name: str = ""
+    #: False for kinds that never touch the file system: they are spared a scratch directory per task.
+    needs_work_dir: bool = True
 
     def __init__(self, slots: int = 1) -> None:
         self.slots = max(1, slots)

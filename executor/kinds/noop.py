@@ -7,6 +7,7 @@ from executor.kinds.base import Kind, TaskResult, TaskSpec
 
 class NoopKind(Kind):
     name = "noop"
+    needs_work_dir = False
 
     async def run(self, spec: TaskSpec) -> TaskResult:
         return TaskResult(ok=True, exit_code=0)

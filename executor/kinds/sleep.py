@@ -9,6 +9,7 @@ from executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad_para
 
 class SleepKind(Kind):
     name = "sleep"
+    needs_work_dir = False
 
     async def run(self, spec: TaskSpec) -> TaskResult:
         try:
