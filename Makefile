@@ -59,6 +59,8 @@ demo: all
 bench: all
 	$(PY) bench/failover.py
 	$(PY) bench/throughput.py
+	$(PY) bench/throughput.py --slots 1 --prefetch 256
+	$(PY) bench/latency.py
 	$(PY) bench/recovery.py
 
 chaos: all
