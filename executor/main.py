@@ -137,20 +137,7 @@ flags given on the command line override this file.
     help="Task kinds it runs, kind,... [default: every installed kind this host can run].",
 )
 @click.option("--work-dir", default=None, help="Scratch space for tasks [default: a temporary directory].")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Log verbosity.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log line format on stderr.",
-)
+@cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
 def executor_command(**o: Any) -> int:
     """Run a Rota executor: join the masters, hold a lease, run tasks.

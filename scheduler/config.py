@@ -206,6 +206,24 @@ def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-level`` and ``--log-format``, the same for every program."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Log line format on stderr.",
+    )(fn)
+    return click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="Log verbosity.",
+    )(fn)
+
+
 def sample_config_option(sample: Callable[[], str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--print-sample-config``: print a commented sample config and exit."""
 

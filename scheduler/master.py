@@ -359,20 +359,7 @@ and the same initial-cluster on all three.
     show_default=True,
     help="TTL of the leader's etcd lease: the longest a silent leader keeps its role.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Log verbosity.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log line format on stderr.",
-)
+@cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
 def master_command(**options: Any) -> int:
     """Run one Rota master.
