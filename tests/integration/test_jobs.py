@@ -265,3 +265,18 @@ def test_leader_change_mid_job_completes_each_task_once(local_cluster, tmp_path)
     ids = [line.split()[0] for line in lines]
     assert sorted(set(ids)) == sorted(t["id"] for t in doc["tasks"])
     assert len(ids) == len(set(ids)), "a task ran twice although no executor was lost"
+
+
+def test_every_master_address_works_for_jobs(cluster):
+    """Promise 7: followers forward job calls to the leader."""
+    leader = cluster.leader()
+    followers = [m for m in cluster.masters if m is not leader]
+    assert len(followers) == 2
+    for m in followers:
+        with Client(m.addr, timeout=10) as c:  # this one master only, so no failover hides a refusal
+            assert c.master_info(m.addr)["role"] == "follower"
+            job = c.submit_job({"name": f"via-{m.name}", "task": [{"name": "t", "kind": "noop"}]})
+            doc = c.wait_job(job["id"], timeout=30)
+            assert doc["state"] == "SUCCEEDED" and c.get_job(job["id"])["id"] == job["id"]
+            assert job["id"] in {j["id"] for j in c.list_jobs()}
+            assert len(c.list_executors()) == 2
