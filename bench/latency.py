@@ -1,6 +1,6 @@
 """Round-trip latency: sequential one-task no-op jobs, submit-and-wait, p50/p99.
 
-    .venv/bin/python bench/latency.py [--jobs 500]
+.venv/bin/python bench/latency.py [--jobs 500]
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def main() -> int:
                 assert doc["state"] == "SUCCEEDED"
     q = statistics.quantiles(times, n=100)
     result = {"jobs": args.jobs, "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2)}
-    print(f"{args.jobs} sequential one-task jobs, submit and wait: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+    print(
+        f"{args.jobs} sequential one-task jobs, submit and wait: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -9,6 +9,7 @@ each run and the median, and writes bench/results/throughput.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -18,7 +19,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metastore.client import EtcdClient, delete_op, put_op  # noqa: E402
 from scheduler.localcluster import LocalCluster  # noqa: E402
+
+
+async def etcd_ceiling(endpoints: list[str], txns: int = 40, ops: int = 1000, in_flight: int = 4) -> float:
+    """Keys/s that this etcd cluster commits in transactions of ``ops`` puts."""
+    value = b"x" * 48
+    async with EtcdClient(endpoints, timeout=30, call_timeout=30) as client:
+        sem = asyncio.Semaphore(in_flight)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await client.txn(
+                    [], [put_op(f"/bench/ceiling/{i:04d}/{j:04d}".encode(), value) for j in range(ops)]
+                )
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(txns)))
+        elapsed = time.monotonic() - t0
+        await client.txn([], [delete_op(b"/bench/", prefix=True)])
+    return txns * ops / elapsed
 
 
 def main() -> int:
@@ -28,6 +49,9 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=2, help="slots per executor (two executors)")
     ap.add_argument("--prefetch", type=int, default=0, help="executor --prefetch (tasks queued beyond slots)")
     ap.add_argument("--kind", default="noop", choices=["noop", "call"])
+    ap.add_argument(
+        "--no-ceiling", dest="ceiling", action="store_false", help="skip the etcd ceiling measurement"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = ap.parse_args()
     task = {"name": "t", "kind": "noop", "count": args.tasks}
@@ -39,7 +63,10 @@ def main() -> int:
             tmp, executors=2, executor_slots=args.slots, executor_args=["--prefetch", str(args.prefetch)]
         )
         with cluster, cluster.client(30) as c:
+            writes_per_task = []
             for run in range(args.runs):
+                leader = cluster.leader()
+                before = c.master_info(leader.addr)
                 t0 = time.monotonic()
                 job = c.submit_job({"name": f"bench-{run}", "task": [task]})
                 submitted = time.monotonic() - t0
@@ -47,14 +74,26 @@ def main() -> int:
                 elapsed = time.monotonic() - t0
                 assert doc["counts"] == {"SUCCEEDED": args.tasks}, doc["counts"]
                 rates.append(args.tasks / elapsed)
+                after = c.master_info(leader.addr)
+                if after["term"] == before["term"]:
+                    writes_per_task.append((after["etcd_writes"] - before["etcd_writes"]) / args.tasks)
                 print(f"run {run + 1}: {args.tasks} {args.kind} tasks in {elapsed:.2f}s "
                       f"(submit {submitted:.2f}s) = {rates[-1]:.0f} tasks/s", flush=True)  # fmt: skip
+            ceiling = asyncio.run(etcd_ceiling(cluster.etcd_endpoints)) if args.ceiling else None
     result = {
         "tasks": args.tasks, "kind": args.kind, "executors": 2, "slots_per_executor": args.slots,
         "prefetch": args.prefetch,
         "runs_tasks_per_s": [round(r) for r in rates], "median_tasks_per_s": round(statistics.median(rates)),
+        "etcd_writes_per_task": round(statistics.median(writes_per_task), 3) if writes_per_task else None,
     }  # fmt: skip
-    print(f"median {result['median_tasks_per_s']} tasks/s over {args.runs} runs")
+    print(f"median {result['median_tasks_per_s']} tasks/s over {args.runs} runs; "
+          f"{result['etcd_writes_per_task']} etcd writes per task")  # fmt: skip
+    if ceiling:
+        used = result["median_tasks_per_s"] * (result["etcd_writes_per_task"] or 0)
+        result["etcd_ceiling_keys_per_s"] = round(ceiling)
+        result["fraction_of_ceiling"] = round(used / ceiling, 3)
+        print(f"etcd ceiling (1000-put transactions, 4 in flight, same cluster): {ceiling:.0f} keys/s; "
+              f"Rota used {used:.0f} writes/s = {used / ceiling:.0%} of it")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -79,6 +79,8 @@ def info_to_dict(i: rota_pb2.MasterInfo) -> dict[str, Any]:
         "term": i.term,
         "fenced_rejections": i.fenced_rejections,
         "elections_won": i.elections_won,
+        "etcd_txns": i.etcd_txns,
+        "etcd_writes": i.etcd_writes,
     }
 
 

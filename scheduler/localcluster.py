@@ -126,6 +126,14 @@ class LocalCluster:
             self.masters.append(MasterProcess(name, addr, argv, self.base_dir / f"{name}.log"))
 
     @property
+    def etcd_endpoints(self) -> list[str]:
+        """Client URLs of the etcd the masters use (embedded members or --etcd-endpoints)."""
+        argv = self.masters[0].argv
+        if "--etcd-endpoints" in argv:
+            return argv[argv.index("--etcd-endpoints") + 1].split(",")
+        return [m.argv[m.argv.index("--etcd-client-urls") + 1] for m in self.masters]
+
+    @property
     def addresses(self) -> str:
         return ",".join(m.addr for m in self.masters)
 

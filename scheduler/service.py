@@ -69,6 +69,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     def info(self) -> rota_pb2.MasterInfo:
         lead = self.leadership
+        rt = self.runtime()
         leader = lead.leader
         return rota_pb2.MasterInfo(
             name=self.name,
@@ -79,6 +80,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             term=lead.term,
             fenced_rejections=lead.fenced_rejections + (lead.election.rejected if lead.election else 0),
             elections_won=lead.elections_won,
+            etcd_txns=rt.store.txns if rt else 0,
+            etcd_writes=rt.store.writes if rt else 0,
         )
 
     async def GetMasterInfo(
