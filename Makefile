@@ -61,6 +61,8 @@ bench: all
 	$(PY) bench/throughput.py
 	$(PY) bench/throughput.py --slots 1 --prefetch 256
 	$(PY) bench/latency.py
+	$(PY) bench/scale.py
+	$(PY) bench/executors.py
 	$(PY) bench/recovery.py
 
 chaos: all

@@ -30,6 +30,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
 ]
 _HAS_LEADER = (("hasleader", "true"),)
+#: A keep-alive stream with renewals pending that has answered nothing for this long is abandoned.
+STUCK_STREAM = 2.0
 
 
 class EtcdError(Exception):
@@ -143,7 +145,7 @@ class EtcdClient:
         self.call_timeout = call_timeout
         self._current = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._keepalive: _KeepAliveStream | None = None
+        self._keepalives: dict[str, _KeepAliveStream] = {}
         self._closed = False
 
     # -- plumbing -----------------------------------------------------------------------
@@ -196,8 +198,8 @@ class EtcdClient:
 
     async def close(self) -> None:
         self._closed = True
-        if self._keepalive:
-            await self._keepalive.close()
+        for stream in self._keepalives.values():
+            await stream.close()
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
@@ -286,11 +288,22 @@ class EtcdClient:
                 return False
             raise
 
-    async def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
-        """Renew a lease once; returns its remaining TTL (0: it has expired)."""
-        if self._keepalive is None:
-            self._keepalive = _KeepAliveStream(self)
-        return await self._keepalive.renew(lease_id, self.call_timeout if timeout is None else timeout)
+    async def keepalive(self, lease_id: int, timeout: float | None = None, stream: str = "shared") -> int:
+        """Renew a lease once; returns its remaining TTL (0: it has expired).
+
+        Renewals travel on one LeaseKeepAlive stream per ``stream`` name: the leader's own
+        session keeps a stream to itself, so a thousand executor leases renewed on the
+        shared one can never delay it.
+        """
+        ka = self._keepalives.get(stream)
+        if ka is None:
+            ka = self._keepalives[stream] = _KeepAliveStream(self)
+        return await ka.renew(lease_id, self.call_timeout if timeout is None else timeout)
+
+    async def close_keepalive(self, stream: str) -> None:
+        ka = self._keepalives.pop(stream, None)
+        if ka is not None:
+            await ka.close()
 
     async def time_to_live(self, lease_id: int) -> int:
         resp = await self._call(rpc.LeaseStub, "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease_id))
@@ -386,12 +399,14 @@ class _KeepAliveStream:
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[int, list[asyncio.Future[int]]] = {}
         self._lock = asyncio.Lock()
+        self._last_answer = time.monotonic()
 
     async def _ensure(self) -> Any:
         if self._call is None or self._call.done():
             self._target = self._client.endpoint
             self._call = rpc.LeaseStub(self._client._channel(self._target)).LeaseKeepAlive()
             self._reader = asyncio.create_task(self._read(self._call, self._target))
+            self._last_answer = time.monotonic()
         return self._call
 
     async def _read(self, call: Any, target: str) -> None:
@@ -401,6 +416,7 @@ class _KeepAliveStream:
                 resp = await call.read()
                 if resp is grpc.aio.EOF:
                     break
+                self._last_answer = time.monotonic()
                 for fut in self._waiters.pop(resp.ID, []):
                     if not fut.done():
                         fut.set_result(int(resp.TTL))
@@ -429,9 +445,14 @@ class _KeepAliveStream:
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, EtcdUnavailable, asyncio.InvalidStateError):
+                fut.cancel()
                 self._drop()
             except asyncio.TimeoutError:
-                self._drop()
+                waiters = self._waiters.get(lease_id)
+                if waiters and fut in waiters:
+                    waiters.remove(fut)
+                if time.monotonic() - self._last_answer > STUCK_STREAM:
+                    self._drop()  # nothing heard for a while: the member is down or stuck
                 raise EtcdUnavailable(f"lease keep-alive timed out at {self._target}") from None
             if time.monotonic() >= deadline:
                 raise EtcdUnavailable(f"lease keep-alive failed at {self._target}")

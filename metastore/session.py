@@ -27,9 +27,11 @@ class Session:
         self.lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._renewed_at = 0.0
+        self._stream = ""
 
     async def start(self) -> Session:
         self.lease_id = await self.client.grant(self.ttl)
+        self._stream = f"session-{self.lease_id:x}"
         self._renewed_at = time.monotonic()
         self._task = asyncio.create_task(self._keep_alive(), name=f"lease-{self.lease_id:x}")
         return self
@@ -43,7 +45,9 @@ class Session:
         while not self.lost.is_set():
             sent = time.monotonic()
             try:
-                ttl = await self.client.keepalive(self.lease_id, timeout=max(0.1, min(1.0, self.expires_in)))
+                ttl = await self.client.keepalive(
+                    self.lease_id, timeout=max(0.1, min(1.0, self.expires_in)), stream=self._stream
+                )
             except EtcdError as e:
                 log.debug("lease %x renewal failed: %s", self.lease_id, e)
                 ttl = -1
@@ -66,6 +70,7 @@ class Session:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.client.close_keepalive(self._stream)
         if revoke and self.lease_id and not self.lost.is_set():
             try:
                 await self.client.revoke(self.lease_id)
