@@ -262,6 +262,19 @@ class EtcdClient:
         resp = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
         return [url for m in resp.members for url in m.clientURLs]
 
+    async def prefer_raft_leader(self) -> str:
+        """Talk to the member that leads etcd's raft: a write sent to a follower costs an extra hop."""
+        status = await self._call(rpc.MaintenanceStub, "Status", rpc.StatusRequest())
+        members = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+        for m in members.members:
+            if m.ID == status.leader and m.clientURLs:
+                target = _target(m.clientURLs[0])
+                if target not in self.endpoints:
+                    self.endpoints.append(target)
+                self._current = self.endpoints.index(target)
+                return target
+        return self.endpoint
+
     async def healthy(self, timeout: float = 1.0) -> bool:
         """True when a linearizable read succeeds, i.e. a quorum answers."""
         try:

@@ -29,6 +29,8 @@ CONNECT_TIMEOUT = 1.0
 #: The least time one call to one master gets when there are others to try.
 PER_TRY_MIN = 3.0
 _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+#: Calls every master answers itself: no need to look for the leader first.
+_ANY_MASTER = {"GetMasterInfo", "GetClusterStatus"}
 T = TypeVar("T")
 
 
@@ -90,6 +92,7 @@ class AsyncClient:
         self.timeout = timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._preferred = 0
+        self._leader_known = False
 
     def _stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
         ch = self._channels.get(addr)
@@ -97,8 +100,24 @@ class AsyncClient:
             ch = self._channels[addr] = rpc.channel(addr)
         return rota_pb2_grpc.MasterStub(ch)
 
+    async def _find_leader(self) -> None:
+        """Prefer the leader's address: a follower would only forward each call to it."""
+        self._leader_known = True
+        try:
+            info = await self._call(
+                "GetMasterInfo", rota_pb2.MasterInfoRequest(), timeout=min(self.timeout, 2.0)
+            )
+        except (NoMasterReachable, grpc.aio.AioRpcError):
+            return
+        if info.role == "leader":
+            return
+        if info.leader_addr and info.leader_addr in self.addresses:
+            self._preferred = self.addresses.index(info.leader_addr)
+
     async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         """Call ``method`` on the first master that answers, going round until the deadline."""
+        if not self._leader_known and len(self.addresses) > 1 and method not in _ANY_MASTER:
+            await self._find_leader()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         errors: dict[str, str] = {}
         n = len(self.addresses)
@@ -128,6 +147,7 @@ class AsyncClient:
                     if e.code() not in _RETRY:
                         raise
                     errors[addr] = e.details() or e.code().name
+                    self._leader_known = False  # the leader may have moved: look again next time
             attempt += 1
             if attempt % n == 0:
                 await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -43,6 +43,8 @@ from scheduler.store import Store
 log = logging.getLogger("rota.leader")
 
 TICK = 0.1
+#: How often the leader moves its etcd connection to etcd's raft leader (which may change).
+RAFT_LEADER_CHECK = 5.0
 
 
 class NotReady(Exception):
@@ -121,8 +123,11 @@ class LeaderRuntime:
         self.links: dict[str, ExecutorLink] = {}
         self.ready = False
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._submitting: dict[str, asyncio.Future[None]] = {}
+        self._submitting: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        # One drain-commit-route at a time, so writes reach etcd in the order they were decided.
+        self._commit_lock = asyncio.Lock()
+        self._seq = 0
         self._synced: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -142,6 +147,7 @@ class LeaderRuntime:
                 labels=rec.get("labels", {}),
                 lease_id=int(rec["lease"]),
             )
+        self._seq = snap.revision
         for job in snap.jobs:
             self.core.add_job(job)
         self.core.adopt_running()
@@ -173,6 +179,12 @@ class LeaderRuntime:
             if not f.done():
                 f.set_exception(NotReady("the leader stepped down"))
 
+    def _give_up(self) -> None:
+        """Leadership is lost or in doubt: stop answering and let the loop step down (once)."""
+        self.ready = False
+        if not self._stopping:
+            self.on_fenced()
+
     def kick(self) -> None:
         self._wake.set()
 
@@ -181,29 +193,29 @@ class LeaderRuntime:
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake.clear()
-            synced, self._synced = self._synced, []
-            decisions = self.core.drain()
-            if not decisions:
+            async with self._commit_lock:
+                self._wake.clear()
+                synced, self._synced = self._synced, []
+                decisions = self.core.drain()
+                if not decisions:
+                    _resolve(synced)
+                    continue
+                writes = [d for d in decisions if isinstance(d, (PutTask, PutJob))]
+                delay = 0.05
+                while writes:
+                    try:
+                        await self.store.commit(writes)
+                        break
+                    except Fenced:
+                        log.warning("a fenced write was rejected: stepping down")
+                        self._give_up()
+                        return
+                    except EtcdError as e:
+                        log.warning("cannot commit %d writes yet: %s", len(writes), e)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 1.0)
+                self._route(decisions)
                 _resolve(synced)
-                continue
-            writes = [d for d in decisions if isinstance(d, (PutTask, PutJob))]
-            delay = 0.05
-            while writes:
-                try:
-                    await self.store.commit(writes)
-                    break
-                except Fenced:
-                    log.warning("a fenced write was rejected: stepping down")
-                    self.ready = False
-                    self.on_fenced()
-                    return
-                except EtcdError as e:
-                    log.warning("cannot commit %d writes yet: %s", len(writes), e)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-            self._route(decisions)
-            _resolve(synced)
 
     async def sync(self) -> None:
         """Return once every decision the core has made so far is committed to etcd."""
@@ -233,10 +245,15 @@ class LeaderRuntime:
                         f.set_result(None)
 
     async def _tick_loop(self) -> None:
+        next_check = 0.0
         while True:
-            await asyncio.sleep(TICK)
             self.core.tick()
             self.kick()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + RAFT_LEADER_CHECK
+                with contextlib.suppress(EtcdError):
+                    await self.client.prefer_raft_leader()
+            await asyncio.sleep(TICK)
 
     async def _watch_executors(self, start: int) -> None:
         """Executors whose lease expired (or was revoked) lose their tasks."""
@@ -264,35 +281,53 @@ class LeaderRuntime:
             raise NotReady("this master is not a ready leader")
 
     async def submit(self, job_id: str, spec: JobSpec) -> tuple[str, bool]:
-        """Commit a job to etcd, then schedule it; created is False when the id exists."""
+        """Commit a job to etcd, then schedule it; created is False when the id exists.
+
+        The commit runs as a task of its own: a client that gives up (deadline, cancel)
+        must not leave a job in the core that etcd never got.
+        """
         self._check()
-        if job_id in self.core.jobs:
-            return job_id, False
         pending = self._submitting.get(job_id)
         if pending is not None:
-            await asyncio.shield(pending)
+            await asyncio.shield(pending)  # raises NotReady if that submission failed
             return job_id, False
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submitting[job_id] = done
-        try:
-            created_at = time.time()
-            seq = await self.store.create_job(job_id, spec, created_at)
-            if seq is None:
-                return job_id, False
+        if job_id in self.core.jobs:
+            return job_id, False
+        task = asyncio.create_task(self._create(job_id, spec))
+        self._submitting[job_id] = task
+        task.add_done_callback(lambda t: self._submitted(job_id, t))
+        await asyncio.shield(task)
+        return job_id, True
+
+    def _submitted(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._submitting.pop(job_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here; the callers that still wait see it too
+
+    async def _create(self, job_id: str, spec: JobSpec) -> None:
+        async with self._commit_lock:
             self._check()
-            self.core.add_job(Job(job_id, spec, seq, created_at))
-            self.kick()
-            return job_id, True
-        except Fenced:
-            self.on_fenced()
-            raise NotReady("leadership lost while submitting") from None
-        finally:
-            del self._submitting[job_id]
-            done.set_result(None)
+            created_at = time.time()
+            self._seq += 1
+            # Place the job now, so its first placements commit with the job itself.
+            self.core.add_job(Job(job_id, spec, self._seq, created_at))
+            decisions = self.core.drain()
+            writes = [d for d in decisions if isinstance(d, (PutTask, PutJob))]
+            try:
+                created = await self.store.create_job(job_id, spec, created_at, along=writes)
+            except (Fenced, EtcdError) as e:
+                # The core holds a job etcd may not have: only a rebuild can tell.
+                self._give_up()
+                raise NotReady(f"leadership in doubt while submitting: {e}") from None
+            if created is None:
+                self._give_up()
+                raise NotReady("the job appeared in etcd under another leader")
+            self._route(decisions)
 
     def job(self, job_id: str) -> Job | None:
+        """A committed job (one still being submitted is not shown yet)."""
         self._check()
-        return self.core.jobs.get(job_id)
+        return None if job_id in self._submitting else self.core.jobs.get(job_id)
 
     def jobs(self) -> list[Job]:
         self._check()
@@ -349,7 +384,7 @@ class LeaderRuntime:
             try:
                 await self.store.put_executor(ex_id, record, lease)
             except Fenced:
-                self.on_fenced()
+                self._give_up()
                 await self.client.revoke(lease)
                 raise NotReady("leadership lost") from None
             log.info(

@@ -53,6 +53,21 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def _latest(decisions: Sequence[PutTask | PutJob]) -> dict[bytes, bytes]:
+    """The last value of every key the decisions write (a txn may not name a key twice)."""
+    latest: dict[bytes, bytes] = {}
+    for d in decisions:
+        if isinstance(d, PutTask):
+            latest[task_key(d.task.job.id, d.task.index)] = _dumps(d.record)
+        else:
+            latest[job_key(d.job.id)] = _dumps({**d.job.record(), "parts": None})
+    return latest
+
+
+def _ops(decisions: Sequence[PutTask | PutJob]) -> list[Any]:
+    return [put_op(k, v) for k, v in _latest(decisions).items()]
+
+
 @dataclass
 class Snapshot:
     """Everything a new leader needs, read at one revision."""
@@ -69,17 +84,32 @@ class Store:
         self.txns = 0
         self.writes = 0
 
-    async def create_job(self, job_id: str, spec: JobSpec, created: float) -> int | None:
-        """Write a job; return its sequence number (the record's create revision), None if it exists."""
+    async def create_job(
+        self, job_id: str, spec: JobSpec, created: float, along: Sequence[PutTask | PutJob] = ()
+    ) -> int | None:
+        """Write a job; return its record's create revision, None if it exists.
+
+        ``along`` are state writes (the job's first placements) committed in the same final
+        transaction when they fit, else before it, so a submission costs one commit.
+        """
         blob = _dumps(spec.to_dict())
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
         for i, part in enumerate(parts[:-1]):
             await self._txn([put_op(spec_key(job_id, i), part)])
         record = {"id": job_id, "created": created, "state": None, "parts": len(parts)}
+        extra = _ops(along)
+        if len(extra) > MAX_OPS - 2 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
+            await self.commit(along)
+            extra = []
         result = await self.election.fenced_txn(
-            [put_op(spec_key(job_id, len(parts) - 1), parts[-1]), put_op(job_key(job_id), _dumps(record))],
+            [
+                put_op(spec_key(job_id, len(parts) - 1), parts[-1]),
+                put_op(job_key(job_id), _dumps(record)),
+                *extra,
+            ],
             compare=[create_revision_is(job_key(job_id), 0)],
         )
+        self.writes += len(extra)
         self.txns += len(parts)
         self.writes += len(parts) + 1
         return result.revision if result.succeeded else None
@@ -89,13 +119,7 @@ class Store:
 
     async def commit(self, decisions: Sequence[PutTask | PutJob]) -> None:
         """Persist state changes in as few fenced transactions as fit etcd's limits."""
-        latest: dict[bytes, bytes] = {}
-        for d in decisions:
-            if isinstance(d, PutTask):
-                latest[task_key(d.task.job.id, d.task.index)] = _dumps(d.record)
-            else:
-                rec = {**d.job.record(), "parts": None}
-                latest[job_key(d.job.id)] = _dumps(rec)
+        latest = _latest(decisions)
         if not latest:
             return
         batches: list[list[Any]] = [[]]

@@ -44,13 +44,8 @@ def test_sigkill_leader_then_restart_rejoins_as_follower(local_cluster):
     old = cluster.leader()
     old.signal(signal.SIGKILL)
     old.wait(5)
-    t0 = time.monotonic()
     new = cluster.wait_for_leader(exclude=old.name, timeout=15)
-    elapsed = time.monotonic() - t0
-    assert new != old.name
-    # The dead master's lease was revoked by a follower, so this beats the 3 s TTL by far;
-    # the bound here is loose on purpose (shared machines), bench/failover.py gives figures.
-    assert elapsed < 10, elapsed
+    assert new != old.name  # how fast: bench/failover.py
 
     old.start()
     cluster.wait_for_leader(timeout=30, all_reachable=True)
@@ -68,9 +63,7 @@ def test_sigterm_leader_resigns_at_once(local_cluster):
     cluster = local_cluster(leader_lease_ttl="30s")
     old = cluster.leader()
     old.signal(signal.SIGTERM)
-    t0 = time.monotonic()
     new = cluster.wait_for_leader(exclude=old.name, timeout=20)
-    assert time.monotonic() - t0 < 10
     assert old.wait(10) == 0, old.log_tail()
     assert "resigned leadership" in old.log_path.read_text()
     assert new != old.name
