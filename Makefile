@@ -58,12 +58,14 @@ demo: all
 
 bench: all
 	$(PY) bench/failover.py
-	$(PY) bench/throughput.py
 	$(PY) bench/throughput.py --slots 1 --prefetch 256
+	$(PY) bench/throughput.py --slots 1 --prefetch 256 --kind call --no-ceiling --out bench/results/throughput-call.json
+	$(PY) bench/throughput.py --slots 2 --no-ceiling --out bench/results/throughput-demo.json
 	$(PY) bench/latency.py
 	$(PY) bench/scale.py
 	$(PY) bench/executors.py
 	$(PY) bench/recovery.py
+	$(PY) bench/summary.py
 
 chaos: all
 	$(PY) bench/chaos.py

@@ -1,0 +1,77 @@
+"""One table of the latest `make bench` figures against issue 5's targets, from bench/results/*.json.
+
+.venv/bin/python bench/summary.py      # also writes bench/results/summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows() -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    if t := load("throughput"):
+        out.append((f"20,000 noop, 2 x {t['slots_per_executor']} slot, prefetch {t.get('prefetch', 0)}",
+                    f"{t['median_tasks_per_s']:,} tasks/s (runs {t['runs_tasks_per_s']})", ">= 5,000"))  # fmt: skip
+        if t.get("etcd_ceiling_keys_per_s"):
+            out.append(("etcd writes per task / ceiling used",
+                        f"{t['etcd_writes_per_task']} / {t['fraction_of_ceiling']:.0%} of "
+                        f"{t['etcd_ceiling_keys_per_s']:,} keys/s", ""))  # fmt: skip
+    if t := load("throughput-call"):
+        out.append(("20,000 call", f"{t['median_tasks_per_s']:,} tasks/s", ""))
+    if t := load("throughput-demo"):
+        out.append(("20,000 noop, demo cluster, no prefetch", f"{t['median_tasks_per_s']:,} tasks/s", ""))
+    if t := load("latency"):
+        out.append(("round trip p50 / p99", f"{t['p50_ms']} / {t['p99_ms']} ms", "<= 5 / <= 15 ms"))
+    if t := load("scale"):
+        subs = {s["job"]: s for s in t["jobs"]["submissions"]}
+        mem = t["jobs"]["memory"]
+        big = subs.get("count=200,000")
+        if big:
+            out.append(("200,000-task job accepted", f"{big['submit_s']} s", "accepted"))
+        out.append(
+            ("leader memory per pending task", " / ".join(f"{m['bytes_per_task']} B" for m in mem), "< 1 KiB")
+        )
+        out.append(
+            ("rebuild of 100,000 pending tasks", f"{t['rebuild']['rebuild_logged_median_s']} s", "< 3 s")
+        )
+    if t := load("executors"):
+        out.append((f"{t['executors']:,} simulated executors: leader CPU",
+                    f"{t['steady']['cpu_share']['leader']} core", "< 0.5 core"))  # fmt: skip
+    if t := load("failover"):
+        f = t["failover"]
+        out.append(("leader failover SIGTERM / SIGKILL (median)", f"{f['SIGTERM']['median_s']} / {f['SIGKILL']['median_s']} s",
+                    "< 0.5 / < 4 s"))  # fmt: skip
+    if t := load("recovery"):
+        for name, r in t.items():
+            out.append((name, f"median {r['median_s']} s, worst {r['worst_s']} s", ""))
+    return out
+
+
+def main() -> int:
+    table = rows()
+    if not table:
+        print("no results yet: run `make bench`")
+        return 1
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    print(f"{'measure':<{widths[0]}}  {'figure':<{widths[1]}}  target")
+    for a, b, c in table:
+        print(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}")
+    (RESULTS / "summary.json").write_text(
+        json.dumps([dict(zip(("measure", "figure", "target"), r, strict=True)) for r in table], indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
