@@ -18,7 +18,7 @@ from scheduler import rpc
 from scheduler.jobspec import JobSpec, JobSpecError, validate_job_id
 from scheduler.leader import ExecutorLink, LeaderRuntime, NotReady
 from scheduler.leadership import Leadership
-from scheduler.views import executor_doc, job_doc
+from scheduler.views import executor_doc, job_doc, job_doc_yielding
 
 log = logging.getLogger("rota.service")
 
@@ -193,7 +193,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def GetJob(self, request: rota_pb2.GetJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            return _json(job_doc(await self._job_or_404(rt.job(request.id), request.id, context)))
+            return _json(
+                await job_doc_yielding(await self._job_or_404(rt.job(request.id), request.id, context))
+            )
 
         return await self._on_leader("GetJob", request, context, local)
 
@@ -216,7 +218,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             job = await rt.wait_job(request.id, max(0.0, request.timeout or 30.0))
-            return _json(job_doc(await self._job_or_404(job, request.id, context)))
+            return _json(await job_doc_yielding(await self._job_or_404(job, request.id, context)))
 
         return await self._on_leader("WaitJob", request, context, local)
 
