@@ -120,14 +120,6 @@ def create_revision_is(key: bytes, revision: int) -> Any:
     return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=revision)
 
 
-def value_is(key: bytes, value: bytes) -> Any:
-    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, value=value)
-
-
-def mod_revision_is(key: bytes, revision: int) -> Any:
-    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=revision)
-
-
 class EtcdClient:
     """An asyncio etcd client over several endpoints.
 

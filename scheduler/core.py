@@ -14,7 +14,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scheduler.jobspec import JobSpec, TaskTemplate
@@ -33,14 +33,6 @@ RETRY_CAP = 10.0
 def retry_delay(attempt: int) -> float:
     """Backoff before attempt ``attempt + 1`` after a failed attempt ``attempt``."""
     return min(RETRY_CAP, RETRY_BASE * 2 ** max(0, attempt - 1))
-
-
-def task_name(template: TaskTemplate, copy: int) -> str:
-    if template.shards:
-        return f"{template.name}-shard{copy}"
-    if template.count > 1:
-        return f"{template.name}-{copy}"
-    return template.name
 
 
 class Task:
@@ -67,7 +59,7 @@ class Task:
 
     @property
     def name(self) -> str:
-        return task_name(self.spec, self.copy)
+        return self.spec.copy_name(self.copy)
 
     @property
     def max_attempts(self) -> int:
@@ -119,7 +111,8 @@ class Job:
         return self.state or (RUNNING if self.started else PENDING)
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "seq": self.seq, "created": self.created, "state": self.state}
+        """What etcd keeps of the job (its order is the record's create revision, not stored)."""
+        return {"id": self.id, "created": self.created, "state": self.state}
 
 
 def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
@@ -200,7 +193,6 @@ class Stats:
     requeued: int = 0
     dispatched: int = 0
     finished: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Core:

@@ -81,6 +81,12 @@ class TaskTemplate:
     def copies(self) -> int:
         return self.shards or self.count
 
+    def copy_name(self, copy: int) -> str:
+        """The name of one copy: ``name``, ``name-3`` (count) or ``name-shard3`` (shards)."""
+        if self.shards:
+            return f"{self.name}-shard{copy}"
+        return f"{self.name}-{copy}" if self.count > 1 else self.name
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, **self.params}
         if self.shards:
@@ -122,14 +128,9 @@ class JobSpec:
     def expand(self) -> Iterator[ExpandedTask]:
         """Yield tasks lazily: a job may hold up to ``MAX_TASKS`` of them."""
         for index, t in enumerate(self.tasks):
-            if t.shards:
-                for i in range(t.shards):
-                    yield ExpandedTask(index, i, f"{t.name}-shard{i}", i, t.shards)
-            elif t.count > 1:
-                for i in range(t.count):
-                    yield ExpandedTask(index, i, f"{t.name}-{i}", None, None)
-            else:
-                yield ExpandedTask(index, 0, t.name, None, None)
+            for i in range(t.copies()):
+                shards = t.shards or None
+                yield ExpandedTask(index, i, t.copy_name(i), i if shards else None, shards)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON-able form; ``from_dict`` turns it back into an equal spec."""

@@ -75,7 +75,7 @@ def _refs(refs: Iterable[TaskRef]) -> list[rota_pb2.TaskRef]:
     return [rota_pb2.TaskRef(job_id=r.job_id, index=r.index, attempt=r.attempt) for r in refs]
 
 
-def assignment(task: Task, attempt: int) -> rota_pb2.TaskAssignment:
+def assignment(task: Task, attempt: int, params_json: bytes) -> rota_pb2.TaskAssignment:
     spec = task.spec
     env = {"ROTA_JOB_ID": task.job.id, "ROTA_TASK_ID": task.id, "ROTA_ATTEMPT": str(attempt)}
     if spec.shards:
@@ -84,7 +84,7 @@ def assignment(task: Task, attempt: int) -> rota_pb2.TaskAssignment:
     return rota_pb2.TaskAssignment(
         task=rota_pb2.TaskRef(job_id=task.job.id, index=task.index, attempt=attempt),
         kind=spec.kind,
-        params_json=json.dumps(spec.params).encode(),
+        params_json=params_json,
         env=env,
         timeout=task.timeout or 0.0,
         priority=task.job.priority,
@@ -128,6 +128,7 @@ class LeaderRuntime:
         # One drain-commit-route at a time, so writes reach etcd in the order they were decided.
         self._commit_lock = asyncio.Lock()
         self._seq = 0
+        self._params_cache: dict[tuple[str, int], bytes] = {}
         self._synced: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -228,7 +229,11 @@ class LeaderRuntime:
         for d in decisions:
             if isinstance(d, Dispatch):
                 link = self.links.get(d.executor)
-                batch = [assignment(t, a) for t, a in d.tasks if t.attempt == a and t.state in ACTIVE]
+                batch = [
+                    assignment(t, a, self._params_json(t))
+                    for t, a in d.tasks
+                    if t.attempt == a and t.state in ACTIVE
+                ]
                 if link is not None and batch:
                     link.send(rota_pb2.LeaderMessage(dispatch=rota_pb2.Dispatch(tasks=batch)))
             elif isinstance(d, CancelTasks):
@@ -240,9 +245,19 @@ class LeaderRuntime:
                 if link is not None:
                     link.send(rota_pb2.LeaderMessage(acks=rota_pb2.Acks(tasks=_refs(d.refs))))
             elif isinstance(d, JobEnded):
+                for i in range(len(d.job.spec.tasks)):
+                    self._params_cache.pop((d.job.id, i), None)
                 for f in self._waiters.pop(d.job.id, []):
                     if not f.done():
                         f.set_result(None)
+
+    def _params_json(self, task: Task) -> bytes:
+        """A template's parameters, encoded once for all its copies rather than per dispatch."""
+        key = (task.job.id, task.template)
+        blob = self._params_cache.get(key)
+        if blob is None:
+            blob = self._params_cache[key] = json.dumps(task.spec.params).encode()
+        return blob
 
     async def _tick_loop(self) -> None:
         next_check = 0.0

@@ -60,7 +60,7 @@ def _latest(decisions: Sequence[PutTask | PutJob]) -> dict[bytes, bytes]:
         if isinstance(d, PutTask):
             latest[task_key(d.task.job.id, d.task.index)] = _dumps(d.record)
         else:
-            latest[job_key(d.job.id)] = _dumps({**d.job.record(), "parts": None})
+            latest[job_key(d.job.id)] = _dumps(d.job.record())
     return latest
 
 
@@ -96,7 +96,7 @@ class Store:
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
         for i, part in enumerate(parts[:-1]):
             await self._txn([put_op(spec_key(job_id, i), part)])
-        record = {"id": job_id, "created": created, "state": None, "parts": len(parts)}
+        record = {"id": job_id, "created": created, "state": None}
         extra = _ops(along)
         if len(extra) > MAX_OPS - 2 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
             await self.commit(along)

@@ -12,6 +12,20 @@ from metastore.etcd_server import EtcdCluster
 from scheduler.localcluster import LocalCluster
 
 
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def pid_alive() -> Callable[[int], bool]:
+    return _pid_alive
+
+
 @pytest.fixture
 def local_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     """Start LocalClusters on demand; every one is stopped at teardown, pass or fail."""

@@ -25,14 +25,6 @@ def wait_until(what: str, check, timeout: float = 30.0, every: float = 0.05):
         time.sleep(every)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def long_tasks(tmp: Path, n: int) -> dict:
     """n shell tasks that record each attempt's pid, then sleep a minute."""
     cmd = f'echo $$ > {tmp}/"${{ROTA_TASK_ID##*/}}-$ROTA_ATTEMPT".pid; exec sleep 60'
@@ -74,7 +66,7 @@ def test_killed_executor_tasks_run_elsewhere_with_next_attempt(local_cluster, tm
         c.cancel_job(job_id)
 
 
-def test_frozen_executor_is_fenced_out_and_kills_its_task(local_cluster, tmp_path):
+def test_frozen_executor_is_fenced_out_and_kills_its_task(local_cluster, tmp_path, pid_alive):
     cluster: LocalCluster = local_cluster(
         executors=2,
         executor_slots=2,

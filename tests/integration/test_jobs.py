@@ -107,7 +107,7 @@ def test_same_id_twice_makes_one_job(cluster):
     assert len(jobs) == 1
 
 
-def test_cancel_kills_a_running_task(cluster, tmp_path):
+def test_cancel_kills_a_running_task(cluster, tmp_path, pid_alive):
     pid_file = tmp_path / "pid"
     job = {
         "name": "long",
@@ -123,20 +123,12 @@ def test_cancel_kills_a_running_task(cluster, tmp_path):
         doc = c.cancel_job(job_id)
         assert doc["state"] == "CANCELLED"
         deadline = time.monotonic() + 10
-        while _alive(pid):
+        while pid_alive(pid):
             assert time.monotonic() < deadline, "the cancelled task's process still runs"
             time.sleep(0.05)
         assert c.get_job(job_id)["tasks"][0]["state"] == "CANCELLED"
     p = cli(cluster, "wait-job", job_id)
     assert p.returncode == 1, p.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize(
