@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,8 @@ class EtcdClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._keepalives: dict[str, _KeepAliveStream] = {}
         self._closed = False
+        #: Called after every transaction with (operations, seconds, succeeded); for metrics.
+        self.on_txn: Callable[[int, float, bool], None] | None = None
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -245,7 +247,10 @@ class EtcdClient:
         self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
     ) -> TxnResult:
         req = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        started = time.monotonic()
         resp = await self._call(rpc.KVStub, "Txn", req)
+        if self.on_txn is not None:
+            self.on_txn(len(req.success), time.monotonic() - started, resp.succeeded)
         return TxnResult(resp.succeeded, resp.header.revision, list(resp.responses))
 
     # -- cluster ------------------------------------------------------------------------

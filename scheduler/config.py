@@ -150,6 +150,14 @@ def _keep_parsed(fn: Callable[[Any], Any], kind: type) -> Callable[[Any], Any]:
 
 
 ADDRESS = _ParseType("address", _keep_parsed(parse_address, Address))
+OPTIONAL_ADDRESS = _ParseType(
+    "address|off",
+    lambda v: (
+        None
+        if isinstance(v, str) and v.strip().lower() in ("off", "")
+        else _keep_parsed(parse_address, Address)(v)
+    ),
+)
 ADDRESS_LIST = _ParseType("addresses", _list_of(parse_address))
 URL = _ParseType("url", parse_url)
 URL_LIST = _ParseType("urls", _list_of(parse_url))

@@ -36,7 +36,9 @@ def retry_delay(attempt: int) -> float:
 
 
 class Task:
-    __slots__ = ("job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at")
+    __slots__ = (
+        "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
+    )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
         self.job = job
@@ -48,6 +50,8 @@ class Task:
         self.executor = ""
         self.result: dict[str, Any] | None = None
         self.ready_at = 0.0
+        #: Clock time it last became pending or was placed, for the wait and run latency figures.
+        self.since = 0.0
 
     @property
     def spec(self) -> TaskTemplate:
@@ -191,13 +195,25 @@ class Report:
 class Stats:
     stale_reports: int = 0
     requeued: int = 0
+    #: Of ``requeued``: attempts lost with their executor (the rest failed and are retried).
+    requeued_lost: int = 0
     dispatched: int = 0
     finished: int = 0
 
 
+#: ``observe(name, seconds)`` per attempt: "wait" (pending to placed on an executor) and "run"
+#: (placed to ended, as the leader sees it: transfer and any prefetch queueing included).
+Observer = Callable[[str, float], None]
+
+
+def _ignore(name: str, seconds: float) -> None:
+    pass
+
+
 class Core:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, observe: Observer = _ignore) -> None:
         self.clock = clock
+        self.observe = observe
         self.jobs: dict[str, Job] = {}
         self.executors: dict[str, ExecutorSlot] = {}
         self.stats = Stats()
@@ -240,6 +256,7 @@ class Core:
             ex.running.discard(task)
 
     def _finish(self, task: Task, state: str, result: dict[str, Any] | None) -> None:
+        self._observe_run(task)
         self._release(task)
         self._set_state(task, state)
         task.result = result
@@ -257,16 +274,28 @@ class Core:
         self._out.append(PutJob(job))
         self._out.append(JobEnded(job))
 
+    def _observe_run(self, task: Task) -> None:
+        if task.state in ACTIVE and task.since:
+            self.observe("run", self.clock() - task.since)
+
     def _retry_or_fail(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
-        """After a failed or lost attempt: run again with the next attempt, or fail for good."""
+        """After a failed or lost attempt: run again with the next attempt, or fail for good.
+
+        ``backoff`` is False when the executor was lost, not the task's own failure.
+        """
         if task.attempt >= task.max_attempts:
             self._finish(task, FAILED, result)
             return
+        self._observe_run(task)
         self._release(task)
         self._set_state(task, PENDING)
         task.result = result
-        task.ready_at = self.clock() + retry_delay(task.attempt) if backoff else 0.0
+        now = self.clock()
+        task.since = now
+        task.ready_at = now + retry_delay(task.attempt) if backoff else 0.0
         self.stats.requeued += 1
+        if not backoff:
+            self.stats.requeued_lost += 1
         self._put(task)
         self._enqueue(task)
 
@@ -287,8 +316,10 @@ class Core:
             if sum(job.counts[s] for s in TERMINAL) == len(job.tasks):
                 self._end_job(job)
                 return
+            now = self.clock()
             for task in job.tasks:
                 if task.state == PENDING:
+                    task.since = now
                     self._enqueue(task)
         self._schedule()
 
@@ -308,7 +339,8 @@ class Core:
         for task in self._tasks_on(ex.id):
             if task.ref() in reported_set:
                 ex.running.add(task)
-                self._set_state(task, RUNNING)
+                if task.state == ASSIGNED:
+                    self._set_state(task, RUNNING)
                 reported_set.discard(task.ref())
             else:
                 ex.running.discard(task)
@@ -431,6 +463,10 @@ class Core:
                 free.remove(ex)
 
     def _assign(self, task: Task, ex: ExecutorSlot) -> None:
+        now = self.clock()
+        if task.since:
+            self.observe("wait", now - task.since)
+        task.since = now
         task.attempt += 1
         task.executor = ex.id
         task.job.started = True

@@ -192,9 +192,7 @@ def load_job(source: str | os.PathLike[str] | Mapping[str, Any], *, job_id: str 
         spec = _Parser(name).job(_parse_toml(_read_file(name), name))
     elif isinstance(source, str):
         name = TEXT_SOURCE
-        if len(source.encode("utf-8", "surrogatepass")) > MAX_JOB_BYTES:
-            raise _oversize(name)
-        spec = _Parser(name).job(_parse_toml(source, name))
+        spec = parse_job_text(source)
     else:
         raise JobSpecError(f"expected a path, TOML text or a dict, got {type(source).__name__}")
     if job_id is not None:
@@ -203,6 +201,13 @@ def load_job(source: str | os.PathLike[str] | Mapping[str, Any], *, job_id: str 
         except JobSpecError as e:
             raise e.with_source(name) from None
     return spec
+
+
+def parse_job_text(text: str, source: str = TEXT_SOURCE) -> JobSpec:
+    """TOML text only, never a path: for text that arrives over the network."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_JOB_BYTES:
+        raise _oversize(source)
+    return _Parser(source).job(_parse_toml(text, source))
 
 
 def _looks_like_path(text: str | os.PathLike[str] | Mapping[str, Any]) -> bool:

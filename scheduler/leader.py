@@ -30,6 +30,7 @@ from scheduler.core import (
     Dispatch,
     Job,
     JobEnded,
+    Observer,
     PutJob,
     PutTask,
     Report,
@@ -114,11 +115,17 @@ def report_from_pb(r: rota_pb2.TaskReport) -> Report:
 
 
 class LeaderRuntime:
-    def __init__(self, client: EtcdClient, election: Election, on_fenced: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: EtcdClient,
+        election: Election,
+        on_fenced: Callable[[], None],
+        observe: Observer | None = None,
+    ) -> None:
         self.client = client
         self.election = election
         self.on_fenced = on_fenced
-        self.core = Core()
+        self.core = Core(observe=observe) if observe else Core()
         self.store = Store(client, election)
         self.links: dict[str, ExecutorLink] = {}
         self.ready = False
@@ -425,6 +432,7 @@ class LeaderRuntime:
             labels=dict(hello.labels),
             lease_id=lease,
             prefetch=max(0, hello.prefetch),
+            heartbeat_at=time.time(),
         )
         self.core.attach_executor(slot, reported)
         self.kick()
@@ -433,9 +441,13 @@ class LeaderRuntime:
     async def heartbeat(self, link: ExecutorLink) -> int:
         """Renew the executor's lease; 0 means it expired and the executor must start over."""
         try:
-            return await self.client.keepalive(link.lease_id)
+            ttl = await self.client.keepalive(link.lease_id)
         except EtcdError:
             return -1
+        ex = self.core.executors.get(link.executor_id)
+        if ttl > 0 and ex is not None:
+            ex.heartbeat_at = time.time()
+        return ttl
 
     def reports(self, link: ExecutorLink, reports: Iterable[rota_pb2.TaskReport]) -> None:
         if self.links.get(link.executor_id) is link:

@@ -82,6 +82,8 @@ class MasterProcess(Process):
     def __init__(self, name: str, addr: str, argv: list[str], log_path: Path) -> None:
         super().__init__(name, argv, log_path)
         self.addr = addr
+        #: Base URL of its dashboard, HTTP API and /metrics.
+        self.http_url = ""
 
 
 class LocalCluster:
@@ -104,26 +106,30 @@ class LocalCluster:
         self.masters: list[MasterProcess] = []
         self.executors: list[Process] = []
         self._initial_executors = (executors, executor_slots, tuple(executor_args))
-        ports = free_ports(3 * masters)
+        ports = free_ports(4 * masters)
         names = [f"m{i}" for i in range(masters)]
-        peers = [f"http://127.0.0.1:{ports[3 * i + 1]}" for i in range(masters)]
+        peers = [f"http://127.0.0.1:{ports[4 * i + 1]}" for i in range(masters)]
         initial = ",".join(f"{n}={p}" for n, p in zip(names, peers, strict=True))
         for i, name in enumerate(names):
-            addr = f"127.0.0.1:{ports[3 * i]}"
+            addr = f"127.0.0.1:{ports[4 * i]}"
+            http_addr = f"127.0.0.1:{ports[4 * i + 3]}"
             argv = [
                 sys.executable, "-m", "scheduler.master", "--name", name, "--master-addr", addr,
                 "--leader-lease-ttl", leader_lease_ttl, "--data-dir", str(self.base_dir / name),
+                "--http-addr", http_addr,
             ]  # fmt: skip
             if etcd_endpoints:
                 argv += ["--etcd-endpoints", ",".join(etcd_endpoints)]
             else:
                 argv += [
-                    "--peer-urls", peers[i], "--etcd-client-urls", f"http://127.0.0.1:{ports[3 * i + 2]}",
+                    "--peer-urls", peers[i], "--etcd-client-urls", f"http://127.0.0.1:{ports[4 * i + 2]}",
                     "--initial-cluster", initial, "--etcd-heartbeat-interval", etcd_tuning[0],
                     "--etcd-election-timeout", etcd_tuning[1],
                 ]  # fmt: skip
             argv += list(master_args)
-            self.masters.append(MasterProcess(name, addr, argv, self.base_dir / f"{name}.log"))
+            master = MasterProcess(name, addr, argv, self.base_dir / f"{name}.log")
+            master.http_url = f"http://{http_addr}"
+            self.masters.append(master)
 
     @property
     def etcd_endpoints(self) -> list[str]:
@@ -163,9 +169,11 @@ class LocalCluster:
         name = name or f"e{len(self.executors)}"
         work = self.base_dir / f"{name}-work"
         work.mkdir(exist_ok=True)
+        worker_port, http_port = free_ports(2)
         argv = [
             sys.executable, "-m", "executor.main", "--join", self.addresses, "--name", name,
-            "--worker-addr", f"127.0.0.1:{free_ports(1)[0]}", "--slots", str(slots), "--work-dir", str(work),
+            "--worker-addr", f"127.0.0.1:{worker_port}", "--http-addr", f"127.0.0.1:{http_port}",
+            "--slots", str(slots), "--work-dir", str(work),
             *args,
         ]  # fmt: skip
         proc = Process(name, argv, self.base_dir / f"{name}.log")

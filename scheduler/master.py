@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 import grpc
+from aiohttp import web
 
 from metastore import keys
 from metastore.client import EtcdClient, EtcdError
@@ -28,10 +29,11 @@ from metastore.etcd_server import (
 )
 from protos import rota_pb2_grpc
 from scheduler import config as cfg
-from scheduler import rpc
+from scheduler import http_api, httpserver, rpc
 from scheduler.leader import LeaderRuntime
 from scheduler.leadership import Leadership
 from scheduler.logs import setup_logging
+from scheduler.metrics import MasterMetrics
 from scheduler.service import MasterService, Peers
 
 log = logging.getLogger("rota.master")
@@ -50,6 +52,7 @@ class MasterConfig:
     etcd_bin: str | None = None
     leader_lease_ttl: float = 3.0
     etcd_start_timeout: float = 60.0
+    http_addr: cfg.Address | None = None
 
 
 def _wildcard(host: str) -> bool:
@@ -136,6 +139,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         etcd_bin=o["etcd_bin"],
         leader_lease_ttl=ttl,
         etcd_start_timeout=float(o["etcd_start_timeout"]),
+        http_addr=o["http_addr"],
     )
 
 
@@ -151,6 +155,8 @@ class Master:
         self.leadership: Leadership | None = None
         self.runtime: LeaderRuntime | None = None
         self.peers = Peers()
+        self.metrics = MasterMetrics(lambda: self.leadership, lambda: self.runtime)
+        self.http: web.AppRunner | None = None
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -170,6 +176,14 @@ class Master:
 
     async def _start(self) -> None:
         conf = self.conf
+        if conf.http_addr is not None:
+            app = httpserver.new_app(self.metrics.registry)
+            http_api.install(app, conf.master_addr.dial(), conf.name)
+            try:
+                self.http = await httpserver.start(app, conf.http_addr)
+            except httpserver.HttpServerError as e:
+                raise StartError(str(e)) from None
+            log.info("HTTP API, dashboard and metrics on http://%s/", conf.http_addr.dial())
         if conf.member is not None:
             os.makedirs(conf.data_dir, exist_ok=True)
             self.member = EtcdMember(
@@ -177,6 +191,7 @@ class Master:
             )
             self.member.start()
         self.client = EtcdClient(conf.etcd_endpoints)
+        self.client.on_txn = self.metrics.on_txn
         await self._wait_for_etcd()
         with contextlib.suppress(EtcdError):
             members = await self.client.member_client_urls()
@@ -203,7 +218,7 @@ class Master:
 
     async def _lead(self, election: Election) -> None:
         assert self.client is not None and self.leadership is not None
-        runtime = LeaderRuntime(self.client, election, self.leadership.step_down)
+        runtime = LeaderRuntime(self.client, election, self.leadership.step_down, self.metrics.observe)
         await runtime.start()
         self.runtime = runtime
 
@@ -233,6 +248,8 @@ class Master:
             await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
+        if self.http:
+            await self.http.cleanup()
         await self._stop_leading()
         if self.leadership:
             await self.leadership.stop()
@@ -358,6 +375,13 @@ and the same initial-cluster on all three.
     default="3s",
     show_default=True,
     help="TTL of the leader's etcd lease: the longest a silent leader keeps its role.",
+)
+@click.option(
+    "--http-addr",
+    type=cfg.OPTIONAL_ADDRESS,
+    default="127.0.0.1:10280",
+    show_default=True,
+    help="HTTP listen address for the dashboard (/), the JSON API (/api/v1) and /metrics; 'off' for none.",
 )
 @cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))

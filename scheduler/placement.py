@@ -20,6 +20,8 @@ class ExecutorSlot:
     lease_id: int = 0
     prefetch: int = 0
     connected: bool = False
+    #: Wall-clock time of the last lease renewal, for operators (placement ignores it).
+    heartbeat_at: float = 0.0
     running: set[Any] = field(default_factory=set)
 
     @property

@@ -54,6 +54,7 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
         "labels": dict(ex.labels),
         "kinds": sorted(ex.kinds),
         "state": "ready" if ex.connected else "disconnected",
+        "last_heartbeat": ex.heartbeat_at or None,
     }
 
 

@@ -1319,3 +1319,34 @@ def test_randomized_runs_cover_every_event() -> None:
         seen += random_run(seed).seen
     for what in ("reattach", "dropped", "failover", "cancelled", "cancel", "job-FAILED", "job-CANCELLED"):
         assert seen[what] > 0, (what, seen)
+
+
+# -- latency observations (the leader's wait and run histograms) ----------------------
+
+
+def test_wait_and_run_times_are_observed_per_attempt_on_the_cores_clock() -> None:
+    seen: list[tuple[str, float]] = []
+    h = Harness()
+    h.core = Core(clock=lambda: h.now[0], observe=lambda name, s: seen.append((name, s)))
+    job = h.add_job("j", tmpl(max_attempts=2))
+    h.now[0] += 2.0
+    h.attach("a")
+    assert seen == [("wait", 2.0)]
+    h.now[0] += 0.5
+    h.report("a", job.tasks[0].ref(), FAILED, {"error": "boom"})
+    assert seen[-1] == ("run", 0.5)
+    h.now[0] += 10.0  # past the retry backoff
+    h.core.tick()
+    assert seen[-1] == ("wait", 10.0)
+    h.now[0] += 0.25
+    h.report("a", job.tasks[0].ref(), SUCCEEDED, {})
+    assert seen == [("wait", 2.0), ("run", 0.5), ("wait", 10.0), ("run", 0.25)]
+    assert h.core.stats.requeued == 1 and h.core.stats.requeued_lost == 0
+
+
+def test_an_attempt_lost_with_its_executor_counts_as_lost_not_failed() -> None:
+    h = Harness()
+    h.attach("a")
+    h.add_job("j", tmpl())
+    h.core.executor_lost("a")
+    assert (h.core.stats.requeued, h.core.stats.requeued_lost) == (1, 1)

@@ -1,0 +1,211 @@
+// Rota dashboard: polls the master's /api/v1 every second and redraws. No build step, no framework.
+"use strict";
+
+const REFRESH_MS = 1000;
+const MAX_JOBS = 200;
+const MAX_TASKS = 500;
+const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
+
+let selectedJob = new URLSearchParams(location.hash.slice(1)).get("job");
+let executorNames = {};
+
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  return node;
+}
+
+async function api(path, options) {
+  const resp = await fetch("/api/v1" + path, options);
+  const body = await resp.json().catch(() => ({ error: resp.statusText }));
+  if (!resp.ok) throw new Error(body.error || resp.statusText);
+  return body;
+}
+
+function state(s) {
+  return el("span", { class: "state " + s }, s);
+}
+
+function ago(ts) {
+  if (!ts) return "never";
+  const s = Math.max(0, Date.now() / 1000 - ts);
+  return s < 1 ? "just now" : s < 120 ? `${s.toFixed(0)}s ago` : `${(s / 60).toFixed(0)}m ago`;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function renderCluster(c) {
+  const leader = c.leader ? `${c.leader.name} (${c.leader.addr})` : "none";
+  $("#leader").textContent = "leader: " + leader;
+  $("#leader").classList.toggle("bad", !c.leader);
+  $("#etcd").textContent = "etcd: " + (c.etcd.healthy ? "healthy" : "NO QUORUM");
+  $("#etcd").classList.toggle("bad", !c.etcd.healthy);
+  $("#etcd-endpoints").textContent = c.etcd.endpoints.join(", ");
+  $("#answered-by").textContent = c.answered_by;
+  fill(
+    $("#masters tbody"),
+    c.masters.map((m) => el("tr", { "data-master": m.name }, el("td", {}, m.name), el("td", {}, m.addr), el("td", {}, state(m.role)))),
+  );
+}
+
+function bar(done, failed, total) {
+  const pct = (n) => (total ? (100 * n) / total : 0).toFixed(1) + "%";
+  return el(
+    "span",
+    { class: "bar", title: `${done} of ${total} ended` },
+    el("span", { style: `width:${pct(done)}` }),
+    el("span", { class: "fail", style: `width:${pct(failed)}` }),
+  );
+}
+
+function renderExecutors(list) {
+  executorNames = Object.fromEntries(list.map((e) => [e.id, e.name]));
+  $("#executor-count").textContent = `(${list.length})`;
+  fill(
+    $("#executors tbody"),
+    list.map((e) =>
+      el(
+        "tr",
+        { "data-executor": e.id },
+        el("td", {}, e.name),
+        el("td", { class: "muted" }, e.id),
+        el("td", {}, e.addr),
+        el("td", {}, bar(e.running, 0, e.slots), ` ${e.running}/${e.slots}`),
+        el("td", {}, (e.kinds || []).join(", ")),
+        el("td", {}, state(e.state)),
+        el("td", {}, ago(e.last_heartbeat)),
+      ),
+    ),
+  );
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  try {
+    await api(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+  } catch (err) {
+    showError(err);
+  }
+  refresh();
+}
+
+function selectJob(id) {
+  selectedJob = id;
+  location.hash = id ? "job=" + encodeURIComponent(id) : "";
+  refresh();
+}
+
+function renderJobs(jobs) {
+  $("#job-count").textContent = `(${jobs.length})`;
+  const shown = jobs.slice(-MAX_JOBS).reverse();
+  fill(
+    $("#jobs tbody"),
+    shown.map((j) => {
+      const total = Object.values(j.counts).reduce((a, b) => a + b, 0);
+      const ended = ["SUCCEEDED", "FAILED", "CANCELLED"].reduce((a, s) => a + (j.counts[s] || 0), 0);
+      const failed = (j.counts.FAILED || 0) + (j.counts.CANCELLED || 0);
+      const counts = Object.entries(j.counts).map(([s, n]) => `${s.toLowerCase()} ${n}`).join(", ");
+      const cancel = TERMINAL.has(j.state)
+        ? ""
+        : el("button", { class: "cancel", "data-job-id": j.id, onclick: (ev) => { ev.stopPropagation(); cancelJob(j.id, ev.target); } }, "Cancel");
+      return el(
+        "tr",
+        { class: "clickable" + (j.id === selectedJob ? " selected" : ""), "data-job-id": j.id, "data-state": j.state, onclick: () => selectJob(j.id) },
+        el("td", {}, j.id),
+        el("td", {}, j.name),
+        el("td", {}, state(j.state)),
+        el("td", {}, j.priority),
+        el("td", {}, bar(ended - failed, failed, total), ` ${ended}/${total}`),
+        el("td", { class: "muted" }, counts),
+        el("td", {}, cancel),
+      );
+    }),
+  );
+}
+
+function resultCell(r) {
+  if (!r) return "";
+  const parts = [];
+  if (r.exit_code !== null && r.exit_code !== undefined) parts.push(`exit ${r.exit_code}`);
+  if (r.value !== null && r.value !== undefined) parts.push("value " + JSON.stringify(r.value));
+  if (r.error) parts.push(r.error);
+  const out = [r.stdout, r.stderr].filter(Boolean).join("\n");
+  return el("div", {}, parts.join(" · "), out ? el("pre", {}, out) : "");
+}
+
+function renderJob(job) {
+  const detail = $("#job-detail");
+  if (!job) {
+    detail.hidden = true;
+    return;
+  }
+  detail.hidden = false;
+  detail.setAttribute("data-job-id", job.id);
+  $("#detail-id").textContent = job.id;
+  const st = $("#detail-state");
+  st.textContent = job.state;
+  st.className = "state " + job.state;
+  fill(
+    $("#tasks tbody"),
+    job.tasks.slice(0, MAX_TASKS).map((t, i) =>
+      el(
+        "tr",
+        { "data-task-id": t.id, "data-state": t.state },
+        el("td", { class: "muted" }, i),
+        el("td", {}, t.name),
+        el("td", {}, state(t.state)),
+        el("td", {}, t.attempt),
+        el("td", {}, t.executor ? executorNames[t.executor] || t.executor : ""),
+        el("td", {}, resultCell(t.result)),
+      ),
+    ),
+  );
+  const more = job.tasks.length - MAX_TASKS;
+  $("#tasks-more").textContent = more > 0 ? `… and ${more} more tasks (see master-client get-job)` : "";
+}
+
+function showError(err) {
+  const e = $("#error");
+  e.hidden = !err;
+  e.textContent = err ? String(err.message || err) : "";
+}
+
+let busy = false;
+async function refresh() {
+  if (busy) return;
+  busy = true;
+  try {
+    const [cluster, executors, jobs] = await Promise.all([api("/cluster"), api("/executors"), api("/jobs")]);
+    renderCluster(cluster);
+    renderExecutors(executors);
+    renderJobs(jobs);
+    let job = null;
+    if (selectedJob) {
+      try {
+        job = await api("/jobs/" + encodeURIComponent(selectedJob));
+      } catch (err) {
+        selectedJob = null;
+      }
+    }
+    renderJob(job);
+    $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
+    showError(null);
+  } catch (err) {
+    showError(err);
+  } finally {
+    busy = false;
+  }
+}
+
+$("#detail-close").addEventListener("click", () => selectJob(null));
+refresh();
+setInterval(refresh, REFRESH_MS);

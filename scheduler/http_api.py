@@ -1,0 +1,132 @@
+"""The master's HTTP JSON API (``/api/v1``, described in ``scheduler/openapi.yaml``) and dashboard.
+
+A thin adapter over the master's own gRPC service: every call goes through the same
+``AsyncClient`` that ``master-client`` uses, aimed at this master, which answers or
+forwards to the leader (promise 7). So the HTTP API works on any master and behaves
+exactly like the CLI: the same validation, the same errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from scheduler.client import AsyncClient, NoMasterReachable, RequestError
+from scheduler.jobspec import JobSpec, JobSpecError, parse_job_text, validate_job_id
+
+log = logging.getLogger("rota.http")
+
+HERE = Path(__file__).parent
+DASHBOARD = HERE / "dashboard"
+OPENAPI = HERE / "openapi.yaml"
+BODY_SOURCE = "<request body>"
+JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map what the client layer raises to HTTP statuses, with the message as ``{"error": ...}``."""
+    try:
+        return await handler(request)
+    except JobSpecError as e:
+        return error(400, str(e))
+    except RequestError as e:
+        return error(404 if e.not_found else 400, str(e))
+    except NoMasterReachable as e:
+        return error(503, f"no leader reachable: {e}")
+    except TimeoutError as e:
+        return error(504, str(e) or "timed out")
+    except web.HTTPException as e:
+        if e.status >= 400 and e.content_type != "application/json":
+            return error(e.status, e.reason)
+        raise
+
+
+def parse_job_body(body: bytes, content_type: str) -> JobSpec:
+    """A job from a request body: JSON when the type says so (or it starts with ``{``), else TOML."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JobSpecError(f"{BODY_SOURCE}: not UTF-8 text") from None
+    if not text.strip():
+        raise JobSpecError(f"{BODY_SOURCE}: empty; send a job as TOML or JSON")
+    if content_type == "application/json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise JobSpecError(f"{BODY_SOURCE}: invalid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise JobSpecError(f"{BODY_SOURCE}: a job is a JSON object, got {type(data).__name__}")
+        return JobSpec.from_dict(data, source=BODY_SOURCE)
+    return parse_job_text(text, BODY_SOURCE)
+
+
+class HttpApi:
+    def __init__(self, grpc_addr: str, name: str, timeout: float = 10.0) -> None:
+        self.client = AsyncClient(grpc_addr, timeout=timeout)
+        self.name = name
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.append(_errors)
+        r = app.router
+        r.add_get("/api/v1/cluster", self.cluster)
+        r.add_get("/api/v1/executors", self.executors)
+        r.add_get("/api/v1/jobs", self.list_jobs)
+        r.add_post("/api/v1/jobs", self.submit_job)
+        r.add_get("/api/v1/jobs/{id}", self.get_job)
+        r.add_post("/api/v1/jobs/{id}/cancel", self.cancel_job)
+        r.add_get("/api/v1/openapi.yaml", self.openapi)
+        r.add_get("/", self.dashboard)
+        r.add_static("/static/", DASHBOARD, follow_symlinks=False)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, app: web.Application) -> None:
+        await self.client.close()
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        doc = await self.client.cluster_status()
+        doc["answered_by"] = self.name
+        return web.json_response(doc)
+
+    async def executors(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.list_executors())
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        state = request.query.get("state", "")
+        if state and state.upper() not in JOB_STATES:
+            return error(400, f"unknown job state {state!r} (one of {', '.join(JOB_STATES)})")
+        return web.json_response(await self.client.list_jobs(state or None))
+
+    async def submit_job(self, request: web.Request) -> web.Response:
+        spec = parse_job_body(await request.read(), request.content_type)
+        job_id = request.query.get("id")
+        if job_id is not None:
+            validate_job_id(job_id)
+        reply = await self.client.submit_job(spec, job_id=job_id)
+        return web.json_response(reply, status=201 if reply["created"] else 200)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.get_job(request.match_info["id"]))
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.cancel_job(request.match_info["id"]))
+
+    async def openapi(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
+
+    async def dashboard(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def install(app: web.Application, grpc_addr: str, name: str) -> None:
+    HttpApi(grpc_addr, name).install(app)

@@ -1,0 +1,42 @@
+"""The one HTTP port of every Rota program (``--http-addr``): ``/metrics`` everywhere, more on masters.
+
+Shared by the master and the executor like ``scheduler.rpc`` is: program plumbing, no
+scheduling logic.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from scheduler.config import Address
+
+#: The largest request body accepted (a job file is capped at 8 MiB; JSON is a little larger).
+MAX_BODY = 16 * 1024 * 1024
+
+
+def new_app(registry: CollectorRegistry) -> web.Application:
+    """An application that already serves ``GET /metrics`` from ``registry``."""
+    app = web.Application(client_max_size=MAX_BODY)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class HttpServerError(Exception):
+    """The HTTP port could not be opened."""
+
+
+async def start(app: web.Application, addr: Address) -> web.AppRunner:
+    """Serve ``app`` on ``addr``; stop it with ``await runner.cleanup()``."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, addr.host or "0.0.0.0", addr.port, reuse_address=True).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise HttpServerError(f"cannot serve HTTP on {addr}: {e.strerror or e}") from None
+    return runner

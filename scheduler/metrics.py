@@ -1,0 +1,157 @@
+"""A master's Prometheus metrics.
+
+Histograms are fed as things happen (the core's wait and run times, every etcd
+transaction). Everything else is read from the leadership and the leader's core at
+scrape time, so the hot path pays nothing for it. Scheduling figures (jobs, tasks,
+queue, executors) come only from the leader: a follower has no scheduling state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scheduler.core import PENDING, TASK_STATES
+
+if TYPE_CHECKING:
+    from scheduler.leader import LeaderRuntime
+    from scheduler.leadership import Leadership
+
+JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+TXN_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
+OPS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class MasterMetrics:
+    def __init__(
+        self, leadership: Callable[[], Leadership | None], runtime: Callable[[], LeaderRuntime | None]
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.task_wait = Histogram(
+            "rota_task_wait_seconds",
+            "From a task becoming pending (submitted or requeued) to its placement on an executor.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.task_run = Histogram(
+            "rota_task_run_seconds",
+            "From an attempt's placement to its end as the leader saw it (transfer and prefetch queueing included).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.txn_seconds = Histogram(
+            "rota_etcd_txn_seconds", "Round trip of one etcd transaction.", buckets=TXN_BUCKETS, registry=r
+        )
+        self.txn_ops = Histogram(
+            "rota_etcd_txn_ops", "Writes batched into one etcd transaction.", buckets=OPS_BUCKETS, registry=r
+        )
+        r.register(_StateCollector(leadership, runtime))
+
+    def observe(self, name: str, seconds: float) -> None:
+        """The scheduling core's hook (scheduler.core.Observer)."""
+        (self.task_wait if name == "wait" else self.task_run).observe(max(0.0, seconds))
+
+    def on_txn(self, ops: int, seconds: float, succeeded: bool) -> None:
+        """The etcd client's hook: every transaction, fenced or not."""
+        self.txn_seconds.observe(seconds)
+        self.txn_ops.observe(ops)
+
+
+class _StateCollector(Collector):
+    def __init__(
+        self, leadership: Callable[[], Leadership | None], runtime: Callable[[], LeaderRuntime | None]
+    ) -> None:
+        self.leadership = leadership
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        lead = self.leadership()
+        rt = self.runtime()
+        is_leader = bool(lead and lead.is_leader and rt is not None and rt.ready)
+        yield _gauge("rota_leader", "1 on the master that leads and is ready, 0 elsewhere.", int(is_leader))
+        yield _gauge("rota_leader_term", "Election term this master last saw.", lead.term if lead else 0)
+        yield _counter(
+            "rota_elections_won",
+            "Elections this master has won since it started.",
+            lead.elections_won if lead else 0,
+        )
+        rejected = (lead.fenced_rejections + (lead.election.rejected if lead.election else 0)) if lead else 0
+        yield _counter(
+            "rota_fenced_writes_rejected",
+            "Writes of this master that etcd refused because it no longer held the leader key.",
+            rejected,
+        )
+        if rt is None or not rt.ready:
+            return
+        yield from self._scheduling(rt)
+
+    def _scheduling(self, rt: LeaderRuntime) -> Iterator[Metric]:
+        core = rt.core
+        jobs = GaugeMetricFamily("rota_jobs", "Jobs by state.", labels=["state"])
+        job_states = Counter(j.current_state() for j in core.jobs.values())
+        for s in JOB_STATES:
+            jobs.add_metric([s], job_states[s])
+        yield jobs
+        tasks = GaugeMetricFamily("rota_tasks", "Tasks by state.", labels=["state"])
+        totals: Counter[str] = Counter()
+        queue: Counter[int] = Counter()
+        for j in core.jobs.values():
+            totals.update(j.counts)
+            if j.state is None and j.counts[PENDING]:
+                queue[j.priority] += j.counts[PENDING]
+        for s in TASK_STATES:
+            tasks.add_metric([s], totals[s])
+        yield tasks
+        depth = GaugeMetricFamily(
+            "rota_queue_depth",
+            "Pending tasks of unfinished jobs, by job priority (0-100).",
+            labels=["priority"],
+        )
+        for prio in sorted(queue):
+            depth.add_metric([str(prio)], queue[prio])
+        yield depth
+        slots = GaugeMetricFamily(
+            "rota_executor_slots", "Task slots an executor offers.", labels=["executor"]
+        )
+        used = GaugeMetricFamily(
+            "rota_executor_slots_used", "Tasks assigned to or running on an executor.", labels=["executor"]
+        )
+        connected = 0
+        for ex in core.executors.values():
+            slots.add_metric([ex.name], ex.slots)
+            used.add_metric([ex.name], len(ex.running))
+            connected += ex.connected
+        yield slots
+        yield used
+        yield _gauge("rota_executors", "Executors attached to the leader.", connected)
+        st = core.stats
+        yield _counter(
+            "rota_task_attempts", "Task attempts placed on executors by this leader.", st.dispatched
+        )
+        resched = CounterMetricFamily(
+            "rota_task_reschedules", "Attempts run again: failed and retried, or lost with their executor.",
+            labels=["reason"],
+        )  # fmt: skip
+        resched.add_metric(["failed"], st.requeued - st.requeued_lost)
+        resched.add_metric(["executor_lost"], st.requeued_lost)
+        yield resched
+        yield _counter(
+            "rota_stale_reports",
+            "Executor reports for attempts that were no longer current.",
+            st.stale_reports,
+        )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

@@ -1,0 +1,212 @@
+"""The HTTP port of a real three-master cluster: JSON API on every master, and /metrics checked by promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.localcluster import LocalCluster
+
+pytestmark = pytest.mark.etcd
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "sample" / "jobs" / "hello.toml"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("http"), executors=2, executor_slots=2)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def request(
+    url: str, method: str = "GET", body: bytes | None = None, content_type: str | None = None
+) -> tuple[int, Any]:
+    """(status, parsed JSON or text) of one HTTP request; 4xx and 5xx are returned, not raised."""
+    req = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+    return status, json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def follower_url(c: LocalCluster) -> str:
+    status = c.client().cluster_status()
+    leader = status["leader"]["name"]
+    return next(m.http_url for m in c.masters if m.name != leader)
+
+
+def wait_for_state(url: str, job_id: str, states: set[str], timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, doc = request(f"{url}/api/v1/jobs/{job_id}")
+        assert status == 200, doc
+        if doc["state"] in states or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.1)
+
+
+def test_every_master_answers_the_cluster_status_with_the_same_leader(cluster: LocalCluster) -> None:
+    leaders = set()
+    for m in cluster.masters:
+        status, doc = request(f"{m.http_url}/api/v1/cluster")
+        assert status == 200
+        assert doc["answered_by"] == m.name
+        assert doc["etcd"]["healthy"] is True
+        assert sorted(x["name"] for x in doc["masters"]) == ["m0", "m1", "m2"]
+        leaders.add(doc["leader"]["name"])
+    assert len(leaders) == 1
+    status, executors = request(f"{cluster.masters[0].http_url}/api/v1/executors")
+    assert status == 200 and len(executors) == 2
+    assert all(e["state"] == "ready" and e["last_heartbeat"] > time.time() - 30 for e in executors)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (.ci/run installs it)")
+def test_curl_posts_a_job_file_to_a_follower_and_it_runs(cluster: LocalCluster) -> None:
+    url = follower_url(cluster)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            f"@{HELLO}",
+            f"{url}/api/v1/jobs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    body, code = out.rsplit("\n", 1)
+    reply = json.loads(body)
+    assert code == "201" and reply["created"] is True
+    doc = wait_for_state(url, reply["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
+    assert doc["state"] == "SUCCEEDED"
+    assert [t["result"]["stdout"] for t in doc["tasks"]][0].startswith("hello")
+
+
+def test_json_submission_with_an_id_is_idempotent_and_listed(cluster: LocalCluster) -> None:
+    url = cluster.masters[2].http_url
+    job = {"name": "json-job", "task": [{"name": "t", "kind": "noop", "count": 3}]}
+    body = json.dumps(job).encode()
+    first = request(f"{url}/api/v1/jobs?id=json-1", "POST", body, "application/json")
+    again = request(f"{url}/api/v1/jobs?id=json-1", "POST", body, "application/json")
+    assert first == (201, {"id": "json-1", "created": True})
+    assert again == (200, {"id": "json-1", "created": False})
+    assert wait_for_state(url, "json-1", {"SUCCEEDED"})["counts"] == {"SUCCEEDED": 3}
+    status, listed = request(f"{url}/api/v1/jobs?state=SUCCEEDED")
+    assert status == 200 and "json-1" in [j["id"] for j in listed]
+    assert all("tasks" not in j for j in listed)
+
+
+def test_cancel_stops_a_running_job(cluster: LocalCluster) -> None:
+    url = follower_url(cluster)
+    toml = b'name = "long"\n[[task]]\nname = "s"\nkind = "sleep"\nseconds = 60\n'
+    status, reply = request(f"{url}/api/v1/jobs", "POST", toml, "application/toml")
+    assert status == 201
+    wait_for_state(url, reply["id"], {"RUNNING"})
+    status, doc = request(f"{url}/api/v1/jobs/{reply['id']}/cancel", "POST")
+    assert status == 200 and doc["state"] == "CANCELLED"
+    assert wait_for_state(url, reply["id"], {"CANCELLED"})["tasks"][0]["state"] == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("POST", "/api/v1/jobs", b"", 400, "empty"),
+        ("POST", "/api/v1/jobs", b"name = = 1", 400, "TOML"),
+        ("POST", "/api/v1/jobs", b'name = "x"\nbogus = 1\n[[task]]\nkind = "noop"\nname = "t"', 400, "bogus"),
+        ("POST", "/api/v1/jobs", b'name = "x"\n[[task]]\nname = "t"\nkind = "warp"', 400, "warp"),
+        ("POST", "/api/v1/jobs", b'{"name": "x", "task": []}', 400, "task"),
+        ("POST", "/api/v1/jobs?id=bad%20id", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', 400, "id"),
+        ("GET", "/api/v1/jobs?state=DONE", None, 400, "DONE"),
+        ("GET", "/api/v1/jobs/no-such-job", None, 404, "no-such-job"),
+        ("POST", "/api/v1/jobs/no-such-job/cancel", None, 404, "no-such-job"),
+        ("GET", "/api/v1/nothing-here", None, 404, "Not Found"),
+        ("DELETE", "/api/v1/jobs", None, 405, "Not Allowed"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx_and_write_nothing(
+    cluster: LocalCluster, method: str, path: str, body: bytes | None, status: int, message: str
+) -> None:
+    url = follower_url(cluster)
+    before = request(f"{url}/api/v1/jobs")[1]
+    got, doc = request(url + path, method, body)
+    assert got == status
+    assert message in doc["error"]
+    assert request(f"{url}/api/v1/jobs")[1] == before
+
+
+def _samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value for every sample of an exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_of_every_program_pass_promtool_and_count_real_work(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    with cluster.client() as c:
+        job = c.submit_job(
+            {"name": "m", "task": [{"name": "t", "kind": "shell", "command": "true", "count": 5}]}
+        )
+        assert c.wait_job(job["id"], timeout=60)["state"] == "SUCCEEDED"
+        leader = c.cluster_status()["leader"]["name"]
+    urls = {m.name: m.http_url for m in cluster.masters}
+    for e in cluster.executors:
+        urls[e.name] = "http://" + e.argv[e.argv.index("--http-addr") + 1]
+    scraped = {}
+    for name, url in urls.items():
+        status, text = request(f"{url}/metrics")
+        assert status == 200
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
+        scraped[name] = _samples(text)
+        (tmp_path / f"{name}.prom").write_text(text)
+    lead = scraped[leader]
+    assert lead["rota_leader"] == 1
+    assert all(scraped[m.name]["rota_leader"] == 0 for m in cluster.masters if m.name != leader)
+    assert lead['rota_tasks{state="SUCCEEDED"}'] >= 5
+    assert lead['rota_jobs{state="SUCCEEDED"}'] >= 1
+    assert lead["rota_task_attempts_total"] >= 5
+    assert lead["rota_task_wait_seconds_count"] >= 5 and lead["rota_task_run_seconds_count"] >= 5
+    assert lead["rota_etcd_txn_seconds_count"] >= 1 and lead["rota_etcd_txn_ops_sum"] >= 5
+    assert lead["rota_executors"] == 2
+    assert (
+        'rota_jobs{state="SUCCEEDED"}' not in scraped[next(n for n in urls if n not in (leader, "e0", "e1"))]
+    )
+    ran = sum(
+        v
+        for e in ("e0", "e1")
+        for k, v in scraped[e].items()
+        if re.match(r'rota_executor_tasks_total\{kind="shell",outcome="succeeded"\}', k)
+    )
+    assert ran >= 5
+    assert all(scraped[e]["rota_executor_attached"] == 1 for e in ("e0", "e1"))

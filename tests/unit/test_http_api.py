@@ -1,0 +1,67 @@
+"""The HTTP API's pure parts: request bodies to job specs, and the OpenAPI file against the routes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from aiohttp import web
+
+from scheduler.http_api import OPENAPI, HttpApi, parse_job_body
+from scheduler.jobspec import JobSpecError
+
+TOML = b'name = "hi"\n[[task]]\nname = "t"\nkind = "shell"\ncommand = ["echo", "hi"]\n'
+
+
+def test_a_toml_body_and_its_json_form_give_the_same_job() -> None:
+    a = parse_job_body(TOML, "application/octet-stream")
+    b = parse_job_body(
+        b'{"name": "hi", "task": [{"name": "t", "kind": "shell", "command": ["echo", "hi"]}]}',
+        "application/json",
+    )
+    assert a.to_dict() == b.to_dict()
+    assert a.tasks[0].kind == "shell"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"", "text/plain", "empty"),
+        (b"\xff\xfe", "text/plain", "not UTF-8"),
+        (b"name = ", "text/plain", "TOML"),
+        (b'{"name": ', "application/json", "invalid JSON"),
+        (b"[1, 2]", "application/json", "JSON object"),
+        (b'name = "x"\n', "text/plain", "task"),
+        (b'name = "x"\nbogus = 1\n[[task]]\nname = "t"\nkind = "noop"\n', "text/plain", "bogus"),
+        (b'name = "x"\n[[task]]\nname = "t"\nkind = "nope"\n', "text/plain", "nope"),
+    ],
+)
+def test_bad_bodies_are_refused_naming_what_is_wrong(body: bytes, content_type: str, message: str) -> None:
+    with pytest.raises(JobSpecError, match=re.escape(message)) as e:
+        parse_job_body(body, content_type)
+    assert "<request body>" in str(e.value)
+
+
+def test_a_body_that_names_a_file_is_not_read_as_a_path() -> None:
+    with pytest.raises(JobSpecError):
+        parse_job_body(b"sample/jobs/hello.toml", "text/plain")
+
+
+def _routes() -> set[tuple[str, str]]:
+    app = web.Application()
+    HttpApi("127.0.0.1:1", "m0").install(app)
+    out = set()
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if route.method != "HEAD" and not path.startswith("/static"):
+            out.add((route.method.lower(), path))
+    return out
+
+
+def test_the_openapi_file_documents_every_route_and_nothing_else() -> None:
+    doc = yaml.safe_load(OPENAPI.read_text())
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    documented.discard(("get", "/metrics"))  # served by scheduler.httpserver, not HttpApi
+    assert documented == _routes()
+    assert doc["openapi"].startswith("3.")
