@@ -9,7 +9,7 @@ PROTO_GEN := $(PROTO_SRC:.proto=_pb2.py) $(PROTO_SRC:.proto=_pb2_grpc.py)
 PROGRAMS := bin/master bin/executor bin/master-client
 PYTEST_ARGS ?=
 
-.PHONY: all etcd test unit_test integration_test dev demo bench clean chaos
+.PHONY: all etcd test-tools test unit_test integration_test dev demo bench clean chaos
 
 all: $(VENV)/.installed $(PROTO_GEN) $(PROGRAMS) etcd
 
@@ -38,14 +38,29 @@ etcd:
 		echo "or point ROTA_ETCD_BIN at an etcd binary." >&2; exit 1; \
 	fi
 
-test: all
+# What only the tests need: promtool (Debian's prometheus) checks /metrics, Debian's Chromium
+# runs the dashboard test, curl posts a job file as README.md shows.
+test-tools:
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	[ -x "$${ROTA_CHROMIUM:-/usr/bin/chromium}" ] || missing="$$missing chromium"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing test tools:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "the tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
+	fi
+
+test: all test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # Tests that need no etcd: pure logic and the programs' handling of bad input.
 unit_test: all
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not etcd" tests
 
-integration_test: all
+integration_test: all test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m etcd tests
 
 dev: all

@@ -1,0 +1,121 @@
+"""The web dashboard in headless Chromium against a real three-master cluster.
+
+Loads a follower's dashboard, watches a job progress to SUCCEEDED without reloading,
+opens its tasks, cancels another job with the Cancel button, and saves screenshots to
+``$ROTA_SCREENSHOTS`` (default ``build/screenshots``; README.md points there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scheduler.localcluster import LocalCluster
+
+pytestmark = pytest.mark.etcd
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = Path(os.environ.get("ROTA_SCREENSHOTS") or ROOT / "build" / "screenshots")
+CHROMIUM = os.environ.get("ROTA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Headless, and nothing that reaches for the network: this machine's network is closed.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path_factory.mktemp("dash"), executors=2, executor_slots=2)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def page(cluster: LocalCluster):
+    assert os.path.exists(CHROMIUM), "Chromium is missing: apt-get install chromium (.ci/run does)"
+    from playwright.sync_api import sync_playwright
+
+    # Playwright starts Chromium with a fresh, temporary profile of its own.
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 900})
+            pg.set_default_timeout(TIMEOUT_MS)
+            yield pg
+        finally:
+            browser.close()
+
+
+def api(url: str, path: str, doc: dict | None = None):
+    """The cluster's HTTP API. (Playwright's sync API runs an event loop, so no sync gRPC Client here.)"""
+    req = urllib.request.Request(url + "/api/v1" + path, data=json.dumps(doc).encode() if doc else None)
+    if doc:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
+    cluster: LocalCluster, page
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    url = cluster.masters[0].http_url
+    leader = api(url, "/cluster")["leader"]["name"]
+    follower = next(m for m in cluster.masters if m.name != leader)
+    page.goto(follower.http_url + "/")
+
+    # The cluster: three masters, the leader named, etcd healthy, both executors ready.
+    page.wait_for_selector(f'#masters tr[data-master="{leader}"] .state.leader')
+    assert page.locator("#masters tbody tr").count() == 3
+    assert page.locator("#leader").inner_text().startswith(f"leader: {leader} ")
+    assert "healthy" in page.locator("#etcd").inner_text()
+    page.wait_for_function("document.querySelectorAll('#executors tbody .state.ready').length === 2")
+    page.evaluate("window.__notReloaded = true")
+    page.screenshot(path=str(SHOTS / "cluster.png"), full_page=True)
+
+    # A job appears and progresses to SUCCEEDED by live updates alone.
+    spec = {"name": "dash-demo", "task": [{"name": "nap", "kind": "sleep", "seconds": 1.5, "count": 6}]}
+    job = api(url, "/jobs", spec)["id"]
+    row = f'#jobs tr[data-job-id="{job}"]'
+    page.wait_for_selector(f'{row}[data-state="RUNNING"]')
+    page.locator(row).click()
+    page.wait_for_selector(f'#job-detail[data-job-id="{job}"] #tasks tr[data-state="RUNNING"]')
+    page.screenshot(path=str(SHOTS / "job-running.png"), full_page=True)
+    page.wait_for_selector(f'{row}[data-state="SUCCEEDED"]')
+    page.wait_for_function(
+        "document.querySelectorAll('#tasks tbody tr[data-state=\"SUCCEEDED\"]').length === 6"
+    )
+    assert page.evaluate("window.__notReloaded") is True
+    names = {e["name"] for e in api(url, "/executors")}
+    shown = set(page.locator("#tasks tbody tr td:nth-child(5)").all_inner_texts())
+    assert shown and shown <= names
+    assert api(url, f"/jobs/{job}")["state"] == "SUCCEEDED"
+    page.screenshot(path=str(SHOTS / "job-succeeded.png"), full_page=True)
+
+    # The Cancel button stops a running job.
+    long = api(
+        url, "/jobs", {"name": "dash-cancel", "task": [{"name": "s", "kind": "sleep", "seconds": 120}]}
+    )["id"]
+    long_row = f'#jobs tr[data-job-id="{long}"]'
+    page.wait_for_selector(f'{long_row}[data-state="RUNNING"]')
+    page.locator(f'{long_row} button.cancel[data-job-id="{long}"]').click()
+    page.wait_for_selector(f'{long_row}[data-state="CANCELLED"]')
+    assert page.locator(f"{long_row} button.cancel").count() == 0
+    assert api(url, f"/jobs/{long}")["state"] == "CANCELLED"
+    page.screenshot(path=str(SHOTS / "job-cancelled.png"), full_page=True)
