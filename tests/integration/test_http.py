@@ -179,18 +179,31 @@ def test_metrics_of_every_program_pass_promtool_and_count_real_work(
         )
         assert c.wait_job(job["id"], timeout=60)["state"] == "SUCCEEDED"
         leader = c.cluster_status()["leader"]["name"]
+        # Ten long tasks on four slots: six wait in the queue at their priority while we scrape.
+        queued = c.submit_job(
+            {
+                "name": "q",
+                "priority": 90,
+                "task": [{"name": "s", "kind": "sleep", "seconds": 30, "count": 10}],
+            }
+        )
     urls = {m.name: m.http_url for m in cluster.masters}
     for e in cluster.executors:
         urls[e.name] = "http://" + e.argv[e.argv.index("--http-addr") + 1]
     scraped = {}
+    texts = []
     for name, url in urls.items():
         status, text = request(f"{url}/metrics")
         assert status == 200
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
         assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
         scraped[name] = _samples(text)
+        texts.append(text)
         (tmp_path / f"{name}.prom").write_text(text)
+    with cluster.client() as c:
+        c.cancel_job(queued["id"])
     lead = scraped[leader]
+    assert lead['rota_queue_depth{priority="90"}'] == 6
     assert lead["rota_leader"] == 1
     assert all(scraped[m.name]["rota_leader"] == 0 for m in cluster.masters if m.name != leader)
     assert lead['rota_tasks{state="SUCCEEDED"}'] >= 5
@@ -210,3 +223,25 @@ def test_metrics_of_every_program_pass_promtool_and_count_real_work(
     )
     assert ran >= 5
     assert all(scraped[e]["rota_executor_attached"] == 1 for e in ("e0", "e1"))
+    # Every series the Grafana dashboard in deploy/ queries is one these programs export.
+    exported = {re.sub(r"\{.*", "", k) for s in scraped.values() for k in s}
+    for text in texts:  # families with no sample now (an empty queue) still count
+        for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+            exported |= {name, *(f"{name}{x}" for x in ("_bucket", "_sum", "_count") if kind == "histogram")}
+    grafana = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for p in grafana["panels"]
+        for t in p["targets"]
+        for name in re.findall(r"\b(rota_[a-z_]+)", t["expr"])
+    }
+    assert queried and queried <= exported, queried - exported
+
+
+def test_the_prometheus_config_in_deploy_is_valid() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    check = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
