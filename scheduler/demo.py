@@ -4,15 +4,20 @@ Starts three masters (each with its embedded etcd member) and two executors on f
 loopback ports, prints ``cluster-status``, submits ``sample/jobs/hello.toml`` and the
 split job ``sample/jobs/split.toml`` and prints their results, SIGKILLs the leader,
 runs one more job on the new leader, and stops everything. Logs stay in ./demo-logs/.
+On the way it lists the masters' dashboard URLs and a few of the leader's metrics;
+``ROTA_DEMO_HOLD=60 make demo`` keeps the cluster up a minute to look at them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from scheduler.localcluster import LocalCluster
@@ -24,6 +29,22 @@ def master_client(addresses: str, *args: str) -> None:
     cmd = [sys.executable, "-m", "scheduler.client_cli", "--master-addr", addresses, *args]
     print(f"\n$ bin/master-client {' '.join(args)}", flush=True)
     subprocess.run(cmd, check=False)
+
+
+def show_http(cluster: LocalCluster, leader_url: str) -> None:
+    """Point at the dashboards and show a few of the leader's metrics, as curl would."""
+    print("\nDashboard, HTTP API (/api/v1) and /metrics on every master:", flush=True)
+    for m in cluster.masters:
+        print(f"  {m.name}: {m.http_url}/")
+    print(f"\n$ curl -s {leader_url}/metrics | grep -E '^rota_(leader|executors|tasks|jobs)\\b'")
+    with urllib.request.urlopen(leader_url + "/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if re.match(r"rota_(leader|executors|tasks|jobs)\b", line) and not line.endswith(" 0.0"):
+                print(line)
+    hold = float(os.environ.get("ROTA_DEMO_HOLD") or 0)
+    if hold > 0:
+        print(f"\nROTA_DEMO_HOLD: the cluster stays up {hold:g}s; open a dashboard above.", flush=True)
+        time.sleep(hold)
 
 
 def main() -> int:
@@ -41,6 +62,7 @@ def main() -> int:
         master_client(addrs, "submit-job", "--config", "sample/jobs/hello.toml", "--wait")
         master_client(addrs, "submit-job", "--config", "sample/jobs/split.toml", "--wait")
         leader = cluster.leader()
+        show_http(cluster, leader.http_url)
         print(f"\nSIGKILL the leader {leader.name} (pid {leader.pid}) ...", flush=True)
         t1 = time.monotonic()
         leader.signal(signal.SIGKILL)

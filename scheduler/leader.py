@@ -22,6 +22,7 @@ from metastore import keys
 from metastore.client import EtcdClient, EtcdError, WatchCompacted
 from metastore.election import Election, Fenced
 from protos import rota_pb2
+from scheduler import logs
 from scheduler.core import (
     ACTIVE,
     Ack,
@@ -252,6 +253,17 @@ class LeaderRuntime:
                 if link is not None:
                     link.send(rota_pb2.LeaderMessage(acks=rota_pb2.Acks(tasks=_refs(d.refs))))
             elif isinstance(d, JobEnded):
+                job = d.job
+                level = logging.DEBUG if job.state == "SUCCEEDED" else logging.INFO
+                if log.isEnabledFor(level):
+                    log.log(
+                        level,
+                        "job %s ended %s: %s",
+                        job.id,
+                        job.state,
+                        ", ".join(f"{n} {s.lower()}" for s, n in sorted(job.counts.items()) if n),
+                        **logs.ids(job=job.id),
+                    )
                 for i in range(len(d.job.spec.tasks)):
                     self._params_cache.pop((d.job.id, i), None)
                 for f in self._waiters.pop(d.job.id, []):
@@ -286,7 +298,11 @@ class LeaderRuntime:
                         start = e.kv.mod_revision + 1
                         if e.type == "delete":
                             ex_id = e.kv.key[len(keys.EXECUTORS) :].decode()
-                            log.info("executor %s lost its lease: requeueing its tasks", ex_id)
+                            log.info(
+                                "executor %s lost its lease: requeueing its tasks",
+                                ex_id,
+                                **logs.ids(executor=ex_id),
+                            )
                             link = self.links.pop(ex_id, None)
                             if link:
                                 link.close()
@@ -345,6 +361,12 @@ class LeaderRuntime:
                 self._give_up()
                 raise NotReady("the job appeared in etcd under another leader")
             self._route(decisions)
+            log.debug(
+                "job %s committed: %d tasks",
+                job_id,
+                len(self.core.jobs[job_id].tasks),
+                **logs.ids(job=job_id),
+            )
 
     def job(self, job_id: str) -> Job | None:
         """A committed job (one still being submitted is not shown yet)."""
@@ -415,9 +437,15 @@ class LeaderRuntime:
                 hello.addr,
                 hello.slots,
                 ",".join(hello.kinds),
+                **logs.ids(executor=ex_id),
             )
         else:
-            log.info("executor %s re-attached with %d running tasks", ex_id, len(reported))
+            log.info(
+                "executor %s re-attached with %d running tasks",
+                ex_id,
+                len(reported),
+                **logs.ids(executor=ex_id),
+            )
         old = self.links.pop(ex_id, None)
         if old:
             old.close()
@@ -461,7 +489,11 @@ class LeaderRuntime:
         del self.links[link.executor_id]
         link.close()
         self.core.executor_detached(link.executor_id)
-        log.info("executor %s disconnected: revoking its lease", link.executor_id)
+        log.info(
+            "executor %s disconnected: revoking its lease",
+            link.executor_id,
+            **logs.ids(executor=link.executor_id),
+        )
         with contextlib.suppress(EtcdError):
             await self.client.revoke(link.lease_id)
         self.core.executor_lost(link.executor_id)

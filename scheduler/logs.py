@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -25,6 +26,17 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
+
+
+def ids(
+    job: str | None = None,
+    task: int | str | None = None,
+    attempt: int | None = None,
+    executor: str | None = None,
+) -> dict[str, Any]:
+    """``extra=`` for a log call about a task: JSON logs carry these as their own fields."""
+    fields = {"job_id": job, "task_id": task, "attempt": attempt, "executor_id": executor}
+    return {"extra": {k: v for k, v in fields.items() if v is not None}}
 
 
 def setup_logging(level: str, fmt: str, program: str) -> None:
