@@ -13,6 +13,8 @@ from scheduler.config import Address
 
 #: The largest request body accepted (a job file is capped at 8 MiB; JSON is a little larger).
 MAX_BODY = 16 * 1024 * 1024
+#: How long a stopping program lets HTTP requests in flight finish.
+SHUTDOWN_GRACE = 1.0
 
 
 def new_app(registry: CollectorRegistry) -> web.Application:
@@ -32,7 +34,7 @@ class HttpServerError(Exception):
 
 async def start(app: web.Application, addr: Address) -> web.AppRunner:
     """Serve ``app`` on ``addr``; stop it with ``await runner.cleanup()``."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
         await web.TCPSite(runner, addr.host or "0.0.0.0", addr.port, reuse_address=True).start()

@@ -248,11 +248,11 @@ class Master:
             await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
-        if self.http:
-            await self.http.cleanup()
         await self._stop_leading()
         if self.leadership:
-            await self.leadership.stop()
+            await self.leadership.stop()  # resign first: the next leader must not wait on HTTP
+        if self.http:
+            await self.http.cleanup()
         if self.server:
             await self.server.stop(grace=0.5)
         await self.peers.close()
