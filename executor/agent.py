@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -26,6 +27,7 @@ import grpc
 
 from executor.gate import PriorityGate
 from executor.kinds.base import Kind, TaskResult, TaskSpec
+from executor.tasklogs import LogStore
 from protos import rota_pb2, rota_pb2_grpc
 from scheduler import rpc
 
@@ -71,6 +73,7 @@ class Agent:
         self.gate = PriorityGate(conf.slots)
         self.unacked: dict[tuple[str, int, int], rota_pb2.TaskReport] = {}
         self.completed = 0
+        self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
         self._outbox: asyncio.Queue[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] | None = None
         self._sent_beats: collections.deque[float] = collections.deque()
         self._stopping = False
@@ -276,9 +279,13 @@ class Agent:
         work_dir = ""
         announce: asyncio.TimerHandle | None = None
         acquired = False
+        log_key = (ref.job_id, ref.index, ref.attempt)
+        result: TaskResult | None = None
         try:
             await self.gate.acquire(a.priority)
             acquired = True
+            # Kinds spared a work dir (noop, sleep) print nothing: they are spared log files too.
+            log_prefix = self.logs.begin(log_key, files=kind is not None and kind.needs_work_dir)
             if kind is None:
                 result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")
             else:
@@ -293,6 +300,7 @@ class Agent:
                     env=dict(a.env),
                     timeout=a.timeout or None,
                     work_dir=work_dir or self.conf.work_dir,
+                    log_prefix=log_prefix,
                 )
                 announce = asyncio.get_running_loop().call_later(
                     RUNNING_REPORT_DELAY, self._send, rota_pb2.TaskReport(task=ref, state="RUNNING")
@@ -309,11 +317,15 @@ class Agent:
                 self.gate.release()
             if announce is not None:
                 announce.cancel()
+            if acquired:
+                # Before the attempt leaves ``running``: a log reader takes that as the end of its output.
+                self.logs.end(log_key, result)
             if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:
                 del self.running[key]
             if work_dir:
                 shutil.rmtree(work_dir, ignore_errors=True)
         self.completed += 1
+        assert result is not None
         report = _report(ref, result)
         self.unacked[(ref.job_id, ref.index, ref.attempt)] = report
         self._send(report)
@@ -332,6 +344,11 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.running.clear()
+
+    def running_attempt(self, job_id: str, index: int) -> int:
+        """The attempt of the task this executor holds, queued or running; 0 when none."""
+        r = self.running.get((job_id, index))
+        return r.ref.attempt if r is not None else 0
 
     async def stop(self) -> None:
         self._stopping = True

@@ -10,10 +10,12 @@ import os
 import signal
 import socket
 import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
 
+from executor import tasklogs
 from executor.agent import Agent, AgentConfig
 from executor.kinds.base import Kind
 from executor.registry import load_kinds
@@ -31,6 +33,13 @@ class ExecutorService(rota_pb2_grpc.ExecutorServicer):
 
     async def GetStatus(self, request: rota_pb2.ExecutorStatusRequest, context: Any) -> rota_pb2.JsonReply:
         return rota_pb2.JsonReply(json=json.dumps(self.agent.status()).encode())
+
+    async def TaskLogs(
+        self, request: rota_pb2.TaskLogsRequest, context: Any
+    ) -> AsyncIterator[rota_pb2.LogChunk]:
+        """Served from this executor's work dir: output lives where the task ran, not in etcd."""
+        async for chunk in tasklogs.serve(self.agent.logs, self.agent.running_attempt, request, context):
+            yield chunk
 
 
 async def serve(conf: AgentConfig, listen: str, kinds: dict[str, Kind]) -> int:

@@ -8,12 +8,13 @@ on this module, so the CLI and programs share one code path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -218,6 +219,21 @@ class AsyncClient:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {doc['state']} after {timeout:g}s")
 
+    def task_logs(
+        self,
+        job_id: str,
+        task: str | None = None,
+        follow: bool = False,
+        on_task: Callable[[dict[str, Any]], None] | None = None,
+    ) -> AsyncGenerator[tuple[str, bytes], None]:
+        """A task's output, fetched from the executor that ran it: ``(stream, data)`` pairs, stream being
+        "stdout", "stderr" or "notice" (text for a human). ``task`` is a name, an id or an index; it may
+        be None when the job has one task. With ``follow``, it waits for the task to start and streams
+        until the attempt ends. RequestError when there is nothing to read, with the reason."""
+        from scheduler import tasklogs  # it builds on this module
+
+        return tasklogs.task_logs(self, job_id, task, follow, on_task)
+
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
         self._channels.clear()
@@ -273,6 +289,32 @@ class Client:
         progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         return self._run(lambda: self._async.wait_job(job_id, timeout, progress))
+
+    def task_logs(
+        self,
+        job_id: str,
+        task: str | None = None,
+        follow: bool = False,
+        on_task: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Iterator[tuple[str, bytes]]:
+        """See AsyncClient.task_logs; each pair is yielded as soon as it arrives."""
+        chunks = self._async.task_logs(job_id, task, follow, on_task)
+        step: asyncio.Future[tuple[str, bytes]] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(chunks.__anext__(), loop=self._loop)
+                try:
+                    yield self._loop.run_until_complete(step)
+                except StopAsyncIteration:
+                    return
+        finally:
+            # A Ctrl-C lands in the middle of a step: cancel it, so the stream to the executor is closed.
+            if not self._loop.is_closed():
+                if step is not None and not step.done():
+                    step.cancel()
+                    with contextlib.suppress(BaseException):
+                        self._loop.run_until_complete(step)
+                self._loop.run_until_complete(chunks.aclose())
 
     def close(self) -> None:
         if not self._loop.is_closed():

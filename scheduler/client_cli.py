@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -245,6 +246,55 @@ def list_executors(ctx: Ctx) -> None:
         docs,
         table(["EXECUTOR", "ADDRESS", "RUNNING", "STATE", "LABELS"], rows) if docs else "no executors",
     )
+
+
+@cli.command("logs")
+@click.argument("job_id", metavar="JOB")
+@click.argument("task", required=False)
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Wait for a pending task to start, then stream its output until the attempt ends.",
+)
+@click.pass_obj
+def logs(ctx: Ctx, job_id: str, task: str | None, follow: bool) -> None:
+    """Print a task's stdout and stderr, fetched from the executor that ran it.
+
+    \b
+    TASK is a name as get-job shows it (greet, square-3, pi-shard0), an id (JOB/N) or an index N;
+    it may be left out when the job has one task. The latest attempt is shown, its stdout on stdout
+    and its stderr on stderr, each as the task wrote it. Output stays on the executor (the last
+    1000 attempts, up to 16 MiB per stream): once an executor has left, its tasks' logs are gone.
+    Exit 2 when there is nothing to read: unknown job or task, a task that never started, an
+    executor that has left or does not answer.
+    """
+    doc: dict[str, Any] = {"job": job_id, "task": None, "name": None, "attempt": None, "executor": None}
+    captured: dict[str, list[bytes]] = {"stdout": [], "stderr": [], "notice": []}
+
+    def found(t: dict[str, Any]) -> None:
+        doc.update(task=t["id"], name=t["name"], attempt=t["attempt"], executor=t["executor"])
+
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    with ctx.client() as c:
+        try:
+            for stream, data in c.task_logs(job_id, task, follow=follow, on_task=found):
+                if ctx.json:
+                    captured[stream].append(data)
+                elif stream == "notice":
+                    click.echo(f"master-client: {data.decode(errors='replace')}", err=True)
+                else:
+                    sink = out if stream == "stdout" else err
+                    sink.write(data)
+                    sink.flush()
+        except BrokenPipeError:
+            # The reader went away (``logs JOB | head``): stop quietly, as cat does.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+    if ctx.json:
+        text = {k: b"".join(v).decode(errors="replace") for k, v in captured.items() if k != "notice"}
+        notices = [n.decode(errors="replace") for n in captured["notice"]]
+        emit(ctx, {**doc, **text, "notices": notices}, "")
 
 
 def main() -> None:

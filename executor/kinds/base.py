@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -12,6 +14,13 @@ from typing import Any
 
 OUTPUT_CAP = 64 * 1024
 TRUNCATED_MARK = "\n[... truncated]"
+#: A task's log file (``TaskSpec.log_prefix``) stops growing here: the disk is shared by every task.
+LOG_FILE_CAP = 16 * 1024 * 1024
+LOG_TRUNCATED_MARK = b"\n[... log truncated at 16 MiB]\n"
+#: The suffixes of a task's stdout and stderr log files, in that order.
+LOG_SUFFIXES = (".out", ".err")
+
+log = logging.getLogger("rota.executor")
 
 # After the task's main process exits, output still in the pipes gets this long to arrive before whatever
 # the task left running in its process group is killed.
@@ -30,6 +39,9 @@ class TaskSpec:
     env: dict[str, str]
     timeout: float | None
     work_dir: str
+    #: When set, a kind that can stream what the task writes to ``<log_prefix>.out`` and ``.err`` as it
+    #: arrives, for ``master-client logs`` (run_subprocess does); the result's capture is unaffected.
+    log_prefix: str = ""
 
 
 @dataclass
@@ -121,17 +133,64 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+class _LogFile:
+    """One stream's log file, written unbuffered so that a reader following it sees output at once."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "wb", buffering=0)  # closed by run_subprocess
+        self.size = 0
+        self.full = False
+
+    def write(self, chunk: bytes) -> None:
+        if self.full:
+            return
+        room = LOG_FILE_CAP - self.size
+        if len(chunk) <= room:
+            data = chunk
+        else:
+            data, self.full = chunk[:room] + LOG_TRUNCATED_MARK, True
+        try:
+            self.file.write(data)
+        except OSError as exc:  # a full disk must not fail the task: its result is still captured
+            log.warning("cannot write %s: %s; its log stops here", self.file.name, exc)
+            self.full = True
+        self.size += len(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _open_logs(prefix: str) -> list[_LogFile | None]:
+    """Created before the process starts, so a reader can tell a streaming task from one that is not."""
+    files: list[_LogFile | None] = []
+    if not prefix:
+        return [None for _ in LOG_SUFFIXES]
+    with contextlib.suppress(OSError):  # opening the files below says what is wrong
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    for suffix in LOG_SUFFIXES:
+        try:
+            files.append(_LogFile(prefix + suffix))
+        except OSError as exc:
+            log.warning("cannot create log file %s%s: %s", prefix, suffix, exc)
+            files.append(None)
+    return files
+
+
 class _Capture:
     """Reads a pipe to EOF, keeping the first OUTPUT_CAP bytes; reading on past the cap keeps the child
-    from blocking on a full pipe, and what was kept survives the reader being cancelled."""
+    from blocking on a full pipe, and what was kept survives the reader being cancelled. Every chunk also
+    goes to the log file, if there is one, as it arrives."""
 
-    def __init__(self, stream: asyncio.StreamReader) -> None:
+    def __init__(self, stream: asyncio.StreamReader, log_file: _LogFile | None = None) -> None:
         self.data = bytearray()
         self.truncated = False
+        self.log_file = log_file
         self.task = asyncio.ensure_future(self._drain(stream))
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
+            if self.log_file is not None:
+                self.log_file.write(chunk)
             room = OUTPUT_CAP - len(self.data)
             if len(chunk) > room:
                 self.truncated = True
@@ -143,9 +202,21 @@ class _Capture:
 
 
 async def run_subprocess(argv: Sequence[str], spec: TaskSpec, env: Mapping[str, str]) -> TaskResult:
-    """Run ``argv`` as the task: own session, cwd ``spec.work_dir``, output capped, timeout and
-    cancellation enforced by killing the process group. The task owns its group, so anything it leaves
-    running after its main process exits is killed too."""
+    """Run ``argv`` as the task: own session, cwd ``spec.work_dir``, output capped (and streamed to the
+    log files of ``spec.log_prefix``), timeout and cancellation enforced by killing the process group.
+    The task owns its group, so anything it leaves running after its main process exits is killed too."""
+    logs = _open_logs(spec.log_prefix)
+    try:
+        return await _run_process(argv, spec, env, logs)
+    finally:
+        for f in logs:
+            if f is not None:
+                f.close()
+
+
+async def _run_process(
+    argv: Sequence[str], spec: TaskSpec, env: Mapping[str, str], logs: list[_LogFile | None]
+) -> TaskResult:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -159,7 +230,7 @@ async def run_subprocess(argv: Sequence[str], spec: TaskSpec, env: Mapping[str, 
     except OSError as exc:
         return TaskResult(ok=False, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = _Capture(proc.stdout), _Capture(proc.stderr)
+    out, err = _Capture(proc.stdout, logs[0]), _Capture(proc.stderr, logs[1])
     try:
         expired = await _supervise(proc, [out.task, err.task], spec.timeout)
     finally:
