@@ -20,8 +20,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -29,7 +30,7 @@ from executor.gate import PriorityGate
 from executor.kinds.base import Kind, TaskResult, TaskSpec
 from executor.tasklogs import LogStore
 from protos import rota_pb2, rota_pb2_grpc
-from scheduler import rpc
+from scheduler import logs, rpc
 
 log = logging.getLogger("rota.executor")
 
@@ -79,6 +80,13 @@ class Agent:
         self._stopping = False
         self._fenced = False
         self._session_task: asyncio.Task[str | None] | None = None
+        self.fenced_count = 0
+        #: Called as each attempt ends with (kind, outcome, seconds it held a slot); for metrics.
+        self.on_task_ended: Callable[[str, str, float], None] | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self._outbox is not None and bool(self.executor_id)
 
     # -- connection ----------------------------------------------------------------------
 
@@ -139,7 +147,11 @@ class Agent:
                 raise ConnectionError(f"{addr} sent no welcome")
             self._welcome(first.welcome)
             log.info(
-                "attached to leader at %s as %s (lease ttl %ss)", addr, self.executor_id, first.welcome.ttl
+                "attached to leader at %s as %s (lease ttl %ss)",
+                addr,
+                self.executor_id,
+                first.welcome.ttl,
+                **logs.ids(executor=self.executor_id),
             )
             self._outbox = asyncio.Queue()
             for report in self.unacked.values():
@@ -225,10 +237,12 @@ class Agent:
                     time.monotonic() - self.renewed_at,
                     self.ttl,
                     len(self.running),
+                    **logs.ids(executor=self.executor_id),
                 )
                 await self._fence()
 
     async def _fence(self) -> None:
+        self.fenced_count += 1
         await self._kill_all()
         self.executor_id, self.lease_id = "", 0
         self.unacked.clear()
@@ -281,11 +295,14 @@ class Agent:
         acquired = False
         log_key = (ref.job_id, ref.index, ref.attempt)
         result: TaskResult | None = None
+        outcome = "cancelled"
+        started = 0.0
         try:
             await self.gate.acquire(a.priority)
             acquired = True
             # Kinds spared a work dir (noop, sleep) print nothing: they are spared log files too.
             log_prefix = self.logs.begin(log_key, files=kind is not None and kind.needs_work_dir)
+            started = time.monotonic()
             if kind is None:
                 result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")
             else:
@@ -306,15 +323,19 @@ class Agent:
                     RUNNING_REPORT_DELAY, self._send, rota_pb2.TaskReport(task=ref, state="RUNNING")
                 )
                 result = await kind.run(spec)
+            outcome = "succeeded" if result.ok else "failed"
         except asyncio.CancelledError:
-            log.info("task %s/%d attempt %d cancelled", ref.job_id, ref.index, ref.attempt)
+            log.info("task %s/%d attempt %d cancelled", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
             raise
         except Exception as e:  # a broken kind must not take the executor down
-            log.exception("kind %s failed on %s/%d", a.kind, ref.job_id, ref.index)
+            log.exception("kind %s failed on %s/%d", a.kind, ref.job_id, ref.index, **self._ids(ref))
             result = TaskResult(ok=False, error=f"{type(e).__name__}: {e}")
+            outcome = "failed"
         finally:
             if acquired:
                 self.gate.release()
+                if self.on_task_ended is not None:
+                    self.on_task_ended(a.kind, outcome, time.monotonic() - started)
             if announce is not None:
                 announce.cancel()
             if acquired:
@@ -326,9 +347,25 @@ class Agent:
                 shutil.rmtree(work_dir, ignore_errors=True)
         self.completed += 1
         assert result is not None
+        if not result.ok:
+            log.info(
+                "task %s/%d attempt %d failed: %s",
+                ref.job_id,
+                ref.index,
+                ref.attempt,
+                result.error or f"exit code {result.exit_code}",
+                **self._ids(ref),
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s/%d attempt %d succeeded", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
         report = _report(ref, result)
         self.unacked[(ref.job_id, ref.index, ref.attempt)] = report
         self._send(report)
+
+    def _ids(self, ref: rota_pb2.TaskRef) -> dict[str, Any]:
+        return logs.ids(
+            job=ref.job_id, task=f"{ref.job_id}/{ref.index}", attempt=ref.attempt, executor=self.executor_id
+        )
 
     def _send(self, report: rota_pb2.TaskReport) -> None:
         if self._outbox is not None:

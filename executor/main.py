@@ -14,14 +14,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import click
+from aiohttp import web
 
 from executor import tasklogs
 from executor.agent import Agent, AgentConfig
 from executor.kinds.base import Kind
+from executor.metrics import ExecutorMetrics
 from executor.registry import load_kinds
 from protos import rota_pb2, rota_pb2_grpc
 from scheduler import config as cfg
-from scheduler import rpc
+from scheduler import httpserver, rpc
 from scheduler.logs import setup_logging
 
 log = logging.getLogger("rota.executor")
@@ -42,8 +44,20 @@ class ExecutorService(rota_pb2_grpc.ExecutorServicer):
             yield chunk
 
 
-async def serve(conf: AgentConfig, listen: str, kinds: dict[str, Kind]) -> int:
+async def serve(
+    conf: AgentConfig, listen: str, kinds: dict[str, Kind], http_addr: cfg.Address | None = None
+) -> int:
     agent = Agent(conf, kinds)
+    metrics = ExecutorMetrics()
+    metrics.watch(agent)
+    agent.on_task_ended = metrics.task_ended
+    http: web.AppRunner | None = None
+    if http_addr is not None:
+        try:
+            http = await httpserver.start(httpserver.new_app(metrics.registry), http_addr)
+        except httpserver.HttpServerError as e:
+            log.error("%s", e)
+            return 1
     server = rpc.server()
     rota_pb2_grpc.add_ExecutorServicer_to_server(ExecutorService(agent), server)
     if not server.add_insecure_port(listen):
@@ -70,6 +84,8 @@ async def serve(conf: AgentConfig, listen: str, kinds: dict[str, Kind]) -> int:
         t.cancel()
     await asyncio.gather(runner, waiter, return_exceptions=True)
     await server.stop(grace=0.5)
+    if http is not None:
+        await http.cleanup()
     for k in kinds.values():
         with contextlib.suppress(Exception):
             await k.close()
@@ -146,6 +162,13 @@ flags given on the command line override this file.
     help="Task kinds it runs, kind,... [default: every installed kind this host can run].",
 )
 @click.option("--work-dir", default=None, help="Scratch space for tasks [default: a temporary directory].")
+@click.option(
+    "--http-addr",
+    type=cfg.OPTIONAL_ADDRESS,
+    default="127.0.0.1:10281",
+    show_default=True,
+    help="HTTP listen address for /metrics (Prometheus); 'off' for none.",
+)
 @cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
 def executor_command(**o: Any) -> int:
@@ -185,7 +208,7 @@ def executor_command(**o: Any) -> int:
         work_dir=work_dir,
         prefetch=int(o["prefetch"]),
     )
-    return asyncio.run(serve(conf, worker.listen(), kinds))
+    return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))
 
 
 def _this_command() -> click.Command:

@@ -47,6 +47,10 @@ class NoMasterReachable(Exception):
 class RequestError(Exception):
     """The cluster refused the request as invalid, or it names something that does not exist."""
 
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
 
 def new_job_id(spec: JobSpec) -> str:
     """A fresh id, made by the client so that a retried submission stays one job."""
@@ -144,7 +148,9 @@ class AsyncClient:
                     return result
                 except grpc.aio.AioRpcError as e:
                     if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                        raise RequestError(e.details()) from None
+                        raise RequestError(
+                            e.details() or "", not_found=e.code() == grpc.StatusCode.NOT_FOUND
+                        ) from None
                     if e.code() not in _RETRY:
                         raise
                     errors[addr] = e.details() or e.code().name

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
