@@ -391,6 +391,9 @@ def master_command(**options: Any) -> int:
     Three masters share one etcd cluster (by default each runs an embedded etcd
     member), elect one leader through an etcd lease and answer on any address.
 
+    Every master serves the web dashboard, the HTTP JSON API (/api/v1) and
+    Prometheus /metrics on --http-addr.
+
     \b
     A single local master:        master --name m0
     Three masters on one machine: see `master --print-sample-config` and cmd/master/.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,35 @@ def test_master_unknown_toml_key(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--master-addr", "localhost"), ("--peer-urls", "http://x"), ("--etcd-endpoints", "a:b")]
+    "flag, value",
+    [
+        ("--master-addr", "localhost"),
+        ("--peer-urls", "http://x"),
+        ("--etcd-endpoints", "a:b"),
+        ("--http-addr", "web"),
+    ],
 )
 def test_master_malformed_address(flag, value):
-    assert_usage_error(run("scheduler.master", flag, value), "malformed address", value)
+    assert_usage_error(run("scheduler.master", flag, value), "malformed address", value, flag)
+
+
+def test_executor_malformed_http_addr():
+    p = run("executor.main", "--join", "127.0.0.1:1", "--http-addr", "127.0.0.1:99999")
+    assert_usage_error(p, "--http-addr", "out of range")
+
+
+def test_master_http_port_taken_is_a_clear_start_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = run(
+            "scheduler.master",
+            "--etcd-endpoints", "http://127.0.0.1:1", "--master-addr", "127.0.0.1:1",
+            "--http-addr", f"127.0.0.1:{port}",
+        )  # fmt: skip
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_master_initial_cluster_without_itself():
