@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,8 @@ DASHBOARD = HERE / "dashboard"
 OPENAPI = HERE / "openapi.yaml"
 BODY_SOURCE = "<request body>"
 JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+#: The most of each stream one logs request returns; master-client logs reads everything.
+LOG_CAP = 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -85,6 +88,7 @@ class HttpApi:
         r.add_post("/api/v1/jobs", self.submit_job)
         r.add_get("/api/v1/jobs/{id}", self.get_job)
         r.add_post("/api/v1/jobs/{id}/cancel", self.cancel_job)
+        r.add_get("/api/v1/jobs/{id}/tasks/{task}/logs", self.task_logs)
         r.add_get("/api/v1/openapi.yaml", self.openapi)
         r.add_get("/", self.dashboard)
         r.add_static("/static/", DASHBOARD, follow_symlinks=False)
@@ -120,6 +124,35 @@ class HttpApi:
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         return web.json_response(await self.client.cancel_job(request.match_info["id"]))
+
+    async def task_logs(self, request: web.Request) -> web.Response:
+        """Output of a task's latest attempt so far, fetched from its executor (master-client logs)."""
+        job_id, task = request.match_info["id"], request.match_info["task"]
+        out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        notices: list[str] = []
+        seen: dict[str, Any] = {}
+        truncated = False
+        async for stream, data in self.client.task_logs(job_id, task, on_task=seen.update):
+            if stream == "notice":
+                notices.append(data.decode("utf-8", "replace"))
+            elif len(out[stream]) < LOG_CAP:
+                out[stream] += data[: LOG_CAP - len(out[stream])]
+                truncated = truncated or len(out[stream]) == LOG_CAP
+            else:
+                truncated = True
+        return web.json_response(
+            {
+                "job": job_id,
+                "task": seen.get("id"),
+                "name": seen.get("name"),
+                "attempt": seen.get("attempt"),
+                "executor": seen.get("executor"),
+                "stdout": out["stdout"].decode("utf-8", "replace"),
+                "stderr": out["stderr"].decode("utf-8", "replace"),
+                "notices": notices,
+                "truncated": truncated,
+            }
+        )
 
     async def openapi(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})

@@ -53,7 +53,7 @@ def pick_task(doc: dict[str, Any], task: str | None) -> dict[str, Any]:
     for t in tasks:
         if t["name"] == task:
             return t  # type: ignore[no-any-return]
-    raise RequestError(f"job {doc['id']} has no task {task!r}; its tasks: {task_names(doc)}")
+    raise RequestError(f"job {doc['id']} has no task {task!r}; its tasks: {task_names(doc)}", not_found=True)
 
 
 def task_index(t: dict[str, Any]) -> int:

@@ -166,11 +166,38 @@ function renderJob(job) {
         el("td", {}, t.attempt),
         el("td", {}, t.executor ? executorNames[t.executor] || t.executor : ""),
         el("td", {}, resultCell(t.result)),
+        el("td", {}, t.attempt ? el("button", { class: "logs", "data-task-id": t.id, onclick: () => showLogs(job.id, t) }, "Logs") : ""),
       ),
     ),
   );
   const more = job.tasks.length - MAX_TASKS;
   $("#tasks-more").textContent = more > 0 ? `… and ${more} more tasks (see master-client get-job)` : "";
+}
+
+let logTask = null;
+
+async function showLogs(jobId, task) {
+  logTask = { jobId, id: task.id, name: task.name };
+  const panel = $("#log-panel");
+  panel.hidden = false;
+  panel.setAttribute("data-task-id", task.id);
+  panel.removeAttribute("data-loaded");
+  $("#log-task").textContent = `${task.name} (${task.id})`;
+  const index = task.id.slice(task.id.lastIndexOf("/") + 1);
+  try {
+    const doc = await api(`/jobs/${encodeURIComponent(jobId)}/tasks/${index}/logs`);
+    if (!logTask || logTask.id !== task.id) return;
+    $("#log-attempt").textContent = `attempt ${doc.attempt} on ${executorNames[doc.executor] || doc.executor}` + (doc.truncated ? " (first 1 MiB of each stream)" : "");
+    $("#log-stdout").textContent = doc.stdout;
+    $("#log-stderr").textContent = doc.stderr;
+    $("#log-notices").textContent = doc.notices.join(" ");
+  } catch (err) {
+    $("#log-attempt").textContent = "";
+    $("#log-stdout").textContent = "";
+    $("#log-stderr").textContent = "";
+    $("#log-notices").textContent = String(err.message || err);
+  }
+  panel.setAttribute("data-loaded", "true");
 }
 
 function showError(err) {
@@ -207,5 +234,7 @@ async function refresh() {
 }
 
 $("#detail-close").addEventListener("click", () => selectJob(null));
+$("#log-close").addEventListener("click", () => { logTask = null; $("#log-panel").hidden = true; });
+$("#log-refresh").addEventListener("click", () => logTask && showLogs(logTask.jobId, logTask));
 refresh();
 setInterval(refresh, REFRESH_MS);

@@ -1,7 +1,7 @@
 """The web dashboard in headless Chromium against a real three-master cluster.
 
 Loads a follower's dashboard, watches a job progress to SUCCEEDED without reloading,
-opens its tasks, cancels another job with the Cancel button, and saves screenshots to
+opens its tasks and one task's output, cancels another job with the Cancel button, and saves screenshots to
 ``$ROTA_SCREENSHOTS`` (default ``build/screenshots``; README.md points there).
 """
 
@@ -90,7 +90,8 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     page.screenshot(path=str(SHOTS / "cluster.png"), full_page=True)
 
     # A job appears and progresses to SUCCEEDED by live updates alone.
-    spec = {"name": "dash-demo", "task": [{"name": "nap", "kind": "sleep", "seconds": 1.5, "count": 6}]}
+    nap = {"name": "nap", "kind": "shell", "command": "echo nap $ROTA_TASK_ID; sleep 1.5", "count": 6}
+    spec = {"name": "dash-demo", "task": [nap]}
     job = api(url, "/jobs", spec)["id"]
     row = f'#jobs tr[data-job-id="{job}"]'
     page.wait_for_selector(f'{row}[data-state="RUNNING"]')
@@ -107,6 +108,13 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     assert shown and shown <= names
     assert api(url, f"/jobs/{job}")["state"] == "SUCCEEDED"
     page.screenshot(path=str(SHOTS / "job-succeeded.png"), full_page=True)
+
+    # A task's output, fetched from the executor that ran it.
+    page.locator(f'#tasks button.logs[data-task-id="{job}/4"]').click()
+    page.wait_for_selector(f'#log-panel[data-task-id="{job}/4"][data-loaded="true"]')
+    assert page.locator("#log-stdout").inner_text().strip() == f"nap {job}/4"
+    page.locator("#log-panel").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "task-logs.png"), full_page=True)
 
     # The Cancel button stops a running job.
     long = api(

@@ -131,6 +131,28 @@ def test_cancel_stops_a_running_job(cluster: LocalCluster) -> None:
     assert wait_for_state(url, reply["id"], {"CANCELLED"})["tasks"][0]["state"] == "CANCELLED"
 
 
+def test_a_tasks_output_comes_from_its_executor(cluster: LocalCluster) -> None:
+    url = follower_url(cluster)
+    job = {
+        "name": "out",
+        "task": [{"name": "talk", "kind": "shell", "command": "echo to-out; echo to-err >&2"}],
+    }
+    status, reply = request(f"{url}/api/v1/jobs", "POST", json.dumps(job).encode(), "application/json")
+    assert status == 201
+    wait_for_state(url, reply["id"], {"SUCCEEDED"})
+    status, doc = request(f"{url}/api/v1/jobs/{reply['id']}/tasks/talk/logs")
+    assert status == 200, doc
+    assert (doc["stdout"], doc["stderr"], doc["attempt"], doc["truncated"]) == (
+        "to-out\n",
+        "to-err\n",
+        1,
+        False,
+    )
+    assert doc["task"] == f"{reply['id']}/0" and doc["executor"]
+    status, doc = request(f"{url}/api/v1/jobs/{reply['id']}/tasks/nope/logs")
+    assert status == 404 and "talk" in doc["error"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "message"),
     [
