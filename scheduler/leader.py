@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metastore import keys
 from metastore.client import EtcdClient, EtcdError, WatchCompacted
@@ -31,7 +31,6 @@ from scheduler.core import (
     Dispatch,
     Job,
     JobEnded,
-    Observer,
     PutJob,
     PutTask,
     Report,
@@ -41,6 +40,9 @@ from scheduler.core import (
 from scheduler.jobspec import JobSpec
 from scheduler.placement import ExecutorSlot
 from scheduler.store import Store
+
+if TYPE_CHECKING:
+    from scheduler.metrics import MasterMetrics
 
 log = logging.getLogger("rota.leader")
 
@@ -121,12 +123,15 @@ class LeaderRuntime:
         client: EtcdClient,
         election: Election,
         on_fenced: Callable[[], None],
-        observe: Observer | None = None,
+        metrics: MasterMetrics | None = None,
     ) -> None:
         self.client = client
         self.election = election
         self.on_fenced = on_fenced
-        self.core = Core(observe=observe) if observe else Core()
+        if metrics is not None:
+            self.core = Core(observe_wait=metrics.task_wait.observe, observe_run=metrics.task_run.observe)
+        else:
+            self.core = Core()
         self.store = Store(client, election)
         self.links: dict[str, ExecutorLink] = {}
         self.ready = False

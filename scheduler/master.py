@@ -218,7 +218,7 @@ class Master:
 
     async def _lead(self, election: Election) -> None:
         assert self.client is not None and self.leadership is not None
-        runtime = LeaderRuntime(self.client, election, self.leadership.step_down, self.metrics.observe)
+        runtime = LeaderRuntime(self.client, election, self.leadership.step_down, self.metrics)
         await runtime.start()
         self.runtime = runtime
 

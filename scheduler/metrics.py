@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from scheduler.core import PENDING, TASK_STATES
+from scheduler.httpserver import FastHistogram
 
 if TYPE_CHECKING:
     from scheduler.leader import LeaderRuntime
@@ -34,18 +35,18 @@ class MasterMetrics:
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.task_wait = Histogram(
+        self.task_wait = FastHistogram(
             "rota_task_wait_seconds",
             "From a task becoming pending (submitted or requeued) to its placement on an executor.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.task_run = Histogram(
+        self.task_run = FastHistogram(
             "rota_task_run_seconds",
             "From an attempt's placement to its end as the leader saw it (transfer and prefetch queueing included).",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
+        r.register(self.task_wait)
+        r.register(self.task_run)
         self.txn_seconds = Histogram(
             "rota_etcd_txn_seconds", "Round trip of one etcd transaction.", buckets=TXN_BUCKETS, registry=r
         )
@@ -53,10 +54,6 @@ class MasterMetrics:
             "rota_etcd_txn_ops", "Writes batched into one etcd transaction.", buckets=OPS_BUCKETS, registry=r
         )
         r.register(_StateCollector(leadership, runtime))
-
-    def observe(self, name: str, seconds: float) -> None:
-        """The scheduling core's hook (scheduler.core.Observer)."""
-        (self.task_wait if name == "wait" else self.task_run).observe(max(0.0, seconds))
 
     def on_txn(self, ops: int, seconds: float, succeeded: bool) -> None:
         """The etcd client's hook: every transaction, fenced or not."""

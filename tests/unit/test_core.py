@@ -1327,7 +1327,11 @@ def test_randomized_runs_cover_every_event() -> None:
 def test_wait_and_run_times_are_observed_per_attempt_on_the_cores_clock() -> None:
     seen: list[tuple[str, float]] = []
     h = Harness()
-    h.core = Core(clock=lambda: h.now[0], observe=lambda name, s: seen.append((name, s)))
+    h.core = Core(
+        clock=lambda: h.now[0],
+        observe_wait=lambda s: seen.append(("wait", s)),
+        observe_run=lambda s: seen.append(("run", s)),
+    )
     job = h.add_job("j", tmpl(max_attempts=2))
     h.now[0] += 2.0
     h.attach("a")
