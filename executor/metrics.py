@@ -51,9 +51,11 @@ class _AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         a = self.agent
         yield GaugeMetricFamily(
-            "rota_executor_slots", "Tasks this executor runs at once.", value=a.conf.slots
+            "rota_executor_local_slots", "Tasks this executor runs at once (its --slots).", value=a.conf.slots
         )
-        yield GaugeMetricFamily("rota_executor_slots_used", "Attempts holding a slot now.", value=a.gate.busy)
+        yield GaugeMetricFamily(
+            "rota_executor_local_slots_busy", "Attempts holding one of its slots now.", value=a.gate.busy
+        )
         yield GaugeMetricFamily(
             "rota_executor_tasks_accepted",
             "Attempts accepted: running or waiting for a slot.",
