@@ -52,3 +52,18 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LocalCluster]:
+    """One cluster shared by a test module: three masters and two executors of two slots each."""
+    c = LocalCluster(
+        tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), executors=2, executor_slots=2
+    )
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()

@@ -22,16 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "sample" / "jobs" / "hello.toml"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("http"), executors=2, executor_slots=2)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
 def request(
     url: str, method: str = "GET", body: bytes | None = None, content_type: str | None = None
 ) -> tuple[int, Any]:

@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample" / "jobs"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("jobs"), executors=2, executor_slots=2)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
 def cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scheduler.client_cli", "--master-addr", cluster.addresses, *args],
@@ -256,7 +246,9 @@ def test_leader_change_mid_job_completes_each_task_once(local_cluster, tmp_path)
     lines = log.read_text().splitlines()
     ids = [line.split()[0] for line in lines]
     assert sorted(set(ids)) == sorted(t["id"] for t in doc["tasks"])
-    assert len(ids) == len(set(ids)), "a task ran twice although no executor was lost"
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    logs = "\n".join(f"--- {p.name}\n{p.log_tail(40)}" for p in [*cluster.executors, *cluster.masters])
+    assert not twice, f"{twice} ran twice although no executor was lost\n{logs}"
 
 
 def test_every_master_address_works_for_jobs(cluster):
