@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from metastore.etcd_server import die_with_parent, free_ports
 from scheduler.localcluster import LocalCluster
 
 pytestmark = pytest.mark.etcd
@@ -257,3 +258,52 @@ def test_the_prometheus_config_in_deploy_is_valid() -> None:
         [promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_real_prometheus_scrapes_every_program(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Debian's Prometheus server, configured like deploy/prometheus.yml, scrapes the cluster."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is missing: apt-get install prometheus (.ci/run does)"
+    masters = [m.http_url.removeprefix("http://") for m in cluster.masters]
+    executors = [e.argv[e.argv.index("--http-addr") + 1] for e in cluster.executors]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\nscrape_configs:\n"
+        f"  - job_name: rota-master\n    static_configs: [{{targets: {json.dumps(masters)}}}]\n"
+        f"  - job_name: rota-executor\n    static_configs: [{{targets: {json.dumps(executors)}}}]\n"
+    )
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(),
+    )
+    try:
+        api = f"http://127.0.0.1:{port}/api/v1/query?query="
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                up = request(api + "up")[1]["data"]["result"]
+                leaders = request(api + "sum(rota_leader)")[1]["data"]["result"]
+                attached = request(api + "sum(rota_executor_attached)")[1]["data"]["result"]
+            except (OSError, KeyError, TypeError):
+                up, leaders, attached = [], [], []
+            if len(up) == 5 and all(r["value"][1] == "1" for r in up) and leaders and attached:
+                break
+            assert time.monotonic() < deadline, f"targets not all up after 60 s: {up}"
+            time.sleep(0.5)
+        assert leaders[0]["value"][1] == "1"
+        assert attached[0]["value"][1] == "2"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
