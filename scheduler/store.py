@@ -49,8 +49,12 @@ def task_key(job_id: str, index: int) -> bytes:
     return TASKS + f"{job_id}/{index:08d}".encode()
 
 
+#: One encoder for every record: json.dumps with separators builds a new encoder per call (2 us of 5).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _latest(decisions: Sequence[PutTask | PutJob]) -> dict[bytes, bytes]:
