@@ -139,8 +139,8 @@ class EtcdClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._keepalives: dict[str, _KeepAliveStream] = {}
         self._closed = False
-        #: Called after every transaction with (operations, seconds, succeeded); for metrics.
-        self.on_txn: Callable[[int, float, bool], None] | None = None
+        #: Called after every transaction with (operations, seconds); for metrics.
+        self.on_txn: Callable[[int, float], None] | None = None
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class EtcdClient:
         started = time.monotonic()
         resp = await self._call(rpc.KVStub, "Txn", req)
         if self.on_txn is not None:
-            self.on_txn(len(req.success), time.monotonic() - started, resp.succeeded)
+            self.on_txn(len(req.success), time.monotonic() - started)
         return TxnResult(resp.succeeded, resp.header.revision, list(resp.responses))
 
     # -- cluster ------------------------------------------------------------------------

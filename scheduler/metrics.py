@@ -16,14 +16,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler.core import PENDING, TASK_STATES
+from scheduler.core import JOB_STATES, PENDING, TASK_STATES
 from scheduler.httpserver import FastHistogram
 
 if TYPE_CHECKING:
     from scheduler.leader import LeaderRuntime
     from scheduler.leadership import Leadership
 
-JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 TXN_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
 OPS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -55,7 +54,7 @@ class MasterMetrics:
         )
         r.register(_StateCollector(leadership, runtime))
 
-    def on_txn(self, ops: int, seconds: float, succeeded: bool) -> None:
+    def on_txn(self, ops: int, seconds: float) -> None:
         """The etcd client's hook: every transaction, fenced or not."""
         self.txn_seconds.observe(seconds)
         self.txn_ops.observe(ops)

@@ -15,6 +15,7 @@ from metastore.client import EtcdClient, EtcdError
 from metastore.election import read_leader
 from protos import rota_pb2, rota_pb2_grpc
 from scheduler import rpc
+from scheduler.core import JOB_STATES
 from scheduler.jobspec import JobSpec, JobSpecError, validate_job_id
 from scheduler.leader import ExecutorLink, LeaderRuntime, NotReady
 from scheduler.leadership import Leadership
@@ -41,9 +42,6 @@ class Peers:
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
         self._channels.clear()
-
-
-JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _json(doc: Any) -> rota_pb2.JsonReply:
