@@ -295,7 +295,6 @@ class Agent:
         acquired = False
         log_key = (ref.job_id, ref.index, ref.attempt)
         result: TaskResult | None = None
-        outcome = "cancelled"
         started = 0.0
         try:
             await self.gate.acquire(a.priority)
@@ -323,22 +322,20 @@ class Agent:
                     RUNNING_REPORT_DELAY, self._send, rota_pb2.TaskReport(task=ref, state="RUNNING")
                 )
                 result = await kind.run(spec)
-            outcome = "succeeded" if result.ok else "failed"
         except asyncio.CancelledError:
             log.info("task %s/%d attempt %d cancelled", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
             raise
         except Exception as e:  # a broken kind must not take the executor down
             log.exception("kind %s failed on %s/%d", a.kind, ref.job_id, ref.index, **self._ids(ref))
             result = TaskResult(ok=False, error=f"{type(e).__name__}: {e}")
-            outcome = "failed"
         finally:
-            if acquired:
-                self.gate.release()
-                if self.on_task_ended is not None:
-                    self.on_task_ended(a.kind, outcome, time.monotonic() - started)
             if announce is not None:
                 announce.cancel()
             if acquired:
+                self.gate.release()
+                if self.on_task_ended is not None:
+                    outcome = "cancelled" if result is None else "succeeded" if result.ok else "failed"
+                    self.on_task_ended(a.kind, outcome, time.monotonic() - started)
                 # Before the attempt leaves ``running``: a log reader takes that as the end of its output.
                 self.logs.end(log_key, result)
             if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:

@@ -115,6 +115,11 @@ class Job:
     def current_state(self) -> str:
         return self.state or (RUNNING if self.started else PENDING)
 
+    def all_ended(self) -> bool:
+        """Every task is terminal. Spelled out: as a generator this was 9% of the leader's time."""
+        counts = self.counts
+        return counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED] == len(self.tasks)
+
     def record(self) -> dict[str, Any]:
         """What etcd keeps of the job (its order is the record's create revision, not stored)."""
         return {"id": self.id, "created": self.created, "state": self.state}
@@ -271,8 +276,7 @@ class Core:
         self.stats.finished += 1
         self._put(task)
         job = task.job
-        counts = job.counts  # spelled out: a generator here cost 9% of the leader's time at 4,000 tasks/s
-        if job.state is None and counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED] == len(job.tasks):
+        if job.state is None and job.all_ended():
             self._end_job(job)
 
     def _end_job(self, job: Job) -> None:
@@ -322,7 +326,7 @@ class Core:
             if job.counts[CANCELLED] and not job.cancelled:
                 self.cancel_job(job.id)
                 return
-            if sum(job.counts[s] for s in TERMINAL) == len(job.tasks):
+            if job.all_ended():
                 self._end_job(job)
                 return
             now = self.clock()
