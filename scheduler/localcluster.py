@@ -23,10 +23,12 @@ from scheduler.client import Client, NoMasterReachable
 class Process:
     """One program of the cluster, started by pid and stopped by pid."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path, http_url: str = "") -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
+        #: Base URL of its HTTP port: /metrics, and on masters the dashboard and the API.
+        self.http_url = http_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,11 +81,9 @@ class Process:
 
 
 class MasterProcess(Process):
-    def __init__(self, name: str, addr: str, argv: list[str], log_path: Path) -> None:
-        super().__init__(name, argv, log_path)
+    def __init__(self, name: str, addr: str, argv: list[str], log_path: Path, http_url: str = "") -> None:
+        super().__init__(name, argv, log_path, http_url)
         self.addr = addr
-        #: Base URL of its dashboard, HTTP API and /metrics.
-        self.http_url = ""
 
 
 class LocalCluster:
@@ -127,9 +127,9 @@ class LocalCluster:
                     "--etcd-election-timeout", etcd_tuning[1],
                 ]  # fmt: skip
             argv += list(master_args)
-            master = MasterProcess(name, addr, argv, self.base_dir / f"{name}.log")
-            master.http_url = f"http://{http_addr}"
-            self.masters.append(master)
+            self.masters.append(
+                MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"http://{http_addr}")
+            )
 
     @property
     def etcd_endpoints(self) -> list[str]:
@@ -176,7 +176,7 @@ class LocalCluster:
             "--slots", str(slots), "--work-dir", str(work),
             *args,
         ]  # fmt: skip
-        proc = Process(name, argv, self.base_dir / f"{name}.log")
+        proc = Process(name, argv, self.base_dir / f"{name}.log", f"http://127.0.0.1:{http_port}")
         self.executors.append(proc)
         proc.start()
         return proc

@@ -69,8 +69,8 @@ def test_every_master_answers_the_cluster_status_with_the_same_leader(cluster: L
     assert all(e["state"] == "ready" and e["last_heartbeat"] > time.time() - 30 for e in executors)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (.ci/run installs it)")
 def test_curl_posts_a_job_file_to_a_follower_and_it_runs(cluster: LocalCluster) -> None:
+    assert shutil.which("curl"), "curl is missing: apt-get install curl (make test does)"
     url = follower_url(cluster)
     out = subprocess.run(
         [
@@ -200,9 +200,7 @@ def test_metrics_of_every_program_pass_promtool_and_count_real_work(
                 "task": [{"name": "s", "kind": "sleep", "seconds": 30, "count": 10}],
             }
         )
-    urls = {m.name: m.http_url for m in cluster.masters}
-    for e in cluster.executors:
-        urls[e.name] = "http://" + e.argv[e.argv.index("--http-addr") + 1]
+    urls = {p.name: p.http_url for p in [*cluster.masters, *cluster.executors]}
     scraped = {}
     texts = []
     for name, url in urls.items():
@@ -265,7 +263,7 @@ def test_a_real_prometheus_scrapes_every_program(cluster: LocalCluster, tmp_path
     binary = shutil.which("prometheus")
     assert binary, "prometheus is missing: apt-get install prometheus (.ci/run does)"
     masters = [m.http_url.removeprefix("http://") for m in cluster.masters]
-    executors = [e.argv[e.argv.index("--http-addr") + 1] for e in cluster.executors]
+    executors = [e.http_url.removeprefix("http://") for e in cluster.executors]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s}\nscrape_configs:\n"

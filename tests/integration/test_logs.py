@@ -3,12 +3,14 @@ read whole after it ended, and clear refusals (exit 2) when there is nothing to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -71,28 +73,37 @@ def drain(lines: queue.Queue[tuple[float, str | None]]) -> list[tuple[float, str
     return out
 
 
+Lines = queue.Queue[tuple[float, str | None]]
+
+
+@contextlib.contextmanager
+def following(cluster: LocalCluster, job_id: str) -> Iterator[tuple[subprocess.Popen[str], Lines, Lines]]:
+    """``master-client logs JOB --follow`` running, its stdout and stderr lines arriving on two queues."""
+    proc = subprocess.Popen(
+        [str(MASTER_CLIENT), "--master-addr", cluster.addresses, "logs", job_id, "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        out: Lines = queue.Queue()
+        err: Lines = queue.Queue()
+        for stream, into in ((proc.stdout, out), (proc.stderr, err)):
+            threading.Thread(target=pump, args=(stream, into), daemon=True).start()
+        yield proc, out, err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_follow_streams_while_the_task_runs_then_the_whole_output_stays(local_cluster, tmp_path):
     cluster: LocalCluster = local_cluster(executors=2)
     go = tmp_path / "GO"
     talk = {"name": "talk", "kind": "shell", "command": CHATTY.format(go=go)}
     with cluster.client(timeout=10) as c:
         job_id = c.submit_job({"name": "chatty", "task": [talk]})["id"]
-        follower = subprocess.Popen(
-            [str(MASTER_CLIENT), "--master-addr", cluster.addresses, "logs", job_id, "--follow"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        try:
-            lines: queue.Queue[tuple[float, str | None]] = queue.Queue()
-            err_lines: queue.Queue[tuple[float, str | None]] = queue.Queue()
-            readers = [
-                threading.Thread(target=pump, args=(follower.stdout, lines), daemon=True),
-                threading.Thread(target=pump, args=(follower.stderr, err_lines), daemon=True),
-            ]
-            for r in readers:
-                r.start()
+        with following(cluster, job_id) as (follower, lines, err_lines):
             first_at, first = lines.get(timeout=60)
             assert first == "out 1\n", first
             # The first line has reached the client while the task waits for GO.
@@ -100,13 +111,8 @@ def test_follow_streams_while_the_task_runs_then_the_whole_output_stays(local_cl
             assert task["state"] == "RUNNING", task
             go.touch()
             assert follower.wait(timeout=60) == 0
-            for r in readers:
-                r.join(timeout=10)
-        finally:
-            follower.kill()
-            follower.wait()
-        received = [(first_at, first), *drain(lines)]
-        stderr = "".join(line for _, line in drain(err_lines))
+            received = [(first_at, first), *drain(lines)]
+            stderr = "".join(line for _, line in drain(err_lines))
         assert "".join(line for _, line in received) == OUT
         assert without_notes(stderr) == ERR
         # Lines 2 to 8 are printed over 1.75 s: they come as printed, not all at the end.
@@ -184,26 +190,12 @@ def test_nothing_to_read_is_refused_with_the_reason(local_cluster, tmp_path):
             {"name": "later", "task": [{"name": "t", "kind": "shell", "command": "echo late"}]}
         )
         assert_refused(logs_cli(cluster, later["id"]), "has not started yet (PENDING)", "--follow")
-        follower = subprocess.Popen(
-            [str(MASTER_CLIENT), "--master-addr", cluster.addresses, "logs", later["id"], "--follow"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        try:
-            out: queue.Queue[tuple[float, str | None]] = queue.Queue()
-            err: queue.Queue[tuple[float, str | None]] = queue.Queue()
-            for stream, into in ((follower.stdout, out), (follower.stderr, err)):
-                threading.Thread(target=pump, args=(stream, into), daemon=True).start()
+        with following(cluster, later["id"]) as (follower, out, err):
             _, note = err.get(timeout=60)
             assert note is not None and "PENDING: waiting for it to start" in note, note
             free.touch()
             assert follower.wait(timeout=60) == 0
-        finally:
-            follower.kill()
-            follower.wait()
-        assert [line for _, line in drain(out)] == ["late\n"]
+            assert [line for _, line in drain(out)] == ["late\n"]
 
         # The executor that ran it is gone, and its logs with it.
         ran_on = c.get_job(later["id"])["tasks"][0]["executor"]
