@@ -8,6 +8,8 @@ PROTO_SRC := $(wildcard protos/*.proto)
 PROTO_GEN := $(PROTO_SRC:.proto=_pb2.py) $(PROTO_SRC:.proto=_pb2_grpc.py)
 PROGRAMS := bin/master bin/executor bin/master-client
 PYTEST_ARGS ?=
+# The folders installed as rota.*
+PACKAGES := rota common client devtools metastore protos scheduler executor
 
 .PHONY: all etcd test-tools test unit_test integration_test dev demo bench clean chaos
 
@@ -19,8 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# protos/ is installed as rota.protos: protoc sees it under that name, so the generated modules
+# import each other as rota.protos.*, and are then copied back beside their source.
 protos/%_pb2.py protos/%_pb2_grpc.py: protos/%.proto $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $<
+	@rm -rf build/protoc && mkdir -p build/protoc
+	$(PY) -m grpc_tools.protoc -Irota/protos=protos --python_out=build/protoc --pyi_out=build/protoc --grpc_python_out=build/protoc $<
+	cp build/protoc/rota/protos/$*_pb2* protos/
 
 bin/%: $(VENV)/.installed
 	@mkdir -p bin
@@ -64,26 +70,26 @@ integration_test: all test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m etcd tests
 
 dev: all
-	$(VENV)/bin/ruff format scheduler executor metastore tests bench
-	$(VENV)/bin/ruff check --fix scheduler executor metastore tests bench
-	$(VENV)/bin/mypy scheduler executor metastore
+	$(VENV)/bin/ruff format $(PACKAGES) tests bench
+	$(VENV)/bin/ruff check --fix $(PACKAGES) tests bench
+	$(VENV)/bin/mypy $(PACKAGES)
 
 demo: all
-	$(PY) -m scheduler.demo
+	$(PY) -m rota.devtools.demo
 
 bench: all
-	$(PY) bench/failover.py
-	$(PY) bench/throughput.py --slots 1 --prefetch 256
-	$(PY) bench/throughput.py --slots 1 --prefetch 256 --kind call --no-ceiling --out bench/results/throughput-call.json
-	$(PY) bench/throughput.py --slots 2 --no-ceiling --out bench/results/throughput-demo.json
-	$(PY) bench/latency.py
-	$(PY) bench/scale.py
-	$(PY) bench/executors.py
-	$(PY) bench/recovery.py
-	$(PY) bench/summary.py
+	$(PY) -m bench.failover
+	$(PY) -m bench.throughput --slots 1 --prefetch 256
+	$(PY) -m bench.throughput --slots 1 --prefetch 256 --kind call --no-ceiling --out bench/results/throughput-call.json
+	$(PY) -m bench.throughput --slots 2 --no-ceiling --out bench/results/throughput-demo.json
+	$(PY) -m bench.latency
+	$(PY) -m bench.scale
+	$(PY) -m bench.executors
+	$(PY) -m bench.recovery
+	$(PY) -m bench.summary
 
 chaos: all
-	$(PY) bench/chaos.py
+	$(PY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV) bin protos/*_pb2*.py protos/*_pb2*.pyi *.egg-info

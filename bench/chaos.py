@@ -48,15 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metastore import keys  # noqa: E402
-from metastore.client import EtcdClient, Event  # noqa: E402
-from metastore.etcd_server import EtcdCluster  # noqa: E402
-from scheduler.client import TERMINAL_JOB_STATES, Client, NoMasterReachable, RequestError  # noqa: E402
-from scheduler.jobspec import JobSpecError  # noqa: E402
-from scheduler.localcluster import LocalCluster, MasterProcess, Process  # noqa: E402
-from scheduler.store import JOBS, TASKS  # noqa: E402
+from rota.client.api import TERMINAL_JOB_STATES, Client, NoMasterReachable, RequestError
+from rota.common.jobspec import JobSpecError
+from rota.devtools.localcluster import LocalCluster, MasterProcess, Process
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, Event
+from rota.metastore.etcd_server import EtcdCluster
+from rota.scheduler.store import JOBS, TASKS
 
 MAX_ATTEMPTS = 5
 EXECUTORS = 3

@@ -30,12 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import grpc
 
-import grpc  # noqa: E402
-
-from protos import rota_pb2, rota_pb2_grpc  # noqa: E402
-from scheduler import rpc  # noqa: E402
+from rota.common import rpc
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 RETRY_DELAY = 0.5
 
@@ -285,7 +283,7 @@ class Worker:
     """One worker process running this file with --worker, driven over stdin/stdout."""
 
     def __init__(self, args: argparse.Namespace, addr: str, first: int, count: int, log_path: Path) -> None:
-        from metastore.etcd_server import die_with_parent
+        from rota.metastore.etcd_server import die_with_parent
 
         argv = [
             sys.executable, str(Path(__file__).resolve()), "--worker", "--addr", addr,
@@ -414,8 +412,8 @@ class CpuMeter:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from scheduler.client import NoMasterReachable
-    from scheduler.localcluster import LocalCluster
+    from rota.client.api import NoMasterReachable
+    from rota.devtools.localcluster import LocalCluster
 
     result: dict[str, Any] = {
         "executors": args.executors,

@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scheduler.client import Client, NoMasterReachable  # noqa: E402
-from scheduler.localcluster import LocalCluster  # noqa: E402
+from rota.client.api import Client, NoMasterReachable
+from rota.devtools.localcluster import LocalCluster
 
 
 def one_trial(cluster: LocalCluster, sig: signal.Signals) -> float:

@@ -13,9 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scheduler.localcluster import LocalCluster  # noqa: E402
+from rota.devtools.localcluster import LocalCluster
 
 
 def main() -> int:

@@ -32,17 +32,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import grpc
 
-import grpc  # noqa: E402
-
-from metastore.client import EtcdClient  # noqa: E402
-from protos import rota_pb2, rota_pb2_grpc  # noqa: E402
-from scheduler import rpc  # noqa: E402
-from scheduler.client import Client  # noqa: E402
-from scheduler.jobspec import load_job  # noqa: E402
-from scheduler.localcluster import LocalCluster, MasterProcess  # noqa: E402
-from scheduler.store import JOBSPECS  # noqa: E402
+from rota.client.api import Client
+from rota.common import rpc
+from rota.common.jobspec import load_job
+from rota.devtools.localcluster import LocalCluster, MasterProcess
+from rota.metastore.client import EtcdClient
+from rota.protos import rota_pb2, rota_pb2_grpc
+from rota.scheduler.store import JOBSPECS
 
 REBUILT_RE = re.compile(r"leader state rebuilt from etcd in ([0-9.]+)s: (\d+) jobs, (\d+) pending tasks")
 TARGET_REBUILD_S = 3.0

@@ -17,10 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metastore.client import EtcdClient, delete_op, put_op  # noqa: E402
-from scheduler.localcluster import LocalCluster  # noqa: E402
+from rota.devtools.localcluster import LocalCluster
+from rota.metastore.client import EtcdClient, delete_op, put_op
 
 
 async def etcd_ceiling(endpoints: list[str], txns: int = 40, ops: int = 1000, in_flight: int = 4) -> float:

@@ -26,11 +26,11 @@ from typing import Any
 
 import grpc
 
-from executor.gate import PriorityGate
-from executor.kinds.base import Kind, TaskResult, TaskSpec
-from executor.tasklogs import LogStore
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler import logs, rpc
+from rota.common import logs, rpc
+from rota.executor.gate import PriorityGate
+from rota.executor.kinds.base import Kind, TaskResult, TaskSpec
+from rota.executor.tasklogs import LogStore
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 log = logging.getLogger("rota.executor")
 

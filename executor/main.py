@@ -16,15 +16,15 @@ from typing import Any
 import click
 from aiohttp import web
 
-from executor import tasklogs
-from executor.agent import Agent, AgentConfig
-from executor.kinds.base import Kind
-from executor.metrics import ExecutorMetrics
-from executor.registry import load_kinds
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler import config as cfg
-from scheduler import httpserver, rpc
-from scheduler.logs import setup_logging
+from rota.common import config as cfg
+from rota.common import httpserver, rpc
+from rota.common.logs import setup_logging
+from rota.executor import tasklogs
+from rota.executor.agent import Agent, AgentConfig
+from rota.executor.kinds.base import Kind
+from rota.executor.metrics import ExecutorMetrics
+from rota.executor.registry import load_kinds
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 log = logging.getLogger("rota.executor")
 

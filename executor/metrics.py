@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler.httpserver import FastHistogram
+from rota.common.httpserver import FastHistogram
 
 if TYPE_CHECKING:
-    from executor.agent import Agent
+    from rota.executor.agent import Agent
 
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 

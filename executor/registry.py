@@ -5,7 +5,7 @@ Writing a plug-in kind
 ----------------------
 1. Subclass :class:`executor.kinds.base.Kind` and implement ``run``::
 
-       from executor.kinds.base import Kind, TaskResult, TaskSpec, run_subprocess, task_env
+       from rota.executor.kinds.base import Kind, TaskResult, TaskSpec, run_subprocess, task_env
 
        class RubyKind(Kind):
            name = "ruby"
@@ -40,7 +40,7 @@ import logging
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from executor.kinds.base import Kind
+from rota.executor.kinds.base import Kind
 
 ENTRY_POINT_GROUP = "rota.kinds"
 

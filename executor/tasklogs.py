@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 
 import grpc
 
-from executor.kinds.base import LOG_SUFFIXES, TaskResult
-from protos import rota_pb2
-from scheduler.jobspec import JobSpecError, validate_job_id
+from rota.common.jobspec import JobSpecError, validate_job_id
+from rota.executor.kinds.base import LOG_SUFFIXES, TaskResult
+from rota.protos import rota_pb2
 
 log = logging.getLogger("rota.executor")
 

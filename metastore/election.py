@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metastore.client import KV, EtcdClient, TxnResult, create_revision_is, delete_op, get_op, put_op
-from metastore.session import Session
+from rota.metastore.client import KV, EtcdClient, TxnResult, create_revision_is, delete_op, get_op, put_op
+from rota.metastore.session import Session
 
 log = logging.getLogger("rota.election")
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from metastore.client import EtcdClient, EtcdError
+from rota.metastore.client import EtcdClient, EtcdError
 
 log = logging.getLogger("rota.session")
 

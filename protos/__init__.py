@@ -1,0 +1,1 @@
+"""The gRPC contract (rota.proto) and the modules generated from it by ``make``."""

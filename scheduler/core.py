@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.jobspec import JobSpec, TaskTemplate
-from scheduler.placement import ExecutorSlot, choose_executor
+from rota.common.jobspec import JobSpec, TaskTemplate
+from rota.scheduler.placement import ExecutorSlot, choose_executor
 
 PENDING, ASSIGNED, RUNNING = "PENDING", "ASSIGNED", "RUNNING"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"

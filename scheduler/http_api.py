@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from scheduler.client import AsyncClient, NoMasterReachable, RequestError
-from scheduler.jobspec import JobSpec, JobSpecError, parse_job_text, validate_job_id
+from rota.client.api import AsyncClient, NoMasterReachable, RequestError
+from rota.common.jobspec import JobSpec, JobSpecError, parse_job_text, validate_job_id
 
 HERE = Path(__file__).parent
 DASHBOARD = HERE / "dashboard"

@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from metastore import keys
-from metastore.client import EtcdClient, EtcdError, WatchCompacted
-from metastore.election import Election, Fenced
-from protos import rota_pb2
-from scheduler import logs
-from scheduler.core import (
+from rota.common import logs
+from rota.common.jobspec import JobSpec
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, EtcdError, WatchCompacted
+from rota.metastore.election import Election, Fenced
+from rota.protos import rota_pb2
+from rota.scheduler.core import (
     ACTIVE,
     Ack,
     CancelTasks,
@@ -37,12 +38,11 @@ from scheduler.core import (
     Task,
     TaskRef,
 )
-from scheduler.jobspec import JobSpec
-from scheduler.placement import ExecutorSlot
-from scheduler.store import Store
+from rota.scheduler.placement import ExecutorSlot
+from rota.scheduler.store import Store
 
 if TYPE_CHECKING:
-    from scheduler.metrics import MasterMetrics
+    from rota.scheduler.metrics import MasterMetrics
 
 log = logging.getLogger("rota.leader")
 

@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from metastore import keys
-from metastore.client import EtcdClient, EtcdError, put_op
-from metastore.election import Election, Fenced, Leader, observe
-from metastore.session import Session
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler import rpc
+from rota.common import rpc
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, EtcdError, put_op
+from rota.metastore.election import Election, Fenced, Leader, observe
+from rota.metastore.session import Session
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 log = logging.getLogger("rota.leadership")
 

@@ -17,24 +17,25 @@ import click
 import grpc
 from aiohttp import web
 
-from metastore import keys
-from metastore.client import EtcdClient, EtcdError
-from metastore.election import Election
-from metastore.etcd_server import (
+from rota.common import config as cfg
+from rota.common import httpserver, rpc
+from rota.common.logs import setup_logging
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, EtcdError
+from rota.metastore.election import Election
+from rota.metastore.etcd_server import (
     EtcdBinaryError,
     EtcdMember,
     MemberConfig,
     check_etcd_version,
     find_etcd_binary,
 )
-from protos import rota_pb2_grpc
-from scheduler import config as cfg
-from scheduler import http_api, httpserver, rpc
-from scheduler.leader import LeaderRuntime
-from scheduler.leadership import Leadership
-from scheduler.logs import setup_logging
-from scheduler.metrics import MasterMetrics
-from scheduler.service import MasterService, Peers
+from rota.protos import rota_pb2_grpc
+from rota.scheduler import http_api
+from rota.scheduler.leader import LeaderRuntime
+from rota.scheduler.leadership import Leadership
+from rota.scheduler.metrics import MasterMetrics
+from rota.scheduler.service import MasterService, Peers
 
 log = logging.getLogger("rota.master")
 

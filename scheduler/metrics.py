@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler.core import JOB_STATES, PENDING, TASK_STATES
-from scheduler.httpserver import FastHistogram
+from rota.common.httpserver import FastHistogram
+from rota.scheduler.core import JOB_STATES, PENDING, TASK_STATES
 
 if TYPE_CHECKING:
-    from scheduler.leader import LeaderRuntime
-    from scheduler.leadership import Leadership
+    from rota.scheduler.leader import LeaderRuntime
+    from rota.scheduler.leadership import Leadership
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 TXN_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)

@@ -10,16 +10,16 @@ from typing import Any
 
 import grpc
 
-from metastore import keys
-from metastore.client import EtcdClient, EtcdError
-from metastore.election import read_leader
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler import rpc
-from scheduler.core import JOB_STATES
-from scheduler.jobspec import JobSpec, JobSpecError, validate_job_id
-from scheduler.leader import ExecutorLink, LeaderRuntime, NotReady
-from scheduler.leadership import Leadership
-from scheduler.views import executor_doc, job_doc, job_doc_yielding
+from rota.common import rpc
+from rota.common.jobspec import JobSpec, JobSpecError, validate_job_id
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, EtcdError
+from rota.metastore.election import read_leader
+from rota.protos import rota_pb2, rota_pb2_grpc
+from rota.scheduler.core import JOB_STATES
+from rota.scheduler.leader import ExecutorLink, LeaderRuntime, NotReady
+from rota.scheduler.leadership import Leadership
+from rota.scheduler.views import executor_doc, job_doc, job_doc_yielding
 
 log = logging.getLogger("rota.service")
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metastore import keys
-from metastore.client import EtcdClient, create_revision_is, delete_op, put_op
-from metastore.election import Election
-from scheduler.core import Job, PutJob, PutTask, restore_task
-from scheduler.jobspec import JobSpec
+from rota.common.jobspec import JobSpec
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op
+from rota.metastore.election import Election
+from rota.scheduler.core import Job, PutJob, PutTask, restore_task
 
 log = logging.getLogger("rota.store")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from metastore.etcd_server import EtcdCluster
-from scheduler.localcluster import LocalCluster
+from rota.devtools.localcluster import LocalCluster
+from rota.metastore.etcd_server import EtcdCluster
 
 
 def _pid_alive(pid: int) -> bool:

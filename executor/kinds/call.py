@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from executor.kinds.base import (
+from rota.executor.kinds.base import (
     OUTPUT_CAP,
     Kind,
     ParamError,

@@ -5,7 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad_params, run_subprocess, task_env
+from rota.executor.kinds.base import (
+    Kind,
+    ParamError,
+    TaskResult,
+    TaskSpec,
+    bad_params,
+    run_subprocess,
+    task_env,
+)
 
 
 class GoKind(Kind):

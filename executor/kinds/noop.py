@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from executor.kinds.base import Kind, TaskResult, TaskSpec
+from rota.executor.kinds.base import Kind, TaskResult, TaskSpec
 
 
 class NoopKind(Kind):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad_params, run_subprocess, task_env
+from rota.executor.kinds.base import (
+    Kind,
+    ParamError,
+    TaskResult,
+    TaskSpec,
+    bad_params,
+    run_subprocess,
+    task_env,
+)
 
 
 class PythonKind(Kind):

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad_params, run_subprocess, task_env
+from rota.executor.kinds.base import (
+    Kind,
+    ParamError,
+    TaskResult,
+    TaskSpec,
+    bad_params,
+    run_subprocess,
+    task_env,
+)
 
 
 class ShellKind(Kind):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad_params, timed_out
+from rota.executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad_params, timed_out
 
 
 class SleepKind(Kind):

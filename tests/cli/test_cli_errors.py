@@ -34,13 +34,13 @@ def assert_usage_error(p: subprocess.CompletedProcess[str], *needles: str) -> No
 
 
 def test_master_unknown_flag():
-    assert_usage_error(run("scheduler.master", "--bogus"), "No such option", "--bogus")
+    assert_usage_error(run("rota.scheduler.master", "--bogus"), "No such option", "--bogus")
 
 
 def test_master_unknown_toml_key(tmp_path):
     f = tmp_path / "m.toml"
     f.write_text('name = "m0"\nmaster-adr = "127.0.0.1:1"\n')
-    assert_usage_error(run("scheduler.master", "--config", str(f)), "unknown key 'master-adr'", str(f))
+    assert_usage_error(run("rota.scheduler.master", "--config", str(f)), "unknown key 'master-adr'", str(f))
 
 
 @pytest.mark.parametrize(
@@ -53,11 +53,11 @@ def test_master_unknown_toml_key(tmp_path):
     ],
 )
 def test_master_malformed_address(flag, value):
-    assert_usage_error(run("scheduler.master", flag, value), "malformed address", value, flag)
+    assert_usage_error(run("rota.scheduler.master", flag, value), "malformed address", value, flag)
 
 
 def test_executor_malformed_http_addr():
-    p = run("executor.main", "--join", "127.0.0.1:1", "--http-addr", "127.0.0.1:99999")
+    p = run("rota.executor.main", "--join", "127.0.0.1:1", "--http-addr", "127.0.0.1:99999")
     assert_usage_error(p, "--http-addr", "out of range")
 
 
@@ -67,7 +67,7 @@ def test_master_http_port_taken_is_a_clear_start_error():
         taken.listen()
         port = taken.getsockname()[1]
         p = run(
-            "scheduler.master",
+            "rota.scheduler.master",
             "--etcd-endpoints", "http://127.0.0.1:1", "--master-addr", "127.0.0.1:1",
             "--http-addr", f"127.0.0.1:{port}",
         )  # fmt: skip
@@ -76,12 +76,12 @@ def test_master_http_port_taken_is_a_clear_start_error():
 
 
 def test_master_initial_cluster_without_itself():
-    p = run("scheduler.master", "--name", "m9", "--initial-cluster", "m0=http://127.0.0.1:1")
+    p = run("rota.scheduler.master", "--name", "m9", "--initial-cluster", "m0=http://127.0.0.1:1")
     assert_usage_error(p, "m9", "--initial-cluster")
 
 
 def test_master_etcd_binary_missing(tmp_path):
-    p = run("scheduler.master", "--etcd-bin", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d"))
+    p = run("rota.scheduler.master", "--etcd-bin", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d"))
     assert_usage_error(p, "etcd", "nope")
 
 
@@ -90,36 +90,36 @@ def test_master_etcd_binary_refused(tmp_path, version, needle):
     fake = tmp_path / "etcd"
     fake.write_text(f"#!/bin/sh\necho 'etcd Version: {version}'\n")
     fake.chmod(0o755)
-    p = run("scheduler.master", "--data-dir", str(tmp_path / "d"), env={"ROTA_ETCD_BIN": str(fake)})
+    p = run("rota.scheduler.master", "--data-dir", str(tmp_path / "d"), env={"ROTA_ETCD_BIN": str(fake)})
     assert_usage_error(p, version, needle)
     assert not (tmp_path / "d").exists(), "nothing may be written before the binary is accepted"
 
 
 def test_master_print_sample_config_round_trips(tmp_path):
-    p = run("scheduler.master", "--print-sample-config")
+    p = run("rota.scheduler.master", "--print-sample-config")
     assert p.returncode == 0
     assert "# master-addr = " in p.stdout and "# initial-cluster" in p.stdout
     # Uncommenting a line gives a valid config key.
     f = tmp_path / "m.toml"
     f.write_text('master-addr = "127.0.0.1:1"\nleader-lease-ttl = "x"\n')
-    assert_usage_error(run("scheduler.master", "--config", str(f)), "malformed duration 'x'")
+    assert_usage_error(run("rota.scheduler.master", "--config", str(f)), "malformed duration 'x'")
 
 
 def test_client_malformed_master_addr():
     assert_usage_error(
-        run("scheduler.client_cli", "--master-addr", "nohost", "cluster-status"), "malformed address"
+        run("rota.client.cli", "--master-addr", "nohost", "cluster-status"), "malformed address"
     )
 
 
 def test_client_unknown_command():
-    assert_usage_error(run("scheduler.client_cli", "frobnicate"), "frobnicate")
+    assert_usage_error(run("rota.client.cli", "frobnicate"), "frobnicate")
 
 
 def test_client_no_master_reachable_exits_3():
-    from metastore.etcd_server import free_port
+    from rota.metastore.etcd_server import free_port
 
     p = run(
-        "scheduler.client_cli",
+        "rota.client.cli",
         "--master-addr",
         f"127.0.0.1:{free_port()}",
         "--timeout",
@@ -131,7 +131,7 @@ def test_client_no_master_reachable_exits_3():
 
 
 def test_help_teaches():
-    p = run("scheduler.master", "--help")
+    p = run("rota.scheduler.master", "--help")
     assert p.returncode == 0 and "--initial-cluster" in p.stdout and "--etcd-endpoints" in p.stdout
-    p = run("scheduler.client_cli", "--help")
+    p = run("rota.client.cli", "--help")
     assert p.returncode == 0 and "cluster-status" in p.stdout and "Exit codes" in p.stdout

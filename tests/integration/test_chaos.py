@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from metastore.client import KV, Event
-from scheduler.store import JOBS, TASKS
+from bench import chaos
+from rota.metastore.client import KV, Event
+from rota.scheduler.store import JOBS, TASKS
 
 pytestmark = pytest.mark.etcd
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_chaos() -> ModuleType:
-    """bench/ is not a package: load bench/chaos.py by path."""
-    name = "rota_bench_chaos"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _load_chaos()
 
 
 @pytest.mark.timeout(240)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.localcluster import LocalCluster
+from rota.devtools.localcluster import LocalCluster
 
 pytestmark = pytest.mark.etcd
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from metastore.etcd_server import (
+from rota.metastore.etcd_server import (
     EtcdBinaryError,
     EtcdCluster,
     EtcdMember,
@@ -142,7 +142,7 @@ def test_member_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from metastore.etcd_server import EtcdMember, MemberConfig, free_ports
+        from rota.metastore.etcd_server import EtcdMember, MemberConfig, free_ports
 
         peer, client = (f"http://127.0.0.1:{p}" for p in free_ports(2))
         cfg = MemberConfig(

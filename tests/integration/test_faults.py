@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.client import Client, NoMasterReachable
-from scheduler.localcluster import LocalCluster
+from rota.client.api import Client, NoMasterReachable
+from rota.devtools.localcluster import LocalCluster
 
 pytestmark = pytest.mark.etcd
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler.client import Client
-from scheduler.localcluster import LocalCluster
+from rota.client.api import Client
+from rota.devtools.localcluster import LocalCluster
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 pytestmark = pytest.mark.etcd
 
@@ -26,7 +26,7 @@ SAMPLES = ROOT / "sample" / "jobs"
 
 def cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scheduler.client_cli", "--master-addr", cluster.addresses, *args],
+        [sys.executable, "-m", "rota.client.cli", "--master-addr", cluster.addresses, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

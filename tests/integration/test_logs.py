@@ -17,8 +17,8 @@ from typing import IO
 import grpc
 import pytest
 
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler.localcluster import LocalCluster
+from rota.devtools.localcluster import LocalCluster
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 pytestmark = pytest.mark.etcd
 

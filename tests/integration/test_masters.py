@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from scheduler.client import Client
+from rota.client.api import Client
 
 pytestmark = pytest.mark.etcd
 

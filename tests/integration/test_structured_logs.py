@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.localcluster import LocalCluster
+from rota.devtools.localcluster import LocalCluster
 
 pytestmark = pytest.mark.etcd
 

@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from scheduler import config as cfg
+from rota.common import config as cfg
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.core import (
+from rota.common.jobspec import JobSpec
+from rota.scheduler.core import (
     ACTIVE,
     ASSIGNED,
     CANCELLED,
@@ -42,8 +43,7 @@ from scheduler.core import (
     restore_task,
     retry_delay,
 )
-from scheduler.jobspec import JobSpec
-from scheduler.placement import ExecutorSlot, choose_executor
+from rota.scheduler.placement import ExecutorSlot, choose_executor
 
 PARAMS: dict[str, dict[str, Any]] = {
     "noop": {},

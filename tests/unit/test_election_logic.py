@@ -7,10 +7,10 @@ import json
 import pytest
 from aetcd import rpc
 
-from metastore.client import KV, TxnResult, prefix_end
-from metastore.election import Leader, campaign_outcome, fence
-from scheduler import config as cfg
-from scheduler.master import build_config, master_command
+from rota.common import config as cfg
+from rota.metastore.client import KV, TxnResult, prefix_end
+from rota.metastore.election import Leader, campaign_outcome, fence
+from rota.scheduler.master import build_config, master_command
 
 
 def _range_response(*kvs: rpc.KeyValue) -> rpc.ResponseOp:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metastore.etcd_server import MemberConfig, parse_etcd_version, version_problem
+from rota.metastore.etcd_server import MemberConfig, parse_etcd_version, version_problem
 
 
 @pytest.mark.parametrize("version", [(3, 4, 22), (3, 4, 23), (3, 5, 3), (3, 5, 17), (3, 6, 0), (4, 0, 0)])

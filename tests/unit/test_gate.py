@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from executor.gate import PriorityGate
+from rota.executor.gate import PriorityGate
 
 
 def test_gate_bounds_parallelism_and_starts_highest_priority_first():

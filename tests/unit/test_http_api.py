@@ -9,8 +9,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from scheduler.http_api import OPENAPI, HttpApi, parse_job_body
-from scheduler.jobspec import JobSpecError
+from rota.common.jobspec import JobSpecError
+from rota.scheduler.http_api import OPENAPI, HttpApi, parse_job_body
 
 TOML = b'name = "hi"\n[[task]]\nname = "t"\nkind = "shell"\ncommand = ["echo", "hi"]\n'
 

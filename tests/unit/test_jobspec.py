@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from scheduler import jobspec as js
-from scheduler.jobspec import JobSpec, JobSpecError, load_job
+from rota.common import jobspec as js
+from rota.common.jobspec import JobSpec, JobSpecError, load_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "sample" / "jobs").glob("*.toml"))

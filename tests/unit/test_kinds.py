@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from executor import registry
-from executor.kinds.base import OUTPUT_CAP, TRUNCATED_MARK, Kind, TaskResult, TaskSpec
-from executor.kinds.call import CallKind
-from executor.kinds.go import GoKind
-from executor.kinds.noop import NoopKind
-from executor.kinds.python import PythonKind
-from executor.kinds.shell import ShellKind
-from executor.kinds.sleep import SleepKind
+from rota.executor import registry
+from rota.executor.kinds.base import OUTPUT_CAP, TRUNCATED_MARK, Kind, TaskResult, TaskSpec
+from rota.executor.kinds.call import CallKind
+from rota.executor.kinds.go import GoKind
+from rota.executor.kinds.noop import NoopKind
+from rota.executor.kinds.python import PythonKind
+from rota.executor.kinds.shell import ShellKind
+from rota.executor.kinds.sleep import SleepKind
 
 T = TypeVar("T")
 
@@ -517,7 +517,7 @@ class _PluginKind(Kind):
 def test_broken_plugins_are_logged_and_skipped(monkeypatch, caplog):
     group = registry.ENTRY_POINT_GROUP
     eps = [
-        EntryPoint("noop", "executor.kinds.noop:NoopKind", group),
+        EntryPoint("noop", "rota.executor.kinds.noop:NoopKind", group),
         EntryPoint("broken", "rota_no_such_plugin:Kind", group),
         EntryPoint("notakind", "os:getcwd", group),
         EntryPoint("plugin", f"{__name__}:_PluginKind", group),

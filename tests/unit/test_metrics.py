@@ -6,8 +6,8 @@ import random
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from scheduler.httpserver import FastHistogram
-from scheduler.metrics import LATENCY_BUCKETS
+from rota.common.httpserver import FastHistogram
+from rota.scheduler.metrics import LATENCY_BUCKETS
 
 
 def _lines(registry: CollectorRegistry) -> list[str]:

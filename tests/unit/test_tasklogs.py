@@ -10,12 +10,12 @@ from typing import Any
 import grpc
 import pytest
 
-from executor import tasklogs
-from executor.kinds.base import LOG_FILE_CAP, LOG_TRUNCATED_MARK, OUTPUT_CAP, TaskResult, TaskSpec
-from executor.kinds.shell import ShellKind
-from protos import rota_pb2
-from scheduler.client import RequestError
-from scheduler.tasklogs import pick_task
+from rota.client.api import RequestError
+from rota.client.tasklogs import pick_task
+from rota.executor import tasklogs
+from rota.executor.kinds.base import LOG_FILE_CAP, LOG_TRUNCATED_MARK, OUTPUT_CAP, TaskResult, TaskSpec
+from rota.executor.kinds.shell import ShellKind
+from rota.protos import rota_pb2
 
 # -- which task (client side, pure) ----------------------------------------------------------------
 
@@ -270,7 +270,7 @@ def test_no_log_prefix_no_files(tmp_path):
 
 
 def test_a_log_file_stops_at_its_cap_with_a_marker(tmp_path, monkeypatch):
-    from executor.kinds import base
+    from rota.executor.kinds import base
 
     monkeypatch.setattr(base, "LOG_FILE_CAP", 10)
     prefix = str(tmp_path / "0.1")

@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler import rpc
-from scheduler.client import RequestError
+from rota.client.errors import RequestError
+from rota.common import rpc
+from rota.protos import rota_pb2, rota_pb2_grpc
 
-if TYPE_CHECKING:
-    from scheduler.client import AsyncClient
+
+class Lookup(Protocol):
+    """What finding a task's executor needs of a client (AsyncClient has it)."""
+
+    timeout: float
+
+    async def get_job(self, job_id: str) -> dict[str, Any]: ...
+
+    async def list_executors(self) -> list[dict[str, Any]]: ...
+
 
 #: A job with more tasks than this lists only the first ones in an error message.
 MAX_NAMES = 20
@@ -65,7 +73,7 @@ def describe(t: dict[str, Any]) -> str:
 
 
 async def task_logs(
-    client: AsyncClient,
+    client: Lookup,
     job_id: str,
     task: str | None = None,
     follow: bool = False,
@@ -109,7 +117,7 @@ class _NotHere(Exception):
     """The executor holds no such attempt; maybe only not yet."""
 
 
-async def _executor(client: AsyncClient, t: dict[str, Any]) -> dict[str, Any]:
+async def _executor(client: Lookup, t: dict[str, Any]) -> dict[str, Any]:
     for ex in await client.list_executors():
         if ex["id"] == t["executor"]:
             return ex

@@ -15,7 +15,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from scheduler.config import Address
+from rota.common.config import Address
 
 #: The largest request body accepted (a job file is capped at 8 MiB; JSON is a little larger).
 MAX_BODY = 16 * 1024 * 1024

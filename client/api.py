@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from protos import rota_pb2, rota_pb2_grpc
-from scheduler import rpc
-from scheduler.config import ConfigError, parse_address, split_list
-from scheduler.jobspec import JobSpec, load_job, validate_job_id
+from rota.client import tasklogs
+from rota.client.errors import NoMasterReachable, RequestError
+from rota.common import rpc
+from rota.common.config import ConfigError, parse_address, split_list
+from rota.common.jobspec import JobSpec, load_job, validate_job_id
+from rota.protos import rota_pb2, rota_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:10240"
 #: How long one master may take to accept a connection before the next is tried.
@@ -38,18 +40,6 @@ T = TypeVar("T")
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: How long one WaitJob call may block on the leader before the client asks again.
 WAIT_CHUNK = 20.0
-
-
-class NoMasterReachable(Exception):
-    """No master answered within the timeout."""
-
-
-class RequestError(Exception):
-    """The cluster refused the request as invalid, or it names something that does not exist."""
-
-    def __init__(self, message: str, not_found: bool = False) -> None:
-        super().__init__(message)
-        self.not_found = not_found
 
 
 def new_job_id(spec: JobSpec) -> str:
@@ -236,7 +226,6 @@ class AsyncClient:
         "stdout", "stderr" or "notice" (text for a human). ``task`` is a name, an id or an index; it may
         be None when the job has one task. With ``follow``, it waits for the task to start and streams
         until the attempt ends. RequestError when there is nothing to read, with the reason."""
-        from scheduler import tasklogs  # it builds on this module
 
         return tasklogs.task_logs(self, job_id, task, follow, on_task)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.config import ConfigError, parse_duration
+from rota.common.config import ConfigError, parse_duration
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from scheduler import config as cfg
-from scheduler.client import Client, NoMasterReachable, RequestError, resolve_addresses
-from scheduler.jobspec import JobSpecError
+from rota.client.api import Client, NoMasterReachable, RequestError, resolve_addresses
+from rota.common import config as cfg
+from rota.common.jobspec import JobSpecError
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2

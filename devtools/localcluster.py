@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from metastore.etcd_server import die_with_parent, free_ports
-from scheduler.client import Client, NoMasterReachable
+from rota.client.api import Client, NoMasterReachable
+from rota.metastore.etcd_server import die_with_parent, free_ports
 
 
 class Process:
@@ -114,7 +114,7 @@ class LocalCluster:
             addr = f"127.0.0.1:{ports[4 * i]}"
             http_addr = f"127.0.0.1:{ports[4 * i + 3]}"
             argv = [
-                sys.executable, "-m", "scheduler.master", "--name", name, "--master-addr", addr,
+                sys.executable, "-m", "rota.scheduler.master", "--name", name, "--master-addr", addr,
                 "--leader-lease-ttl", leader_lease_ttl, "--data-dir", str(self.base_dir / name),
                 "--http-addr", http_addr,
             ]  # fmt: skip
@@ -171,7 +171,7 @@ class LocalCluster:
         work.mkdir(exist_ok=True)
         worker_port, http_port = free_ports(2)
         argv = [
-            sys.executable, "-m", "executor.main", "--join", self.addresses, "--name", name,
+            sys.executable, "-m", "rota.executor.main", "--join", self.addresses, "--name", name,
             "--worker-addr", f"127.0.0.1:{worker_port}", "--http-addr", f"127.0.0.1:{http_port}",
             "--slots", str(slots), "--work-dir", str(work),
             *args,

@@ -20,13 +20,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scheduler.localcluster import LocalCluster
+from rota.devtools.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def master_client(addresses: str, *args: str) -> None:
-    cmd = [sys.executable, "-m", "scheduler.client_cli", "--master-addr", addresses, *args]
+    cmd = [sys.executable, "-m", "rota.client.cli", "--master-addr", addresses, *args]
     print(f"\n$ bin/master-client {' '.join(args)}", flush=True)
     subprocess.run(cmd, check=False)
 

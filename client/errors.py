@@ -1,0 +1,13 @@
+"""What the client raises: the two failures a caller tells apart."""
+
+
+class NoMasterReachable(Exception):
+    """No master answered within the timeout."""
+
+
+class RequestError(Exception):
+    """The cluster refused the request as invalid, or it names something that does not exist."""
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
