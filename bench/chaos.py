@@ -50,10 +50,10 @@ from typing import Any
 
 from rota.client.api import TERMINAL_JOB_STATES, Client, NoMasterReachable, RequestError
 from rota.common.jobspec import JobSpecError
+from rota.devtools.etcdcluster import EtcdCluster
 from rota.devtools.localcluster import LocalCluster, MasterProcess, Process
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, Event
-from rota.metastore.etcd_server import EtcdCluster
 from rota.scheduler.store import JOBS, TASKS
 
 MAX_ATTEMPTS = 5

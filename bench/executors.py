@@ -283,7 +283,7 @@ class Worker:
     """One worker process running this file with --worker, driven over stdin/stdout."""
 
     def __init__(self, args: argparse.Namespace, addr: str, first: int, count: int, log_path: Path) -> None:
-        from rota.metastore.etcd_server import die_with_parent
+        from rota.common.procs import die_with_parent
 
         argv = [
             sys.executable, str(Path(__file__).resolve()), "--worker", "--addr", addr,

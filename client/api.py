@@ -85,15 +85,12 @@ class AsyncClient:
     def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
         self.addresses = resolve_addresses(addresses)
         self.timeout = timeout
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels = rpc.ChannelPool()
         self._preferred = 0
         self._leader_known = False
 
     def _stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
-        ch = self._channels.get(addr)
-        if ch is None:
-            ch = self._channels[addr] = rpc.channel(addr)
-        return rota_pb2_grpc.MasterStub(ch)
+        return rota_pb2_grpc.MasterStub(self._channels.get(addr))
 
     async def _find_leader(self) -> None:
         """Prefer the leader's address: a follower would only forward each call to it."""
@@ -127,7 +124,7 @@ class AsyncClient:
                     f"no master reachable at {', '.join(self.addresses)} within {self.timeout:g}s ({detail})"
                 )
             stub = self._stub(addr)
-            if n > 1 and not await rpc.ready(self._channels[addr], min(remaining, CONNECT_TIMEOUT)):
+            if n > 1 and not await rpc.ready(self._channels.get(addr), min(remaining, CONNECT_TIMEOUT)):
                 errors[addr] = "not answering"
             else:
                 try:
@@ -230,8 +227,7 @@ class AsyncClient:
         return tasklogs.task_logs(self, job_id, task, follow, on_task)
 
     async def close(self) -> None:
-        await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
-        self._channels.clear()
+        await self._channels.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

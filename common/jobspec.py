@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rota.common import ids
 from rota.common.config import ConfigError, parse_duration
 
 if sys.version_info >= (3, 11):
@@ -49,7 +50,6 @@ _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "call": ("function", "args", "kwargs"),
 }
 _DATA_PREFIXES = ("python", "go")
-_JOB_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _EXPANDED_RE = re.compile(r"(.+)-(shard)?(0|[1-9][0-9]*)")
 
 
@@ -150,17 +150,14 @@ class JobSpec:
         return _Parser(source).job(data)
 
 
-def validate_job_id(job_id: str) -> str:
-    """Ids become etcd keys and file names, so only a safe character set is allowed."""
+def validate_job_id(job_id: Any) -> str:
+    """The job-id rule of ``rota.common.ids``, failing as a JobSpecError that names the key."""
     if not isinstance(job_id, str):
         raise JobSpecError(f"expected a string, got {_type_name(job_id)}", key="id")
-    if not _JOB_ID_RE.fullmatch(job_id) or job_id.startswith("."):
-        raise JobSpecError(
-            f"malformed job id {job_id!r}: expected 1-128 characters of A-Z a-z 0-9 _ . - "
-            "not starting with '.'",
-            key="id",
-        )
-    return job_id
+    try:
+        return ids.validate_job_id(job_id)
+    except ids.BadJobId as e:
+        raise JobSpecError(str(e), key="id") from None
 
 
 def parse_priority(value: Any) -> int:

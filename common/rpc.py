@@ -64,3 +64,21 @@ async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
             return False
         state = ch.get_state(try_to_connect=True)
     return True
+
+
+class ChannelPool:
+    """One channel per address, opened on first use and kept: a channel owns its connection and its
+    reconnect back-off, so opening one per call would pay a handshake each time."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, addr: str) -> grpc.aio.Channel:
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = self._channels[addr] = channel(addr)
+        return ch
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rota.client.api import Client, NoMasterReachable
-from rota.metastore.etcd_server import die_with_parent, free_ports
+from rota.common.procs import die_with_parent, free_ports
 
 
 class Process:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rota.common.httpserver import FastHistogram
+from rota.common.metrics import FastHistogram
 
 if TYPE_CHECKING:
     from rota.executor.agent import Agent

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import grpc
 
-from rota.common.jobspec import JobSpecError, validate_job_id
+from rota.common.ids import validate_job_id
 from rota.executor.kinds.base import LOG_SUFFIXES, TaskResult
 from rota.protos import rota_pb2
 
@@ -60,10 +60,7 @@ def parse_log_name(name: str) -> tuple[int, int] | None:
 
 def check_request(job_id: str, index: int, attempt: int) -> None:
     """Raise ValueError for a request that could not name an attempt, or would escape the logs dir."""
-    try:
-        validate_job_id(job_id)
-    except JobSpecError as exc:
-        raise ValueError(exc.reason) from None
+    validate_job_id(job_id)  # a ValueError naming the problem
     if index < 0:
         raise ValueError(f"task index must be >= 0, got {index}")
     if attempt < 0:

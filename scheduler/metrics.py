@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rota.common.httpserver import FastHistogram
+from rota.common.metrics import FastHistogram
 from rota.scheduler.core import JOB_STATES, PENDING, TASK_STATES
 
 if TYPE_CHECKING:

@@ -28,20 +28,16 @@ BEAT_EVERY = 2.0
 
 
 class Peers:
-    """gRPC channels to the other masters, opened once and reused."""
+    """Stubs for the other masters, over one pooled channel each."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.pool = rpc.ChannelPool()
 
     def stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
-        ch = self._channels.get(addr)
-        if ch is None:
-            ch = self._channels[addr] = rpc.channel(addr)
-        return rota_pb2_grpc.MasterStub(ch)
+        return rota_pb2_grpc.MasterStub(self.pool.get(addr))
 
     async def close(self) -> None:
-        await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
-        self._channels.clear()
+        await self.pool.close()
 
 
 def _json(doc: Any) -> rota_pb2.JsonReply:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from rota.devtools.etcdcluster import EtcdCluster
 from rota.devtools.localcluster import LocalCluster
-from rota.metastore.etcd_server import EtcdCluster
 
 
 def _pid_alive(pid: int) -> bool:

@@ -116,7 +116,7 @@ def test_client_unknown_command():
 
 
 def test_client_no_master_reachable_exits_3():
-    from rota.metastore.etcd_server import free_port
+    from rota.common.procs import free_port
 
     p = run(
         "rota.client.cli",

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from rota.common.procs import free_ports
+from rota.devtools.etcdcluster import EtcdCluster
 from rota.metastore.etcd_server import (
     EtcdBinaryError,
-    EtcdCluster,
     EtcdMember,
     EtcdStartError,
     MemberConfig,
     check_etcd_version,
     find_etcd_binary,
-    free_ports,
 )
 
 pytestmark = pytest.mark.etcd
@@ -142,7 +142,8 @@ def test_member_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from rota.metastore.etcd_server import EtcdMember, MemberConfig, free_ports
+        from rota.common.procs import free_ports
+        from rota.metastore.etcd_server import EtcdMember, MemberConfig
 
         peer, client = (f"http://127.0.0.1:{p}" for p in free_ports(2))
         cfg = MemberConfig(

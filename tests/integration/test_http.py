@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from rota.common.procs import die_with_parent, free_ports
 from rota.devtools.localcluster import LocalCluster
-from rota.metastore.etcd_server import die_with_parent, free_ports
 
 pytestmark = pytest.mark.etcd
 

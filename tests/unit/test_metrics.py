@@ -6,7 +6,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from rota.common.httpserver import FastHistogram
+from rota.common.metrics import FastHistogram
 from rota.scheduler.metrics import LATENCY_BUCKETS
 
 
