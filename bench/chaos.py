@@ -54,7 +54,7 @@ from rota.devtools.etcdcluster import EtcdCluster
 from rota.devtools.localcluster import LocalCluster, MasterProcess, Process
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, Event
-from rota.scheduler.store import JOBS, TASKS
+from rota.metastore.keys import JOBS, TASKS
 
 MAX_ATTEMPTS = 5
 EXECUTORS = 3
@@ -573,8 +573,8 @@ class EtcdView:
 
 
 def task_id_of(key: bytes) -> str:
-    job_id, _, index = key[len(TASKS) :].decode().rpartition("/")
-    return f"{job_id}/{int(index)}"
+    job_id, index = keys.task_of(key)
+    return f"{job_id}/{index}"
 
 
 async def _history(client: EtcdClient, prefix: bytes, target: int, timeout: float) -> list[Event]:

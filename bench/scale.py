@@ -38,9 +38,9 @@ from rota.client.api import Client
 from rota.common import rpc
 from rota.common.jobspec import load_job
 from rota.devtools.localcluster import LocalCluster, MasterProcess
+from rota.metastore import keys
 from rota.metastore.client import EtcdClient
 from rota.protos import rota_pb2, rota_pb2_grpc
-from rota.scheduler.store import JOBSPECS
 
 REBUILT_RE = re.compile(r"leader state rebuilt from etcd in ([0-9.]+)s: (\d+) jobs, (\d+) pending tasks")
 TARGET_REBUILD_S = 3.0
@@ -76,7 +76,7 @@ def etcd_endpoints(cluster: LocalCluster) -> list[str]:
 async def spec_parts(endpoints: list[str], job_id: str) -> list[int]:
     """Sizes of the spec parts the job has in etcd (one transaction each)."""
     async with EtcdClient(endpoints, timeout=30, call_timeout=30) as client:
-        kvs, _ = await client.get_prefix(JOBSPECS + f"{job_id}/".encode())
+        kvs, _ = await client.get_prefix(keys.job_specs(job_id))
     return [len(kv.value) for kv in kvs]
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from rota.metastore import keys
+
 log = logging.getLogger("rota.etcd")
 
 RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
@@ -275,7 +277,7 @@ class EtcdClient:
     async def healthy(self, timeout: float = 1.0) -> bool:
         """True when a linearizable read succeeds, i.e. a quorum answers."""
         try:
-            await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=b"/rota/health"), timeout=timeout)
+            await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=keys.HEALTH), timeout=timeout)
             return True
         except EtcdError:
             return False
@@ -375,7 +377,7 @@ class EtcdClient:
         while True:
             await asyncio.sleep(every)
             try:
-                await stub.Range(rpc.RangeRequest(key=b"/rota/health"), timeout=max(every, 0.5))
+                await stub.Range(rpc.RangeRequest(key=keys.HEALTH), timeout=max(every, 0.5))
             except grpc.aio.AioRpcError:
                 log.info("etcd member %s stopped answering; moving the watch", target)
                 call.cancel()

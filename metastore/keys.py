@@ -1,15 +1,30 @@
-"""Rota's key layout in etcd. Every key lives under one root; docs/keys.md describes it."""
+"""Rota's key layout in etcd: every key is built here, under one root. docs/keys.md describes it."""
 
 ROOT = b"/rota/"
 
 #: The leader key: {"name", "addr"} under the leader's lease; its create revision is the fencing token.
 LEADER = ROOT + b"leader"
 
+#: Written (fenced) by a leader that lost its lease, to learn whether it still holds authority.
+LEADER_CHECK = ROOT + b"leader-check"
+
+#: Read, never written, by health checks: any answer from etcd's KV service will do.
+HEALTH = ROOT + b"health"
+
 #: One persistent key per master that ever joined: {"name", "addr"}.
 MASTERS = ROOT + b"masters/"
 
 #: One key per live executor, under that executor's lease.
 EXECUTORS = ROOT + b"executors/"
+
+#: One record per job, the commit marker of its submission.
+JOBS = ROOT + b"jobs/"
+
+#: A job's spec, in parts, written before its record.
+JOBSPECS = ROOT + b"jobspec/"
+
+#: One key per task whose state changed since submission.
+TASKS = ROOT + b"tasks/"
 
 
 def master(name: str) -> bytes:
@@ -18,3 +33,36 @@ def master(name: str) -> bytes:
 
 def executor(executor_id: str) -> bytes:
     return EXECUTORS + executor_id.encode()
+
+
+def executor_id(key: bytes) -> str:
+    """The executor id an EXECUTORS key names."""
+    return key[len(EXECUTORS) :].decode()
+
+
+def job(job_id: str) -> bytes:
+    return JOBS + job_id.encode()
+
+
+def job_spec(job_id: str, part: int) -> bytes:
+    return JOBSPECS + f"{job_id}/{part:05d}".encode()
+
+
+def job_specs(job_id: str) -> bytes:
+    """The prefix of every spec part of one job."""
+    return JOBSPECS + f"{job_id}/".encode()
+
+
+def spec_job_id(key: bytes) -> str:
+    """The job id a JOBSPECS key belongs to."""
+    return key[len(JOBSPECS) :].decode().rsplit("/", 1)[0]
+
+
+def task(job_id: str, index: int) -> bytes:
+    return TASKS + f"{job_id}/{index:08d}".encode()
+
+
+def task_of(key: bytes) -> tuple[str, int]:
+    """(job id, task index) of a TASKS key."""
+    job_id, _, index = key[len(TASKS) :].decode().rpartition("/")
+    return job_id, int(index)

@@ -9,7 +9,7 @@ import pytest
 
 from bench import chaos
 from rota.metastore.client import KV, Event
-from rota.scheduler.store import JOBS, TASKS
+from rota.metastore.keys import JOBS, TASKS
 
 pytestmark = pytest.mark.etcd
 
