@@ -3,8 +3,8 @@
 Events come in as method calls (job added, executor attached or lost, task report,
 cancel, tick); decisions go out through ``drain()``: state writes to persist, task
 batches to dispatch, cancels and acks to send, jobs that ended. The core does no I/O
-and never awaits, so its logic is tested in microseconds; ``scheduler.leader`` is the
-thin asyncio adapter that commits the writes (fenced, batched) before it sends
+and never awaits, so its logic is tested in microseconds; ``rota.scheduler.leader`` and its
+modules are the thin asyncio adapters that commits the writes (fenced, batched) before it sends
 anything that depends on them.
 """
 
@@ -14,18 +14,21 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rota.common.jobspec import JobSpec, TaskTemplate
+from rota.common.states import (
+    ACTIVE,
+    ASSIGNED,
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+)
 from rota.scheduler.placement import ExecutorSlot, choose_executor
-
-PENDING, ASSIGNED, RUNNING = "PENDING", "ASSIGNED", "RUNNING"
-SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
-TASK_STATES = (PENDING, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
-ACTIVE = frozenset((ASSIGNED, RUNNING))
 
 RETRY_BASE = 0.5
 RETRY_CAP = 10.0
@@ -207,13 +210,33 @@ class Stats:
     finished: int = 0
 
 
+@dataclass(frozen=True)
+class ExecutorLoad:
+    name: str
+    slots: int
+    used: int
+    connected: bool
+
+
+@dataclass
+class Summary:
+    """The leader's scheduling state in figures, at one moment."""
+
+    jobs: Counter[str]
+    tasks: Counter[str]
+    #: Pending tasks of unfinished jobs, by job priority.
+    queue: Counter[int]
+    executors: list[ExecutorLoad]
+    stats: Stats
+
+
 #: Gets seconds per attempt: "wait" is pending to placed on an executor, "run" is placed to ended as
 #: the leader sees it (transfer and any prefetch queueing included). Two hooks, not one with a name:
 #: this runs twice per task.
 Observer = Callable[[float], None]
 
 
-def _ignore(seconds: float) -> None:
+def no_observer(seconds: float) -> None:
     pass
 
 
@@ -221,8 +244,8 @@ class Core:
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
-        observe_wait: Observer = _ignore,
-        observe_run: Observer = _ignore,
+        observe_wait: Observer = no_observer,
+        observe_run: Observer = no_observer,
     ) -> None:
         self.clock = clock
         self.observe_wait = observe_wait
@@ -490,6 +513,19 @@ class Core:
         self._dispatch.setdefault(ex.id, []).append((task, task.attempt))
 
     # -- views ---------------------------------------------------------------------------
+
+    def summary(self) -> Summary:
+        """Counts for operators (metrics), walked on demand rather than kept on the hot path."""
+        jobs: Counter[str] = Counter()
+        tasks: Counter[str] = Counter()
+        queue: Counter[int] = Counter()
+        for j in self.jobs.values():
+            jobs[j.current_state()] += 1
+            tasks.update(j.counts)
+            if j.state is None and j.counts[PENDING]:
+                queue[j.priority] += j.counts[PENDING]
+        executors = [ExecutorLoad(e.name, e.slots, len(e.running), e.connected) for e in self.executors.values()]
+        return Summary(jobs, tasks, queue, executors, replace(self.stats))
 
     def pending_count(self) -> int:
         return sum(j.counts[PENDING] for j in self.jobs.values() if j.state is None)

@@ -134,7 +134,7 @@ class Leadership:
         # The lease is gone or presumed gone: prove it with a fenced write, which a
         # successor's key makes fail. If it still succeeds, give the key up anyway.
         try:
-            await election.fenced_txn([put_op(keys.ROOT + b"leader-check", self.name.encode())])
+            await election.fenced_txn([put_op(keys.LEADER_CHECK, self.name.encode())])
             log.warning("lease lost but the leader key is still ours; resigning")
             await election.resign()
         except Fenced:

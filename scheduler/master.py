@@ -156,7 +156,9 @@ class Master:
         self.leadership: Leadership | None = None
         self.runtime: LeaderRuntime | None = None
         self.peers = Peers()
-        self.metrics = MasterMetrics(lambda: self.leadership, lambda: self.runtime)
+        self.metrics = MasterMetrics(
+            lambda: self.leadership, lambda: self.runtime.summary() if self.runtime else None
+        )
         self.http: web.AppRunner | None = None
         self._stop = asyncio.Event()
 
@@ -219,7 +221,13 @@ class Master:
 
     async def _lead(self, election: Election) -> None:
         assert self.client is not None and self.leadership is not None
-        runtime = LeaderRuntime(self.client, election, self.leadership.step_down, self.metrics)
+        runtime = LeaderRuntime(
+            self.client,
+            election,
+            self.leadership.step_down,
+            observe_wait=self.metrics.task_wait.observe,
+            observe_run=self.metrics.task_run.observe,
+        )
         await runtime.start()
         self.runtime = runtime
 

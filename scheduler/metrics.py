@@ -1,14 +1,13 @@
 """A master's Prometheus metrics.
 
 Histograms are fed as things happen (the core's wait and run times, every etcd
-transaction). Everything else is read from the leadership and the leader's core at
-scrape time, so the hot path pays nothing for it. Scheduling figures (jobs, tasks,
+transaction). Everything else is read at scrape time from the leadership and from the
+summary the leader exposes, so the hot path pays nothing for it. Scheduling figures (jobs, tasks,
 queue, executors) come only from the leader: a follower has no scheduling state.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -17,10 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rota.common.metrics import FastHistogram
-from rota.scheduler.core import JOB_STATES, PENDING, TASK_STATES
+from rota.common.states import JOB_STATES, TASK_STATES
+from rota.scheduler.core import Summary
 
 if TYPE_CHECKING:
-    from rota.scheduler.leader import LeaderRuntime
     from rota.scheduler.leadership import Leadership
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -30,7 +29,7 @@ OPS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 class MasterMetrics:
     def __init__(
-        self, leadership: Callable[[], Leadership | None], runtime: Callable[[], LeaderRuntime | None]
+        self, leadership: Callable[[], Leadership | None], summary: Callable[[], Summary | None]
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -52,7 +51,7 @@ class MasterMetrics:
         self.txn_ops = Histogram(
             "rota_etcd_txn_ops", "Writes batched into one etcd transaction.", buckets=OPS_BUCKETS, registry=r
         )
-        r.register(_StateCollector(leadership, runtime))
+        r.register(_StateCollector(leadership, summary))
 
     def on_txn(self, ops: int, seconds: float) -> None:
         """The etcd client's hook: every transaction, fenced or not."""
@@ -62,15 +61,15 @@ class MasterMetrics:
 
 class _StateCollector(Collector):
     def __init__(
-        self, leadership: Callable[[], Leadership | None], runtime: Callable[[], LeaderRuntime | None]
+        self, leadership: Callable[[], Leadership | None], summary: Callable[[], Summary | None]
     ) -> None:
         self.leadership = leadership
-        self.runtime = runtime
+        self.summary = summary
 
     def collect(self) -> Iterator[Metric]:
         lead = self.leadership()
-        rt = self.runtime()
-        is_leader = bool(lead and lead.is_leader and rt is not None and rt.ready)
+        summary = self.summary()
+        is_leader = bool(lead and lead.is_leader and summary is not None)
         yield _gauge("rota_leader", "1 on the master that leads and is ready, 0 elsewhere.", int(is_leader))
         yield _gauge("rota_leader_term", "Election term this master last saw.", lead.term if lead else 0)
         yield _counter(
@@ -84,34 +83,25 @@ class _StateCollector(Collector):
             "Writes of this master that etcd refused because it no longer held the leader key.",
             rejected,
         )
-        if rt is None or not rt.ready:
-            return
-        yield from self._scheduling(rt)
+        if summary is not None:
+            yield from self._scheduling(summary)
 
-    def _scheduling(self, rt: LeaderRuntime) -> Iterator[Metric]:
-        core = rt.core
+    def _scheduling(self, summary: Summary) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("rota_jobs", "Jobs by state.", labels=["state"])
-        job_states = Counter(j.current_state() for j in core.jobs.values())
         for s in JOB_STATES:
-            jobs.add_metric([s], job_states[s])
+            jobs.add_metric([s], summary.jobs[s])
         yield jobs
         tasks = GaugeMetricFamily("rota_tasks", "Tasks by state.", labels=["state"])
-        totals: Counter[str] = Counter()
-        queue: Counter[int] = Counter()
-        for j in core.jobs.values():
-            totals.update(j.counts)
-            if j.state is None and j.counts[PENDING]:
-                queue[j.priority] += j.counts[PENDING]
         for s in TASK_STATES:
-            tasks.add_metric([s], totals[s])
+            tasks.add_metric([s], summary.tasks[s])
         yield tasks
         depth = GaugeMetricFamily(
             "rota_queue_depth",
             "Pending tasks of unfinished jobs, by job priority (0-100).",
             labels=["priority"],
         )
-        for prio in sorted(queue):
-            depth.add_metric([str(prio)], queue[prio])
+        for prio in sorted(summary.queue):
+            depth.add_metric([str(prio)], summary.queue[prio])
         yield depth
         slots = GaugeMetricFamily(
             "rota_executor_slots", "Task slots an executor offers.", labels=["executor"]
@@ -120,14 +110,14 @@ class _StateCollector(Collector):
             "rota_executor_slots_used", "Tasks assigned to or running on an executor.", labels=["executor"]
         )
         connected = 0
-        for ex in core.executors.values():
+        for ex in summary.executors:
             slots.add_metric([ex.name], ex.slots)
-            used.add_metric([ex.name], len(ex.running))
+            used.add_metric([ex.name], ex.used)
             connected += ex.connected
         yield slots
         yield used
         yield _gauge("rota_executors", "Executors attached to the leader.", connected)
-        st = core.stats
+        st = summary.stats
         yield _counter(
             "rota_task_attempts", "Task attempts placed on executors by this leader.", st.dispatched
         )

@@ -12,12 +12,13 @@ import grpc
 
 from rota.common import rpc
 from rota.common.jobspec import JobSpec, JobSpecError, validate_job_id
+from rota.common.states import JOB_STATES
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError
 from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
-from rota.scheduler.core import JOB_STATES
-from rota.scheduler.leader import ExecutorLink, LeaderRuntime, NotReady
+from rota.scheduler.executor_registry import ExecutorLink
+from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.views import executor_doc, job_doc, job_doc_yielding
 
@@ -65,6 +66,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         lead = self.leadership
         rt = self.runtime()
         leader = lead.leader
+        txns, writes = rt.etcd_writes if rt else (0, 0)
         return rota_pb2.MasterInfo(
             name=self.name,
             addr=self.addr,
@@ -74,8 +76,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             term=lead.term,
             fenced_rejections=lead.fenced_rejections + (lead.election.rejected if lead.election else 0),
             elections_won=lead.elections_won,
-            etcd_txns=rt.store.txns if rt else 0,
-            etcd_writes=rt.store.writes if rt else 0,
+            etcd_txns=txns,
+            etcd_writes=writes,
         )
 
     async def GetMasterInfo(
@@ -175,7 +177,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         async def local(rt: LeaderRuntime) -> rota_pb2.SubmitJobReply:
-            jid, created = await rt.submit(job_id, spec)
+            jid, created = await rt.jobs.submit(job_id, spec)
             return rota_pb2.SubmitJobReply(id=jid, created=created)
 
         return await self._on_leader("SubmitJob", request, context, local)
@@ -188,7 +190,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def GetJob(self, request: rota_pb2.GetJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             return _json(
-                await job_doc_yielding(await self._job_or_404(rt.job(request.id), request.id, context))
+                await job_doc_yielding(await self._job_or_404(rt.jobs.job(request.id), request.id, context))
             )
 
         return await self._on_leader("GetJob", request, context, local)
@@ -202,7 +204,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             )
 
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            jobs = sorted(rt.jobs(), key=lambda j: j.seq)
+            jobs = sorted(rt.jobs.jobs(), key=lambda j: j.seq)
             return _json(
                 [job_doc(j, with_tasks=False) for j in jobs if not state or j.current_state() == state]
             )
@@ -211,7 +213,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            job = await rt.wait_job(request.id, max(0.0, request.timeout or 30.0))
+            job = await rt.jobs.wait_job(request.id, max(0.0, request.timeout or 30.0))
             return _json(await job_doc_yielding(await self._job_or_404(job, request.id, context)))
 
         return await self._on_leader("WaitJob", request, context, local)
@@ -219,14 +221,14 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             return _json(
-                job_doc(await self._job_or_404(await rt.cancel_job(request.id), request.id, context))
+                job_doc(await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context))
             )
 
         return await self._on_leader("CancelJob", request, context, local)
 
     async def ListExecutors(self, request: rota_pb2.ListExecutorsRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            return _json([executor_doc(e) for e in sorted(rt.executors(), key=lambda e: e.id)])
+            return _json([executor_doc(e) for e in sorted(rt.executor_slots(), key=lambda e: e.id)])
 
         return await self._on_leader("ListExecutors", request, context, local)
 
@@ -248,7 +250,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         if first.hello.slots < 1 or not first.hello.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello needs a name and at least one slot")
         try:
-            link = await rt.attach(first.hello)
+            rt.check()
+            link = await rt.executors.attach(first.hello)
         except NotReady as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         reader = asyncio.create_task(self._read_executor(rt, link, request_iterator))
@@ -264,7 +267,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            await rt.detach(link)
+            await rt.executors.detach(link)
 
     async def _read_executor(
         self, rt: LeaderRuntime, link: ExecutorLink, requests: AsyncIterator[rota_pb2.ExecutorMessage]
@@ -273,14 +276,14 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             async for msg in requests:
                 body = msg.WhichOneof("body")
                 if body == "heartbeat":
-                    ttl = await rt.heartbeat(link)
+                    ttl = await rt.executors.heartbeat(link)
                     if ttl == 0:
                         log.info("executor %s: lease expired", link.executor_id)
                         break
                     if ttl > 0:
                         link.send(rota_pb2.LeaderMessage(heartbeat_ack=rota_pb2.HeartbeatAck(ttl=ttl)))
                 elif body == "reports":
-                    rt.reports(link, msg.reports.reports)
+                    rt.executors.reports(link, msg.reports.reports)
         except grpc.aio.AioRpcError:
             pass
         finally:

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from rota.common.jobspec import JobSpec
+from rota.common.states import CANCELLED
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op
 from rota.metastore.election import Election
 from rota.scheduler.core import Job, PutJob, PutTask, restore_task
+from rota.scheduler.placement import ExecutorSlot
 
 log = logging.getLogger("rota.store")
 
-JOBS = keys.ROOT + b"jobs/"
-JOBSPECS = keys.ROOT + b"jobspec/"
-TASKS = keys.ROOT + b"tasks/"
 
 #: Writes per transaction, below etcd's --max-txn-ops 1024 that the launcher sets.
 MAX_OPS = 1000
@@ -35,18 +34,6 @@ MAX_TXN_BYTES = 1_200_000
 SPEC_PART = 1_000_000
 #: Transactions in flight at once while committing a large batch.
 PARALLEL_TXNS = 8
-
-
-def job_key(job_id: str) -> bytes:
-    return JOBS + job_id.encode()
-
-
-def spec_key(job_id: str, part: int) -> bytes:
-    return JOBSPECS + f"{job_id}/{part:05d}".encode()
-
-
-def task_key(job_id: str, index: int) -> bytes:
-    return TASKS + f"{job_id}/{index:08d}".encode()
 
 
 #: One encoder for every record: json.dumps with separators builds a new encoder per call (2 us of 5).
@@ -62,9 +49,9 @@ def _latest(decisions: Sequence[PutTask | PutJob]) -> dict[bytes, bytes]:
     latest: dict[bytes, bytes] = {}
     for d in decisions:
         if isinstance(d, PutTask):
-            latest[task_key(d.task.job.id, d.task.index)] = _dumps(d.record)
+            latest[keys.task(d.task.job.id, d.task.index)] = _dumps(d.record)
         else:
-            latest[job_key(d.job.id)] = _dumps(d.job.record())
+            latest[keys.job(d.job.id)] = _dumps(d.job.record())
     return latest
 
 
@@ -72,12 +59,24 @@ def _ops(decisions: Sequence[PutTask | PutJob]) -> list[Any]:
     return [put_op(k, v) for k, v in _latest(decisions).items()]
 
 
+def _executor(rec: dict[str, Any], lease: int) -> ExecutorSlot:
+    return ExecutorSlot(
+        id=rec["id"],
+        name=rec.get("name", rec["id"]),
+        addr=rec.get("addr", ""),
+        slots=int(rec.get("slots", 1)),
+        kinds=frozenset(rec.get("kinds", ())),
+        labels=rec.get("labels", {}),
+        lease_id=lease,
+    )
+
+
 @dataclass
 class Snapshot:
     """Everything a new leader needs, read at one revision."""
 
     jobs: list[Job]
-    executors: list[dict[str, Any]]
+    executors: list[ExecutorSlot]
     revision: int
 
 
@@ -99,7 +98,7 @@ class Store:
         blob = _dumps(spec.to_dict())
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
         for i, part in enumerate(parts[:-1]):
-            await self._txn([put_op(spec_key(job_id, i), part)])
+            await self._txn([put_op(keys.job_spec(job_id, i), part)])
         record = {"id": job_id, "created": created, "state": None}
         extra = _ops(along)
         if len(extra) > MAX_OPS - 2 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
@@ -107,11 +106,11 @@ class Store:
             extra = []
         result = await self.election.fenced_txn(
             [
-                put_op(spec_key(job_id, len(parts) - 1), parts[-1]),
-                put_op(job_key(job_id), _dumps(record)),
+                put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
+                put_op(keys.job(job_id), _dumps(record)),
                 *extra,
             ],
-            compare=[create_revision_is(job_key(job_id), 0)],
+            compare=[create_revision_is(keys.job(job_id), 0)],
         )
         self.writes += len(extra)
         self.txns += len(parts)
@@ -139,19 +138,27 @@ class Store:
         self.txns += len(batches)
         self.writes += len(latest)
 
-    async def put_executor(self, executor_id: str, record: dict[str, Any], lease: int) -> None:
-        await self.election.fenced_txn([put_op(keys.executor(executor_id), _dumps(record), lease=lease)])
+    async def put_executor(self, ex: ExecutorSlot) -> None:
+        """Register an executor under its own lease: etcd deletes the key when the lease ends."""
+        record = {
+            "id": ex.id,
+            "name": ex.name,
+            "addr": ex.addr,
+            "slots": ex.slots,
+            "kinds": sorted(ex.kinds),
+            "labels": ex.labels,
+        }
+        await self.election.fenced_txn([put_op(keys.executor(ex.id), _dumps(record), lease=ex.lease_id)])
 
     async def load(self) -> Snapshot:
         """Read every job, task and executor at one revision, dropping half-written jobs."""
-        job_kvs, rev = await self.client.get_prefix(JOBS)
-        spec_kvs, _ = await self.client.get_prefix(JOBSPECS, revision=rev)
-        task_kvs, _ = await self.client.get_prefix(TASKS, revision=rev)
+        job_kvs, rev = await self.client.get_prefix(keys.JOBS)
+        spec_kvs, _ = await self.client.get_prefix(keys.JOBSPECS, revision=rev)
+        task_kvs, _ = await self.client.get_prefix(keys.TASKS, revision=rev)
         ex_kvs, _ = await self.client.get_prefix(keys.EXECUTORS, revision=rev)
         parts: dict[str, list[bytes]] = {}
         for kv in spec_kvs:
-            job_id = kv.key[len(JOBSPECS) :].decode().rsplit("/", 1)[0]
-            parts.setdefault(job_id, []).append(kv.value)
+            parts.setdefault(keys.spec_job_id(kv.key), []).append(kv.value)
         jobs: dict[str, Job] = {}
         for kv in job_kvs:
             rec = json.loads(kv.value)
@@ -159,18 +166,18 @@ class Store:
             spec = JobSpec.from_dict(json.loads(b"".join(parts.pop(job_id, []))), source=f"etcd job {job_id}")
             job = Job(job_id, spec, kv.create_revision, float(rec.get("created", 0.0)))
             job.state = rec.get("state")
-            job.cancelled = job.state == "CANCELLED"
+            job.cancelled = job.state == CANCELLED
             jobs[job_id] = job
         for kv in task_kvs:
-            job_id, _, index = kv.key[len(TASKS) :].decode().rpartition("/")
+            job_id, index = keys.task_of(kv.key)
             owner = jobs.get(job_id)
-            if owner is not None and 0 <= int(index) < len(owner.tasks):
-                restore_task(owner, int(index), json.loads(kv.value))
+            if owner is not None and 0 <= index < len(owner.tasks):
+                restore_task(owner, index, json.loads(kv.value))
         if parts:
             log.warning("dropping %d half-written job(s): %s", len(parts), ", ".join(sorted(parts)))
             await self.election.fenced_txn(
-                [delete_op(JOBSPECS + f"{j}/".encode(), prefix=True) for j in parts]
+                [delete_op(keys.job_specs(j), prefix=True) for j in parts]
             )
-        executors = [json.loads(kv.value) | {"lease": kv.lease} for kv in ex_kvs]
+        executors = [_executor(json.loads(kv.value), kv.lease) for kv in ex_kvs]
         ordered = sorted(jobs.values(), key=lambda j: j.seq)
         return Snapshot(ordered, executors, rev)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from rota.scheduler.core import TASK_STATES, Job, Task
+from rota.common.states import TASK_STATES
+from rota.scheduler.core import Job, Task
 from rota.scheduler.placement import ExecutorSlot
 
 RESULT_KEYS = ("exit_code", "stdout", "stderr", "value", "error")

@@ -17,18 +17,20 @@ from typing import Any
 import pytest
 
 from rota.common.jobspec import JobSpec
-from rota.scheduler.core import (
+from rota.common.states import (
     ACTIVE,
     ASSIGNED,
     CANCELLED,
     FAILED,
     PENDING,
-    RETRY_BASE,
-    RETRY_CAP,
     RUNNING,
     SUCCEEDED,
     TASK_STATES,
     TERMINAL,
+)
+from rota.scheduler.core import (
+    RETRY_BASE,
+    RETRY_CAP,
     Ack,
     CancelTasks,
     Core,

@@ -1,0 +1,193 @@
+"""The leader's executors: attach (a lease granted and registered), heartbeats (the lease renewed),
+the links that carry work out, and the watch that finds executors whose lease ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from rota.common import logs
+from rota.common.states import ACTIVE
+from rota.metastore import keys
+from rota.metastore.client import EtcdClient, EtcdError, WatchCompacted
+from rota.metastore.election import Fenced
+from rota.protos import rota_pb2
+from rota.scheduler import translate
+from rota.scheduler.core import Ack, CancelTasks, Core, Dispatch, Task
+from rota.scheduler.pipeline import NotReady
+from rota.scheduler.store import Store
+
+log = logging.getLogger("rota.leader")
+
+
+@dataclass(eq=False)
+class ExecutorLink:
+    """The leader's end of one executor's Attach stream."""
+
+    executor_id: str
+    lease_id: int
+    ttl: int
+    outbox: asyncio.Queue[rota_pb2.LeaderMessage | None] = field(default_factory=asyncio.Queue)
+    closed: bool = False
+
+    def send(self, msg: rota_pb2.LeaderMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(msg)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+
+class ExecutorRegistry:
+    def __init__(
+        self,
+        client: EtcdClient,
+        store: Store,
+        core: Core,
+        kick: Callable[[], None],
+        give_up: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.core = core
+        self.kick = kick
+        self.give_up = give_up
+        self.links: dict[str, ExecutorLink] = {}
+        self.stopping = False
+        self._params_cache: dict[tuple[str, int], bytes] = {}
+
+    def close_all(self) -> None:
+        """End every stream: the executors re-attach to the next leader."""
+        self.stopping = True
+        for link in list(self.links.values()):
+            link.close()
+
+    async def attach(self, hello: rota_pb2.Hello) -> ExecutorLink:
+        """Register an executor (or re-adopt one after a leader change) and open its link."""
+        ttl = max(1, round(hello.keepalive_ttl or 5))
+        reported = translate.task_refs(hello.running)
+        ex_id, lease = hello.executor_id, hello.lease_id
+        known = self.core.executors.get(ex_id) if ex_id else None
+        if known is None or known.lease_id != lease or await self.client.time_to_live(lease) <= 0:
+            lease = await self.client.grant(ttl)
+            ex_id = f"{hello.name}-{lease & 0xFFFFFF:06x}"
+            try:
+                await self.store.put_executor(translate.executor_slot(ex_id, lease, hello))
+            except Fenced:
+                self.give_up()
+                await self.client.revoke(lease)
+                raise NotReady("leadership lost") from None
+            log.info(
+                "executor %s attached: %s, %d slots, kinds %s",
+                ex_id,
+                hello.addr,
+                hello.slots,
+                ",".join(hello.kinds),
+                **logs.ids(executor=ex_id),
+            )
+        else:
+            log.info(
+                "executor %s re-attached with %d running tasks",
+                ex_id,
+                len(reported),
+                **logs.ids(executor=ex_id),
+            )
+        old = self.links.pop(ex_id, None)
+        if old:
+            old.close()
+        link = ExecutorLink(ex_id, lease, ttl)
+        self.links[ex_id] = link
+        self.core.attach_executor(translate.executor_slot(ex_id, lease, hello), reported)
+        self.kick()
+        return link
+
+    async def heartbeat(self, link: ExecutorLink) -> int:
+        """Renew the executor's lease; 0 means it expired and the executor must start over."""
+        try:
+            ttl = await self.client.keepalive(link.lease_id)
+        except EtcdError:
+            return -1
+        ex = self.core.executors.get(link.executor_id)
+        if ttl > 0 and ex is not None:
+            ex.heartbeat_at = time.time()
+        return ttl
+
+    def reports(self, link: ExecutorLink, reports: Iterable[rota_pb2.TaskReport]) -> None:
+        if self.links.get(link.executor_id) is link:
+            self.core.report(link.executor_id, [translate.report(r) for r in reports])
+            self.kick()
+
+    async def detach(self, link: ExecutorLink) -> None:
+        """The stream broke while we lead: the executor is gone, so revoke its lease now."""
+        if self.stopping or self.links.get(link.executor_id) is not link:
+            return
+        del self.links[link.executor_id]
+        link.close()
+        self.core.executor_detached(link.executor_id)
+        log.info(
+            "executor %s disconnected: revoking its lease",
+            link.executor_id,
+            **logs.ids(executor=link.executor_id),
+        )
+        with contextlib.suppress(EtcdError):
+            await self.client.revoke(link.lease_id)
+        self.core.executor_lost(link.executor_id)
+        self.kick()
+
+    async def watch(self, start: int) -> None:
+        """Executors whose lease expired (or was revoked) lose their tasks."""
+        while True:
+            try:
+                async for events in self.client.watch(keys.EXECUTORS, start, prefix=True):
+                    for e in events:
+                        start = e.kv.mod_revision + 1
+                        if e.type == "delete":
+                            self._lost(keys.executor_id(e.kv.key))
+                    self.kick()
+            except WatchCompacted as e:
+                log.warning("executor watch compacted at %d; resuming from there", e.compact_revision)
+                start = e.compact_revision
+
+    def _lost(self, ex_id: str) -> None:
+        log.info("executor %s lost its lease: requeueing its tasks", ex_id, **logs.ids(executor=ex_id))
+        link = self.links.pop(ex_id, None)
+        if link:
+            link.close()
+        self.core.executor_lost(ex_id)
+
+    def send(self, d: Dispatch | CancelTasks | Ack) -> None:
+        """Carry a committed Dispatch, CancelTasks or Ack to its executor, if it is still attached."""
+        link = self.links.get(d.executor)
+        if link is None:
+            return
+        if isinstance(d, Dispatch):
+            batch = [
+                translate.assignment(t, a, self._params_json(t))
+                for t, a in d.tasks
+                if t.attempt == a and t.state in ACTIVE
+            ]
+            if batch:
+                link.send(rota_pb2.LeaderMessage(dispatch=rota_pb2.Dispatch(tasks=batch)))
+        elif isinstance(d, CancelTasks):
+            link.send(rota_pb2.LeaderMessage(cancel=rota_pb2.CancelTasks(tasks=translate.refs(d.refs))))
+        elif isinstance(d, Ack):
+            link.send(rota_pb2.LeaderMessage(acks=rota_pb2.Acks(tasks=translate.refs(d.refs))))
+
+    def _params_json(self, task: Task) -> bytes:
+        """A template's parameters, encoded once for all its copies rather than per dispatch."""
+        key = (task.job.id, task.template)
+        blob = self._params_cache.get(key)
+        if blob is None:
+            blob = self._params_cache[key] = json.dumps(task.spec.params).encode()
+        return blob
+
+    def forget_job(self, job_id: str, templates: int) -> None:
+        for i in range(templates):
+            self._params_cache.pop((job_id, i), None)

@@ -1,0 +1,147 @@
+"""The leader's job API: submit (acknowledged once committed), look up, wait for the end, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from rota.common import logs
+from rota.common.jobspec import JobSpec
+from rota.common.states import SUCCEEDED
+from rota.metastore.client import EtcdError
+from rota.metastore.election import Fenced
+from rota.scheduler.core import Core, Decision, Job
+from rota.scheduler.pipeline import CommitPipeline, NotReady, writes
+from rota.scheduler.store import Store
+
+log = logging.getLogger("rota.leader")
+
+
+class JobApi:
+    def __init__(
+        self,
+        core: Core,
+        store: Store,
+        pipeline: CommitPipeline,
+        route: Callable[[list[Decision]], None],
+        check: Callable[[], None],
+        give_up: Callable[[], None],
+    ) -> None:
+        self.core = core
+        self.store = store
+        self.pipeline = pipeline
+        self.route = route
+        self.check = check
+        self.give_up = give_up
+        #: Orders jobs of equal priority: set to the revision the leader rebuilt from, then counts up.
+        self.seq = 0
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._submitting: dict[str, asyncio.Task[None]] = {}
+
+    async def submit(self, job_id: str, spec: JobSpec) -> tuple[str, bool]:
+        """Commit a job to etcd, then schedule it; created is False when the id exists.
+
+        The commit runs as a task of its own: a client that gives up (deadline, cancel)
+        must not leave a job in the core that etcd never got.
+        """
+        self.check()
+        pending = self._submitting.get(job_id)
+        if pending is not None:
+            await asyncio.shield(pending)  # raises NotReady if that submission failed
+            return job_id, False
+        if job_id in self.core.jobs:
+            return job_id, False
+        task = asyncio.create_task(self._create(job_id, spec))
+        self._submitting[job_id] = task
+        task.add_done_callback(lambda t: self._submitted(job_id, t))
+        await asyncio.shield(task)
+        return job_id, True
+
+    def _submitted(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._submitting.pop(job_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here; the callers that still wait see it too
+
+    async def _create(self, job_id: str, spec: JobSpec) -> None:
+        async with self.pipeline.lock:
+            self.check()
+            created_at = time.time()
+            self.seq += 1
+            # Place the job now, so its first placements commit with the job itself.
+            self.core.add_job(Job(job_id, spec, self.seq, created_at))
+            decisions = self.core.drain()
+            try:
+                created = await self.store.create_job(job_id, spec, created_at, along=writes(decisions))
+            except (Fenced, EtcdError) as e:
+                # The core holds a job etcd may not have: only a rebuild can tell.
+                self.give_up()
+                raise NotReady(f"leadership in doubt while submitting: {e}") from None
+            if created is None:
+                self.give_up()
+                raise NotReady("the job appeared in etcd under another leader")
+            self.route(decisions)
+            log.debug(
+                "job %s committed: %d tasks",
+                job_id,
+                len(self.core.jobs[job_id].tasks),
+                **logs.ids(job=job_id),
+            )
+
+    def job(self, job_id: str) -> Job | None:
+        """A committed job (one still being submitted is not shown yet)."""
+        self.check()
+        return None if job_id in self._submitting else self.core.jobs.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        self.check()
+        return list(self.core.jobs.values())
+
+    async def wait_job(self, job_id: str, timeout: float) -> Job | None:
+        job = self.job(job_id)
+        if job is None or job.state is not None:
+            return job
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        if not fut.done():
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.get(job_id, []).remove(fut)
+        else:
+            fut.result()
+        return self.job(job_id)
+
+    async def cancel_job(self, job_id: str) -> Job | None:
+        """Cancel a job; the answer comes once the cancellation is committed."""
+        self.check()
+        job = self.core.cancel_job(job_id)
+        await self.pipeline.sync()
+        self.check()
+        return job
+
+    def ended(self, job: Job) -> None:
+        """A job's end is committed: log it and wake whoever waits for it."""
+        level = logging.DEBUG if job.state == SUCCEEDED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "job %s ended %s: %s",
+                job.id,
+                job.state,
+                ", ".join(f"{n} {s.lower()}" for s, n in sorted(job.counts.items()) if n),
+                **logs.ids(job=job.id),
+            )
+        for f in self._waiters.pop(job.id, []):
+            if not f.done():
+                f.set_result(None)
+
+    def fail_waiters(self, error: Exception) -> None:
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(error)
+        self._waiters.clear()

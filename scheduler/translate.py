@@ -1,0 +1,68 @@
+"""Between the wire and the core: protobuf messages to core events, core decisions to messages."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rota.common.states import FAILED, RUNNING, SUCCEEDED
+from rota.protos import rota_pb2
+from rota.scheduler.core import Report, Task, TaskRef
+from rota.scheduler.placement import ExecutorSlot
+
+
+def refs(refs: Iterable[TaskRef]) -> list[rota_pb2.TaskRef]:
+    return [rota_pb2.TaskRef(job_id=r.job_id, index=r.index, attempt=r.attempt) for r in refs]
+
+
+def task_refs(refs: Iterable[rota_pb2.TaskRef]) -> list[TaskRef]:
+    return [TaskRef(r.job_id, r.index, r.attempt) for r in refs]
+
+
+def assignment(task: Task, attempt: int, params_json: bytes) -> rota_pb2.TaskAssignment:
+    spec = task.spec
+    env = {"ROTA_JOB_ID": task.job.id, "ROTA_TASK_ID": task.id, "ROTA_ATTEMPT": str(attempt)}
+    if spec.shards:
+        env["ROTA_SHARD_INDEX"] = str(task.copy)
+        env["ROTA_SHARD_COUNT"] = str(spec.shards)
+    return rota_pb2.TaskAssignment(
+        task=rota_pb2.TaskRef(job_id=task.job.id, index=task.index, attempt=attempt),
+        kind=spec.kind,
+        params_json=params_json,
+        env=env,
+        timeout=task.timeout or 0.0,
+        priority=task.job.priority,
+    )
+
+
+def report(r: rota_pb2.TaskReport) -> Report:
+    ref = TaskRef(r.task.job_id, r.task.index, r.task.attempt)
+    if r.state == RUNNING:
+        return Report(ref, RUNNING)
+    result: dict[str, Any] = {
+        "exit_code": r.exit_code if r.has_exit_code else None,
+        "stdout": r.stdout,
+        "stderr": r.stderr,
+        "value": json.loads(r.value_json) if r.value_json else None,
+        "error": r.error or None,
+    }
+    if r.truncated:
+        result["truncated"] = True
+    return Report(ref, SUCCEEDED if r.state == SUCCEEDED else FAILED, result)
+
+
+def executor_slot(executor_id: str, lease_id: int, hello: rota_pb2.Hello) -> ExecutorSlot:
+    """What the core knows of an executor that just attached."""
+    return ExecutorSlot(
+        id=executor_id,
+        name=hello.name,
+        addr=hello.addr,
+        slots=max(1, hello.slots),
+        kinds=frozenset(hello.kinds),
+        labels=dict(hello.labels),
+        lease_id=lease_id,
+        prefetch=max(0, hello.prefetch),
+        heartbeat_at=time.time(),
+    )
