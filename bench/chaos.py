@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rota.client.api import TERMINAL_JOB_STATES, Client, NoMasterReachable, RequestError
+from rota.client.api import Client, NoMasterReachable, RequestError
 from rota.common.jobspec import JobSpecError
+from rota.common.states import TERMINAL
 from rota.devtools.etcdcluster import EtcdCluster
 from rota.devtools.localcluster import LocalCluster, MasterProcess, Process
 from rota.metastore import keys
@@ -61,7 +62,6 @@ EXECUTORS = 3
 EXECUTOR_SLOTS = 2
 EXECUTOR_ARGS = ["--keepalive-ttl", "2s", "--keepalive-interval", "300ms"]
 LEADER_LEASE_TTL = "2s"
-TERMINAL_TASK_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 FAULT_TYPES = ("kill_leader", "kill_follower", "stop_master", "kill_executor", "stop_executor", "kill_etcd")
 
@@ -651,7 +651,7 @@ def check_outcome(
     report.tasks_total = len(task_ids)
     states = Counter(view.tasks.get(t, {}).get("s", "PENDING") for t in task_ids)
     report.task_states = dict(states)
-    report.tasks_completed = sum(states[s] for s in TERMINAL_TASK_STATES)
+    report.tasks_completed = sum(states[s] for s in TERMINAL)
 
     # 1. every acknowledged job (and every maybe-job that exists) exists and finished
     lost, unfinished, bad_end = [], [], []
@@ -663,7 +663,7 @@ def check_outcome(
             continue
         state = rec.get("state")
         tasks = [view.tasks.get(f"{jid}/{i}") for i in range(n)]
-        if state not in TERMINAL_JOB_STATES:
+        if state not in TERMINAL:
             counts = Counter((t or {}).get("s", "PENDING") for t in tasks)
             unfinished.append(f"{jid}: job state {state}, tasks {dict(counts)}, wait: {waited.get(jid)}{tag}")
         elif state == "SUCCEEDED":
@@ -707,7 +707,7 @@ def check_outcome(
                     f"{ev.kv.mod_revision} {ev.type} {ev.kv.value.decode()[:300]}"
                 )
             continue
-        if ev.type == "put" and json.loads(ev.kv.value).get("s") in TERMINAL_TASK_STATES:
+        if ev.type == "put" and json.loads(ev.kv.value).get("s") in TERMINAL:
             terminal[key] = ev.kv.value
     job_end: dict[bytes, str] = {}
     for ev in view.job_history:
@@ -715,7 +715,7 @@ def check_outcome(
         state = json.loads(ev.kv.value).get("state") if ev.type == "put" else "<deleted>"
         if key in job_end and state != job_end[key]:
             twice.append(f"job {key.decode()}: ended {job_end[key]}, then written with state {state}")
-        elif state in TERMINAL_JOB_STATES:
+        elif state in TERMINAL:
             job_end.setdefault(key, state)
     report.checks.append(
         Check(
@@ -913,7 +913,7 @@ def run_chaos(
                 except (TimeoutError, NoMasterReachable, RequestError) as exc:
                     waited[jid] = f"{type(exc).__name__}: {str(exc)[:200]}"
         report.settle_s = time.monotonic() - s0
-        done = sum(1 for s in waited.values() if s in TERMINAL_JOB_STATES)
+        done = sum(1 for s in waited.values() if s in TERMINAL)
         say(f"[{driver.now():7.2f}s] {done}/{len(waited)} jobs ended within {report.settle_s:.1f}s; checking")
         time.sleep(0.5)  # let the last writes land before history is read
 

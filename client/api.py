@@ -24,6 +24,7 @@ from rota.client.errors import NoMasterReachable, RequestError
 from rota.common import rpc
 from rota.common.config import ConfigError, parse_address, split_list
 from rota.common.jobspec import JobSpec, load_job, validate_job_id
+from rota.common.states import TERMINAL
 from rota.protos import rota_pb2, rota_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:10240"
@@ -37,7 +38,6 @@ _ANY_MASTER = {"GetMasterInfo", "GetClusterStatus"}
 T = TypeVar("T")
 
 
-TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: How long one WaitJob call may block on the leader before the client asks again.
 WAIT_CHUNK = 20.0
 
@@ -205,7 +205,7 @@ class AsyncClient:
             doc = await self._json_call(
                 "WaitJob", rota_pb2.WaitJobRequest(id=job_id, timeout=left), timeout=left + self.timeout
             )
-            if doc["state"] in TERMINAL_JOB_STATES:
+            if doc["state"] in TERMINAL:
                 return doc  # type: ignore[no-any-return]
             if progress:
                 progress(doc)

@@ -12,6 +12,7 @@ import click
 from rota.client.api import Client, NoMasterReachable, RequestError, resolve_addresses
 from rota.common import config as cfg
 from rota.common.jobspec import JobSpecError
+from rota.common.states import CANCELLED, FAILED, JOB_STATES, TERMINAL
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -127,7 +128,7 @@ def job_text(doc: dict[str, Any]) -> str:
 
 
 def _exit_for(doc: dict[str, Any]) -> None:
-    if doc["state"] in ("FAILED", "CANCELLED"):
+    if doc["state"] in (FAILED, CANCELLED):
         sys.exit(EXIT_JOB_FAILED)
 
 
@@ -141,7 +142,7 @@ class Progress:
         if not self.enabled:
             return
         total = sum(doc["counts"].values()) or 1
-        done = sum(n for s, n in doc["counts"].items() if s in ("SUCCEEDED", "FAILED", "CANCELLED"))
+        done = sum(n for s, n in doc["counts"].items() if s in TERMINAL)
         width = 30
         filled = int(width * done / total)
         bar = "#" * filled + "." * (width - filled)
@@ -193,7 +194,7 @@ def get_job(ctx: Ctx, job_id: str) -> None:
 @cli.command("list-jobs")
 @click.option(
     "--state",
-    type=click.Choice(["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"], case_sensitive=False),
+    type=click.Choice([str(s) for s in JOB_STATES], case_sensitive=False),
     default=None,
     help="Only jobs in this state.",
 )

@@ -16,6 +16,7 @@ import grpc
 
 from rota.client.errors import RequestError
 from rota.common import rpc
+from rota.common.states import ACTIVE, TERMINAL
 from rota.protos import rota_pb2, rota_pb2_grpc
 
 
@@ -35,7 +36,6 @@ MAX_NAMES = 20
 START_POLL = 0.5
 #: The leader names the executor a moment before the dispatch reaches it: NOT_FOUND is retried this long.
 DISPATCH_GRACE = 3.0
-TERMINAL_TASK_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def task_names(doc: dict[str, Any]) -> str:
@@ -88,7 +88,7 @@ async def task_logs(
     while True:
         t = pick_task(await client.get_job(job_id), task)
         if t["attempt"] == 0 or not t["executor"]:
-            if t["state"] in TERMINAL_TASK_STATES:
+            if t["state"] in TERMINAL:
                 raise RequestError(f"{describe(t)} never ran: it was {t['state']} before it started")
             if not follow:
                 raise RequestError(f"{describe(t)} has not started yet ({t['state']}); --follow waits for it")
@@ -108,7 +108,7 @@ async def task_logs(
             return
         except _NotHere as exc:
             grace_until = grace_until or time.monotonic() + DISPATCH_GRACE
-            if sent or t["state"] not in ("ASSIGNED", "RUNNING") or time.monotonic() > grace_until:
+            if sent or t["state"] not in ACTIVE or time.monotonic() > grace_until:
                 raise RequestError(f"executor {ex['name']} ({ex['addr']}): {exc}") from None
             await asyncio.sleep(0.2)
 
