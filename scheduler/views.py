@@ -1,4 +1,4 @@
-"""The JSON documents of SPEC.md (get-job, list-jobs, list-executors), built from the core's state."""
+"""The JSON documents of docs/contract.md (get-job, list-jobs, list-executors), built from the core's state."""
 
 from __future__ import annotations
 
