@@ -20,7 +20,8 @@ from rota.common import config as cfg
 from rota.common import httpserver, rpc
 from rota.common.logs import setup_logging
 from rota.executor import tasklogs
-from rota.executor.agent import Agent, AgentConfig
+from rota.executor.agent import Agent
+from rota.executor.config import AgentConfig
 from rota.executor.kinds.base import Kind
 from rota.executor.metrics import ExecutorMetrics
 from rota.executor.registry import load_kinds
@@ -40,7 +41,9 @@ class ExecutorService(rota_pb2_grpc.ExecutorServicer):
         self, request: rota_pb2.TaskLogsRequest, context: Any
     ) -> AsyncIterator[rota_pb2.LogChunk]:
         """Served from this executor's work dir: output lives where the task ran, not in etcd."""
-        async for chunk in tasklogs.serve(self.agent.logs, self.agent.running_attempt, request, context):
+        async for chunk in tasklogs.serve(
+            self.agent.runner.logs, self.agent.runner.running_attempt, request, context
+        ):
             yield chunk
 
 
@@ -50,7 +53,7 @@ async def serve(
     agent = Agent(conf, kinds)
     metrics = ExecutorMetrics()
     metrics.watch(agent)
-    agent.on_task_ended = metrics.task_ended
+    agent.runner.on_task_ended = metrics.task_ended
     http: web.AppRunner | None = None
     if http_addr is not None:
         try:
@@ -78,7 +81,7 @@ async def serve(
     await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
     if runner.done() and not runner.cancelled() and runner.exception() is not None:
         log.error("executor loop failed", exc_info=runner.exception())
-    log.info("shutting down: stopping %d running tasks", len(agent.running))
+    log.info("shutting down: stopping %d running tasks", len(agent.runner.running))
     await agent.stop()
     for t in (runner, waiter):
         t.cancel()

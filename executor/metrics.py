@@ -54,21 +54,23 @@ class _AgentCollector(Collector):
             "rota_executor_local_slots", "Tasks this executor runs at once (its --slots).", value=a.conf.slots
         )
         yield GaugeMetricFamily(
-            "rota_executor_local_slots_busy", "Attempts holding one of its slots now.", value=a.gate.busy
+            "rota_executor_local_slots_busy",
+            "Attempts holding one of its slots now.",
+            value=a.runner.gate.busy,
         )
         yield GaugeMetricFamily(
             "rota_executor_tasks_accepted",
             "Attempts accepted: running or waiting for a slot.",
-            value=len(a.running),
+            value=len(a.runner.running),
         )
         yield GaugeMetricFamily(
             "rota_executor_attached",
             "1 while attached to the leader with a live lease.",
-            value=int(a.attached),
+            value=int(a.link.attached),
         )
         yield GaugeMetricFamily(
             "rota_executor_unacked_reports", "Results sent but not yet acknowledged by the leader.",
-            value=len(a.unacked),
+            value=len(a.runner.unacked),
         )  # fmt: skip
         tasks = CounterMetricFamily(
             "rota_executor_tasks",
@@ -80,5 +82,5 @@ class _AgentCollector(Collector):
         yield tasks
         yield CounterMetricFamily(
             "rota_executor_fenced", "Times the lease went unrenewed for a TTL and running tasks were killed.",
-            value=a.fenced_count,
+            value=a.fence.count,
         )  # fmt: skip

@@ -1,0 +1,204 @@
+"""The executor's link to the leader: one Attach stream carries everything.
+
+The executor says hello (with the attempts it holds), the leader welcomes it with an id and a
+lease, and from then on heartbeats and reports go up while dispatches, cancels and
+acknowledgements come down. A follower answers with the leader's address; any failure means
+trying the next master, and unacknowledged results are sent again on the new stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from rota.common import logs, rpc
+from rota.executor.config import AgentConfig
+from rota.executor.fencing import Lease
+from rota.executor.runner import Runner
+from rota.protos import rota_pb2, rota_pb2_grpc
+
+log = logging.getLogger("rota.executor")
+
+RECONNECT_DELAY = 0.2
+
+
+class Link:
+    """The stream to the current leader, and the identity and lease it gave this executor."""
+
+    def __init__(self, conf: AgentConfig, runner: Runner, lease: Lease) -> None:
+        self.conf = conf
+        self.runner = runner
+        self.lease = lease
+        self.executor_id = ""
+        self.lease_id = 0
+        self._outbox: asyncio.Queue[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] | None = None
+        self._stopping = False
+        self._fenced = False
+        self._session_task: asyncio.Task[str | None] | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self._outbox is not None and bool(self.executor_id)
+
+    def send(self, report: rota_pb2.TaskReport) -> None:
+        """Queue a report on the live stream; with none, ``unacked`` keeps results for the next."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(report)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def fenced(self) -> None:
+        """Drop the fenced-out identity and its session: the next hello registers anew."""
+        self.executor_id, self.lease_id = "", 0
+        self.runner.unacked.clear()
+        if self._session_task is not None and not self._session_task.done():
+            self._fenced = True
+            self._session_task.cancel()
+
+    async def run(self) -> None:
+        """Stay attached to the current leader until stopped."""
+        targets = list(self.conf.join)
+        i = 0
+        while not self._stopping:
+            addr = targets[i % len(targets)]
+            self._session_task = asyncio.create_task(self._session(addr))
+            try:
+                redirect = await self._session_task
+            except asyncio.CancelledError:
+                if self._stopping or not self._fenced:
+                    raise
+                redirect = None
+            except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError) as e:
+                log.debug("attach to %s failed: %s", addr, e)
+                redirect = None
+            except Exception as e:  # a stream torn down mid-write, and the like: attach again
+                log.warning("stream to %s ended: %s: %s", addr, type(e).__name__, e)
+                redirect = None
+            self._fenced = False
+            if self._stopping:
+                break
+            if redirect:
+                log.info("%s is not the leader; going to %s", addr, redirect)
+                if redirect not in targets:
+                    targets.append(redirect)
+                i = targets.index(redirect)
+                continue
+            i += 1
+            await asyncio.sleep(RECONNECT_DELAY if i % len(targets) == 0 else 0.02)
+
+    async def _session(self, addr: str) -> str | None:
+        """One Attach stream; returns the leader's address when ``addr`` is a follower."""
+        async with rpc.channel(addr) as channel:
+            if not await rpc.ready(channel, 1.0):
+                raise ConnectionError(f"{addr} does not answer")
+            call = rota_pb2_grpc.MasterStub(channel).Attach()
+            try:
+                await call.write(rota_pb2.ExecutorMessage(hello=self._hello()))
+                first = await call.read()
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    trailers = dict(e.trailing_metadata() or ())
+                    return str(trailers.get("rota-leader", "")) or None
+                raise
+            if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+                raise ConnectionError(f"{addr} sent no welcome")
+            self._welcome(first.welcome)
+            log.info(
+                "attached to leader at %s as %s (lease ttl %ss)",
+                addr,
+                self.executor_id,
+                first.welcome.ttl,
+                **logs.ids(executor=self.executor_id),
+            )
+            self._outbox = asyncio.Queue()
+            for report in self.runner.unacked.values():
+                self._outbox.put_nowait(report)
+            workers = [asyncio.create_task(self._write(call)), asyncio.create_task(self._heartbeat())]
+            try:
+                reader = asyncio.create_task(self._read(call))
+                done, _ = await asyncio.wait([reader, *workers], return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()
+            finally:
+                for t in [*workers, reader]:
+                    t.cancel()
+                await asyncio.gather(*workers, reader, return_exceptions=True)
+                call.cancel()
+                self._outbox = None
+        return None
+
+    def _hello(self) -> rota_pb2.Hello:
+        return rota_pb2.Hello(
+            name=self.conf.name,
+            addr=self.conf.addr,
+            slots=self.conf.slots,
+            labels=self.conf.labels,
+            kinds=sorted(self.runner.kinds),
+            keepalive_ttl=self.conf.keepalive_ttl,
+            prefetch=self.conf.prefetch,
+            executor_id=self.executor_id,
+            lease_id=self.lease_id,
+            running=self.runner.held() if self.executor_id else [],
+        )
+
+    def _welcome(self, w: rota_pb2.Welcome) -> None:
+        if w.executor_id != self.executor_id:
+            if self.executor_id:
+                log.warning("registered anew as %s (was %s)", w.executor_id, self.executor_id)
+            # Reports of the old identity's attempts are stale to the leader now.
+            self.runner.unacked.clear()
+        self.executor_id, self.lease_id = w.executor_id, w.lease_id
+        self.lease.granted(float(w.ttl), time.monotonic())
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        assert self._outbox is not None
+        while True:
+            item = await self._outbox.get()
+            if isinstance(item, rota_pb2.TaskReport):
+                # Fold every report already waiting into one message.
+                reports = [item]
+                others: list[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] = []
+                while not self._outbox.empty():
+                    nxt = self._outbox.get_nowait()
+                    (reports if isinstance(nxt, rota_pb2.TaskReport) else others).append(nxt)
+                for other in others:
+                    await call.write(other)
+                item = _reports_msg(reports)
+            await call.write(item)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.lease.beat_sent(time.monotonic())
+            if self._outbox is not None:
+                self._outbox.put_nowait(
+                    rota_pb2.ExecutorMessage(heartbeat=rota_pb2.Heartbeat(running=len(self.runner.running)))
+                )
+            await asyncio.sleep(self.conf.keepalive_interval)
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        runner = self.runner
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return
+            body = msg.WhichOneof("body")
+            if body == "dispatch":
+                for a in msg.dispatch.tasks:
+                    runner.start(a)
+            elif body == "cancel":
+                for ref in msg.cancel.tasks:
+                    runner.cancel(ref)
+            elif body == "acks":
+                for ref in msg.acks.tasks:
+                    runner.unacked.pop((ref.job_id, ref.index, ref.attempt), None)
+            elif body == "heartbeat_ack":
+                self.lease.beat_acked()
+
+
+def _reports_msg(reports: Sequence[rota_pb2.TaskReport]) -> rota_pb2.ExecutorMessage:
+    return rota_pb2.ExecutorMessage(reports=rota_pb2.TaskReports(reports=reports))

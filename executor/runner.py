@@ -1,0 +1,202 @@
+"""The task runner: run what the leader dispatches, a slot at a time, and keep each result until acknowledged.
+
+Every accepted attempt waits at a priority gate for one of ``slots``, runs its kind in its own
+scratch dir with its output in the log store, and ends in a report. Reports stay in ``unacked``
+until the leader acknowledges them (it does so only once they are committed to etcd), so the
+link can send them again after a reconnect and a leader change loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rota.common import logs
+from rota.common.states import State
+from rota.executor.config import AgentConfig
+from rota.executor.gate import PriorityGate
+from rota.executor.kinds.base import Kind, TaskResult, TaskSpec
+from rota.executor.tasklogs import LogStore
+from rota.protos import rota_pb2
+
+log = logging.getLogger("rota.executor")
+
+#: A task still running after this long is reported RUNNING (quick tasks skip that message).
+RUNNING_REPORT_DELAY = 0.05
+
+Key = tuple[str, int]
+
+
+class Reporter(Protocol):
+    """Where reports go, and the executor id log lines carry: the link to the leader."""
+
+    executor_id: str
+
+    def send(self, report: rota_pb2.TaskReport) -> None: ...
+
+
+@dataclass
+class Running:
+    ref: rota_pb2.TaskRef
+    task: asyncio.Task[None]
+    started: float
+
+
+class Runner:
+    #: Set by the Agent once the link exists: the link also needs the runner.
+    reporter: Reporter
+
+    def __init__(self, conf: AgentConfig, kinds: dict[str, Kind]) -> None:
+        self.conf = conf
+        self.kinds = kinds
+        #: Every accepted attempt, queued at the gate or running.
+        self.running: dict[Key, Running] = {}
+        self.gate = PriorityGate(conf.slots)
+        self.unacked: dict[tuple[str, int, int], rota_pb2.TaskReport] = {}
+        self.completed = 0
+        self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
+        #: Called as each attempt ends with (kind, outcome, seconds it held a slot); for metrics.
+        self.on_task_ended: Callable[[str, str, float], None] | None = None
+
+    def start(self, a: rota_pb2.TaskAssignment) -> None:
+        key = (a.task.job_id, a.task.index)
+        current = self.running.get(key)
+        if current is not None:
+            if current.ref.attempt >= a.task.attempt:
+                return
+            current.task.cancel()
+        ref = rota_pb2.TaskRef()
+        ref.CopyFrom(a.task)
+        task = asyncio.create_task(self._run(a, ref), name=f"task-{a.task.job_id}/{a.task.index}")
+        self.running[key] = Running(ref, task, time.monotonic())
+
+    def cancel(self, ref: rota_pb2.TaskRef) -> None:
+        current = self.running.get((ref.job_id, ref.index))
+        if current is not None and current.ref.attempt == ref.attempt:
+            current.task.cancel()
+
+    def held(self) -> list[rota_pb2.TaskRef]:
+        """Attempts the leader must keep assigned here: a result not yet acknowledged counts too,
+        or a new leader would run the attempt again before that result lands."""
+        return [r.ref for r in self.running.values()] + [r.task for r in self.unacked.values()]
+
+    async def _run(self, a: rota_pb2.TaskAssignment, ref: rota_pb2.TaskRef) -> None:
+        key = (ref.job_id, ref.index)
+        kind = self.kinds.get(a.kind)
+        work_dir = ""
+        announce: asyncio.TimerHandle | None = None
+        acquired = False
+        log_key = (ref.job_id, ref.index, ref.attempt)
+        result: TaskResult | None = None
+        started = 0.0
+        try:
+            await self.gate.acquire(a.priority)
+            acquired = True
+            # Kinds spared a work dir (noop, sleep) print nothing: they are spared log files too.
+            log_prefix = self.logs.begin(log_key, files=kind is not None and kind.needs_work_dir)
+            started = time.monotonic()
+            if kind is None:
+                result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")
+            else:
+                if kind.needs_work_dir:
+                    work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir)
+                spec = TaskSpec(
+                    job_id=ref.job_id,
+                    task_id=a.env.get("ROTA_TASK_ID", f"{ref.job_id}/{ref.index}"),
+                    attempt=ref.attempt,
+                    kind=a.kind,
+                    params=json.loads(a.params_json or b"{}"),
+                    env=dict(a.env),
+                    timeout=a.timeout or None,
+                    work_dir=work_dir or self.conf.work_dir,
+                    log_prefix=log_prefix,
+                )
+                announce = asyncio.get_running_loop().call_later(
+                    RUNNING_REPORT_DELAY,
+                    self.reporter.send,
+                    rota_pb2.TaskReport(task=ref, state=State.RUNNING),
+                )
+                result = await kind.run(spec)
+        except asyncio.CancelledError:
+            log.info("task %s/%d attempt %d cancelled", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
+            raise
+        except Exception as e:  # a broken kind must not take the executor down
+            log.exception("kind %s failed on %s/%d", a.kind, ref.job_id, ref.index, **self._ids(ref))
+            result = TaskResult(ok=False, error=f"{type(e).__name__}: {e}")
+        finally:
+            if announce is not None:
+                announce.cancel()
+            if acquired:
+                self.gate.release()
+                if self.on_task_ended is not None:
+                    outcome = "cancelled" if result is None else "succeeded" if result.ok else "failed"
+                    self.on_task_ended(a.kind, outcome, time.monotonic() - started)
+                # Before the attempt leaves ``running``: a log reader takes that as the end of its output.
+                self.logs.end(log_key, result)
+            if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:
+                del self.running[key]
+            if work_dir:
+                shutil.rmtree(work_dir, ignore_errors=True)
+        self.completed += 1
+        assert result is not None
+        if not result.ok:
+            log.info(
+                "task %s/%d attempt %d failed: %s",
+                ref.job_id,
+                ref.index,
+                ref.attempt,
+                result.error or f"exit code {result.exit_code}",
+                **self._ids(ref),
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s/%d attempt %d succeeded", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
+        report = _report(ref, result)
+        self.unacked[(ref.job_id, ref.index, ref.attempt)] = report
+        self.reporter.send(report)
+
+    def _ids(self, ref: rota_pb2.TaskRef) -> dict[str, Any]:
+        return logs.ids(
+            job=ref.job_id,
+            task=f"{ref.job_id}/{ref.index}",
+            attempt=ref.attempt,
+            executor=self.reporter.executor_id,
+        )
+
+    async def kill_all(self) -> None:
+        tasks = [r.task for r in self.running.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.running.clear()
+
+    def running_attempt(self, job_id: str, index: int) -> int:
+        """The attempt of the task this executor holds, queued or running; 0 when none."""
+        r = self.running.get((job_id, index))
+        return r.ref.attempt if r is not None else 0
+
+
+def _report(ref: rota_pb2.TaskRef, result: TaskResult) -> rota_pb2.TaskReport:
+    value = b""
+    if result.value is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            value = json.dumps(result.value).encode()
+    return rota_pb2.TaskReport(
+        task=ref,
+        state=State.SUCCEEDED if result.ok else State.FAILED,
+        has_exit_code=result.exit_code is not None,
+        exit_code=result.exit_code or 0,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        value_json=value,
+        error=result.error,
+        truncated=result.truncated,
+    )
