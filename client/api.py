@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from rota.client import tasklogs
 from rota.client.errors import NoMasterReachable, RequestError
+from rota.client.tasklogs import task_logs as stream_task_logs
 from rota.common import rpc
 from rota.common.config import ConfigError, parse_address, split_list
 from rota.common.jobspec import JobSpec, load_job, validate_job_id
@@ -224,7 +224,7 @@ class AsyncClient:
         be None when the job has one task. With ``follow``, it waits for the task to start and streams
         until the attempt ends. RequestError when there is nothing to read, with the reason."""
 
-        return tasklogs.task_logs(self, job_id, task, follow, on_task)
+        return stream_task_logs(self, job_id, task, follow, on_task)
 
     async def close(self) -> None:
         await self._channels.close()

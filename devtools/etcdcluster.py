@@ -141,7 +141,8 @@ class EtcdCluster:
 def main(argv: list[str] | None = None) -> int:
     """Run a local cluster in the foreground until Ctrl-C or SIGTERM, for developers."""
     parser = argparse.ArgumentParser(
-        prog="python -m rota.devtools.etcdcluster", description="Run a local etcd cluster for Rota development."
+        prog="python -m rota.devtools.etcdcluster",
+        description="Run a local etcd cluster for Rota development.",
     )
     parser.add_argument("--size", type=int, default=3, help="number of members (default 3)")
     parser.add_argument(

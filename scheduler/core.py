@@ -524,7 +524,9 @@ class Core:
             tasks.update(j.counts)
             if j.state is None and j.counts[PENDING]:
                 queue[j.priority] += j.counts[PENDING]
-        executors = [ExecutorLoad(e.name, e.slots, len(e.running), e.connected) for e in self.executors.values()]
+        executors = [
+            ExecutorLoad(e.name, e.slots, len(e.running), e.connected) for e in self.executors.values()
+        ]
         return Summary(jobs, tasks, queue, executors, replace(self.stats))
 
     def pending_count(self) -> int:

@@ -175,9 +175,7 @@ class Store:
                 restore_task(owner, index, json.loads(kv.value))
         if parts:
             log.warning("dropping %d half-written job(s): %s", len(parts), ", ".join(sorted(parts)))
-            await self.election.fenced_txn(
-                [delete_op(keys.job_specs(j), prefix=True) for j in parts]
-            )
+            await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])
         executors = [_executor(json.loads(kv.value), kv.lease) for kv in ex_kvs]
         ordered = sorted(jobs.values(), key=lambda j: j.seq)
         return Snapshot(ordered, executors, rev)
