@@ -1,10 +1,12 @@
-"""Lease fencing (promise 5): an executor whose lease went unrenewed for a TTL kills its tasks.
+"""Lease fencing (promise 5): an executor whose lease may have ended kills its tasks.
 
-The leader keeps the executor's etcd lease alive on each heartbeat and acknowledges it. With no
-acknowledgement for a whole TTL the lease may have expired and the leader may have given the
-tasks to someone else, so the executor kills its running tasks and registers again as a new
-executor. ``Lease`` is the bookkeeping, pure so it can be tested without a clock or a stream;
-``Fence`` is the watchdog that acts on it.
+The leader keeps the executor's etcd lease alive on each heartbeat and acknowledges it. When
+acknowledgements stop (the leader stalled, died or changed), a new leader keeps every lease it
+finds alive while executors re-attach, so before the executor gives up it asks any master how
+long its lease has left. Only when no master can vouch for the lease within its TTL may the
+leader have given the tasks to someone else: then the executor kills its running tasks and
+registers again. ``Lease`` is the bookkeeping, pure so it can be tested without a clock or a
+stream; ``Fence`` is the watchdog that acts on it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from typing import Protocol
 from rota.common import logs
 
 log = logging.getLogger("rota.executor")
+
+#: How long before its lease would run out unacknowledged the executor starts asking the masters,
+#: and how often it asks again.
+ASK_AHEAD = 1.5
+ASK_EVERY = 0.5
 
 
 class Lease:
@@ -47,6 +54,18 @@ class Lease:
         if self._sent:
             self.renewed_at = self._sent.popleft()
 
+    def vouched(self, asked_at: float, remaining: float) -> None:
+        """A master read ``remaining`` seconds left on the lease after ``asked_at``: it lives until
+        at least ``asked_at + remaining``."""
+        self.renewed_at = max(self.renewed_at, asked_at + remaining - self.ttl)
+
+    def expires_within(self, now: float, margin: float) -> bool:
+        return now + margin - self.renewed_at > self.ttl
+
+    def unanswered_for(self, now: float) -> float:
+        """How long the oldest heartbeat still waiting for its acknowledgement has waited."""
+        return now - self._sent[0] if self._sent else 0.0
+
     def silent_for(self, now: float) -> float:
         return now - self.renewed_at
 
@@ -55,9 +74,12 @@ class Lease:
 
 
 class Identity(Protocol):
-    """The link's side: who we are registered as, and how to give that up."""
+    """The link's side: who we are registered as, how long a master says our lease has left,
+    and how to give that up."""
 
     executor_id: str
+
+    async def lease_left(self) -> tuple[float, float] | None: ...
 
     def fenced(self) -> None: ...
 
@@ -79,10 +101,20 @@ class Fence:
         self.runner = runner
         self.period = min(0.1, keepalive_interval / 2)
         self.count = 0
+        self._asked = float("-inf")
 
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(self.period)
+            if not self.link.executor_id:
+                continue
+            now = time.monotonic()
+            ahead = min(ASK_AHEAD, self.lease.ttl / 3)
+            if self.lease.expires_within(now, ahead) and now - self._asked >= ASK_EVERY:
+                self._asked = now
+                left = await self.link.lease_left()
+                if left is not None:
+                    self.lease.vouched(*left)
             now = time.monotonic()
             if self.link.executor_id and self.lease.expired(now):
                 log.warning(

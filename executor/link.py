@@ -24,6 +24,10 @@ from rota.protos import rota_pb2, rota_pb2_grpc
 log = logging.getLogger("rota.executor")
 
 RECONNECT_DELAY = 0.2
+#: Heartbeats unanswered this long (or two intervals, if longer) mean the leader stalled.
+STALLED_AFTER = 2.0
+#: One master's time to say how long a lease has left, when asked before fencing.
+LEASE_ASK_TIMEOUT = 0.5
 
 
 class Link:
@@ -39,6 +43,9 @@ class Link:
         self._stopping = False
         self._fenced = False
         self._session_task: asyncio.Task[str | None] | None = None
+        #: The join list and every leader address learned since.
+        self._targets = list(conf.join)
+        self._asks = rpc.ChannelPool()
 
     @property
     def attached(self) -> bool:
@@ -55,14 +62,33 @@ class Link:
     def fenced(self) -> None:
         """Drop the fenced-out identity and its session: the next hello registers anew."""
         self.executor_id, self.lease_id = "", 0
-        self.runner.unacked.clear()
         if self._session_task is not None and not self._session_task.done():
             self._fenced = True
             self._session_task.cancel()
 
+    async def lease_left(self) -> tuple[float, float] | None:
+        """Ask every master how long our lease has left: ``(asked_at, seconds)`` from the most
+        hopeful answer, None when none answers or the lease is gone."""
+        lease_id, asked_at = self.lease_id, time.monotonic()
+        if not lease_id:
+            return None
+        request = rota_pb2.LeaseStatusRequest(lease_id=lease_id)
+        masters = dict.fromkeys([*self._targets, *self.conf.join])
+
+        async def ask(addr: str) -> int:
+            stub = rota_pb2_grpc.MasterStub(self._asks.get(addr))
+            return int((await stub.LeaseStatus(request, timeout=LEASE_ASK_TIMEOUT)).ttl)
+
+        answers = await asyncio.gather(*(ask(a) for a in masters), return_exceptions=True)
+        best = max((a for a in answers if isinstance(a, int)), default=0)
+        if lease_id != self.lease_id or best <= 0:
+            return None
+        log.info("no acknowledgement from the leader, but a master says the lease has %ds left", best)
+        return asked_at, float(best)
+
     async def run(self) -> None:
         """Stay attached to the current leader until stopped."""
-        targets = list(self.conf.join)
+        targets = self._targets
         i = 0
         while not self._stopping:
             addr = targets[i % len(targets)]
@@ -98,6 +124,7 @@ class Link:
                 raise ConnectionError(f"{addr} does not answer")
             call = rota_pb2_grpc.MasterStub(channel).Attach()
             try:
+                hello_at = time.monotonic()
                 await call.write(rota_pb2.ExecutorMessage(hello=self._hello()))
                 first = await call.read()
             except grpc.aio.AioRpcError as e:
@@ -107,7 +134,7 @@ class Link:
                 raise
             if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
                 raise ConnectionError(f"{addr} sent no welcome")
-            self._welcome(first.welcome)
+            self._welcome(first.welcome, hello_at)
             log.info(
                 "attached to leader at %s as %s (lease ttl %ss)",
                 addr,
@@ -146,14 +173,17 @@ class Link:
             running=self.runner.held() if self.executor_id else [],
         )
 
-    def _welcome(self, w: rota_pb2.Welcome) -> None:
-        if w.executor_id != self.executor_id:
-            if self.executor_id:
-                log.warning("registered anew as %s (was %s)", w.executor_id, self.executor_id)
-            # Reports of the old identity's attempts are stale to the leader now.
-            self.runner.unacked.clear()
+    def _welcome(self, w: rota_pb2.Welcome, hello_at: float) -> None:
+        """The leader renewed (or granted) the lease after our hello: it lasts ``ttl`` from then.
+
+        Results not yet acknowledged stay, even under a new identity: an attempt that finished
+        while its lease was valid is still the task's current attempt unless the leader has since
+        placed it again, and the leader takes such a report once, whoever sends it.
+        """
+        if w.executor_id != self.executor_id and self.executor_id:
+            log.warning("registered anew as %s (was %s)", w.executor_id, self.executor_id)
         self.executor_id, self.lease_id = w.executor_id, w.lease_id
-        self.lease.granted(float(w.ttl), time.monotonic())
+        self.lease.granted(float(w.ttl), hello_at)
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         assert self._outbox is not None
@@ -172,8 +202,15 @@ class Link:
             await call.write(item)
 
     async def _heartbeat(self) -> None:
+        """Beat every interval; a leader that leaves beats unanswered has stalled or lost its
+        office, so the stream is dropped and the leader looked for again (a follower names it)."""
+        stalled_after = max(STALLED_AFTER, 2 * self.conf.keepalive_interval)
         while True:
-            self.lease.beat_sent(time.monotonic())
+            now = time.monotonic()
+            if self.lease.unanswered_for(now) > stalled_after:
+                log.warning("the leader stopped answering heartbeats: looking for the leader")
+                raise ConnectionError(f"the leader left heartbeats unanswered for {stalled_after:g}s")
+            self.lease.beat_sent(now)
             if self._outbox is not None:
                 self._outbox.put_nowait(
                     rota_pb2.ExecutorMessage(heartbeat=rota_pb2.Heartbeat(running=len(self.runner.running)))

@@ -420,18 +420,18 @@ class Core:
             ex.connected = False
 
     def report(self, executor_id: str, reports: Iterable[Report]) -> None:
-        """Task reports from one executor. Stale ones (another attempt, or already ended) are ignored."""
+        """Task reports from one executor. Stale ones (another attempt, or already ended) are ignored.
+
+        The attempt number is what makes a report current, not who sends it: an executor that
+        fenced itself and registered anew still holds the results its attempts finished before,
+        and while the task has not been placed again those results are the task's.
+        """
         acks: list[TaskRef] = []
         for rep in reports:
             acks.append(rep.ref)
             job = self.jobs.get(rep.ref.job_id)
             task = job.tasks[rep.ref.index] if job and 0 <= rep.ref.index < len(job.tasks) else None
-            if (
-                task is None
-                or task.attempt != rep.ref.attempt
-                or task.executor != executor_id
-                or task.state not in ACTIVE
-            ):
+            if task is None or task.attempt != rep.ref.attempt or task.state not in ACTIVE:
                 self.stats.stale_reports += 1
                 continue
             if rep.state == RUNNING:

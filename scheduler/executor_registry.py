@@ -1,5 +1,11 @@
 """The leader's executors: attach (a lease granted and registered), heartbeats (the lease renewed),
-the links that carry work out, and the watch that finds executors whose lease ended."""
+the links that carry work out, and the watch that finds executors whose lease ended.
+
+Executor leases outlive the leader that granted them: a new leader renews every lease it finds
+while executors re-attach, and a stream that breaks while its executor still answers keeps the
+executor's tasks until it re-attaches or its lease runs out. Only an executor that is really gone
+(its port refuses, or its lease ended) has its tasks placed again.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from rota.common import logs
+from rota.common import logs, rpc
 from rota.common.states import ACTIVE
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, WatchCompacted
@@ -20,9 +26,18 @@ from rota.protos import rota_pb2
 from rota.scheduler import translate
 from rota.scheduler.core import Ack, CancelTasks, Core, Dispatch, Task
 from rota.scheduler.pipeline import NotReady
+from rota.scheduler.placement import ExecutorSlot
 from rota.scheduler.store import Store
 
 log = logging.getLogger("rota.leader")
+
+#: How long a new leader keeps the leases of executors it found alive, waiting for them to attach.
+ADOPT_GRACE = 10.0
+HOLD_EVERY = 1.0
+#: An executor whose stream broke is probed this often (and given this long to answer) until it
+#: re-attaches or its lease has had a TTL to run out.
+DETACHED_PROBE_EVERY = 0.5
+PROBE_TIMEOUT = 0.5
 
 
 @dataclass(eq=False)
@@ -75,7 +90,9 @@ class ExecutorRegistry:
         reported = translate.task_refs(hello.running)
         ex_id, lease = hello.executor_id, hello.lease_id
         known = self.core.executors.get(ex_id) if ex_id else None
-        if known is None or known.lease_id != lease or await self.client.time_to_live(lease) <= 0:
+        # Renewed here, so the welcome's TTL holds from the executor's hello on.
+        left = await self.client.keepalive(lease) if known is not None and known.lease_id == lease else 0
+        if left <= 0:
             lease = await self.client.grant(ttl)
             ex_id = f"{hello.name}-{lease & 0xFFFFFF:06x}"
             try:
@@ -93,6 +110,7 @@ class ExecutorRegistry:
                 **logs.ids(executor=ex_id),
             )
         else:
+            ttl = left
             log.info(
                 "executor %s re-attached with %d running tasks",
                 ex_id,
@@ -125,21 +143,54 @@ class ExecutorRegistry:
             self.kick()
 
     async def detach(self, link: ExecutorLink) -> None:
-        """The stream broke while we lead: the executor is gone, so revoke its lease now."""
-        if self.stopping or self.links.get(link.executor_id) is not link:
+        """The stream broke while we lead. An executor whose port refuses is gone: its lease is
+        revoked and its tasks placed again at once. One that still answers (the stream broke on a
+        stall of ours, or of the network) keeps its tasks while it comes back."""
+        ex_id = link.executor_id
+        if self.stopping or self.links.get(ex_id) is not link:
             return
-        del self.links[link.executor_id]
+        del self.links[ex_id]
         link.close()
-        self.core.executor_detached(link.executor_id)
-        log.info(
-            "executor %s disconnected: revoking its lease",
-            link.executor_id,
-            **logs.ids(executor=link.executor_id),
-        )
+        self.core.executor_detached(ex_id)
+        ex = self.core.executors.get(ex_id)
+        deadline = time.monotonic() + link.ttl
+        while ex is not None and await self._answers(ex.addr):
+            if ex_id in self.links or self.core.executors.get(ex_id) is not ex or self.stopping:
+                return  # back, lost by its lease, or no longer ours to judge
+            if time.monotonic() > deadline:
+                return  # alive but not re-attaching: its lease runs out by itself
+            await asyncio.sleep(DETACHED_PROBE_EVERY)
+        if ex_id in self.links or self.stopping:
+            return
+        log.info("executor %s disconnected: revoking its lease", ex_id, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
             await self.client.revoke(link.lease_id)
-        self.core.executor_lost(link.executor_id)
+        self.core.executor_lost(ex_id)
         self.kick()
+
+    async def _answers(self, addr: str) -> bool:
+        """Whether an executor's own gRPC port still takes connections."""
+        if not addr:
+            return False
+        async with rpc.channel(addr) as ch:
+            return await rpc.ready(ch, PROBE_TIMEOUT)
+
+    async def hold_leases(self, found: list[ExecutorSlot]) -> None:
+        """Keep alive the leases of executors found in etcd at takeover until they re-attach or
+        ``ADOPT_GRACE`` passes; after that an executor that did not come back loses its lease
+        as it would have under the old leader."""
+        waiting = {ex.id: ex.lease_id for ex in found}
+        until = time.monotonic() + ADOPT_GRACE
+        while waiting and time.monotonic() < until:
+            for ex_id in [e for e in waiting if e in self.links or e not in self.core.executors]:
+                del waiting[ex_id]
+            results = await asyncio.gather(
+                *(self.client.keepalive(lease) for lease in waiting.values()), return_exceptions=True
+            )
+            for ex_id, left in zip(list(waiting), results, strict=True):
+                if isinstance(left, int) and left <= 0:
+                    del waiting[ex_id]
+            await asyncio.sleep(HOLD_EVERY)
 
     async def watch(self, start: int) -> None:
         """Executors whose lease expired (or was revoked) lose their tasks."""

@@ -52,6 +52,7 @@ class LeaderRuntime:
         observe_run: Observer = no_observer,
     ) -> None:
         self.client = client
+        self.election = election
         self.on_fenced = on_fenced
         self.ready = False
         self.core = Core(observe_wait=observe_wait, observe_run=observe_run)
@@ -79,6 +80,7 @@ class LeaderRuntime:
             asyncio.create_task(self.pipeline.run(), name="leader-flush"),
             asyncio.create_task(self._tick_loop(), name="leader-tick"),
             asyncio.create_task(self.executors.watch(snap.revision + 1), name="leader-executors"),
+            asyncio.create_task(self.executors.hold_leases(snap.executors), name="leader-hold-leases"),
         ]
         self.ready = True
         self.pipeline.kick()
@@ -108,8 +110,19 @@ class LeaderRuntime:
         if not self._stopping:
             self.on_fenced()
 
+    def holds_lease(self) -> bool:
+        """Whether our leader lease is certainly still valid. A leader frozen past its lease wakes
+        up with committed decisions it must not act on: another leader may have redone them."""
+        return self.election.session.expires_in > 0
+
     def _route(self, decisions: list[Decision]) -> None:
         """Committed decisions out: work, cancels and acks to executors, job ends to their waiters."""
+        if not self.holds_lease():
+            log.warning(
+                "leader lease ran out before %d decisions could be sent: stepping down", len(decisions)
+            )
+            self._give_up()
+            return
         for d in decisions:
             if isinstance(d, JobEnded):
                 self.executors.forget_job(d.job.id, len(d.job.spec.tasks))

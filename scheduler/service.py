@@ -232,6 +232,19 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         return await self._on_leader("ListExecutors", request, context, local)
 
+    async def LeaseStatus(
+        self, request: rota_pb2.LeaseStatusRequest, context: grpc.aio.ServicerContext
+    ) -> rota_pb2.LeaseStatusReply:
+        """Any master answers from etcd: an executor cut off from its leader must still learn
+        whether some leader renews its lease before it fences itself."""
+        if request.lease_id <= 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lease_id must be positive")
+        try:
+            ttl = await self.client.time_to_live(request.lease_id)
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd: {e}")
+        return rota_pb2.LeaseStatusReply(ttl=ttl)
+
     async def Attach(
         self, request_iterator: AsyncIterator[rota_pb2.ExecutorMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rota_pb2.LeaderMessage]:
@@ -261,7 +274,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             )
             while True:
                 msg = await link.outbox.get()
-                if msg is None:
+                if msg is None or not rt.holds_lease():
                     break
                 yield msg
         finally:

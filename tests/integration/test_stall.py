@@ -1,0 +1,85 @@
+"""A stalled leader must not disturb the executors (issue 10): frozen with SIGSTOP past its lease and
+for less than it, in the middle of a job of short tasks whose side effects count every completion."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from rota.devtools.localcluster import LocalCluster
+
+pytestmark = pytest.mark.etcd
+
+TASKS = 40
+
+
+def side_effect_job(out: Path) -> dict:
+    """Forty half-second tasks; each appends its id to ``out`` once it has done its work."""
+    cmd = f'sleep 0.5; echo "$ROTA_TASK_ID $ROTA_ATTEMPT" >> {out}'
+    return {
+        "name": "stall",
+        "max-attempts": 5,
+        "task": [{"name": "s", "kind": "shell", "command": cmd, "count": TASKS}],
+    }
+
+
+def completions(out: Path) -> collections.Counter[str]:
+    lines = out.read_text().split("\n") if out.exists() else []
+    return collections.Counter(line.split()[0] for line in lines if line.strip())
+
+
+def executor_logs(cluster: LocalCluster) -> str:
+    return "\n".join(f"--- {e.name}\n{e.log_path.read_text()}" for e in cluster.executors)
+
+
+def freeze_leader_mid_job(
+    local_cluster, tmp_path: Path, seconds: float
+) -> tuple[LocalCluster, dict, str, str]:
+    cluster = local_cluster(executors=2, executor_slots=2)
+    out = tmp_path / "done.txt"
+    with cluster.client(timeout=30) as c:
+        before = sorted(e["id"] for e in c.list_executors())
+        job = c.submit_job(side_effect_job(out))
+        deadline = time.monotonic() + 30
+        while len(completions(out)) < 4:
+            assert time.monotonic() < deadline, "the job never got going"
+            time.sleep(0.02)
+        leader = cluster.leader()
+        leader.signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            leader.signal(signal.SIGCONT)
+        doc = c.wait_job(job["id"], timeout=120)
+        after = sorted(e["id"] for e in c.list_executors())
+    done = completions(out)
+    twice = {t: n for t, n in done.items() if n > 1}
+    logs = executor_logs(cluster)
+    assert doc["state"] == "SUCCEEDED", logs
+    assert len(done) == TASKS and not twice, f"completed twice: {twice}\n{logs}"
+    assert "fenced out" not in logs and "registered anew" not in logs, logs
+    assert "cancelled" not in logs, f"a running task was killed\n{logs}"
+    assert after == before, f"executors re-registered: {before} -> {after}\n{logs}"
+    return cluster, doc, leader.name, logs
+
+
+@pytest.mark.timeout(240)
+def test_leader_frozen_past_its_lease_costs_the_running_work_nothing(local_cluster, tmp_path):
+    cluster, doc, frozen, _ = freeze_leader_mid_job(local_cluster, tmp_path, seconds=6.0)
+    new = cluster.wait_for_leader(exclude=frozen, timeout=30)
+    assert new != frozen
+    with cluster.client() as c:
+        roles = {m["name"]: m["role"] for m in c.cluster_status()["masters"]}
+    assert roles[frozen] == "follower", roles
+
+
+@pytest.mark.timeout(240)
+def test_leader_frozen_within_its_lease_changes_nothing(local_cluster, tmp_path):
+    cluster, doc, frozen, logs = freeze_leader_mid_job(local_cluster, tmp_path, seconds=1.5)
+    assert cluster.wait_for_leader() == frozen
+    attempts = collections.Counter(t["attempt"] for t in doc["tasks"])
+    assert attempts == {1: TASKS}, f"tasks placed again: {attempts}\n{logs}"
