@@ -4,8 +4,9 @@ Starts an external three-member etcd cluster, three masters (leader lease 2 s) a
 executors (two slots, lease TTL 2 s), all real processes on 127.0.0.1. A submitter process
 keeps submitting jobs of ``python`` tasks that append ``start`` and ``end`` lines to one
 side-effect log, while the main thread injects faults at random intervals (0.5-2 s):
-SIGKILL of the leader or of a follower master, SIGSTOP of a master for 1-4 s, SIGKILL or
-SIGSTOP of an executor, SIGKILL of an etcd member. Killed processes come back after
+SIGKILL of the leader or of a follower master, SIGSTOP of the leader or of any master, SIGKILL
+or SIGSTOP of an executor, SIGKILL or SIGSTOP of an etcd member; stalls last 1-5 s, around the
+2 s leader lease and executor TTL. Killed processes come back after
 0.5-2 s. At most one master and one etcd member are down at a time, and one executor
 always runs.
 
@@ -14,6 +15,8 @@ checks, from etcd's full history and the side-effect log:
 
 1. every acknowledged job exists and finished (FAILED only when a task used up its attempts);
 2. no task's terminal state is ever written again with another value ("completed twice");
+   and, from the side-effect log, no task completed under two attempts unless the first one's
+   executor was killed or stalled (its result died with it, or its lease ran out);
 3. no stale result was recorded: a SUCCEEDED task's attempt has an ``end`` line, its
    result's stdout comes from that attempt, and its attempt number never went backwards;
 4. no attempt went past ``max-attempts`` (start lines and task records);
@@ -63,7 +66,18 @@ EXECUTOR_SLOTS = 2
 EXECUTOR_ARGS = ["--keepalive-ttl", "2s", "--keepalive-interval", "300ms"]
 LEADER_LEASE_TTL = "2s"
 
-FAULT_TYPES = ("kill_leader", "kill_follower", "stop_master", "kill_executor", "stop_executor", "kill_etcd")
+FAULT_TYPES = (
+    "kill_leader",
+    "kill_follower",
+    "stop_leader",
+    "stop_master",
+    "kill_executor",
+    "stop_executor",
+    "kill_etcd",
+    "stop_etcd",
+)
+#: Stalls last around the leader lease and the executor TTL (both 2 s): shorter, longer, or about as long.
+STALL_S = (1.0, 5.0)
 
 TASK_CODE = """\
 import os, random, time
@@ -439,11 +453,11 @@ class Driver:
     def feasible(self) -> list[str]:
         out = []
         if not self.masters_down:
-            out += ["kill_leader", "kill_follower", "stop_master"]
+            out += ["kill_leader", "kill_follower", "stop_leader", "stop_master"]
         if EXECUTORS - len(self.executors_down) >= 2:
             out += ["kill_executor", "stop_executor"]
         if not self.etcd_down:
-            out.append("kill_etcd")
+            out += ["kill_etcd", "stop_etcd"]
         return out
 
     def inject(self) -> bool:
@@ -490,11 +504,38 @@ class Driver:
         m = self.rng.choice(self.cluster.masters)
         return self._stop(m, self.masters_down, {"leader": leader is m})
 
+    def _stop_leader(self) -> dict[str, Any] | None:
+        leader = self.leader()
+        if leader is None or not leader.alive():
+            return None
+        return self._stop(leader, self.masters_down, {"leader": True})
+
+    def _stop_etcd(self) -> dict[str, Any] | None:
+        i = self.rng.randrange(len(self.etcd.members))
+        member = self.etcd.members[i]
+        was_leader = member.is_leader()
+        member.kill(signal.SIGSTOP)
+        self.etcd_down[i] = "stopped"
+        pause = self.rng.uniform(*STALL_S)
+
+        def cont() -> None:
+            member.kill(signal.SIGCONT)
+            self.etcd_down.pop(i, None)
+            self.event("cont", f"etcd{i}", pid=member.pid)
+
+        self.later(pause, f"cont etcd{i}", cont)
+        return {
+            "target": f"etcd{i}",
+            "pid": member.pid,
+            "raft_leader": was_leader,
+            "paused_s": round(pause, 2),
+        }
+
     def _stop(self, proc: Process, down: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
         pid = proc.pid
         proc.signal(signal.SIGSTOP)
         down[proc.name] = "stopped"
-        pause = self.rng.uniform(1.0, 4.0)
+        pause = self.rng.uniform(*STALL_S)
         self.later(pause, f"cont {proc.name}", lambda: self._cont(proc, down))
         return {"target": proc.name, "pid": pid, **extra, "paused_s": round(pause, 2)}
 
@@ -555,6 +596,8 @@ class Driver:
             time.sleep(0.02)
         for proc in [*self.cluster.masters, *self.cluster.executors]:
             proc.signal(signal.SIGCONT)  # nothing should be stopped now; make sure
+        for member in self.etcd.members:
+            member.kill(signal.SIGCONT)
         left = max(1.0, deadline - time.monotonic())
         self.cluster.wait_for_leader(timeout=left, all_reachable=True)
         self.cluster.wait_for_executors(EXECUTORS, timeout=max(1.0, deadline - time.monotonic()))
@@ -725,6 +768,38 @@ def check_outcome(
             f"{len(twice)} completed twice ({len(view.task_history)} task writes and "
             f"{len(view.job_history)} job writes read back from revision 1 to {view.revision})",
             twice,
+        )
+    )
+
+    # 2b. counted from the tasks' own side effects: an attempt that wrote its 'end' line completed.
+    # A task may complete under two attempts only when the first one's executor was killed or
+    # stalled: its result died with it, or its lease ran out while the task itself went on.
+    hit = {f["target"] for f in report.faults if f["type"] in ("kill_executor", "stop_executor")}
+    lost_with: dict[str, set[str]] = {}
+    for ev in view.task_history:
+        if ev.type == "put":
+            rec = json.loads(ev.kv.value)
+            error = str((rec.get("r") or {}).get("error") or "")
+            name = error.split()[1] if error.startswith("executor ") else ""
+            if error == "its executor is gone":  # a new leader found its lease already ended
+                name = str(rec.get("e") or "").rsplit("-", 1)[0]
+            if name:
+                lost_with.setdefault(task_id_of(ev.kv.key), set()).add(name)
+    done_twice = {tid: sorted(a) for tid, a in side.ends.items() if len(a) > 1}
+    unexplained = [
+        f"{tid}: completed under attempts {a}; executors it was lost with: {sorted(lost_with.get(tid, ()))}"
+        for tid, a in done_twice.items()
+        if not lost_with.get(tid, set()) & hit
+    ]
+    report.stats["completed_twice_after_executor_fault"] = len(done_twice) - len(unexplained)
+    report.checks.append(
+        Check(
+            "2b no task completed twice (side effects)",
+            not unexplained,
+            len(unexplained),
+            f"{len(done_twice)} tasks wrote 'end' under two attempts, {len(unexplained)} of them without "
+            "a killed or stalled executor to explain it",
+            unexplained,
         )
     )
 

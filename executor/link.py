@@ -24,7 +24,8 @@ from rota.protos import rota_pb2, rota_pb2_grpc
 log = logging.getLogger("rota.executor")
 
 RECONNECT_DELAY = 0.2
-#: Heartbeats unanswered this long (or two intervals, if longer) mean the leader stalled.
+#: Heartbeats unanswered this long (at most half the lease TTL, at least two intervals) mean the
+#: leader stalled.
 STALLED_AFTER = 2.0
 #: One master's time to say how long a lease has left, when asked before fencing.
 LEASE_ASK_TIMEOUT = 0.5
@@ -204,7 +205,8 @@ class Link:
     async def _heartbeat(self) -> None:
         """Beat every interval; a leader that leaves beats unanswered has stalled or lost its
         office, so the stream is dropped and the leader looked for again (a follower names it)."""
-        stalled_after = max(STALLED_AFTER, 2 * self.conf.keepalive_interval)
+        interval = self.conf.keepalive_interval
+        stalled_after = max(2 * interval, min(STALLED_AFTER, self.conf.keepalive_ttl / 2))
         while True:
             now = time.monotonic()
             if self.lease.unanswered_for(now) > stalled_after:
