@@ -4,6 +4,7 @@ for less than it, in the middle of a job of short tasks whose side effects count
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import time
 from pathlib import Path
@@ -36,9 +37,19 @@ def executor_logs(cluster: LocalCluster) -> str:
     return "\n".join(f"--- {e.name}\n{e.log_path.read_text()}" for e in cluster.executors)
 
 
+def etcd_member_of(pid: int) -> int:
+    """The pid of the embedded etcd member a master started."""
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in child.read_text().split():
+            if Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[0].endswith(b"etcd"):
+                return int(c)
+    raise AssertionError(f"master {pid} has no etcd member")
+
+
 def freeze_leader_mid_job(
-    local_cluster, tmp_path: Path, seconds: float
+    local_cluster, tmp_path: Path, seconds: float, what: str = "master"
 ) -> tuple[LocalCluster, dict, str, str]:
+    """Freeze the leader (or, with ``what="etcd"``, only its etcd member) once the job runs."""
     cluster = local_cluster(executors=2, executor_slots=2)
     out = tmp_path / "done.txt"
     with cluster.client(timeout=30) as c:
@@ -49,11 +60,12 @@ def freeze_leader_mid_job(
             assert time.monotonic() < deadline, "the job never got going"
             time.sleep(0.02)
         leader = cluster.leader()
-        leader.signal(signal.SIGSTOP)
+        pid = leader.pid if what == "master" else etcd_member_of(leader.pid)
+        os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(seconds)
         finally:
-            leader.signal(signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         doc = c.wait_job(job["id"], timeout=120)
         after = sorted(e["id"] for e in c.list_executors())
     done = completions(out)
@@ -83,3 +95,9 @@ def test_leader_frozen_within_its_lease_changes_nothing(local_cluster, tmp_path)
     assert cluster.wait_for_leader() == frozen
     attempts = collections.Counter(t["attempt"] for t in doc["tasks"])
     assert attempts == {1: TASKS}, f"tasks placed again: {attempts}\n{logs}"
+
+
+@pytest.mark.timeout(240)
+def test_leader_cut_off_from_its_etcd_member_costs_the_running_work_nothing(local_cluster, tmp_path):
+    """The leader's own etcd member stalls: the leader goes on through the other members."""
+    freeze_leader_mid_job(local_cluster, tmp_path, seconds=6.0, what="etcd")
