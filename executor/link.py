@@ -27,6 +27,10 @@ RECONNECT_DELAY = 0.2
 #: Heartbeats unanswered this long (at most half the lease TTL, at least two intervals) mean the
 #: leader stalled.
 STALLED_AFTER = 2.0
+#: How long a master may take to welcome an executor, and how long one that did not is skipped
+#: when a follower still names it as the leader.
+WELCOME_TIMEOUT = 1.0
+SILENT_FOR = 1.5
 #: One master's time to say how long a lease has left, when asked before fencing.
 LEASE_ASK_TIMEOUT = 0.5
 
@@ -47,6 +51,8 @@ class Link:
         #: The join list and every leader address learned since.
         self._targets = list(conf.join)
         self._asks = rpc.ChannelPool()
+        #: Masters that left a hello unanswered, and when: a follower may still name one as leader.
+        self._silent: dict[str, float] = {}
 
     @property
     def attached(self) -> bool:
@@ -109,6 +115,11 @@ class Link:
             self._fenced = False
             if self._stopping:
                 break
+            if redirect and time.monotonic() - self._silent.get(redirect, -SILENT_FOR) < SILENT_FOR:
+                # Named by a follower that has not yet seen the election: ask the next master.
+                i += 1
+                await asyncio.sleep(0.05)
+                continue
             if redirect:
                 log.info("%s is not the leader; going to %s", addr, redirect)
                 if redirect not in targets:
@@ -122,12 +133,21 @@ class Link:
         """One Attach stream; returns the leader's address when ``addr`` is a follower."""
         async with rpc.channel(addr) as channel:
             if not await rpc.ready(channel, 1.0):
+                self._silent[addr] = time.monotonic()
                 raise ConnectionError(f"{addr} does not answer")
             call = rota_pb2_grpc.MasterStub(channel).Attach()
             try:
                 hello_at = time.monotonic()
                 await call.write(rota_pb2.ExecutorMessage(hello=self._hello()))
-                first = await call.read()
+                # A frozen master still completes TCP and HTTP/2 handshakes in its kernel: only
+                # an answer to the hello tells it is alive.
+                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
+            except asyncio.TimeoutError:
+                call.cancel()
+                self._silent[addr] = time.monotonic()
+                raise ConnectionError(
+                    f"{addr} did not answer the hello within {WELCOME_TIMEOUT:g}s"
+                ) from None
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     trailers = dict(e.trailing_metadata() or ())
