@@ -86,6 +86,7 @@ bench: all
 	$(PY) -m bench.scale
 	$(PY) -m bench.executors
 	$(PY) -m bench.recovery
+	$(PY) -m bench.stall --trials 5
 	$(PY) -m bench.summary
 
 chaos: all

@@ -22,7 +22,7 @@ checks, from etcd's full history and the side-effect log:
 4. no attempt went past ``max-attempts`` (start lines and task records);
 5. (statistic) how many tasks started under several attempts.
 
-    .venv/bin/python bench/chaos.py --faults 60 --seed 1 --out bench/results/chaos.json
+    .venv/bin/python -m bench.chaos [--faults 400] [--seed 1] [--out bench/results/chaos.json]
 
 Exits 1 when a check fails. Processes are started from the main thread (children die with
 the thread that forked them) and always stopped by pid.
@@ -462,12 +462,13 @@ class Driver:
 
     def inject(self) -> bool:
         """Inject one fault; False when none is possible right now."""
-        choice = self.rng.choice(FAULT_TYPES)
         feasible = self.feasible()
-        if choice not in feasible:
-            if not feasible:
-                return False
-            choice = self.rng.choice(feasible)
+        if not feasible:
+            return False
+        # The kind injected least so far, so every kind gets its share of a run.
+        done = self.report.faults_by_type
+        fewest = min(done[k] for k in feasible)
+        choice = self.rng.choice([k for k in feasible if done[k] == fewest])
         record: dict[str, Any] | None = getattr(self, f"_{choice}")()
         if record is None:
             return False
@@ -1010,11 +1011,13 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--submitter":
         return submitter_main(json.loads(sys.argv[2]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--faults", type=int, default=60, help="faults to inject (default 60)")
+    ap.add_argument(
+        "--faults", type=int, default=400, help="faults to inject, spread evenly over the kinds (default 400)"
+    )
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "chaos.json"))
     ap.add_argument("--base-dir", help="where processes keep data and logs (default: a fresh temp dir)")
-    ap.add_argument("--duration-limit", type=float, default=600.0, help="bound on the fault phase, seconds")
+    ap.add_argument("--duration-limit", type=float, default=1500.0, help="bound on the fault phase, seconds")
     ap.add_argument("--settle-timeout", type=float, default=120.0, help="bound on the final wait, seconds")
     ap.add_argument("--submit-interval", default="0.3,1.2", help="seconds between submissions: MIN,MAX")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passes")
