@@ -465,10 +465,14 @@ class Driver:
         feasible = self.feasible()
         if not feasible:
             return False
-        # The kind injected least so far, so every kind gets its share of a run.
+        # The kind injected least so far, so every kind gets its share of a run: when it cannot be
+        # injected now (a master or member is still down), wait for it rather than pick another.
         done = self.report.faults_by_type
-        fewest = min(done[k] for k in feasible)
-        choice = self.rng.choice([k for k in feasible if done[k] == fewest])
+        fewest = min(done.values())
+        choices = [k for k in feasible if done[k] == fewest]
+        if not choices:
+            return False
+        choice = self.rng.choice(choices)
         record: dict[str, Any] | None = getattr(self, f"_{choice}")()
         if record is None:
             return False

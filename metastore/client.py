@@ -450,6 +450,7 @@ class _KeepAliveStream:
         deadline = time.monotonic() + max(timeout, 0.05)
         while True:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            sent = time.monotonic()
             try:
                 async with self._lock:
                     call = await self._ensure()
@@ -463,8 +464,10 @@ class _KeepAliveStream:
                 waiters = self._waiters.get(lease_id)
                 if waiters and fut in waiters:
                     waiters.remove(fut)
-                if time.monotonic() - self._last_answer > STUCK_STREAM:
-                    self._drop()  # nothing heard for a while: the member is down or stuck
+                if self._last_answer < sent or time.monotonic() - self._last_answer > STUCK_STREAM:
+                    # Nothing heard since we asked: the member is down or frozen. Move now, not
+                    # after more renewals time out, or a 3 s leader lease runs out meanwhile.
+                    self._drop()
                 raise EtcdUnavailable(f"lease keep-alive timed out at {self._target}") from None
             if time.monotonic() >= deadline:
                 raise EtcdUnavailable(f"lease keep-alive failed at {self._target}")

@@ -178,9 +178,11 @@ class ExecutorRegistry:
     async def hold_leases(self, found: list[ExecutorSlot]) -> None:
         """Keep alive the leases of executors found in etcd at takeover until they re-attach or
         ``ADOPT_GRACE`` passes; after that an executor that did not come back loses its lease
-        as it would have under the old leader."""
+        as it would have under the old leader. One whose port does not answer is gone already:
+        its lease is revoked at once (the watch then places its tasks again)."""
         waiting = {ex.id: ex.lease_id for ex in found}
         until = time.monotonic() + ADOPT_GRACE
+        probes = asyncio.gather(*(self._answers(ex.addr) for ex in found))
         while waiting and time.monotonic() < until:
             for ex_id in [e for e in waiting if e in self.links or e not in self.core.executors]:
                 del waiting[ex_id]
@@ -190,6 +192,18 @@ class ExecutorRegistry:
             for ex_id, left in zip(list(waiting), results, strict=True):
                 if isinstance(left, int) and left <= 0:
                     del waiting[ex_id]
+            if probes is not None:
+                for ex, alive in zip(found, await probes, strict=True):
+                    if not alive and ex.id in waiting and ex.id not in self.links:
+                        del waiting[ex.id]
+                        log.info(
+                            "executor %s does not answer: revoking its lease",
+                            ex.id,
+                            **logs.ids(executor=ex.id),
+                        )
+                        with contextlib.suppress(EtcdError):
+                            await self.client.revoke(ex.lease_id)
+                probes = None
             await asyncio.sleep(HOLD_EVERY)
 
     async def watch(self, start: int) -> None:
