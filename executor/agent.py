@@ -36,6 +36,7 @@ class Agent:
     async def stop(self) -> None:
         self.link.stop()
         await self.runner.kill_all()
+        await self.link.close()
 
     def status(self) -> dict[str, object]:
         return {

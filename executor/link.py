@@ -66,6 +66,9 @@ class Link:
     def stop(self) -> None:
         self._stopping = True
 
+    async def close(self) -> None:
+        await self._asks.close()
+
     def fenced(self) -> None:
         """Drop the fenced-out identity and its session: the next hello registers anew."""
         self.executor_id, self.lease_id = "", 0
@@ -80,13 +83,12 @@ class Link:
         if not lease_id:
             return None
         request = rota_pb2.LeaseStatusRequest(lease_id=lease_id)
-        masters = dict.fromkeys([*self._targets, *self.conf.join])
 
         async def ask(addr: str) -> int:
             stub = rota_pb2_grpc.MasterStub(self._asks.get(addr))
             return int((await stub.LeaseStatus(request, timeout=LEASE_ASK_TIMEOUT)).ttl)
 
-        answers = await asyncio.gather(*(ask(a) for a in masters), return_exceptions=True)
+        answers = await asyncio.gather(*(ask(a) for a in self._targets), return_exceptions=True)
         best = max((a for a in answers if isinstance(a, int)), default=0)
         if lease_id != self.lease_id or best <= 0:
             return None

@@ -95,8 +95,9 @@ class ExecutorRegistry:
         if left <= 0:
             lease = await self.client.grant(ttl)
             ex_id = f"{hello.name}-{lease & 0xFFFFFF:06x}"
+            slot = translate.executor_slot(ex_id, lease, hello)
             try:
-                await self.store.put_executor(translate.executor_slot(ex_id, lease, hello))
+                await self.store.put_executor(slot)
             except Fenced:
                 self.give_up()
                 await self.client.revoke(lease)
@@ -111,6 +112,7 @@ class ExecutorRegistry:
             )
         else:
             ttl = left
+            slot = translate.executor_slot(ex_id, lease, hello)
             log.info(
                 "executor %s re-attached with %d running tasks",
                 ex_id,
@@ -122,7 +124,7 @@ class ExecutorRegistry:
             old.close()
         link = ExecutorLink(ex_id, lease, ttl)
         self.links[ex_id] = link
-        self.core.attach_executor(translate.executor_slot(ex_id, lease, hello), reported)
+        self.core.attach_executor(slot, reported)
         self.kick()
         return link
 
@@ -160,11 +162,14 @@ class ExecutorRegistry:
             if time.monotonic() > deadline:
                 return  # alive but not re-attaching: its lease runs out by itself
             await asyncio.sleep(DETACHED_PROBE_EVERY)
-        if ex_id in self.links or self.stopping:
-            return
-        log.info("executor %s disconnected: revoking its lease", ex_id, **logs.ids(executor=ex_id))
+        if ex_id not in self.links and not self.stopping:
+            await self._gone(ex_id, link.lease_id, "disconnected")
+
+    async def _gone(self, ex_id: str, lease_id: int, why: str) -> None:
+        """An executor that does not answer is gone: revoke its lease and place its tasks again."""
+        log.info("executor %s %s: revoking its lease", ex_id, why, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
-            await self.client.revoke(link.lease_id)
+            await self.client.revoke(lease_id)
         self.core.executor_lost(ex_id)
         self.kick()
 
@@ -179,7 +184,7 @@ class ExecutorRegistry:
         """Keep alive the leases of executors found in etcd at takeover until they re-attach or
         ``ADOPT_GRACE`` passes; after that an executor that did not come back loses its lease
         as it would have under the old leader. One whose port does not answer is gone already:
-        its lease is revoked at once (the watch then places its tasks again)."""
+        its lease is revoked and its tasks placed again at once."""
         waiting = {ex.id: ex.lease_id for ex in found}
         until = time.monotonic() + ADOPT_GRACE
         probes = asyncio.gather(*(self._answers(ex.addr) for ex in found))
@@ -196,13 +201,7 @@ class ExecutorRegistry:
                 for ex, alive in zip(found, await probes, strict=True):
                     if not alive and ex.id in waiting and ex.id not in self.links:
                         del waiting[ex.id]
-                        log.info(
-                            "executor %s does not answer: revoking its lease",
-                            ex.id,
-                            **logs.ids(executor=ex.id),
-                        )
-                        with contextlib.suppress(EtcdError):
-                            await self.client.revoke(ex.lease_id)
+                        await self._gone(ex.id, ex.lease_id, "found at takeover does not answer")
                 probes = None
             await asyncio.sleep(HOLD_EVERY)
 
