@@ -47,10 +47,10 @@ def etcd_member_of(pid: int) -> int:
 
 
 def freeze_leader_mid_job(
-    local_cluster, tmp_path: Path, seconds: float, what: str = "master"
+    local_cluster, tmp_path: Path, seconds: float, what: str = "master", lease: str = "3s"
 ) -> tuple[LocalCluster, dict, str, str]:
     """Freeze the leader (or, with ``what="etcd"``, only its etcd member) once the job runs."""
-    cluster = local_cluster(executors=2, executor_slots=2)
+    cluster = local_cluster(executors=2, executor_slots=2, leader_lease_ttl=lease)
     out = tmp_path / "done.txt"
     with cluster.client(timeout=30) as c:
         before = sorted(e["id"] for e in c.list_executors())
@@ -92,6 +92,17 @@ def test_leader_frozen_past_its_lease_costs_the_running_work_nothing(local_clust
 @pytest.mark.timeout(240)
 def test_leader_frozen_within_its_lease_changes_nothing(local_cluster, tmp_path):
     cluster, doc, frozen, logs = freeze_leader_mid_job(local_cluster, tmp_path, seconds=1.5)
+    assert cluster.wait_for_leader() == frozen
+    attempts = collections.Counter(t["attempt"] for t in doc["tasks"])
+    assert attempts == {1: TASKS}, f"tasks placed again: {attempts}\n{logs}"
+
+
+@pytest.mark.timeout(240)
+def test_streams_broken_by_a_leader_stall_within_its_lease_cost_nothing(local_cluster, tmp_path):
+    """Frozen 3.5 s under a 5 s lease: the executors give up on their streams after 2 s and come
+    back to the same leader. A broken stream whose executor still answers keeps its tasks."""
+    cluster, doc, frozen, logs = freeze_leader_mid_job(local_cluster, tmp_path, seconds=3.5, lease="5s")
+    assert "stopped answering heartbeats" in logs, logs
     assert cluster.wait_for_leader() == frozen
     attempts = collections.Counter(t["attempt"] for t in doc["tasks"])
     assert attempts == {1: TASKS}, f"tasks placed again: {attempts}\n{logs}"
