@@ -363,8 +363,8 @@ class Core:
         """An executor attached (new, or re-attached after a leader change with its running tasks).
 
         Tasks the leader has on this executor are kept if the executor reports the same
-        attempt, and requeued otherwise; reported attempts the leader does not know are
-        cancelled on the executor.
+        attempt; an attempt it never reported started is sent again; one it ran and no longer
+        has is requeued. Reported attempts the leader does not know are cancelled on the executor.
         """
         known = self.executors.get(ex.id)
         if known is not None:
@@ -378,6 +378,10 @@ class Core:
                 if task.state == ASSIGNED:
                     self._set_state(task, RUNNING)
                 reported_set.discard(task.ref())
+            elif task.state == ASSIGNED and known is not None:
+                # Never reported started: the dispatch went down with the old stream (or with the
+                # old leader). Sending it again under the same attempt costs no write and no retry.
+                self._dispatch.setdefault(ex.id, []).append((task, task.attempt))
             else:
                 ex.running.discard(task)
                 self._retry_or_fail(task, {"error": f"executor {ex.name} no longer runs it"}, backoff=False)

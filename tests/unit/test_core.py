@@ -799,14 +799,17 @@ def test_rebuild_adopts_running_tasks_and_reconciles_on_attach() -> None:
     assert dispatched(h.drain()) == {"ex1": [("j/5", 2)]}
 
 
-def test_reattach_keeps_the_running_set_and_requeues_what_the_executor_dropped() -> None:
+def test_reattach_keeps_the_running_set_resends_lost_dispatches_and_requeues_what_was_dropped() -> None:
     h = Harness()
-    h.attach("a", slots=3)
-    job = h.add_job("j", tmpl(count=3))
+    h.attach("a", slots=4)
+    job = h.add_job("j", tmpl(count=4))
+    h.drain()
+    h.report("a", job.tasks[1].ref(), RUNNING)
     h.drain()
     h.core.executor_detached("a")
     refs = [t.ref() for t in job.tasks]
-    a2 = h.attach("a", slots=3, reported=[refs[0], refs[2]])
+    # j/1 ran there and is gone; j/3's dispatch never arrived (the stream broke with it in flight).
+    a2 = h.attach("a", slots=4, reported=[refs[0], refs[2]])
     out = h.drain()
     assert h.core.executors["a"] is a2 and a2.connected
     assert states(job)[0] == RUNNING and states(job)[2] == RUNNING
@@ -814,9 +817,11 @@ def test_reattach_keeps_the_running_set_and_requeues_what_the_executor_dropped()
         ("j/1", PENDING, 1),
         ("j/1", ASSIGNED, 2),
     ]
-    assert dispatched(out) == {"a": [("j/1", 2)]}
+    assert dispatched(out) == {"a": [("j/3", 1), ("j/1", 2)]}
+    assert job.tasks[3].state == ASSIGNED and job.tasks[3].attempt == 1
     assert only(out, CancelTasks) == []
     assert a2.running == set(job.tasks)
+    assert_counts(job)
 
 
 def test_a_rebuilt_job_that_had_ended_schedules_nothing() -> None:
@@ -970,10 +975,13 @@ class Sim:
                 assert d.executor not in dispatch_to, "one Dispatch per executor per drain"
                 dispatch_to.add(d.executor)
                 for t, a in d.tasks:
-                    assert assigned.get((t.id, a)) == d.executor, f"{t.id}#{a} dispatched before its write"
+                    rec = self.records.get(t.id) or {}
+                    assert (rec.get("a"), rec.get("e")) == (a, d.executor), f"{t.id}#{a} dispatched before its write"
                     if d.executor in self.links and t.attempt == a and t.state in ACTIVE:
                         self.held[d.executor].add(TaskRef(t.job.id, t.index, a))
                         self.seen["dispatch"] += 1
+                        if (t.id, a) not in assigned:
+                            continue  # a lost dispatch sent again, not a placement
                         # No priority inversion: nothing better of the same kind is left waiting.
                         key = (-t.job.priority, t.job.seq, t.index)
                         for job in self.core.jobs.values():
@@ -1078,6 +1086,7 @@ class Sim:
             bogus = TaskRef(job.id, self.rng.randrange(len(job.tasks)), 99)
             reported.add(bogus)
         kept = {t.ref() for t in ex.running} & reported
+        never_started = {r for r in dropped if self.core.jobs[r.job_id].tasks[r.index].state == ASSIGNED}
         self.links.add(ex.id)
         self.core.attach_executor(slot(ex.id, ex.slots, ex.kinds), reported)
         out = self.deliver()
@@ -1087,7 +1096,11 @@ class Sim:
             assert task.state == RUNNING and task.attempt == ref.attempt and task in new.running
         for ref in dropped:
             task = self.core.jobs[ref.job_id].tasks[ref.index]
-            assert task.state not in ACTIVE or task.attempt == ref.attempt + 1, "a dropped task was kept"
+            if ref in never_started:  # its dispatch was lost: sent again, same attempt
+                assert task.state == ASSIGNED and task.attempt == ref.attempt and ref in self.held[ex.id]
+                self.seen["resent"] += 1
+            else:
+                assert task.state not in ACTIVE or task.attempt == ref.attempt + 1, "a dropped task was kept"
             self.seen["dropped"] += 1
         cancelled = {r for c in out if isinstance(c, CancelTasks) and c.executor == ex.id for r in c.refs}
         assert cancelled == reported - kept
@@ -1338,7 +1351,7 @@ def test_randomized_runs_cover_every_event() -> None:
     seen: Counter[str] = Counter()
     for seed in SEEDS:
         seen += random_run(seed).seen
-    for what in ("reattach", "dropped", "failover", "cancelled", "cancel", "job-FAILED", "job-CANCELLED"):
+    for what in ("reattach", "dropped", "resent", "failover", "cancelled", "cancel", "job-FAILED", "job-CANCELLED"):
         assert seen[what] > 0, (what, seen)
 
 
