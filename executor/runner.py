@@ -101,8 +101,7 @@ class Runner:
         try:
             await self.gate.acquire(a.priority)
             acquired = True
-            # Kinds spared a work dir (noop, sleep) print nothing: they are spared log files too.
-            log_prefix = self.logs.begin(log_key, files=kind is not None and kind.needs_work_dir)
+            log_prefix = self.logs.begin(log_key, files=kind.log_files if kind is not None else False)
             started = time.monotonic()
             if kind is None:
                 result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")

@@ -76,8 +76,9 @@ class LogStore:
         self.root = Path(root)
         self.keep_attempts = keep_attempts
         self.keep_bytes = keep_bytes
-        #: Attempts that have started here and not ended; True when they were given log files.
-        self.live: dict[AttemptKey, bool] = {}
+        #: Attempts that have started here and not ended: True when they stream to log files, None when
+        #: their kind captures output and hands it over at the end, False when it prints nothing.
+        self.live: dict[AttemptKey, bool | None] = {}
         #: Finished attempts with log files, oldest first, with the bytes the files take.
         self.kept: collections.OrderedDict[AttemptKey, int] = collections.OrderedDict()
         self.kept_bytes = 0
@@ -89,26 +90,41 @@ class LogStore:
         job_id, index, attempt = key
         return str(self.root / job_id / log_name(index, attempt))
 
-    def begin(self, key: AttemptKey, files: bool) -> str:
-        """An attempt starts; returns the log prefix to give its kind ("" when it gets no files)."""
+    def begin(self, key: AttemptKey, files: bool | None) -> str:
+        """An attempt starts; returns the log prefix to give its kind ("" when it gets no files).
+
+        ``files`` is True for a kind that streams to log files, None for one that captures its
+        output (the files are written at the end, and only when there is output), False for one
+        that prints nothing."""
         self.live[key] = files
         if not files:
             return ""
-        try:
-            (self.root / key[0]).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.warning("cannot create the log dir of job %s: %s", key[0], exc)
+        if not self._mkdir(key[0]):
             self.live[key] = False
             return ""
         return self.prefix(key)
 
+    def _mkdir(self, job_id: str) -> bool:
+        try:
+            (self.root / job_id).mkdir(parents=True, exist_ok=True)
+            return True
+        except OSError as exc:
+            log.warning("cannot create the log dir of job %s: %s", job_id, exc)
+            return False
+
     def end(self, key: AttemptKey, result: TaskResult | None) -> None:
-        """An attempt ended: keep its logs (writing what a non-streaming kind captured), prune old ones."""
-        if not self.live.pop(key, False):
-            self.quiet[key] = None
-            if len(self.quiet) > KEEP_QUIET:
-                self.quiet.popitem(last=False)
-            return
+        """An attempt ended: keep its logs (writing what a capturing kind caught), prune old ones.
+
+        A captured attempt that printed nothing touches no disk: a Python function called thousands
+        of times a second must not cost two files each."""
+        files = self.live.pop(key, False)
+        if not files:
+            captured = files is None and result is not None and (result.stdout or result.stderr)
+            if not captured or not self._mkdir(key[0]):
+                self.quiet[key] = None
+                if len(self.quiet) > KEEP_QUIET:
+                    self.quiet.popitem(last=False)
+                return
         paths = [self.prefix(key) + s for s in LOG_SUFFIXES]
         if result is not None and not any(os.path.exists(p) for p in paths):
             for path, text in zip(paths, (result.stdout, result.stderr), strict=True):
@@ -132,7 +148,7 @@ class LogStore:
         what = f"attempt {key[2]} of {key[0]}/{key[1]}"
         if key not in self.live:
             return f"{what} is queued on the executor and has not started yet"
-        if not self.live[key]:
+        if self.live[key] is False:
             return f"{what} runs a kind that prints no output"
         return f"{what} runs a kind that does not stream: its output comes when the attempt ends"
 

@@ -63,6 +63,10 @@ class Kind(abc.ABC):
     name: str = ""
     #: False for kinds that never touch the file system: they are spared a scratch directory per task.
     needs_work_dir: bool = True
+    #: Log files for ``master-client logs``: True when the kind streams output to them as it runs
+    #: (``TaskSpec.log_prefix``), None when it captures output and the executor writes the files at
+    #: the end (only if there is output), False when it prints nothing.
+    log_files: bool | None = True
 
     def __init__(self, slots: int = 1) -> None:
         self.slots = max(1, slots)

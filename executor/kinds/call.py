@@ -3,10 +3,12 @@ processes, so a task pays for an import once per worker, not an interpreter star
 
 Each worker is a ``spawn``-context process in its own session, looping over a Pipe. A task that times out
 or is cancelled kills only its worker's process group; a worker that dies is reported and replaced. While
-the function runs, the worker's ``os.environ`` carries the task's variables, its cwd is the task's work
-dir and ``sys.stdout``/``sys.stderr`` are captured (output written straight to file descriptors 1 and 2,
-by C code or child processes, goes to the executor's own streams instead). Workers are daemonic so that
-they never outlive the executor; a function therefore cannot start a ``multiprocessing`` pool of its own.
+the function runs, the worker's ``os.environ`` carries the task's variables, its cwd is the worker's own
+scratch dir (emptied after any task that left something in it, so the common function that writes no
+file costs no directory per task) and ``sys.stdout``/``sys.stderr`` are captured (output written straight
+to file descriptors 1 and 2, by C code or child processes, goes to the executor's own streams instead).
+Workers are daemonic so that they never outlive the executor; a function therefore cannot start a
+``multiprocessing`` pool of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Mapping
@@ -50,6 +53,23 @@ class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
+        #: The reply the executor waits for; the pipe's reader (registered once) completes it.
+        self.waiting: asyncio.Future[dict[str, Any]] | None = None
+        #: The executor's work dir, under which the worker keeps its scratch dir.
+        self.scratch_root = ""
+
+    def readable(self) -> None:
+        """The event loop's reader: hand the reply (or the worker's death) to whoever waits."""
+        fut, self.waiting = self.waiting, None
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            if fut is not None and not fut.done():
+                fut.set_exception(_WorkerDied(str(exc)))
+            return
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
 
     @property
     def pid(self) -> int:
@@ -73,6 +93,8 @@ class _Worker:
 
 class CallKind(Kind):
     name = "call"
+    needs_work_dir = False
+    log_files = None
 
     def __init__(self, slots: int = 1) -> None:
         super().__init__(slots)
@@ -104,7 +126,8 @@ class CallKind(Kind):
         self._busy.add(worker)
         healthy = False
         try:
-            reply = await asyncio.wait_for(self._roundtrip(worker, request), spec.timeout)
+            roundtrip = self._roundtrip(worker, request)
+            reply = await (asyncio.wait_for(roundtrip, spec.timeout) if spec.timeout else roundtrip)
             healthy = True
             return _result(reply)
         except asyncio.TimeoutError:
@@ -144,10 +167,14 @@ class CallKind(Kind):
         process = self._ctx.Process(target=_worker_main, args=(child_conn,), name="rota-call", daemon=True)
         process.start()
         child_conn.close()
-        return _Worker(process, parent_conn)
+        worker = _Worker(process, parent_conn)
+        asyncio.get_running_loop().add_reader(parent_conn.fileno(), worker.readable)
+        return worker
 
     def _retire(self, worker: _Worker) -> None:
         worker.kill()
+        with contextlib.suppress(OSError, ValueError):
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
         worker.conn.close()
         task = asyncio.ensure_future(self._reap(worker))
         self._reapers.add(task)
@@ -157,31 +184,18 @@ class CallKind(Kind):
     async def _reap(worker: _Worker) -> None:
         if await worker.exit_code() is None:
             worker.process.join(0.1)
+        if worker.scratch_root:
+            shutil.rmtree(_scratch_dir(worker.scratch_root, worker.pid), ignore_errors=True)
 
     @staticmethod
     async def _roundtrip(worker: _Worker, request: dict[str, Any]) -> dict[str, Any]:
+        worker.scratch_root = request["cwd"]
+        fut = worker.waiting = asyncio.get_running_loop().create_future()
         try:
             worker.conn.send(request)
         except OSError as exc:
             raise _WorkerDied from exc
-        loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-        fd = worker.conn.fileno()
-
-        def wake() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(fd, wake)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(fd)
-        try:
-            reply: dict[str, Any] = worker.conn.recv()
-        except (EOFError, OSError) as exc:
-            raise _WorkerDied from exc
-        return reply
+        return await fut
 
 
 def _request(spec: TaskSpec) -> dict[str, Any]:
@@ -212,6 +226,10 @@ def _result(reply: dict[str, Any]) -> TaskResult:
         error=reply["error"],
         truncated=reply["truncated"],
     )
+
+
+def _scratch_dir(root: str, pid: int) -> str:
+    return os.path.join(root, f"call-{pid}")
 
 
 def _split_target(function: str) -> tuple[str, str] | None:
@@ -277,15 +295,35 @@ def _traceback(exc: BaseException) -> str:
     return "\n".join(["Traceback (most recent call last):", *lines[-_TRACEBACK_LINES:]]) + "\n"
 
 
+def _enter_scratch(root: str) -> str:
+    """The worker's scratch dir, made on first use; a function that moved away is moved back."""
+    scratch = _scratch_dir(root, os.getpid())
+    if os.getcwd() != scratch:
+        os.makedirs(scratch, exist_ok=True)
+        os.chdir(scratch)
+    return scratch
+
+
+def _empty(scratch: str) -> None:
+    """Leave nothing for the next task: one scandir when the function wrote no file."""
+    with os.scandir(scratch) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def _execute(request: dict[str, Any]) -> dict[str, Any]:
     out, err = _CappedText(), _CappedText()
     env: dict[str, str] = request["env"]
     saved_env = {key: os.environ.get(key) for key in env}
-    saved_cwd = os.getcwd()
     reply: dict[str, Any] = {"ok": False, "value": "null", "error": ""}
+    scratch = ""
     try:
         os.environ.update(env)
-        os.chdir(request["cwd"])
+        scratch = _enter_scratch(request["cwd"])
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             value = _resolve(request["function"])(*request["args"], **request["kwargs"])
         try:
@@ -303,7 +341,8 @@ def _execute(request: dict[str, Any]) -> dict[str, Any]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
-        with contextlib.suppress(OSError):
-            os.chdir(saved_cwd)
+        if scratch:
+            with contextlib.suppress(OSError):
+                _empty(scratch)
     reply.update(stdout=out.getvalue(), stderr=err.getvalue(), truncated=out.truncated or err.truncated)
     return reply

@@ -311,6 +311,27 @@ def test_call_returns_the_function_value(make_spec):
     run(scenario())
 
 
+def test_call_scratch_dir_is_emptied_between_tasks_and_removed_with_its_worker(make_spec):
+    """No directory per task, but what one task leaves in its cwd is gone before the next runs."""
+
+    async def scenario() -> str:
+        async with call_pool() as kind:
+            wrote = await kind.run(make_spec("call", function="pathlib:Path.mkdir", args=["left-behind"]))
+            assert wrote.ok, wrote
+            cwd = (await kind.run(make_spec("call", function="os:getcwd"))).value
+            listed = await kind.run(make_spec("call", function="os:listdir", args=["."]))
+            assert listed.value == []
+            away = await kind.run(make_spec("call", function="os:chdir", args=["/"]))
+            assert away.ok
+            again = await kind.run(make_spec("call", function="os:getcwd"))
+            assert again.value == cwd
+            assert Path(cwd).is_dir()
+        return str(cwd)
+
+    cwd = run(scenario())
+    assert not Path(cwd).exists()
+
+
 def test_call_captures_prints_and_sees_the_task_env(make_spec):
     async def scenario() -> None:
         async with call_pool() as kind:
@@ -321,7 +342,7 @@ def test_call_captures_prints_and_sees_the_task_env(make_spec):
             )
             assert (await kind.run(spec)).value == "3"
             cwd = await kind.run(make_spec("call", function="os:getcwd"))
-            assert Path(cwd.value).resolve() == Path(spec.work_dir).resolve()
+            assert Path(cwd.value).resolve().parent == Path(spec.work_dir).resolve()
             leaked = make_spec("call", function="os:getenv", args=["ROTA_SHARD_INDEX"])
             leaked.env.pop("ROTA_SHARD_INDEX", None)
             assert (await kind.run(leaked)).value is None
@@ -447,9 +468,8 @@ def test_call_cancellation_kills_the_worker_and_its_children(make_spec, pids):
         async with call_pool() as kind:
             old = (await kind.run(make_spec("call", function="os:getpid"))).value
             pids.append(old)
-            spawn = make_spec(
-                "call", function="subprocess:run", args=["sleep 30 & echo $! > child.pid; wait"]
-            )
+            spawn = make_spec("call", function="subprocess:run")
+            spawn.params["args"] = [f"sleep 30 & echo $! > {spawn.work_dir}/child.pid; wait"]
             spawn.params["kwargs"] = {"shell": True}
             task = asyncio.create_task(kind.run(spawn))
             try:
