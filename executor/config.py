@@ -15,4 +15,5 @@ class AgentConfig:
     keepalive_ttl: float
     keepalive_interval: float
     work_dir: str
-    prefetch: int = 0
+    #: Tasks taken beyond the slots; None adapts it to how fast tasks end (executor.flow).
+    prefetch: int | None = None

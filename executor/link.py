@@ -190,7 +190,7 @@ class Link:
             labels=self.conf.labels,
             kinds=sorted(self.runner.kinds),
             keepalive_ttl=self.conf.keepalive_ttl,
-            prefetch=self.conf.prefetch,
+            prefetch=self.runner.credit.value,
             executor_id=self.executor_id,
             lease_id=self.lease_id,
             running=self.runner.held() if self.executor_id else [],
@@ -221,7 +221,7 @@ class Link:
                     (reports if isinstance(nxt, rota_pb2.TaskReport) else others).append(nxt)
                 for other in others:
                     await call.write(other)
-                item = _reports_msg(reports)
+                item = _reports_msg(reports, self.runner.credit.value)
             await call.write(item)
 
     async def _heartbeat(self) -> None:
@@ -237,7 +237,11 @@ class Link:
             self.lease.beat_sent(now)
             if self._outbox is not None:
                 self._outbox.put_nowait(
-                    rota_pb2.ExecutorMessage(heartbeat=rota_pb2.Heartbeat(running=len(self.runner.running)))
+                    rota_pb2.ExecutorMessage(
+                        heartbeat=rota_pb2.Heartbeat(
+                            running=len(self.runner.running), credit=self.runner.credit.value
+                        )
+                    )
                 )
             await asyncio.sleep(self.conf.keepalive_interval)
 
@@ -261,5 +265,5 @@ class Link:
                 self.lease.beat_acked()
 
 
-def _reports_msg(reports: Sequence[rota_pb2.TaskReport]) -> rota_pb2.ExecutorMessage:
-    return rota_pb2.ExecutorMessage(reports=rota_pb2.TaskReports(reports=reports))
+def _reports_msg(reports: Sequence[rota_pb2.TaskReport], credit: int) -> rota_pb2.ExecutorMessage:
+    return rota_pb2.ExecutorMessage(reports=rota_pb2.TaskReports(reports=reports, credit=credit))

@@ -95,6 +95,24 @@ async def serve(
     return 0
 
 
+class _Prefetch(click.ParamType):
+    """'auto' (None: adaptive) or a count of tasks >= 0."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value  # type: ignore[no-any-return]
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is neither 'auto' nor a whole number >= 0", param, ctx)
+
+
+PREFETCH = _Prefetch()
+
 SAMPLE_HEADER = """\
 Rota executor configuration. Every key is a flag of bin/executor of the same name;
 flags given on the command line override this file.
@@ -137,11 +155,12 @@ flags given on the command line override this file.
 )
 @click.option(
     "--prefetch",
-    type=click.IntRange(min=0),
-    default=0,
+    type=PREFETCH,
+    default="auto",
     show_default=True,
-    help="Tasks it accepts beyond --slots and queues by priority: raises throughput of short "
-    "tasks, but a queued task can no longer be overtaken by a later higher-priority one.",
+    help="Tasks it takes beyond --slots, queued here by priority so a freed slot never waits for "
+    "the leader. 'auto' sizes the queue to how fast tasks end (deep for short tasks, none for "
+    "tasks over 0.1s); a number N fixes it.",
 )
 @click.option("--labels", type=cfg.KEY_VALUES, default=None, help="Labels k=v,... shown in list-executors.")
 @click.option(
@@ -209,7 +228,7 @@ def executor_command(**o: Any) -> int:
         keepalive_ttl=ttl,
         keepalive_interval=interval,
         work_dir=work_dir,
-        prefetch=int(o["prefetch"]),
+        prefetch=o["prefetch"],
     )
     return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))
 

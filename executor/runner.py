@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from rota.common import logs
 from rota.common.states import State
 from rota.executor.config import AgentConfig
+from rota.executor.flow import Credit
 from rota.executor.gate import PriorityGate
 from rota.executor.kinds.base import Kind, TaskResult, TaskSpec
 from rota.executor.tasklogs import LogStore
@@ -61,6 +62,7 @@ class Runner:
         #: Every accepted attempt, queued at the gate or running.
         self.running: dict[Key, Running] = {}
         self.gate = PriorityGate(conf.slots)
+        self.credit = Credit(conf.slots, conf.prefetch)
         self.unacked: dict[tuple[str, int, int], rota_pb2.TaskReport] = {}
         self.completed = 0
         self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
@@ -136,9 +138,11 @@ class Runner:
                 announce.cancel()
             if acquired:
                 self.gate.release()
+                held = time.monotonic() - started
+                self.credit.ended(held)
                 if self.on_task_ended is not None:
                     outcome = "cancelled" if result is None else "succeeded" if result.ok else "failed"
-                    self.on_task_ended(a.kind, outcome, time.monotonic() - started)
+                    self.on_task_ended(a.kind, outcome, held)
                 # Before the attempt leaves ``running``: a log reader takes that as the end of its output.
                 self.logs.end(log_key, result)
             if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:

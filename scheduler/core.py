@@ -28,7 +28,7 @@ from rota.common.states import (
     SUCCEEDED,
     TERMINAL,
 )
-from rota.scheduler.placement import ExecutorSlot, choose_executor
+from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
 
 RETRY_BASE = 0.5
 RETRY_CAP = 10.0
@@ -289,7 +289,7 @@ class Core:
     def _release(self, task: Task) -> None:
         ex = self.executors.get(task.executor)
         if ex is not None:
-            ex.running.discard(task)
+            ex.drop(task)
 
     def _finish(self, task: Task, state: str, result: dict[str, Any] | None) -> None:
         self._observe_run(task)
@@ -368,13 +368,13 @@ class Core:
         """
         known = self.executors.get(ex.id)
         if known is not None:
-            ex.running = known.running
+            ex.take_over(known)
         self.executors[ex.id] = ex
         ex.connected = True
         reported_set = set(reported)
         for task in self._tasks_on(ex.id):
             if task.ref() in reported_set:
-                ex.running.add(task)
+                ex.hold(task)
                 if task.state == ASSIGNED:
                     self._set_state(task, RUNNING)
                 reported_set.discard(task.ref())
@@ -383,7 +383,7 @@ class Core:
                 # old leader). Sending it again under the same attempt costs no write and no retry.
                 self._dispatch.setdefault(ex.id, []).append((task, task.attempt))
             else:
-                ex.running.discard(task)
+                ex.drop(task)
                 self._retry_or_fail(task, {"error": f"executor {ex.name} no longer runs it"}, backoff=False)
         if reported_set:
             self._out.append(CancelTasks(ex.id, sorted(reported_set, key=lambda r: (r.job_id, r.index))))
@@ -403,7 +403,7 @@ class Core:
                         if ex is None:
                             self._retry_or_fail(t, {"error": "its executor is gone"}, backoff=False)
                         else:
-                            ex.running.add(t)
+                            ex.hold(t)
         self._schedule()
 
     def executor_lost(self, ex_id: str) -> None:
@@ -414,7 +414,7 @@ class Core:
         ex.connected = False
         for task in sorted(ex.running, key=lambda t: (t.job.seq, t.index)):
             self._retry_or_fail(task, {"error": f"executor {ex.name} lost"}, backoff=False)
-        ex.running.clear()
+        ex.clear()
         self._schedule()
 
     def executor_detached(self, ex_id: str) -> None:
@@ -422,6 +422,17 @@ class Core:
         ex = self.executors.get(ex_id)
         if ex is not None:
             ex.connected = False
+
+    def set_credit(self, executor_id: str, credit: int) -> None:
+        """The executor asks for ``credit`` tasks beyond its slots (its flow control)."""
+        ex = self.executors.get(executor_id)
+        if ex is None:
+            return
+        credit = bounded_prefetch(credit)
+        grew = credit > ex.prefetch
+        ex.prefetch = credit
+        if grew:
+            self._schedule()
 
     def report(self, executor_id: str, reports: Iterable[Report]) -> None:
         """Task reports from one executor. Stale ones (another attempt, or already ended) are ignored.
@@ -482,7 +493,8 @@ class Core:
     # -- placement -----------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Assign pending tasks, highest priority first, while executors have free slots."""
+        """Assign pending tasks, highest priority first, while executors have free slots; then let
+        urgent tasks overtake less urgent ones queued on executors."""
         free = [ex for ex in self.executors.values() if ex.free > 0]
         while free:
             best: tuple[int, int, int, Task] | None = None
@@ -493,7 +505,7 @@ class Core:
                 if heap and (best is None or heap[0] < best) and any(kind in ex.kinds for ex in free):
                     best, best_heap = heap[0], heap
             if best is None or best_heap is None:
-                return
+                break
             heapq.heappop(best_heap)
             task = best[3]
             ex = choose_executor(task.spec.kind, free)
@@ -501,6 +513,26 @@ class Core:
             self._assign(task, ex)
             if ex.free == 0:
                 free.remove(ex)
+        self._overtake()
+
+    def _overtake(self) -> None:
+        """A pending task more urgent than work queued (not yet running) on a busy executor goes
+        there anyway: the executor's gate starts it before that work. Without this, credit filled
+        with low-priority tasks would make a later urgent task wait for all of them."""
+        for kind, heap in self._pending.items():
+            while heap:
+                task = heap[0][3]
+                if task.state != PENDING:
+                    heapq.heappop(heap)
+                    continue
+                priority = task.job.priority
+                targets = [
+                    ex for ex in self.executors.values() if kind in ex.kinds and ex.can_be_overtaken_by(priority)
+                ]
+                if not targets:
+                    break
+                heapq.heappop(heap)
+                self._assign(task, min(targets, key=lambda ex: (min(ex.priorities), ex.load())))
 
     def _assign(self, task: Task, ex: ExecutorSlot) -> None:
         now = self.clock()
@@ -511,7 +543,7 @@ class Core:
         task.executor = ex.id
         task.job.started = True
         self._set_state(task, ASSIGNED)
-        ex.running.add(task)
+        ex.hold(task)
         self.stats.dispatched += 1
         self._put(task)
         self._dispatch.setdefault(ex.id, []).append((task, task.attempt))

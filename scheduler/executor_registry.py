@@ -139,9 +139,16 @@ class ExecutorRegistry:
             ex.heartbeat_at = time.time()
         return ttl
 
-    def reports(self, link: ExecutorLink, reports: Iterable[rota_pb2.TaskReport]) -> None:
+    def reports(self, link: ExecutorLink, msg: rota_pb2.TaskReports) -> None:
         if self.links.get(link.executor_id) is link:
-            self.core.report(link.executor_id, [translate.report(r) for r in reports])
+            if msg.HasField("credit"):
+                self.core.set_credit(link.executor_id, msg.credit)
+            self.core.report(link.executor_id, [translate.report(r) for r in msg.reports])
+            self.kick()
+
+    def credit(self, link: ExecutorLink, credit: int) -> None:
+        if self.links.get(link.executor_id) is link:
+            self.core.set_credit(link.executor_id, credit)
             self.kick()
 
     async def detach(self, link: ExecutorLink) -> None:

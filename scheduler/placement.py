@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+
+#: The most tasks an executor may hold beyond its slots, whatever credit it asks for.
+MAX_PREFETCH = 4096
+
+
+def bounded_prefetch(credit: int) -> int:
+    return max(0, min(int(credit), MAX_PREFETCH))
 
 
 @dataclass(eq=False)
@@ -18,15 +27,52 @@ class ExecutorSlot:
     kinds: frozenset[str]
     labels: dict[str, str] = field(default_factory=dict)
     lease_id: int = 0
+    #: Tasks it takes beyond its slots: the flow-control credit it last asked for.
     prefetch: int = 0
     connected: bool = False
     #: Wall-clock time of the last lease renewal, for operators (placement ignores it).
     heartbeat_at: float = 0.0
     running: set[Any] = field(default_factory=set)
+    #: How many of ``running`` have each job priority: says at once whether a later, more urgent
+    #: task may overtake work queued here.
+    priorities: Counter[int] = field(default_factory=Counter)
 
     @property
     def free(self) -> int:
         return self.slots + self.prefetch - len(self.running) if self.connected else 0
+
+    def hold(self, task: Any) -> None:
+        if task not in self.running:
+            self.running.add(task)
+            self.priorities[task.job.priority] += 1
+
+    def drop(self, task: Any) -> None:
+        if task in self.running:
+            self.running.discard(task)
+            left = self.priorities[task.job.priority] - 1
+            if left:
+                self.priorities[task.job.priority] = left
+            else:
+                del self.priorities[task.job.priority]
+
+    def clear(self) -> None:
+        self.running.clear()
+        self.priorities.clear()
+
+    def take_over(self, known: ExecutorSlot) -> None:
+        """Keep what an earlier registration of the same executor held."""
+        self.running, self.priorities = known.running, known.priorities
+
+    def can_be_overtaken_by(self, priority: int) -> bool:
+        """Whether a task of ``priority`` should be sent here although no credit is left: tasks
+        are queued here (more than the slots) and some are less urgent, so the executor's
+        priority gate starts the new one first. Bounded: at most twice the usual depth."""
+        depth = len(self.running)
+        return (
+            self.connected
+            and self.slots < depth < 2 * (self.slots + self.prefetch)
+            and min(self.priorities) < priority
+        )
 
     def load(self) -> tuple[float, int, str]:
         return (len(self.running) / self.slots if self.slots else 1.0, len(self.running), self.id)

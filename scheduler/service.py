@@ -289,6 +289,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             async for msg in requests:
                 body = msg.WhichOneof("body")
                 if body == "heartbeat":
+                    if msg.heartbeat.HasField("credit"):
+                        rt.executors.credit(link, msg.heartbeat.credit)
                     ttl = await rt.executors.heartbeat(link)
                     if ttl == 0:
                         log.info("executor %s: lease expired", link.executor_id)
@@ -296,7 +298,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                     if ttl > 0:
                         link.send(rota_pb2.LeaderMessage(heartbeat_ack=rota_pb2.HeartbeatAck(ttl=ttl)))
                 elif body == "reports":
-                    rt.executors.reports(link, msg.reports.reports)
+                    rt.executors.reports(link, msg.reports)
         except grpc.aio.AioRpcError:
             pass
         finally:

@@ -10,7 +10,7 @@ from typing import Any
 from rota.common.states import FAILED, RUNNING, SUCCEEDED
 from rota.protos import rota_pb2
 from rota.scheduler.core import Report, Task, TaskRef
-from rota.scheduler.placement import ExecutorSlot
+from rota.scheduler.placement import ExecutorSlot, bounded_prefetch
 
 
 def refs(refs: Iterable[TaskRef]) -> list[rota_pb2.TaskRef]:
@@ -63,6 +63,6 @@ def executor_slot(executor_id: str, lease_id: int, hello: rota_pb2.Hello) -> Exe
         kinds=frozenset(hello.kinds),
         labels=dict(hello.labels),
         lease_id=lease_id,
-        prefetch=max(0, hello.prefetch),
+        prefetch=bounded_prefetch(hello.prefetch),
         heartbeat_at=time.time(),
     )

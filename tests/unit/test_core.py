@@ -911,6 +911,7 @@ class Sim:
         self.core = self._new_core()
         self.seq = 0
         self.n_ex = 0
+        self.most_credit: dict[str, int] = {}
         self.links: set[str] = set()
         self.held: dict[str, set[TaskRef]] = {}
         self.specs: dict[str, tuple[JobSpec, int, float]] = {}
@@ -1001,7 +1002,10 @@ class Sim:
         owner: dict[str, str] = {}
         for ex_id, ex in core.executors.items():
             assert ex.id == ex_id
-            assert len(ex.running) <= ex.slots
+            # Credit beyond the slots, and at most as much again for urgent tasks overtaking (a
+            # credit since lowered may leave more than today's credit allows).
+            assert len(ex.running) <= 2 * (ex.slots + self.most_credit.get(ex_id, 0))
+            assert ex.priorities == Counter(t.job.priority for t in ex.running)
             for t in ex.running:
                 assert t.state in ACTIVE, f"{t.id} is {t.state} but in {ex_id}'s running set"
                 assert t.executor == ex_id
@@ -1309,7 +1313,15 @@ class Sim:
         ("cancel", 3),
         ("tick", 14),
         ("failover", 1),
+        ("credit", 4),
     )
+
+    def credit(self) -> None:
+        """An executor asks for another flow-control credit."""
+        if self.links:
+            ex_id, credit = self.rng.choice(sorted(self.links)), self.rng.choice([0, 0, 1, 3])
+            self.most_credit[ex_id] = max(credit, self.most_credit.get(ex_id, 0))
+            self.core.set_credit(ex_id, credit)
 
     def step(self) -> None:
         name = self.rng.choices([s for s, _ in self.STEPS], weights=[w for _, w in self.STEPS])[0]
@@ -1388,3 +1400,49 @@ def test_an_attempt_lost_with_its_executor_counts_as_lost_not_failed() -> None:
     h.add_job("j", tmpl())
     h.core.executor_lost("a")
     assert (h.core.stats.requeued, h.core.stats.requeued_lost) == (1, 1)
+
+
+def test_credit_lets_an_executor_hold_tasks_beyond_its_slots_and_a_lower_credit_sends_no_more() -> None:
+    h = Harness()
+    h.attach("ex1", slots=1)
+    h.add_job("j", tmpl(count=10))
+    assert len(dispatched(h.drain())["ex1"]) == 1
+    h.core.set_credit("ex1", 3)
+    assert len(dispatched(h.drain())["ex1"]) == 3
+    h.core.set_credit("ex1", 0)
+    for i in range(3):  # four held, a credit of 0: the next three results place nothing
+        h.report("ex1", TaskRef("j", i, 1), SUCCEEDED)
+        assert dispatched(h.drain()) == {}
+    h.report("ex1", TaskRef("j", 3, 1), SUCCEEDED)
+    assert dispatched(h.drain()) == {"ex1": [("j/4", 1)]}
+    h.core.set_credit("ex1", 10**9)
+    assert h.core.executors["ex1"].prefetch == 4096  # an executor cannot ask for unbounded work
+
+
+def test_an_urgent_task_overtakes_less_urgent_work_queued_on_a_busy_executor() -> None:
+    h = Harness()
+    h.attach("ex1", slots=1)
+    h.core.set_credit("ex1", 4)
+    h.add_job("low", tmpl(count=20), priority=10)
+    assert len(dispatched(h.drain())["ex1"]) == 5  # one running, four queued: no credit left
+    h.add_job("high", tmpl(count=3), priority=90)
+    # Sent although the credit is spent: the executor's gate starts them before the queued ones.
+    assert dispatched(h.drain()) == {"ex1": [("high/0", 1), ("high/1", 1), ("high/2", 1)]}
+    h.add_job("same", tmpl(count=1), priority=10)
+    assert dispatched(h.drain()) == {}  # as urgent as the queue: it waits at the leader
+
+
+def test_overtaking_is_bounded_and_needs_a_queue() -> None:
+    h = Harness()
+    h.attach("ex1", slots=2)
+    h.add_job("low", tmpl(count=2), priority=10)
+    h.drain()
+    h.add_job("high", tmpl(count=1), priority=90)
+    assert dispatched(h.drain()) == {}  # nothing queued to overtake: it waits for a free slot
+    h.core.set_credit("ex1", 1)
+    h.add_job("low2", tmpl(count=5), priority=10)
+    assert dispatched(h.drain()) == {"ex1": [("high/0", 1)]}  # the credit goes to the urgent one
+    h.add_job("urgent", tmpl(count=50), priority=99)
+    sent = dispatched(h.drain())["ex1"]
+    assert len(sent) == 3  # held: 3, bound 2 x (2 slots + 1 credit) = 6
+    assert len(h.core.executors["ex1"].running) == 6
