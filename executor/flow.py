@@ -18,7 +18,7 @@ WINDOW = 0.1
 #: The most tasks an executor queues beyond its slots, whatever their speed.
 CAP = 512
 #: Weight of the newest task in the running mean of slot-hold times.
-ALPHA = 0.05
+ALPHA = 0.2
 
 
 class Credit:

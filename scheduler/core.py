@@ -527,7 +527,9 @@ class Core:
                     continue
                 priority = task.job.priority
                 targets = [
-                    ex for ex in self.executors.values() if kind in ex.kinds and ex.can_be_overtaken_by(priority)
+                    ex
+                    for ex in self.executors.values()
+                    if kind in ex.kinds and ex.can_be_overtaken_by(priority)
                 ]
                 if not targets:
                     break

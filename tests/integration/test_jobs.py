@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,43 @@ def test_priority_high_runs_before_low_on_one_slot(local_cluster):
         t_low = float(c.wait_job(low["id"], timeout=60)["tasks"][0]["result"]["stdout"])
         t_high = float(c.wait_job(high["id"], timeout=60)["tasks"][0]["result"]["stdout"])
     assert t_high < t_low
+
+
+def test_priority_holds_with_work_queued_on_the_executors(local_cluster, tmp_path, monkeypatch):
+    """Default flow control queues short tasks on the executors; a later, more urgent task must still
+    start before the queued ones instead of waiting for a credit to free up behind them."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    )
+    cluster = local_cluster(executors=2, executor_slots=1)
+    stamps = tmp_path / "stamps"
+
+    def job(label, count, seconds, priority):
+        return {"name": label, "priority": priority, "task": [
+            {"name": label, "kind": "call", "function": "taskfuncs:stamp", "count": count,
+             "args": [str(stamps), label, seconds]}]}  # fmt: skip
+
+    def started():
+        lines = stamps.read_text().splitlines() if stamps.exists() else []
+        return [(line.split()[0], float(line.split()[1])) for line in lines]
+
+    with cluster.client(timeout=10) as c:
+        low = c.submit_job(job("low", 300, 0.03, 10))
+        deadline = time.monotonic() + 60
+        while len(started()) < 60:  # long enough for the executors' credit to fill their queues
+            assert time.monotonic() < deadline, "the low-priority job does not progress"
+            time.sleep(0.05)
+        queued = sum(e["running"] for e in c.list_executors())
+        submitted = time.time()
+        high = c.submit_job(job("high", 6, 0.0, 90))
+        assert c.wait_job(high["id"], timeout=60)["state"] == "SUCCEEDED"
+        c.cancel_job(low["id"])
+    last_high = max(t for label, t in started() if label == "high")
+    overtaken = [t for label, t in started() if label == "low" and submitted < t < last_high]
+    assert queued > 2, f"nothing was queued on the executors ({queued} tasks held)"
+    # A low task may start in the moment the urgent ones are on their way (one per executor);
+    # waiting for credit instead would interleave one low task with each urgent one.
+    assert len(overtaken) <= 2, f"{len(overtaken)} low-priority tasks started before the last urgent one"
 
 
 def test_executor_refuses_kinds_not_allowed(local_cluster):

@@ -977,7 +977,9 @@ class Sim:
                 dispatch_to.add(d.executor)
                 for t, a in d.tasks:
                     rec = self.records.get(t.id) or {}
-                    assert (rec.get("a"), rec.get("e")) == (a, d.executor), f"{t.id}#{a} dispatched before its write"
+                    assert (rec.get("a"), rec.get("e")) == (a, d.executor), (
+                        f"{t.id}#{a} dispatched before its write"
+                    )
                     if d.executor in self.links and t.attempt == a and t.state in ACTIVE:
                         self.held[d.executor].add(TaskRef(t.job.id, t.index, a))
                         self.seen["dispatch"] += 1
@@ -1363,7 +1365,16 @@ def test_randomized_runs_cover_every_event() -> None:
     seen: Counter[str] = Counter()
     for seed in SEEDS:
         seen += random_run(seed).seen
-    for what in ("reattach", "dropped", "resent", "failover", "cancelled", "cancel", "job-FAILED", "job-CANCELLED"):
+    for what in (
+        "reattach",
+        "dropped",
+        "resent",
+        "failover",
+        "cancelled",
+        "cancel",
+        "job-FAILED",
+        "job-CANCELLED",
+    ):
         assert seen[what] > 0, (what, seen)
 
 

@@ -1,0 +1,15 @@
+"""Functions that ``call`` tasks in the integration tests run: they leave side effects to count."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def stamp(path: str, label: str, seconds: float = 0.0) -> float:
+    """Append ``label``, the start time and the executor's pid to ``path``, then take ``seconds``."""
+    started = time.time()
+    with open(path, "a") as f:
+        f.write(f"{label} {started:.6f} {os.getppid()}\n")
+    time.sleep(seconds)
+    return started
