@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-
 #: The most tasks an executor may hold beyond its slots, whatever credit it asks for.
 MAX_PREFETCH = 4096
 
