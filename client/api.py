@@ -38,6 +38,8 @@ _ANY_MASTER = {"GetMasterInfo", "GetClusterStatus"}
 T = TypeVar("T")
 
 
+#: Tasks per GetJob page (the masters allow no more).
+TASK_PAGE = 20_000
 #: How long one WaitJob call may block on the leader before the client asks again.
 WAIT_CHUNK = 20.0
 
@@ -177,7 +179,26 @@ class AsyncClient:
         return json.loads((await self._call(method, request, timeout)).json)
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
-        return await self._json_call("GetJob", rota_pb2.GetJobRequest(id=job_id))  # type: ignore[no-any-return]
+        """The get-job document, its tasks read a page at a time: every call stays small and quick
+        however large the job, so a short timeout works and the leader is never held up."""
+        doc: dict[str, Any] = await self._json_call(
+            "GetJob", rota_pb2.GetJobRequest(id=job_id, task_limit=TASK_PAGE)
+        )
+        return await self._rest_of_tasks(job_id, doc)
+
+    async def _rest_of_tasks(self, job_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Complete a document that carries the first page of its tasks."""
+        total = sum(doc["counts"].values())
+        tasks: list[dict[str, Any]] = doc["tasks"]
+        while len(tasks) < total:
+            page = await self._json_call(
+                "GetJob", rota_pb2.GetJobRequest(id=job_id, task_offset=len(tasks), task_limit=TASK_PAGE)
+            )
+            if not page["tasks"]:
+                break
+            tasks.extend(page["tasks"])
+            doc.update(state=page["state"], counts=page["counts"])
+        return doc
 
     async def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
         return await self._json_call("ListJobs", rota_pb2.ListJobsRequest(state=state or ""))  # type: ignore[no-any-return]
@@ -202,11 +223,13 @@ class AsyncClient:
         chunk = 0.5 if progress else WAIT_CHUNK
         while True:
             left = chunk if deadline is None else min(chunk, max(0.0, deadline - time.monotonic()))
+            # A summary (counts, no tasks) until the job ends; then the document with its first
+            # page of tasks, once.
             doc = await self._json_call(
                 "WaitJob", rota_pb2.WaitJobRequest(id=job_id, timeout=left), timeout=left + self.timeout
             )
             if doc["state"] in TERMINAL:
-                return doc  # type: ignore[no-any-return]
+                return await self._rest_of_tasks(job_id, doc)
             if progress:
                 progress(doc)
             if deadline is not None and time.monotonic() >= deadline:

@@ -39,7 +39,7 @@ class Credit:
         if self.fixed is not None:
             return self.fixed
         if self.mean is None:
-            return self.slots  # a guess until the first task ends: modest, either way
+            return 0  # nothing known: a first task that turns out short costs one turnaround
         if self.mean <= 0:
             return CAP
         return min(CAP, math.floor(self.slots * WINDOW / self.mean))

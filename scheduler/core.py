@@ -32,6 +32,10 @@ from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_exec
 
 RETRY_BASE = 0.5
 RETRY_CAP = 10.0
+#: A template one of whose attempts ended this soon after placement has short tasks: its tasks
+#: may use an executor's credit (queue there beyond the slots). Until then they take free slots only,
+#: since a long task queued behind others would wait while another executor idles.
+SHORT_RUN = 0.5
 
 
 def retry_delay(attempt: int) -> float:
@@ -94,7 +98,7 @@ class Task:
 
 
 class Job:
-    __slots__ = ("id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled")
+    __slots__ = ("id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short")
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float) -> None:
         self.id = job_id
@@ -110,6 +114,8 @@ class Job:
             for copy in range(tmpl.copies()):
                 self.tasks.append(Task(self, len(self.tasks), t_idx, copy))
         self.counts[PENDING] = len(self.tasks)
+        #: Per template: whether its tasks are known to be short (see SHORT_RUN).
+        self.short = [False] * len(spec.tasks)
 
     @property
     def priority(self) -> int:
@@ -312,7 +318,10 @@ class Core:
 
     def _observe_run(self, task: Task) -> None:
         if task.state in ACTIVE and task.since:
-            self.observe_run(self.clock() - task.since)
+            ran = self.clock() - task.since
+            self.observe_run(ran)
+            if ran < SHORT_RUN:
+                task.job.short[task.template] = True
 
     def _retry_or_fail(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
         """After a failed or lost attempt: run again with the next attempt, or fail for good.
@@ -493,23 +502,34 @@ class Core:
     # -- placement -----------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Assign pending tasks, highest priority first, while executors have free slots; then let
-        urgent tasks overtake less urgent ones queued on executors."""
+        """Assign pending tasks, highest priority first, while executors have room (free slots,
+        and credit for tasks known to be short); then let urgent tasks overtake less urgent ones
+        queued on executors."""
         free = [ex for ex in self.executors.values() if ex.free > 0]
+        #: Kinds whose best task has no room anywhere this round (its template is not known short).
+        stuck: set[str] = set()
         while free:
             best: tuple[int, int, int, Task] | None = None
             best_heap: list[tuple[int, int, int, Task]] | None = None
             for kind, heap in self._pending.items():
                 while heap and heap[0][3].state != PENDING:
                     heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best) and any(kind in ex.kinds for ex in free):
+                if (
+                    heap
+                    and (best is None or heap[0] < best)
+                    and kind not in stuck
+                    and any(kind in ex.kinds for ex in free)
+                ):
                     best, best_heap = heap[0], heap
             if best is None or best_heap is None:
                 break
-            heapq.heappop(best_heap)
             task = best[3]
-            ex = choose_executor(task.spec.kind, free)
-            assert ex is not None
+            short = task.job.short[task.template]
+            ex = choose_executor(task.spec.kind, free if short else [e for e in free if e.free_slots > 0])
+            if ex is None:
+                stuck.add(task.spec.kind)
+                continue
+            heapq.heappop(best_heap)
             self._assign(task, ex)
             if ex.free == 0:
                 free.remove(ex)

@@ -38,7 +38,13 @@ class ExecutorSlot:
 
     @property
     def free(self) -> int:
+        """Room for tasks known to be short: free slots and credit."""
         return self.slots + self.prefetch - len(self.running) if self.connected else 0
+
+    @property
+    def free_slots(self) -> int:
+        """Room for any task."""
+        return self.slots - len(self.running) if self.connected else 0
 
     def hold(self, task: Any) -> None:
         if task not in self.running:

@@ -20,7 +20,7 @@ from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
-from rota.scheduler.views import executor_doc, job_doc, job_doc_yielding
+from rota.scheduler.views import MAX_TASK_PAGE, executor_doc, job_doc, job_doc_yielding, job_page_doc
 
 log = logging.getLogger("rota.service")
 
@@ -188,10 +188,17 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         return job
 
     async def GetJob(self, request: rota_pb2.GetJobRequest, context: Any) -> rota_pb2.JsonReply:
-        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            return _json(
-                await job_doc_yielding(await self._job_or_404(rt.jobs.job(request.id), request.id, context))
+        if request.task_offset < 0 or request.task_limit < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"task_offset and task_limit must be >= 0, got {request.task_offset} and {request.task_limit}",
             )
+
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            job = await self._job_or_404(rt.jobs.job(request.id), request.id, context)
+            if request.task_limit:
+                return _json(job_page_doc(job, request.task_offset, request.task_limit))
+            return _json(await job_doc_yielding(job))
 
         return await self._on_leader("GetJob", request, context, local)
 
@@ -214,7 +221,10 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             job = await rt.jobs.wait_job(request.id, max(0.0, request.timeout or 30.0))
-            return _json(await job_doc_yielding(await self._job_or_404(job, request.id, context)))
+            job = await self._job_or_404(job, request.id, context)
+            if job.state is None:
+                return _json(job_doc(job, with_tasks=False))
+            return _json(job_page_doc(job, 0, MAX_TASK_PAGE))
 
         return await self._on_leader("WaitJob", request, context, local)
 

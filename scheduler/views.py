@@ -61,6 +61,16 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
 
 #: Tasks turned into documents between two yields to the event loop.
 DOC_CHUNK = 5000
+#: The most tasks one GetJob page carries: a page is built, encoded and sent in tens of
+#: milliseconds, so a client with a short timeout reads any job and the leader's loop never stalls.
+MAX_TASK_PAGE = 20_000
+
+
+def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
+    """The get-job document with tasks ``[offset, offset + limit)`` only."""
+    doc = job_doc(job, with_tasks=False)
+    doc["tasks"] = [task_doc(t) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]]
+    return doc
 
 
 async def job_doc_yielding(job: Job) -> dict[str, Any]:

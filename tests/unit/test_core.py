@@ -31,6 +31,7 @@ from rota.common.states import (
 from rota.scheduler.core import (
     RETRY_BASE,
     RETRY_CAP,
+    SHORT_RUN,
     Ack,
     CancelTasks,
     Core,
@@ -1015,7 +1016,9 @@ class Sim:
                 owner[t.id] = ex_id
             if ex.connected:
                 assert {t.ref() for t in ex.running} == self.held[ex_id], f"{ex_id} disagrees with the leader"
-        free_kinds = {k for ex in core.executors.values() if ex.free > 0 for k in ex.kinds}
+        # Credit is for templates known to be short, and only once the kind's best task may use
+        # it: what must never happen is a free slot left idle.
+        free_kinds = {k for ex in core.executors.values() if ex.free_slots > 0 for k in ex.kinds}
         for job in core.jobs.values():
             assert_counts(job)
             all_ended = True
@@ -1413,19 +1416,23 @@ def test_an_attempt_lost_with_its_executor_counts_as_lost_not_failed() -> None:
     assert (h.core.stats.requeued, h.core.stats.requeued_lost) == (1, 1)
 
 
-def test_credit_lets_an_executor_hold_tasks_beyond_its_slots_and_a_lower_credit_sends_no_more() -> None:
+def test_credit_is_used_once_a_template_is_known_short_and_a_lower_credit_sends_no_more() -> None:
     h = Harness()
     h.attach("ex1", slots=1)
-    h.add_job("j", tmpl(count=10))
-    assert len(dispatched(h.drain())["ex1"]) == 1
     h.core.set_credit("ex1", 3)
-    assert len(dispatched(h.drain())["ex1"]) == 3
+    h.add_job("j", tmpl(count=12))
+    assert len(dispatched(h.drain())["ex1"]) == 1  # tasks of unknown length take slots only
+    h.now[0] += SHORT_RUN + 1
+    h.report("ex1", TaskRef("j", 0, 1), SUCCEEDED)
+    assert dispatched(h.drain()) == {"ex1": [("j/1", 1)]}  # that one was long: still slots only
+    h.report("ex1", TaskRef("j", 1, 1), SUCCEEDED)
+    assert len(dispatched(h.drain())["ex1"]) == 4  # short: a slot and the credit
     h.core.set_credit("ex1", 0)
-    for i in range(3):  # four held, a credit of 0: the next three results place nothing
+    for i in range(2, 5):  # four held, a credit of 0: the next three results place nothing
         h.report("ex1", TaskRef("j", i, 1), SUCCEEDED)
         assert dispatched(h.drain()) == {}
-    h.report("ex1", TaskRef("j", 3, 1), SUCCEEDED)
-    assert dispatched(h.drain()) == {"ex1": [("j/4", 1)]}
+    h.report("ex1", TaskRef("j", 5, 1), SUCCEEDED)
+    assert dispatched(h.drain()) == {"ex1": [("j/6", 1)]}
     h.core.set_credit("ex1", 10**9)
     assert h.core.executors["ex1"].prefetch == 4096  # an executor cannot ask for unbounded work
 
@@ -1434,7 +1441,9 @@ def test_an_urgent_task_overtakes_less_urgent_work_queued_on_a_busy_executor() -
     h = Harness()
     h.attach("ex1", slots=1)
     h.core.set_credit("ex1", 4)
-    h.add_job("low", tmpl(count=20), priority=10)
+    h.add_job("low", tmpl(count=21), priority=10)
+    h.drain()
+    h.report("ex1", TaskRef("low", 0, 1), SUCCEEDED)
     assert len(dispatched(h.drain())["ex1"]) == 5  # one running, four queued: no credit left
     h.add_job("high", tmpl(count=3), priority=90)
     # Sent although the credit is spent: the executor's gate starts them before the queued ones.
@@ -1451,6 +1460,7 @@ def test_overtaking_is_bounded_and_needs_a_queue() -> None:
     h.add_job("high", tmpl(count=1), priority=90)
     assert dispatched(h.drain()) == {}  # nothing queued to overtake: it waits for a free slot
     h.core.set_credit("ex1", 1)
+    h.core.jobs["high"].short[0] = True
     h.add_job("low2", tmpl(count=5), priority=10)
     assert dispatched(h.drain()) == {"ex1": [("high/0", 1)]}  # the credit goes to the urgent one
     h.add_job("urgent", tmpl(count=50), priority=99)
