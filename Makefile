@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The folders installed as rota.*
 PACKAGES := rota common client devtools metastore protos scheduler executor
 
-.PHONY: all etcd test-tools test unit_test integration_test dev demo bench clean chaos
+.PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos
 
 all: $(VENV)/.installed $(PROTO_GEN) $(PROGRAMS) etcd
 
@@ -88,6 +88,23 @@ bench: all
 	$(PY) -m bench.recovery
 	$(PY) -m bench.stall --trials 5
 	$(PY) -m bench.summary
+
+# Ray, Dask and Celery with a Redis server, in a virtualenv of their own; not part of `make test`.
+PEERS := build/peers
+PEERS_ARGS ?=
+
+$(PEERS)/.installed: bench/peers-requirements.txt
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "bench-peers needs redis-server (sudo apt-get install redis-server)" >&2; exit 1; fi; \
+	fi
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q -r bench/peers-requirements.txt
+	@touch $@
+
+bench-peers: all $(PEERS)/.installed
+	$(PY) -m bench.peers $(PEERS_ARGS)
 
 chaos: all
 	$(PY) -m bench.chaos
