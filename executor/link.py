@@ -31,6 +31,8 @@ STALLED_AFTER = 2.0
 #: when a follower still names it as the leader.
 WELCOME_TIMEOUT = 1.0
 SILENT_FOR = 1.5
+#: The shortest time between two report messages while reports keep coming.
+REPORT_GATHER = 0.005
 #: One master's time to say how long a lease has left, when asked before fencing.
 LEASE_ASK_TIMEOUT = 0.5
 
@@ -210,9 +212,17 @@ class Link:
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         assert self._outbox is not None
+        last_reports = 0.0
         while True:
             item = await self._outbox.get()
             if isinstance(item, rota_pb2.TaskReport):
+                # While more tasks are here to end, reports in quick succession wait up to
+                # REPORT_GATHER so that one message, one leader turn and one etcd commit carry many;
+                # the last task's report, or one after a quiet spell, goes at once.
+                hold = last_reports + REPORT_GATHER - time.monotonic()
+                if hold > 0 and self.runner.running:
+                    await asyncio.sleep(hold)
+                last_reports = time.monotonic()
                 # Fold every report already waiting into one message.
                 reports = [item]
                 others: list[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] = []
