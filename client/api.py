@@ -108,8 +108,11 @@ class AsyncClient:
         if info.leader_addr and info.leader_addr in self.addresses:
             self._preferred = self.addresses.index(info.leader_addr)
 
-    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        """Call ``method`` on the first master that answers, going round until the deadline."""
+    async def _call(self, method: str, request: Any, timeout: float | None = None, hold: float = 0.0) -> Any:
+        """Call ``method`` on the first master that answers, going round until the deadline.
+
+        ``hold`` is how long the master may keep the call by design (a WaitJob): each try gets that
+        on top of its share of the timeout."""
         if not self._leader_known and len(self.addresses) > 1 and method not in _ANY_MASTER:
             await self._find_leader()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -131,7 +134,9 @@ class AsyncClient:
             else:
                 try:
                     # Several masters: do not let one that stopped answering eat the whole timeout.
-                    per_try = remaining if n == 1 else min(remaining, max(PER_TRY_MIN, self.timeout / n))
+                    per_try = (
+                        remaining if n == 1 else min(remaining, hold + max(PER_TRY_MIN, self.timeout / n))
+                    )
                     result = await getattr(stub, method)(request, timeout=per_try)
                     self._preferred = idx
                     return result
@@ -175,8 +180,10 @@ class AsyncClient:
         reply = await self._call("SubmitJob", req)
         return {"id": reply.id, "created": reply.created}
 
-    async def _json_call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        return json.loads((await self._call(method, request, timeout)).json)
+    async def _json_call(
+        self, method: str, request: Any, timeout: float | None = None, hold: float = 0.0
+    ) -> Any:
+        return json.loads((await self._call(method, request, timeout, hold)).json)
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         """The get-job document, its tasks read a page at a time: every call stays small and quick
@@ -226,7 +233,10 @@ class AsyncClient:
             # A summary (counts, no tasks) until the job ends; then the document with its first
             # page of tasks, once.
             doc = await self._json_call(
-                "WaitJob", rota_pb2.WaitJobRequest(id=job_id, timeout=left), timeout=left + self.timeout
+                "WaitJob",
+                rota_pb2.WaitJobRequest(id=job_id, timeout=left),
+                timeout=left + self.timeout,
+                hold=left,
             )
             if doc["state"] in TERMINAL:
                 return await self._rest_of_tasks(job_id, doc)

@@ -239,6 +239,19 @@ def test_priority_holds_with_work_queued_on_the_executors(local_cluster, tmp_pat
     assert len(overtaken) <= 2, f"{len(overtaken)} low-priority tasks started before the last urgent one"
 
 
+def test_a_wait_longer_than_the_client_timeout_is_not_cut_short(local_cluster):
+    """A WaitJob call is held by the master for the wait itself: each try gets that on top of the
+    client's timeout, or waiting on any job longer than a few seconds fails on every master."""
+    cluster = local_cluster(executors=1, executor_slots=1)
+    with cluster.client(timeout=1) as c:
+        job = c.submit_job({"name": "long", "task": [{"name": "s", "kind": "sleep", "seconds": 30}]})
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="still"):
+            c.wait_job(job["id"], timeout=5)
+        assert time.monotonic() - t0 >= 4.9
+        c.cancel_job(job["id"])
+
+
 def test_executor_refuses_kinds_not_allowed(local_cluster):
     cluster = local_cluster(executors=1, executor_slots=1, executor_args=["--allow-kinds", "noop,sleep"])
     with cluster.client(timeout=10) as c:
