@@ -208,23 +208,30 @@ class EtcdClient:
 
     # -- KV -----------------------------------------------------------------------------
 
-    async def get(self, key: bytes) -> KV | None:
-        return (await self.read(key))[0]
+    async def get(self, key: bytes, serializable: bool = False) -> KV | None:
+        """``serializable`` reads the member's own copy without a quorum round: quick under load,
+        possibly a moment stale; for views, never for decisions."""
+        return (await self.read(key, serializable))[0]
 
-    async def read(self, key: bytes) -> tuple[KV | None, int]:
+    async def read(self, key: bytes, serializable: bool = False) -> tuple[KV | None, int]:
         """A key and the store revision it was read at."""
-        resp = await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=key))
+        resp = await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=key, serializable=serializable))
         return (KV.from_pb(resp.kvs[0]) if resp.kvs else None), int(resp.header.revision)
 
     async def get_prefix(
-        self, prefix: bytes, revision: int = 0, keys_only: bool = False
+        self, prefix: bytes, revision: int = 0, keys_only: bool = False, serializable: bool = False
     ) -> tuple[list[KV], int]:
         """Every key under ``prefix`` at one revision, read in pages; returns (kvs, revision)."""
         out: list[KV] = []
         start, end = prefix, prefix_end(prefix)
         while True:
             req = rpc.RangeRequest(
-                key=start, range_end=end, limit=10000, revision=revision, keys_only=keys_only
+                key=start,
+                range_end=end,
+                limit=10000,
+                revision=revision,
+                keys_only=keys_only,
+                serializable=serializable,
             )
             resp = await self._call(rpc.KVStub, "Range", req, timeout=max(self.timeout, 30.0))
             revision = revision or resp.header.revision
@@ -233,8 +240,10 @@ class EtcdClient:
                 return out, revision
             start = resp.kvs[-1].key + b"\0"
 
-    async def count_prefix(self, prefix: bytes) -> int:
-        req = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
+    async def count_prefix(self, prefix: bytes, serializable: bool = False) -> int:
+        req = rpc.RangeRequest(
+            key=prefix, range_end=prefix_end(prefix), count_only=True, serializable=serializable
+        )
         return int((await self._call(rpc.KVStub, "Range", req)).count)
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:

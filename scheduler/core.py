@@ -148,6 +148,22 @@ def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
         job.started = True
 
 
+class Run:
+    """The pending tasks ``[next, end)`` of one template of a new job, queued as one heap entry: a job of
+    200,000 tasks is queued in microseconds instead of 200,000 heap pushes on the leader's loop."""
+
+    __slots__ = ("job", "next", "end", "since")
+
+    def __init__(self, job: Job, start: int, end: int, since: float) -> None:
+        self.job = job
+        self.next = start
+        self.end = end
+        self.since = since
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRef:
     job_id: str
@@ -259,7 +275,8 @@ class Core:
         self.jobs: dict[str, Job] = {}
         self.executors: dict[str, ExecutorSlot] = {}
         self.stats = Stats()
-        self._pending: dict[str, list[tuple[int, int, int, Task]]] = {}
+        #: Per kind, a heap of (-priority, job seq, index, Task or Run): the next task to place first.
+        self._pending: dict[str, list[tuple[int, int, int, Task | Run]]] = {}
         self._delayed: list[tuple[float, int, int, Task]] = []
         self._out: list[Decision] = []
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
@@ -362,10 +379,12 @@ class Core:
                 self._end_job(job)
                 return
             now = self.clock()
-            for task in job.tasks:
-                if task.state == PENDING:
-                    task.since = now
-                    self._enqueue(task)
+            start = 0
+            for template in job.spec.tasks:
+                end = start + template.copies()
+                heap = self._pending.setdefault(template.kind, [])
+                heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
+                start = end
         self._schedule()
 
     def attach_executor(self, ex: ExecutorSlot, reported: Iterable[TaskRef] = ()) -> None:
@@ -501,6 +520,44 @@ class Core:
 
     # -- placement -----------------------------------------------------------------------
 
+    @staticmethod
+    def _peek(heap: list[tuple[int, int, int, Task | Run]]) -> Task | None:
+        """The heap's next pending task, dropping entries that are no longer pending."""
+        while heap:
+            entry = heap[0]
+            item = entry[3]
+            if isinstance(item, Run):
+                tasks = item.job.tasks
+                while item.next < item.end and tasks[item.next].state != PENDING:
+                    item.next += 1
+                if item.next >= item.end:
+                    heapq.heappop(heap)
+                elif entry[2] != item.next:
+                    heapq.heapreplace(heap, (entry[0], entry[1], item.next, item))
+                else:
+                    return tasks[item.next]
+            elif item.state != PENDING:
+                heapq.heappop(heap)
+            else:
+                return item
+        return None
+
+    @staticmethod
+    def _pop(heap: list[tuple[int, int, int, Task | Run]]) -> None:
+        """Take the task ``_peek`` just returned off the heap."""
+        entry = heap[0]
+        item = entry[3]
+        if isinstance(item, Run):
+            task = item.job.tasks[item.next]
+            task.since = task.since or item.since
+            item.next += 1
+            if item.next < item.end:
+                heapq.heapreplace(heap, (entry[0], entry[1], item.next, item))
+            else:
+                heapq.heappop(heap)
+        else:
+            heapq.heappop(heap)
+
     def _schedule(self) -> None:
         """Assign pending tasks, highest priority first, while executors have room (free slots,
         and credit for tasks known to be short); then let urgent tasks overtake less urgent ones
@@ -509,27 +566,24 @@ class Core:
         #: Kinds whose best task has no room anywhere this round (its template is not known short).
         stuck: set[str] = set()
         while free:
-            best: tuple[int, int, int, Task] | None = None
-            best_heap: list[tuple[int, int, int, Task]] | None = None
+            best: tuple[int, int, int] | None = None
+            best_heap: list[tuple[int, int, int, Task | Run]] | None = None
+            best_task: Task | None = None
             for kind, heap in self._pending.items():
-                while heap and heap[0][3].state != PENDING:
-                    heapq.heappop(heap)
-                if (
-                    heap
-                    and (best is None or heap[0] < best)
-                    and kind not in stuck
-                    and any(kind in ex.kinds for ex in free)
-                ):
-                    best, best_heap = heap[0], heap
-            if best is None or best_heap is None:
+                if kind in stuck or not any(kind in ex.kinds for ex in free):
+                    continue
+                task = self._peek(heap)
+                if task is not None and (best is None or heap[0][:3] < best):
+                    best, best_heap, best_task = heap[0][:3], heap, task
+            if best_heap is None or best_task is None:
                 break
-            task = best[3]
+            task = best_task
             short = task.job.short[task.template]
             ex = choose_executor(task.spec.kind, free if short else [e for e in free if e.free_slots > 0])
             if ex is None:
                 stuck.add(task.spec.kind)
                 continue
-            heapq.heappop(best_heap)
+            self._pop(best_heap)
             self._assign(task, ex)
             if ex.free == 0:
                 free.remove(ex)
@@ -540,11 +594,7 @@ class Core:
         there anyway: the executor's gate starts it before that work. Without this, credit filled
         with low-priority tasks would make a later urgent task wait for all of them."""
         for kind, heap in self._pending.items():
-            while heap:
-                task = heap[0][3]
-                if task.state != PENDING:
-                    heapq.heappop(heap)
-                    continue
+            while (task := self._peek(heap)) is not None:
                 priority = task.job.priority
                 targets = [
                     ex
@@ -553,7 +603,7 @@ class Core:
                 ]
                 if not targets:
                     break
-                heapq.heappop(heap)
+                self._pop(heap)
                 self._assign(task, min(targets, key=lambda ex: (min(ex.priorities), ex.load())))
 
     def _assign(self, task: Task, ex: ExecutorSlot) -> None:

@@ -63,7 +63,7 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
 DOC_CHUNK = 5000
 #: The most tasks one GetJob page carries: a page is built, encoded and sent in tens of
 #: milliseconds, so a client with a short timeout reads any job and the leader's loop never stalls.
-MAX_TASK_PAGE = 20_000
+MAX_TASK_PAGE = 10_000
 
 
 def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
