@@ -79,10 +79,11 @@ demo: all
 
 bench: all
 	$(PY) -m bench.failover
-	$(PY) -m bench.throughput --slots 1 --prefetch 256
-	$(PY) -m bench.throughput --slots 1 --prefetch 256 --kind call --no-ceiling --out bench/results/throughput-call.json
-	$(PY) -m bench.throughput --slots 2 --no-ceiling --out bench/results/throughput-demo.json
+	$(PY) -m bench.throughput --kind call --no-ceiling --out bench/results/throughput-call.json
+	$(PY) -m bench.throughput
+	$(PY) -m bench.throughput --prefetch 512 --no-ceiling --out bench/results/throughput-tuned.json
 	$(PY) -m bench.latency
+	$(PY) -m bench.responsive
 	$(PY) -m bench.scale
 	$(PY) -m bench.executors
 	$(PY) -m bench.recovery

@@ -1,4 +1,4 @@
-"""One table of the latest `make bench` figures against issue 5's targets, from bench/results/*.json.
+"""One table of the latest `make bench` figures, from bench/results/*.json (`make bench-peers` has the peers).
 
 .venv/bin/python bench/summary.py      # also writes bench/results/summary.json
 """
@@ -20,19 +20,24 @@ def load(name: str) -> dict[str, Any] | None:
 
 def rows() -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
+    if t := load("throughput-call"):
+        out.append((f"20,000 call (Python function), 2 x {t['slots_per_executor']} slot, defaults",
+                    f"{t['median_tasks_per_s']:,} tasks/s (runs {t['runs_tasks_per_s']})", "3x Ray (bench-peers)"))  # fmt: skip
     if t := load("throughput"):
-        out.append((f"20,000 noop, 2 x {t['slots_per_executor']} slot, prefetch {t.get('prefetch', 0)}",
-                    f"{t['median_tasks_per_s']:,} tasks/s (runs {t['runs_tasks_per_s']})", ">= 5,000"))  # fmt: skip
+        out.append((f"20,000 noop, 2 x {t['slots_per_executor']} slot, defaults",
+                    f"{t['median_tasks_per_s']:,} tasks/s (runs {t['runs_tasks_per_s']})", "6x Ray (bench-peers)"))  # fmt: skip
         if t.get("etcd_ceiling_keys_per_s"):
             out.append(("etcd writes per task / ceiling used",
                         f"{t['etcd_writes_per_task']} / {t['fraction_of_ceiling']:.0%} of "
                         f"{t['etcd_ceiling_keys_per_s']:,} keys/s", ""))  # fmt: skip
-    if t := load("throughput-call"):
-        out.append(("20,000 call", f"{t['median_tasks_per_s']:,} tasks/s", ""))
-    if t := load("throughput-demo"):
-        out.append(("20,000 noop, demo cluster, no prefetch", f"{t['median_tasks_per_s']:,} tasks/s", ""))
+    if t := load("throughput-tuned"):
+        out.append(("20,000 noop, --prefetch 512", f"{t['median_tasks_per_s']:,} tasks/s", ""))
     if t := load("latency"):
-        out.append(("round trip p50 / p99", f"{t['p50_ms']} / {t['p99_ms']} ms", "<= 5 / <= 15 ms"))
+        out.append((f"round trip p50 / p99 ({t.get('kind', 'noop')})", f"{t['p50_ms']} / {t['p99_ms']} ms",
+                     "p50 <= 1.5 x two etcd commits, p99 <= 2 x p50"))  # fmt: skip
+    if t := load("responsive"):
+        worst = max(t["cluster-status"]["max_ms"], t["list-jobs"]["max_ms"])
+        out.append((f"other calls during a {t['tasks']:,}-task call job (worst)", f"{worst} ms", "<= 100 ms"))
     if t := load("scale"):
         subs = {s["job"]: s for s in t["jobs"]["submissions"]}
         mem = t["jobs"]["memory"]

@@ -1,9 +1,10 @@
-"""Throughput baseline: one job of N no-op tasks on a demo-like cluster, submit to all SUCCEEDED.
+"""Throughput: one job of N tasks (``noop``, or ``call``: a Python function) submitted, then waited for.
 
-Three masters with embedded etcd and two executors on this machine; prints tasks/s for
-each run and the median, and writes bench/results/throughput.json.
+Three masters with embedded etcd and two executors on this machine, with the executors' default
+flow control unless ``--prefetch N`` fixes it; prints tasks/s for each run and the median, and
+writes bench/results/throughput.json.
 
-    .venv/bin/python bench/throughput.py [--tasks 20000] [--runs 3] [--slots 2]
+    .venv/bin/python -m bench.throughput [--tasks 20000] [--runs 3] [--slots 1] [--kind call]
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--slots", type=int, default=2, help="slots per executor (two executors)")
-    ap.add_argument("--prefetch", type=int, default=0, help="executor --prefetch (tasks queued beyond slots)")
+    ap.add_argument("--slots", type=int, default=1, help="slots per executor (two executors)")
+    ap.add_argument("--prefetch", default="auto", help="executor --prefetch: auto (the default) or N")
     ap.add_argument("--kind", default="noop", choices=["noop", "call"])
     ap.add_argument(
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the etcd ceiling measurement"
