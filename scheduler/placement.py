@@ -1,4 +1,4 @@
-"""Where a task runs: the least-loaded connected executor with a free slot that offers its kind."""
+"""Where a task runs: the least-loaded connected executor with room (a free slot, or credit for short tasks) that offers its kind."""
 
 from __future__ import annotations
 
