@@ -25,7 +25,7 @@ from rota.common.states import State
 from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
 from rota.executor.gate import PriorityGate
-from rota.executor.kinds.base import Kind, TaskResult, TaskSpec
+from rota.executor.kinds.base import Kind, Ride, TaskResult, TaskSpec, settle
 from rota.executor.tasklogs import LogStore
 from rota.protos import rota_pb2
 
@@ -33,6 +33,9 @@ log = logging.getLogger("rota.executor")
 
 #: A task still running after this long is reported RUNNING (quick tasks skip that message).
 RUNNING_REPORT_DELAY = 0.05
+#: A batch of a batchable kind (``call``) takes along the tasks queued behind its first while
+#: they fit this long at the kind's mean task time: a more urgent task waits at most about this.
+BATCH_WINDOW = 0.005
 
 Key = tuple[str, int]
 
@@ -66,6 +69,7 @@ class Runner:
         self.unacked: dict[tuple[str, int, int], rota_pb2.TaskReport] = {}
         self.completed = 0
         self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
+        self._batches: set[asyncio.Task[None]] = set()
         #: Called as each attempt ends with (kind, outcome, seconds it held a slot); for metrics.
         self.on_task_ended: Callable[[str, str, float], None] | None = None
 
@@ -96,38 +100,42 @@ class Runner:
         kind = self.kinds.get(a.kind)
         work_dir = ""
         announce: asyncio.TimerHandle | None = None
-        acquired = False
+        holds_slot = began = False
         log_key = (ref.job_id, ref.index, ref.attempt)
         result: TaskResult | None = None
         started = 0.0
+        ride: Ride | None = None
         try:
-            await self.gate.acquire(a.priority)
-            acquired = True
+            if kind is not None and kind.batch_size > 1 and kind.log_files is not True:
+                ride = Ride(self._spec(a, ref, ""))
+            holds_slot = await self.gate.acquire(a.priority, ride) is None
+            began = True
             log_prefix = self.logs.begin(log_key, files=kind.log_files if kind is not None else False)
             started = time.monotonic()
             if kind is None:
                 result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")
             else:
-                if kind.needs_work_dir:
-                    work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir)
-                spec = TaskSpec(
-                    job_id=ref.job_id,
-                    task_id=a.env.get("ROTA_TASK_ID", f"{ref.job_id}/{ref.index}"),
-                    attempt=ref.attempt,
-                    kind=a.kind,
-                    params=json.loads(a.params_json or b"{}"),
-                    env=dict(a.env),
-                    timeout=a.timeout or None,
-                    work_dir=work_dir or self.conf.work_dir,
-                    log_prefix=log_prefix,
-                )
                 announce = asyncio.get_running_loop().call_later(
                     RUNNING_REPORT_DELAY,
                     self.reporter.send,
                     rota_pb2.TaskReport(task=ref, state=State.RUNNING),
                 )
-                result = await kind.run(spec)
+                if ride is not None:
+                    if holds_slot:  # the slot goes to the batch, which releases it when done
+                        self._start_batch(
+                            kind, [ride, *self.gate.take(self._batch_limit(kind), _same_kind(a.kind))]
+                        )
+                        holds_slot = False
+                    result = await asyncio.shield(ride.result)
+                else:
+                    if kind.needs_work_dir:
+                        work_dir = tempfile.mkdtemp(
+                            prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir
+                        )
+                    result = await kind.run(self._spec(a, ref, log_prefix, work_dir))
         except asyncio.CancelledError:
+            if ride is not None:
+                ride.cancel()
             log.info("task %s/%d attempt %d cancelled", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
             raise
         except Exception as e:  # a broken kind must not take the executor down
@@ -136,10 +144,13 @@ class Runner:
         finally:
             if announce is not None:
                 announce.cancel()
-            if acquired:
+            if holds_slot:
                 self.gate.release()
+            if began:
                 held = time.monotonic() - started
-                self.credit.ended(held)
+                self.credit.ended(
+                    result.seconds if result is not None and result.seconds is not None else held
+                )
                 if self.on_task_ended is not None:
                     outcome = "cancelled" if result is None else "succeeded" if result.ok else "failed"
                     self.on_task_ended(a.kind, outcome, held)
@@ -166,6 +177,47 @@ class Runner:
         self.unacked[(ref.job_id, ref.index, ref.attempt)] = report
         self.reporter.send(report)
 
+    def _spec(
+        self, a: rota_pb2.TaskAssignment, ref: rota_pb2.TaskRef, log_prefix: str, work_dir: str = ""
+    ) -> TaskSpec:
+        return TaskSpec(
+            job_id=ref.job_id,
+            task_id=a.env.get("ROTA_TASK_ID", f"{ref.job_id}/{ref.index}"),
+            attempt=ref.attempt,
+            kind=a.kind,
+            params=json.loads(a.params_json or b"{}"),
+            env=dict(a.env),
+            timeout=a.timeout or None,
+            work_dir=work_dir or self.conf.work_dir,
+            log_prefix=log_prefix,
+        )
+
+    def _batch_limit(self, kind: Kind) -> int:
+        """How many queued tasks a batch takes along: as many as fit BATCH_WINDOW at the mean task
+        time, none while that is unknown."""
+        mean = self.credit.mean
+        if mean is None:
+            return 0
+        fit = kind.batch_size if mean <= 0 else int(BATCH_WINDOW / mean)
+        return max(0, min(kind.batch_size, fit) - 1)
+
+    def _start_batch(self, kind: Kind, rides: list[Ride]) -> None:
+        async def run() -> None:
+            try:
+                await kind.run_batch(rides)
+            except Exception as e:  # a broken kind must not take the executor down
+                log.exception("kind %s failed on a batch of %d", kind.name, len(rides))
+                for ride in rides:
+                    settle(ride, TaskResult(ok=False, error=f"{type(e).__name__}: {e}"))
+            finally:
+                self.gate.release()
+                for ride in rides:
+                    settle(ride, TaskResult(ok=False, error="cancelled"))
+
+        task = asyncio.create_task(run(), name=f"batch-{kind.name}")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
     def _ids(self, ref: rota_pb2.TaskRef) -> dict[str, Any]:
         return logs.ids(
             job=ref.job_id,
@@ -175,7 +227,7 @@ class Runner:
         )
 
     async def kill_all(self) -> None:
-        tasks = [r.task for r in self.running.values()]
+        tasks = [r.task for r in self.running.values()] + list(self._batches)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -185,6 +237,10 @@ class Runner:
         """The attempt of the task this executor holds, queued or running; 0 when none."""
         r = self.running.get((job_id, index))
         return r.ref.attempt if r is not None else 0
+
+
+def _same_kind(kind: str) -> Callable[[Any], bool]:
+    return lambda ride: isinstance(ride, Ride) and ride.spec.kind == kind
 
 
 def _report(ref: rota_pb2.TaskRef, result: TaskResult) -> rota_pb2.TaskReport:

@@ -8,8 +8,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 OUTPUT_CAP = 64 * 1024
@@ -55,6 +55,33 @@ class TaskResult:
     value: Any = None
     error: str = ""
     truncated: bool = False
+    #: How long the task itself ran, when the kind knows better than the time it held a slot
+    #: (a call that waited in its batch); the executor's flow control uses it.
+    seconds: float | None = field(default=None, compare=False)
+
+
+class Ride:
+    """One call task handed to the pool: its spec, and the future its result lands in.
+
+    ``cancel`` is how the task's owner withdraws it: a call not yet started is skipped, one
+    running is stopped by killing its worker (and its process group)."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self.cancelled = False
+        self._on_cancel: Callable[[Ride], None] | None = None
+
+    def cancel(self) -> None:
+        if not self.cancelled and not self.result.done():
+            self.cancelled = True
+            if self._on_cancel is not None:
+                self._on_cancel(self)
+
+
+def settle(ride: Ride, result: TaskResult) -> None:
+    if not ride.result.done():
+        ride.result.set_result(result)
 
 
 class Kind(abc.ABC):
@@ -67,6 +94,8 @@ class Kind(abc.ABC):
     #: (``TaskSpec.log_prefix``), None when it captures output and the executor writes the files at
     #: the end (only if there is output), False when it prints nothing.
     log_files: bool | None = True
+    #: More than 1 for a kind that runs several tasks back to back in one slot (``run_batch``).
+    batch_size: int = 1
 
     def __init__(self, slots: int = 1) -> None:
         self.slots = max(1, slots)
@@ -81,6 +110,12 @@ class Kind(abc.ABC):
     @abc.abstractmethod
     async def run(self, spec: TaskSpec) -> TaskResult:
         """Run one attempt; honour ``spec.timeout``; on cancellation kill everything and re-raise."""
+
+    async def run_batch(self, rides: list[Ride]) -> None:
+        """Run several attempts in one slot, settling each ride as it ends (``batch_size`` > 1)."""
+        for ride in rides:
+            if not ride.cancelled:
+                settle(ride, await self.run(ride.spec))
 
     async def close(self) -> None:  # noqa: B027 - a no-op is the right default
         """Release what ``start`` acquired."""

@@ -32,12 +32,14 @@ from rota.executor.kinds.base import (
     OUTPUT_CAP,
     Kind,
     ParamError,
+    Ride,
     TaskResult,
     TaskSpec,
     bad_params,
     cap_text,
     kill_group,
     param_env,
+    settle,
     timed_out,
 )
 
@@ -53,23 +55,25 @@ class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
-        #: The reply the executor waits for; the pipe's reader (registered once) completes it.
-        self.waiting: asyncio.Future[dict[str, Any]] | None = None
+        #: Where the pipe's reader (registered once) puts replies and the worker's death.
+        self.events: asyncio.Queue[tuple[str, Any]] | None = None
         #: The executor's work dir, under which the worker keeps its scratch dir.
         self.scratch_root = ""
 
     def readable(self) -> None:
-        """The event loop's reader: hand the reply (or the worker's death) to whoever waits."""
-        fut, self.waiting = self.waiting, None
+        """The event loop's reader: every reply waiting in the pipe, or the worker's death."""
         try:
-            reply = self.conn.recv()
-        except (EOFError, OSError) as exc:
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            if fut is not None and not fut.done():
-                fut.set_exception(_WorkerDied(str(exc)))
-            return
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
+            while True:
+                reply = self.conn.recv()
+                if self.events is not None:
+                    self.events.put_nowait(("reply", reply))
+                if not self.conn.poll():
+                    return
+        except (EOFError, OSError):
+            with contextlib.suppress(OSError, ValueError):
+                asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            if self.events is not None:
+                self.events.put_nowait(("died", None))
 
     @property
     def pid(self) -> int:
@@ -95,6 +99,9 @@ class CallKind(Kind):
     name = "call"
     needs_work_dir = False
     log_files = None
+    #: Calls sent to a worker in one message, at most. The worker answers each as it ends, so the
+    #: executor reads many results per wake-up and the worker never waits for the executor.
+    batch_size = 32
 
     def __init__(self, slots: int = 1) -> None:
         super().__init__(slots)
@@ -111,38 +118,127 @@ class CallKind(Kind):
                 self._idle.put_nowait(self._spawn())
 
     async def run(self, spec: TaskSpec) -> TaskResult:
+        ride = Ride(spec)
+        batch = asyncio.ensure_future(self.run_batch([ride]))
         try:
-            request = _request(spec)
-        except ParamError as exc:
-            return bad_params(spec, exc)
-        if self._closed:
-            return TaskResult(ok=False, error="call: the worker pool is closed")
-        await self.start()
-        assert self._idle is not None
-        worker = await self._idle.get()
-        if not worker.process.is_alive():
-            self._retire(worker)
-            worker = self._spawn()
-        self._busy.add(worker)
-        healthy = False
-        try:
-            roundtrip = self._roundtrip(worker, request)
-            reply = await (asyncio.wait_for(roundtrip, spec.timeout) if spec.timeout else roundtrip)
-            healthy = True
-            return _result(reply)
-        except asyncio.TimeoutError:
-            return TaskResult(ok=False, error=timed_out(spec.timeout))
-        except _WorkerDied:
-            code = await worker.exit_code()
-            return TaskResult(ok=False, exit_code=code, error=f"worker process died (exit code {code})")
+            return await asyncio.shield(ride.result)
+        except asyncio.CancelledError:
+            ride.cancel()
+            raise
         finally:
-            self._busy.discard(worker)
-            if healthy and not self._closed:
-                self._idle.put_nowait(worker)
-            else:
+            await asyncio.gather(batch, return_exceptions=True)
+
+    async def run_batch(self, rides: list[Ride]) -> None:
+        """Run calls one after another on one worker, sent in one message; each ride's result is
+        set as its call ends. A ride cancelled or timed out while running costs the worker (it is
+        killed with what it started); the rides after it go to a fresh one."""
+        todo: list[tuple[Ride, dict[str, Any]]] = []
+        for ride in rides:
+            try:
+                todo.append((ride, _request(ride.spec)))
+            except ParamError as exc:
+                settle(ride, bad_params(ride.spec, exc))
+        while todo:
+            if self._closed:
+                for ride, _ in todo:
+                    settle(ride, TaskResult(ok=False, error="call: the worker pool is closed"))
+                return
+            await self.start()
+            assert self._idle is not None
+            worker = await self._idle.get()
+            if not worker.process.is_alive():
                 self._retire(worker)
-                if not self._closed:
-                    self._idle.put_nowait(self._spawn())
+                worker = self._spawn()
+            self._busy.add(worker)
+            healthy = False
+            try:
+                todo, healthy = await self._on_worker(worker, todo)
+            finally:
+                self._busy.discard(worker)
+                worker.events = None
+                if healthy and not self._closed:
+                    self._idle.put_nowait(worker)
+                else:
+                    self._retire(worker)
+                    if not self._closed:
+                        self._idle.put_nowait(self._spawn())
+
+    async def _on_worker(
+        self, worker: _Worker, todo: list[tuple[Ride, dict[str, Any]]]
+    ) -> tuple[list[tuple[Ride, dict[str, Any]]], bool]:
+        """One batch on one worker; returns the calls left to run elsewhere and whether the worker
+        is fit to keep."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        worker.events = events
+        batch = [ride for ride, _ in todo if not ride.cancelled]
+        for ride, _ in todo:
+            if ride.cancelled:
+                settle(ride, TaskResult(ok=False, error="cancelled"))
+        if not batch:
+            return [], True
+        requests = {id(ride): request for ride, request in todo}
+        worker.scratch_root = requests[id(batch[0])]["cwd"]
+
+        def withdraw(ride: Ride) -> None:
+            events.put_nowait(("cancel", ride))
+
+        for ride in batch:
+            ride._on_cancel = withdraw
+        try:
+            worker.conn.send({"batch": [(i, requests[id(r)]) for i, r in enumerate(batch)]})
+        except OSError:
+            events.put_nowait(("died", None))
+        current = 0
+        timer: asyncio.TimerHandle | None = None
+
+        def arm() -> asyncio.TimerHandle | None:
+            t = batch[current].spec.timeout if current < len(batch) else None
+            return loop.call_later(t, events.put_nowait, ("timeout", current)) if t else None
+
+        timer = arm()
+        try:
+            while current < len(batch):
+                what, body = await events.get()
+                if what == "reply":
+                    i = body.pop("i")
+                    if i != current:
+                        continue
+                    if not body.get("skipped"):
+                        settle(batch[i], _result(body))
+                    current += 1
+                    if timer is not None:
+                        timer.cancel()
+                    timer = arm()
+                elif what == "cancel":
+                    i = batch.index(body)
+                    if i > current:  # not started, as far as we know: the worker skips it
+                        with contextlib.suppress(OSError):
+                            worker.conn.send({"skip": i})
+                        settle(body, TaskResult(ok=False, error="cancelled"))
+                    elif i == current:
+                        settle(body, TaskResult(ok=False, error="cancelled"))
+                        return _rest(batch, current + 1, requests), False
+                elif what == "timeout" and body == current:
+                    settle(batch[current], TaskResult(ok=False, error=timed_out(batch[current].spec.timeout)))
+                    return _rest(batch, current + 1, requests), False
+                elif what == "died":
+                    code = await worker.exit_code()
+                    settle(
+                        batch[current],
+                        TaskResult(ok=False, exit_code=code, error=f"worker process died (exit code {code})"),
+                    )
+                    return _rest(batch, current + 1, requests), False
+            return [], True
+        except asyncio.CancelledError:
+            for ride in batch[current:]:
+                settle(ride, TaskResult(ok=False, error="cancelled"))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for ride in batch:
+                ride._on_cancel = None
 
     async def close(self) -> None:
         """Idle workers exit on EOF; busy ones and stragglers are killed."""
@@ -187,15 +283,12 @@ class CallKind(Kind):
         if worker.scratch_root:
             shutil.rmtree(_scratch_dir(worker.scratch_root, worker.pid), ignore_errors=True)
 
-    @staticmethod
-    async def _roundtrip(worker: _Worker, request: dict[str, Any]) -> dict[str, Any]:
-        worker.scratch_root = request["cwd"]
-        fut = worker.waiting = asyncio.get_running_loop().create_future()
-        try:
-            worker.conn.send(request)
-        except OSError as exc:
-            raise _WorkerDied from exc
-        return await fut
+
+def _rest(
+    batch: list[Ride], start: int, requests: dict[int, dict[str, Any]]
+) -> list[tuple[Ride, dict[str, Any]]]:
+    """The calls of a batch after ``start`` that still want running (on another worker)."""
+    return [(r, requests[id(r)]) for r in batch[start:] if not r.result.done()]
 
 
 def _request(spec: TaskSpec) -> dict[str, Any]:
@@ -219,6 +312,7 @@ def _request(spec: TaskSpec) -> dict[str, Any]:
 
 def _result(reply: dict[str, Any]) -> TaskResult:
     return TaskResult(
+        seconds=reply.get("seconds"),
         ok=reply["ok"],
         stdout=reply["stdout"],
         stderr=reply["stderr"],
@@ -267,15 +361,30 @@ class _CappedText(io.TextIOBase):
 
 
 def _worker_main(conn: Connection) -> None:
-    """Serve requests until the executor closes its end of the pipe (or dies, which closes it too)."""
+    """Serve batches until the executor closes its end of the pipe (or dies, which closes it too).
+
+    Each call's reply goes back as soon as it ends. A ``skip`` notice that arrives while a batch
+    runs withdraws a call not yet started."""
     with contextlib.suppress(OSError):
         os.setsid()
     while True:
         try:
-            request = conn.recv()
+            message = conn.recv()
+            skip: set[int] = set()
+            for i, request in message.get("batch", ()):
+                while conn.poll():
+                    notice = conn.recv()
+                    if "skip" in notice:
+                        skip.add(notice["skip"])
+                if i in skip:
+                    conn.send({"i": i, "skipped": True})
+                    continue
+                t0 = time.perf_counter()
+                reply = _execute(request)
+                reply.update(i=i, seconds=time.perf_counter() - t0)
+                conn.send(reply)
         except (EOFError, OSError):
             return
-        conn.send(_execute(request))
 
 
 def _resolve(function: str) -> Any:

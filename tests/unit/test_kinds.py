@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from rota.executor import registry
-from rota.executor.kinds.base import OUTPUT_CAP, TRUNCATED_MARK, Kind, TaskResult, TaskSpec
+from rota.executor.kinds.base import OUTPUT_CAP, TRUNCATED_MARK, Kind, Ride, TaskResult, TaskSpec
 from rota.executor.kinds.call import CallKind
 from rota.executor.kinds.go import GoKind
 from rota.executor.kinds.noop import NoopKind
@@ -548,3 +548,44 @@ def test_broken_plugins_are_logged_and_skipped(monkeypatch, caplog):
     assert found == {"noop": NoopKind, "plugin": _PluginKind}
     logged = caplog.text
     assert "'broken'" in logged and "'notakind'" in logged
+
+
+def test_call_batch_runs_on_one_worker_and_settles_each_call_in_order(make_spec):
+    async def scenario() -> None:
+        async with call_pool() as kind:
+            rides = [Ride(make_spec("call", function="os:getpid")) for _ in range(5)]
+            rides.append(Ride(make_spec("call", function="operator:mul", args=[6, "x" * 2])))
+            rides.append(Ride(make_spec("call", function="operator:mul", args=[6, 7])))
+            await kind.run_batch(rides)
+            results = [r.result.result() for r in rides]
+            assert len({r.value for r in results[:5]}) == 1  # one worker, one message
+            assert results[5].ok and results[5].value == "xx" * 6
+            assert results[6].value == 42
+            assert all(r.seconds is not None and r.seconds >= 0 for r in results)
+
+    run(scenario())
+
+
+def test_call_batch_skips_a_withdrawn_call_and_a_timeout_costs_only_the_running_one(make_spec, tmp_path):
+    marks = tmp_path / "marks"
+
+    async def scenario() -> None:
+        async with call_pool() as kind:
+            slow = Ride(make_spec("call", function="time:sleep", args=[0.5]))
+            withdrawn = Ride(
+                make_spec("call", function="pathlib:Path.touch", args=[str(marks / "withdrawn")])
+            )
+            hung = Ride(make_spec("call", timeout=0.3, function="time:sleep", args=[30]))
+            after = Ride(make_spec("call", function="pathlib:Path.touch", args=[str(marks / "after")]))
+            batch = asyncio.create_task(kind.run_batch([slow, withdrawn, hung, after]))
+            await asyncio.sleep(0.1)
+            withdrawn.cancel()  # still queued in the worker behind the slow call: skipped there
+            await asyncio.wait_for(batch, 10)
+            assert slow.result.result().ok
+            assert not withdrawn.result.result().ok
+            assert hung.result.result().error.startswith("timed out")
+            assert after.result.result().ok  # run on a fresh worker after the hung one was killed
+
+    marks.mkdir()
+    run(scenario())
+    assert not (marks / "withdrawn").exists() and (marks / "after").exists()
