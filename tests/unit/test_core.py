@@ -1467,3 +1467,34 @@ def test_overtaking_is_bounded_and_needs_a_queue() -> None:
     sent = dispatched(h.drain())["ex1"]
     assert len(sent) == 3  # held: 3, bound 2 x (2 slots + 1 credit) = 6
     assert len(h.core.executors["ex1"].running) == 6
+
+
+def test_a_task_queued_with_its_job_waits_out_its_backoff_after_a_failure() -> None:
+    """A rebuilt job's tasks are queued as a run; one of them placed before the run reaches it and
+    failed must still wait for its backoff, not be handed out by the run."""
+    h = Harness()
+    h.core.executors["ex1"] = slot("ex1", slots=1)
+    job = h.new_job("j", tmpl(count=3))
+    restore_task(job, 1, {"s": ASSIGNED, "a": 1, "e": "ex1"})
+    h.core.add_job(job)
+    h.core.adopt_running()
+    h.attach("ex1", slots=1, reported=[TaskRef("j", 1, 1)])
+    h.drain()
+    h.report("ex1", TaskRef("j", 1, 1), FAILED)  # in backoff now; the run places j/0 instead
+    assert dispatched(h.drain()) == {"ex1": [("j/0", 1)]}
+    h.report("ex1", TaskRef("j", 0, 1), SUCCEEDED)
+    assert dispatched(h.drain()) == {"ex1": [("j/2", 1)]}  # j/1 is still in its backoff
+    h.report("ex1", TaskRef("j", 2, 1), SUCCEEDED)
+    assert dispatched(h.drain()) == {}
+    h.now[0] += RETRY_BASE
+    h.core.tick()
+    assert dispatched(h.drain()) == {"ex1": [("j/1", 2)]}
+
+
+def test_a_rebuilt_task_placed_before_and_pending_again_is_placed_once() -> None:
+    h = Harness()
+    job = h.new_job("j", tmpl(count=3))
+    restore_task(job, 0, {"s": PENDING, "a": 2, "e": "gone", "r": {"error": "lost"}})
+    h.core.add_job(job)
+    h.attach("ex1", slots=4)
+    assert dispatched(h.drain()) == {"ex1": [("j/0", 3), ("j/1", 1), ("j/2", 1)]}
