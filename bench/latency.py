@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench.results import CALL_TASK, NOOP_TASK, percentiles_ms, round_trips, save
 from rota.devtools.localcluster import LocalCluster
 
 
@@ -22,32 +20,13 @@ def main() -> int:
     ap.add_argument("--kind", default="call", choices=["call", "noop"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
     args = ap.parse_args()
-    task = {"name": "t", "kind": "noop"}
-    if args.kind == "call":
-        task = {"name": "t", "kind": "call", "function": "operator:mul", "args": [6, 7]}
-    job = {"name": "rt", "task": [task]}
-    times = []
     with tempfile.TemporaryDirectory(prefix="rota-latency-") as tmp:
         with LocalCluster(tmp, executors=2, executor_slots=1) as cluster, cluster.client(30) as c:
-            for _ in range(20):  # warm up channels and the leader
-                c.wait_job(c.submit_job(job)["id"], timeout=30)
-            for _ in range(args.jobs):
-                t0 = time.perf_counter()
-                doc = c.wait_job(c.submit_job(job)["id"], timeout=30)
-                times.append(time.perf_counter() - t0)
-                assert doc["state"] == "SUCCEEDED"
-    q = statistics.quantiles(times, n=100)
-    result = {
-        "jobs": args.jobs,
-        "kind": args.kind,
-        "p50_ms": round(q[49] * 1000, 2),
-        "p99_ms": round(q[98] * 1000, 2),
-    }
+            times = round_trips(c, CALL_TASK if args.kind == "call" else NOOP_TASK, args.jobs)
+    result = {"jobs": args.jobs, "kind": args.kind, **percentiles_ms(times)}
     print(f"{args.jobs} sequential one-task {args.kind} jobs, submit and wait: "
           f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save(args.out, result)
     return 0
 
 

@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.results import CALL_TASK, NOOP_TASK, percentiles_ms, round_trips, save
 from rota.devtools.localcluster import LocalCluster
 from rota.metastore.client import EtcdClient, delete_op, put_op
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_PYTHON = ROOT / "build" / "peers" / "bin" / "python"
-CALL = {"kind": "call", "function": "operator:mul", "args": [6, 7]}
 
 
 def run_peer(system: str, tasks: int, jobs: int, runs: int) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def run_rota(tmp: str, tasks: int, jobs: int, runs: int, executor_args: list[str
     out: dict[str, Any] = {}
     cluster = LocalCluster(tmp, executors=2, executor_slots=1, executor_args=executor_args)
     with cluster, cluster.client(60) as c:
-        for kind, task in (("noop", {"kind": "noop"}), ("call", CALL)):
+        for kind, task in (("noop", NOOP_TASK), ("call", CALL_TASK)):
             c.wait_job(
                 c.submit_job({"name": "warm", "task": [{"name": "t", **task, "count": 500}]})["id"], 600
             )
@@ -75,17 +75,7 @@ def run_rota(tmp: str, tasks: int, jobs: int, runs: int, executor_args: list[str
                 rates.append(tasks / (time.perf_counter() - t0))
                 assert doc["counts"] == {"SUCCEEDED": tasks}, doc["counts"]
             out[f"{kind}_tasks_per_s"] = [round(r) for r in rates]
-        one = {"name": "rt", "task": [{"name": "t", **CALL}]}
-        for _ in range(20):
-            c.wait_job(c.submit_job(one)["id"], timeout=30)
-        times = []
-        for _ in range(jobs):
-            t0 = time.perf_counter()
-            doc = c.wait_job(c.submit_job(one)["id"], timeout=30)
-            times.append(time.perf_counter() - t0)
-            assert doc["state"] == "SUCCEEDED"
-        q = statistics.quantiles(times, n=100)
-        out.update(p50_ms=round(q[49] * 1000, 2), p99_ms=round(q[98] * 1000, 2))
+        out.update(percentiles_ms(round_trips(c, CALL_TASK, jobs)))
         out["etcd_commit_ms"] = round(asyncio.run(etcd_commit_ms(cluster.etcd_endpoints)), 2)
     return out
 
@@ -114,9 +104,7 @@ def main() -> int:
         print(f"running {name} {' '.join(flags)} ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="rota-peers-") as tmp:
             results[name] = run_rota(tmp, args.tasks, args.jobs, args.runs, flags)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save(args.out, results)
     print_tables(results, peers)
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.results import percentiles_ms, save
 from rota.client.api import Client
 from rota.devtools.localcluster import LocalCluster
 
@@ -81,16 +81,12 @@ def main() -> int:
     print(f"{args.tasks:,} call tasks through submit-job --wait in {elapsed:.1f}s "
           f"({args.tasks / elapsed:,.0f} tasks/s); while it ran:")  # fmt: skip
     for name, ts in times.items():
-        q = statistics.quantiles(ts, n=100)
-        result[name] = {"calls": len(ts), "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
-                        "max_ms": round(max(ts) * 1000, 1)}  # fmt: skip
-        print(f"  {name}: {len(ts)} calls, p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
-              f"max {max(ts) * 1000:.1f} ms")  # fmt: skip
+        doc = result[name] = {"calls": len(ts), **percentiles_ms(ts, 1), "max_ms": round(max(ts) * 1000, 1)}
+        print(f"  {name}: {len(ts)} calls, p50 {doc['p50_ms']} ms, p99 {doc['p99_ms']} ms, "
+              f"max {doc['max_ms']} ms")  # fmt: skip
     if failures:
         print(f"  {len(failures)} calls failed, first: {failures[0]}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save(args.out, result)
     return 0
 
 

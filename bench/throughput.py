@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.results import CALL_TASK, NOOP_TASK, save
 from rota.devtools.localcluster import LocalCluster
 from rota.metastore.client import EtcdClient, delete_op, put_op
 
@@ -53,9 +53,7 @@ def main() -> int:
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = ap.parse_args()
-    task = {"name": "t", "kind": "noop", "count": args.tasks}
-    if args.kind == "call":
-        task = {"name": "t", "kind": "call", "function": "operator:mul", "args": [6, 7], "count": args.tasks}
+    task = {"name": "t", **(CALL_TASK if args.kind == "call" else NOOP_TASK), "count": args.tasks}
     rates = []
     with tempfile.TemporaryDirectory(prefix="rota-throughput-") as tmp:
         cluster = LocalCluster(
@@ -93,9 +91,7 @@ def main() -> int:
         result["fraction_of_ceiling"] = round(used / ceiling, 3)
         print(f"etcd ceiling (1000-put transactions, 4 in flight, same cluster): {ceiling:.0f} keys/s; "
               f"Rota used {used:.0f} writes/s = {used / ceiling:.0%} of it")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save(args.out, result)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 #: What ``acquire`` returns to a task that another task took along into its batch.
@@ -39,7 +40,7 @@ class PriorityGate:
                 self.release()  # granted just as we were cancelled: pass the slot on
             raise
 
-    def take(self, limit: int, along: Any) -> list[Any]:
+    def take(self, limit: int, along: Callable[[Any], bool]) -> list[Any]:
         """Up to ``limit`` riders from the head of the queue for which ``along(rider)`` holds; stops
         at the first waiter that does not qualify, so nothing overtakes a more urgent task."""
         taken: list[Any] = []

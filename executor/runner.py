@@ -1,7 +1,8 @@
 """The task runner: run what the leader dispatches, a slot at a time, and keep each result until acknowledged.
 
-Every accepted attempt waits at a priority gate for one of ``slots``, runs its kind in its own
-scratch dir with its output in the log store, and ends in a report. Reports stay in ``unacked``
+Every accepted attempt waits at a priority gate for one of ``slots`` and runs its kind (in a
+scratch dir of its own when the kind needs one, its output in the log store), or rides along in the
+batch of a task of its kind ahead of it; it ends in a report. Reports stay in ``unacked``
 until the leader acknowledges them (it does so only once they are committed to etcd), so the
 link can send them again after a reconnect and a leader change loses none.
 """
@@ -34,7 +35,7 @@ log = logging.getLogger("rota.executor")
 #: A task still running after this long is reported RUNNING (quick tasks skip that message).
 RUNNING_REPORT_DELAY = 0.05
 #: A batch of a batchable kind (``call``) takes along the tasks queued behind its first while
-#: they fit this long at the kind's mean task time: a more urgent task waits at most about this.
+#: they fit this long at the executor's mean task time: a more urgent task waits about this at most.
 BATCH_WINDOW = 0.005
 
 Key = tuple[str, int]
@@ -70,7 +71,7 @@ class Runner:
         self.completed = 0
         self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
         self._batches: set[asyncio.Task[None]] = set()
-        #: Called as each attempt ends with (kind, outcome, seconds it held a slot); for metrics.
+        #: Called as each attempt ends with (kind, outcome, seconds from its start to its end); for metrics.
         self.on_task_ended: Callable[[str, str, float], None] | None = None
 
     def start(self, a: rota_pb2.TaskAssignment) -> None:

@@ -140,8 +140,8 @@ class Election:
         return await read_leader(self.client, self.key)
 
 
-async def read_leader(client: EtcdClient, key: bytes) -> Leader | None:
-    kv = await client.get(key)
+async def read_leader(client: EtcdClient, key: bytes, serializable: bool = False) -> Leader | None:
+    kv = await client.get(key, serializable)
     return Leader.from_kv(kv) if kv else None
 
 

@@ -603,14 +603,13 @@ class Core:
         """A pending task more urgent than work queued (not yet running) on a busy executor goes
         there anyway: the executor's gate starts it before that work. Without this, credit filled
         with low-priority tasks would make a later urgent task wait for all of them."""
+        queued = [ex for ex in self.executors.values() if len(ex.running) > ex.slots]
+        if not queued:
+            return
         for kind, heap in self._pending.items():
             while (task := self._peek(heap)) is not None:
                 priority = task.job.priority
-                targets = [
-                    ex
-                    for ex in self.executors.values()
-                    if kind in ex.kinds and ex.can_be_overtaken_by(priority)
-                ]
+                targets = [ex for ex in queued if kind in ex.kinds and ex.can_be_overtaken_by(priority)]
                 if not targets:
                     break
                 self._pop(heap)

@@ -70,8 +70,9 @@ class ExecutorSlot:
 
     def can_be_overtaken_by(self, priority: int) -> bool:
         """Whether a task of ``priority`` should be sent here although no credit is left: tasks
-        are queued here (more than the slots) and some are less urgent, so the executor's
-        priority gate starts the new one first. Bounded: at most twice the usual depth."""
+        are queued here (more than the slots) and some it holds are less urgent (which may be
+        running ones: the leader cannot tell queued from running), so the executor's priority gate
+        starts the new one before any less urgent queued one. Bounded: at most twice the usual depth."""
         depth = len(self.running)
         return (
             self.connected

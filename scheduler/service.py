@@ -15,7 +15,7 @@ from rota.common.jobspec import JobSpec, JobSpecError, validate_job_id
 from rota.common.states import JOB_STATES
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError
-from rota.metastore.election import Leader
+from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
@@ -90,13 +90,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     ) -> rota_pb2.ClusterStatus:
         try:
             # Serializable reads: a status view must answer quickly while etcd is busy committing.
-            leader_kv, (registered, _), executors, endpoints = await asyncio.gather(
-                self.client.get(keys.LEADER, serializable=True),
+            leader, (registered, _), executors, endpoints = await asyncio.gather(
+                read_leader(self.client, keys.LEADER, serializable=True),
                 self.client.get_prefix(keys.MASTERS, serializable=True),
                 self.client.count_prefix(keys.EXECUTORS, serializable=True),
                 self.client.member_client_urls(),
             )
-            leader = Leader.from_kv(leader_kv) if leader_kv else None
             healthy = True
             masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
         except EtcdError as e:

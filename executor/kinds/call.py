@@ -47,10 +47,6 @@ _TRACEBACK_LINES = 40
 _EXIT_WAIT = 2.0
 
 
-class _WorkerDied(Exception):
-    pass
-
-
 class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
