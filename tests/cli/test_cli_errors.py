@@ -135,3 +135,16 @@ def test_help_teaches():
     assert p.returncode == 0 and "--initial-cluster" in p.stdout and "--etcd-endpoints" in p.stdout
     p = run("rota.client.cli", "--help")
     assert p.returncode == 0 and "cluster-status" in p.stdout and "Exit codes" in p.stdout
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "1.5", "autoo"])
+def test_executor_prefetch_is_auto_or_a_whole_number(value):
+    p = run("rota.executor.main", "--join", "127.0.0.1:1", "--prefetch", value)
+    assert_usage_error(p, "--prefetch", "neither 'auto' nor a whole number >= 0")
+
+
+def test_executor_prefetch_from_a_config_file_is_checked_the_same_way(tmp_path):
+    assert 'prefetch = "auto"' in run("rota.executor.main", "--print-sample-config").stdout
+    f = tmp_path / "e.toml"
+    f.write_text('join = "127.0.0.1:1"\nprefetch = -3\n')
+    assert_usage_error(run("rota.executor.main", "--config", str(f)), "prefetch", "-3")

@@ -246,9 +246,12 @@ def test_a_wait_longer_than_the_client_timeout_is_not_cut_short(local_cluster):
     with cluster.client(timeout=1) as c:
         job = c.submit_job({"name": "long", "task": [{"name": "s", "kind": "sleep", "seconds": 30}]})
         t0 = time.monotonic()
+        seen = []
         with pytest.raises(TimeoutError, match="still"):
-            c.wait_job(job["id"], timeout=5)
+            c.wait_job(job["id"], timeout=5, progress=seen.append)
         assert time.monotonic() - t0 >= 4.9
+        # While the job runs, the waits carry its counts, never its tasks.
+        assert seen and all("tasks" not in doc and doc["counts"] for doc in seen)
         c.cancel_job(job["id"])
 
 

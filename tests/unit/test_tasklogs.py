@@ -90,6 +90,19 @@ def test_a_kind_that_does_not_stream_gets_its_output_written_at_the_end(tmp_path
     assert store.kept[key] == 8 and key not in store.live
 
 
+def test_captured_output_gets_files_only_when_there_is_some(tmp_path):
+    """The call kind captures output: an attempt that printed nothing touches no disk at all."""
+    store = tasklogs.LogStore(tmp_path)
+    quiet, chatty = ("j", 0, 1), ("j", 1, 1)
+    assert store.begin(quiet, files=None) == "" and store.begin(chatty, files=None) == ""
+    store.end(quiet, TaskResult(ok=True, value=42))
+    assert not (tmp_path / "j").exists() and store.known(quiet) and quiet not in store.kept
+    store.end(chatty, TaskResult(ok=True, stdout="hello\n"))
+    prefix = store.prefix(chatty)
+    assert Path(prefix + ".out").read_text() == "hello\n" and Path(prefix + ".err").read_text() == ""
+    assert store.kept[chatty] == 6
+
+
 def test_streamed_files_are_not_overwritten_by_the_capped_result(tmp_path):
     store = tasklogs.LogStore(tmp_path)
     key = ("j", 0, 1)
@@ -232,6 +245,9 @@ def test_a_live_attempt_without_files_says_why(tmp_path):
     store.live[("j", 0, 1)] = False
     (silent,) = asyncio.run(collect(store, holder, job_id="j", index=0))
     assert "prints no output" in silent.notice
+    store.live[("j", 0, 1)] = None  # captured, as the call kind does
+    (captured,) = asyncio.run(collect(store, holder, job_id="j", index=0))
+    assert "comes when the attempt ends" in captured.notice
 
 
 def test_unknown_attempts_are_not_found_and_bad_ids_invalid(tmp_path):
