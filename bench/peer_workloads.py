@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ def measure(
     return {"tasks_per_s": [round(r) for r in rates], **quantiles(times)}
 
 
-def run_ray(tasks: int, jobs: int, runs: int) -> dict[str, Any]:
+def run_ray(tasks: int, jobs: int, runs: int, port: int) -> dict[str, Any]:
     import ray
 
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -74,7 +73,7 @@ def run_ray(tasks: int, jobs: int, runs: int) -> dict[str, Any]:
         ray.shutdown()
 
 
-def run_dask(tasks: int, jobs: int, runs: int) -> dict[str, Any]:
+def run_dask(tasks: int, jobs: int, runs: int, port: int) -> dict[str, Any]:
     from dask.distributed import Client, LocalCluster
 
     with (
@@ -94,12 +93,6 @@ def run_dask(tasks: int, jobs: int, runs: int) -> dict[str, Any]:
         return measure(batch, one, tasks, jobs, runs)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def process(argv: list[str], **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
@@ -114,11 +107,10 @@ def process(argv: list[str], **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
             p.wait()
 
 
-def run_celery(tasks: int, jobs: int, runs: int) -> dict[str, Any]:
+def run_celery(tasks: int, jobs: int, runs: int, port: int) -> dict[str, Any]:
     redis = shutil.which("redis-server")
     if not redis:
         raise SystemExit("redis-server is missing: apt-get install redis-server")
-    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with (
         tempfile.TemporaryDirectory(prefix="rota-peers-redis-") as tmp,
@@ -184,8 +176,9 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--jobs", type=int, default=500)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--port", type=int, default=6379, help="a free loopback port for Celery's Redis broker")
     args = ap.parse_args()
-    result = SYSTEMS[args.system](args.tasks, args.jobs, args.runs)
+    result = SYSTEMS[args.system](args.tasks, args.jobs, args.runs, args.port)
     print(json.dumps({"system": args.system, **result}), flush=True)
     return 0
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import CALL_TASK, NOOP_TASK, percentiles_ms, round_trips, save
+from rota.common.procs import free_port
 from rota.devtools.localcluster import LocalCluster
 from rota.metastore.client import EtcdClient, delete_op, put_op
 
@@ -39,7 +40,7 @@ PEERS_PYTHON = ROOT / "build" / "peers" / "bin" / "python"
 def run_peer(system: str, tasks: int, jobs: int, runs: int) -> dict[str, Any]:
     p = subprocess.run(
         [str(PEERS_PYTHON), "-m", "bench.peer_workloads", system, "--tasks", str(tasks), "--jobs", str(jobs),
-         "--runs", str(runs)],
+         "--runs", str(runs), "--port", str(free_port())],
         cwd=ROOT, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     if p.returncode != 0:

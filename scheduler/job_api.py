@@ -70,7 +70,7 @@ class JobApi:
 
     async def _create(self, job_id: str, spec: JobSpec) -> None:
         created_at = time.time()
-        if sum(t.copies() for t in spec.tasks) > BIG_JOB:
+        if spec.task_count() > BIG_JOB:
             # Its task objects are built beside the event loop, which keeps answering meanwhile.
             job = await asyncio.to_thread(Job, job_id, spec, 0, created_at)
         else:
