@@ -318,7 +318,7 @@ class Core:
             ex.drop(task)
 
     def _finish(self, task: Task, state: str, result: dict[str, Any] | None) -> None:
-        self._observe_run(task)
+        self._attempt_ended(task)
         self._release(task)
         self._set_state(task, state)
         task.result = result
@@ -336,7 +336,9 @@ class Core:
         self._out.append(PutJob(job))
         self._out.append(JobEnded(job))
 
-    def _observe_run(self, task: Task) -> None:
+    def _attempt_ended(self, task: Task) -> None:
+        """An active attempt ended: its run time goes to the metrics, and a short one marks its
+        template short (its tasks may then use executors' credit)."""
         if task.state in ACTIVE and task.since:
             ran = self.clock() - task.since
             self.observe_run(ran)
@@ -351,7 +353,7 @@ class Core:
         if task.attempt >= task.max_attempts:
             self._finish(task, FAILED, result)
             return
-        self._observe_run(task)
+        self._attempt_ended(task)
         self._release(task)
         self._set_state(task, PENDING)
         task.result = result
