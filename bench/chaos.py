@@ -2,7 +2,8 @@
 
 Starts an external three-member etcd cluster, three masters (leader lease 2 s) and three
 executors (two slots, lease TTL 2 s), all real processes on 127.0.0.1. A submitter process
-keeps submitting jobs of ``python`` tasks that append ``start`` and ``end`` lines to one
+keeps submitting jobs of ``python`` tasks and of short ``call`` tasks (``bench/chaos_task.py``, queued
+deep on the executors and run in batches) that append ``start`` and ``end`` lines to one
 side-effect log, while the main thread injects faults at random intervals (0.5-2 s):
 SIGKILL of the leader or of a follower master, SIGSTOP of the leader or of any master, SIGKILL
 or SIGSTOP of an executor, SIGKILL or SIGSTOP of an etcd member; stalls last 1-5 s, around the
@@ -241,12 +242,24 @@ def submitter_main(cfg: dict[str, Any]) -> int:
 
         while not stopping.wait(rng.uniform(lo, hi)):
             jid = f"chaos-{uuid.UUID(int=rng.getrandbits(128), version=4).hex}"
-            count = rng.randint(3, 20)
+            # Half the jobs are short Python-function calls: deep credit queues and batches on the
+            # executors when a fault lands; the others are processes of 50-500 ms.
+            if rng.random() < 0.5:
+                count = rng.randint(20, 200)
+                task = {
+                    "name": "w",
+                    "kind": "call",
+                    "function": "bench.chaos_task:work",
+                    "args": [cfg["side_log"]],
+                }
+            else:
+                count = rng.randint(3, 20)
+                task = {"name": "w", "kind": "python", "code": code}
             spec: dict[str, Any] = {
                 "name": "chaos",
                 "max-attempts": MAX_ATTEMPTS,
                 "timeout": "30s",
-                "task": [{"name": "w", "kind": "python", "code": code, "count": count}],
+                "task": [{**task, "count": count}],
             }
             in_spec = rng.random() < 0.5  # the id in the job itself, or given beside it
             if in_spec:
@@ -824,9 +837,11 @@ def check_outcome(
         if a not in side.ends.get(tid, set()):
             stale.append(f"{tid}: recorded SUCCEEDED attempt {a} but no 'end' line for it (ends: "
                          f"{sorted(side.ends.get(tid, set()))}, starts: {sorted(side.starts.get(tid, set()))})")  # fmt: skip
-        stdout = str((rec.get("r") or {}).get("stdout") or "").split()
-        if stdout[:2] != [tid, str(a)]:
-            stale.append(f"{tid}: record says attempt {a}, its result's stdout is {' '.join(stdout)!r}")
+        # The result's own word on its attempt: printed by a python task, returned by a call task.
+        result = rec.get("r") or {}
+        said = str(result.get("stdout") or result.get("value") or "").split()
+        if said[:2] != [tid, str(a)]:
+            stale.append(f"{tid}: record says attempt {a}, its result says {' '.join(said)!r}")
         earlier = history_attempts.get(tid, [])
         if earlier and max(earlier) > a:
             stale.append(f"{tid}: SUCCEEDED with attempt {a} after etcd held attempt {max(earlier)} "
