@@ -117,6 +117,11 @@ def get_op(key: bytes, prefix: bool = False) -> Any:
     return rpc.RequestOp(request_range=req)
 
 
+def value_below(key: bytes, value: bytes) -> Any:
+    """True while ``key`` exists with a value that sorts before ``value`` (bytewise)."""
+    return rpc.Compare(key=key, result=rpc.Compare.LESS, target=rpc.Compare.VALUE, value=value)
+
+
 def create_revision_is(key: bytes, revision: int) -> Any:
     """True while ``key`` is the very key created at ``revision`` (0: absent)."""
     return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, create_revision=revision)

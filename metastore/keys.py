@@ -8,6 +8,10 @@ LEADER = ROOT + b"leader"
 #: Written (fenced) by a leader that lost its lease, to learn whether it still holds authority.
 LEADER_CHECK = ROOT + b"leader-check"
 
+#: The leader's write order: "<term>/<sequence>" of its latest state write, each write checking it is
+#: not older (scheduler/store.py), so a write delayed in a frozen etcd member cannot land late.
+WRITE_ORDER = ROOT + b"write-order"
+
 #: Read, never written, by health checks: any answer from etcd's KV service will do.
 HEALTH = ROOT + b"health"
 

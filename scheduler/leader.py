@@ -69,6 +69,7 @@ class LeaderRuntime:
 
     async def start(self) -> None:
         t0 = time.monotonic()
+        await self.store.begin_term()
         snap = await self.store.load()
         for ex in snap.executors:
             self.core.executors[ex.id] = ex

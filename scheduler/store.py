@@ -5,6 +5,13 @@ in parts of at most 1 MiB under ``/rota/jobspec/<id>/``, so a job of any size is
 in transactions within etcd's request limit and is visible only once complete. A task
 has a key ``/rota/tasks/<id>/<index>`` only once its state changes: no key means
 PENDING with no attempt yet, which keeps submission cheap. docs/keys.md has the layout.
+
+Every write is ordered, not only fenced. A transaction sent to an etcd member that froze before
+reading it times out, and the client sends it again elsewhere; when the member thaws, it reads
+the first copy and applies it, after later writes: a task written SUCCEEDED would be written back
+to ASSIGNED. So each write also checks and advances ``keys.WRITE_ORDER`` ("<term>/<sequence>"):
+a copy that arrives after a later write of the same leader finds the order moved past it and
+changes nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 from rota.common.jobspec import JobSpec
 from rota.common.states import CANCELLED
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op
-from rota.metastore.election import Election
+from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op, value_below
+from rota.metastore.election import Election, Fenced
 from rota.scheduler.core import Job, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
 
@@ -86,6 +93,23 @@ class Store:
         self.election = election
         self.txns = 0
         self.writes = 0
+        #: Sequence of the latest ordered write of this term (see the module docstring).
+        self._seq = 0
+
+    def _order(self, seq: int) -> bytes:
+        return f"{self.election.term:020d}/{seq:020d}".encode()
+
+    async def begin_term(self) -> None:
+        """Start this term's write order: above every write of earlier terms."""
+        self._seq = 0
+        await self.election.fenced_txn([put_op(keys.WRITE_ORDER, self._order(0))])
+
+    def _next_write(self) -> tuple[Any, Any]:
+        """The compare and the put that order one write (its transactions may run in parallel:
+        each allows the order to be at its own sequence already)."""
+        self._seq += 1
+        order = self._order(self._seq)
+        return value_below(keys.WRITE_ORDER, order + b"\0"), put_op(keys.WRITE_ORDER, order)
 
     async def create_job(
         self, job_id: str, spec: JobSpec, created: float, along: Sequence[PutTask | PutJob] = ()
@@ -98,27 +122,34 @@ class Store:
         blob = _dumps(spec.to_dict())
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
         for i, part in enumerate(parts[:-1]):
-            await self._txn([put_op(keys.job_spec(job_id, i), part)])
+            await self._txn([put_op(keys.job_spec(job_id, i), part)], self._next_write())
         record = {"id": job_id, "created": created, "state": None}
         extra = _ops(along)
-        if len(extra) > MAX_OPS - 2 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
+        if len(extra) > MAX_OPS - 3 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
             await self.commit(along)
             extra = []
+        ordered, order_put = self._next_write()
+        # A failed compare (the job exists, or the order moved past this write) ends in None:
+        # the caller steps down either way.
         result = await self.election.fenced_txn(
             [
                 put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
                 put_op(keys.job(job_id), _dumps(record)),
                 *extra,
+                order_put,
             ],
-            compare=[create_revision_is(keys.job(job_id), 0)],
+            compare=[create_revision_is(keys.job(job_id), 0), ordered],
         )
         self.writes += len(extra)
         self.txns += len(parts)
         self.writes += len(parts) + 1
         return result.revision if result.succeeded else None
 
-    async def _txn(self, ops: Sequence[Any]) -> None:
-        await self.election.fenced_txn(ops)
+    async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any]) -> None:
+        compare, put = order
+        result = await self.election.fenced_txn([*ops, put], compare=[compare])
+        if not result.succeeded:
+            raise Fenced("a later write of this leader is already in etcd: this one is out of order")
 
     async def commit(self, decisions: Sequence[PutTask | PutJob]) -> None:
         """Persist state changes in as few fenced transactions as fit etcd's limits."""
@@ -128,13 +159,14 @@ class Store:
         batches: list[list[Any]] = [[]]
         size = 0
         for key, value in latest.items():
-            if len(batches[-1]) >= MAX_OPS or size + len(key) + len(value) > MAX_TXN_BYTES:
+            if len(batches[-1]) >= MAX_OPS - 1 or size + len(key) + len(value) > MAX_TXN_BYTES:
                 batches.append([])
                 size = 0
             batches[-1].append(put_op(key, value))
             size += len(key) + len(value) + 16
+        order = self._next_write()
         for i in range(0, len(batches), PARALLEL_TXNS):
-            await asyncio.gather(*(self._txn(b) for b in batches[i : i + PARALLEL_TXNS]))
+            await asyncio.gather(*(self._txn(b, order) for b in batches[i : i + PARALLEL_TXNS]))
         self.txns += len(batches)
         self.writes += len(latest)
 
