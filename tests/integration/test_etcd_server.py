@@ -79,7 +79,7 @@ def _pid_gone(pid: int) -> bool:
     """True once `pid` has exited; a zombie awaiting a reaper counts as gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
