@@ -25,11 +25,11 @@ def round_trips(c: Client, task: dict[str, Any], jobs: int, warm_up: int = 20) -
     """Seconds of each of ``jobs`` sequential one-task jobs, submitted then waited for."""
     job = {"name": "rt", "task": [{"name": "t", **task}]}
     for _ in range(warm_up):  # channels and the leader warm
-        c.wait_job(c.submit_job(job)["id"], timeout=30)
+        c.run_job(job, timeout=30)
     times = []
     for _ in range(jobs):
         t0 = time.perf_counter()
-        doc = c.wait_job(c.submit_job(job)["id"], timeout=30)
+        doc = c.run_job(job, timeout=30)
         times.append(time.perf_counter() - t0)
         assert doc["state"] == "SUCCEEDED", doc
     return times

@@ -42,6 +42,8 @@ T = TypeVar("T")
 TASK_PAGE = 5_000
 #: How long one WaitJob call may block on the leader before the client asks again.
 WAIT_CHUNK = 20.0
+#: The shortest hold asked for: a last look at a job whose wait has run out.
+MIN_HOLD = 0.001
 
 
 def new_job_id(spec: JobSpec) -> str:
@@ -174,11 +176,41 @@ class AsyncClient:
         The reply comes only once the whole job is committed to etcd. Bad input raises
         scheduler.jobspec.JobSpecError before anything is sent.
         """
+        reply = await self._call("SubmitJob", self._submit_request(job, job_id))
+        return {"id": reply.id, "created": reply.created}
+
+    def _submit_request(
+        self, job: str | os.PathLike[str] | dict[str, Any] | JobSpec, job_id: str | None, wait: float = 0.0
+    ) -> rota_pb2.SubmitJobRequest:
         spec = job if isinstance(job, JobSpec) else load_job(job)
         jid = validate_job_id(job_id) if job_id else (spec.id or new_job_id(spec))
-        req = rota_pb2.SubmitJobRequest(spec_json=json.dumps(spec.to_dict()).encode(), id=jid)
-        reply = await self._call("SubmitJob", req)
-        return {"id": reply.id, "created": reply.created}
+        return rota_pb2.SubmitJobRequest(spec_json=json.dumps(spec.to_dict()).encode(), id=jid, wait=wait)
+
+    async def run_job(
+        self,
+        job: str | os.PathLike[str] | dict[str, Any] | JobSpec,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Submit a job and wait for its end: the get-job dict, as ``wait_job`` returns it.
+
+        The submission itself waits (one call, not two, for a short job); a job still running when
+        that hold ends is waited for with ``wait_job``. A retried submission stays one job (the id
+        is made here, once).
+        """
+        chunk = 0.5 if progress else WAIT_CHUNK
+        deadline = None if timeout is None else time.monotonic() + timeout
+        hold = chunk if timeout is None else min(chunk, max(MIN_HOLD, timeout))
+        req = self._submit_request(job, job_id, hold)
+        reply = await self._call("SubmitJob", req, timeout=hold + self.timeout, hold=hold)
+        doc = json.loads(reply.job_json)
+        if doc["state"] in TERMINAL:
+            return await self._rest_of_tasks(reply.id, doc)
+        if progress:
+            progress(doc)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return await self.wait_job(reply.id, left, progress)
 
     async def _json_call(
         self, method: str, request: Any, timeout: float | None = None, hold: float = 0.0
@@ -229,7 +261,8 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         chunk = 0.5 if progress else WAIT_CHUNK
         while True:
-            left = chunk if deadline is None else min(chunk, max(0.0, deadline - time.monotonic()))
+            # Never 0: the masters read a hold of 0 as their default of 30 s.
+            left = chunk if deadline is None else min(chunk, max(MIN_HOLD, deadline - time.monotonic()))
             # A summary (counts, no tasks) until the job ends; then the document with its first
             # page of tasks, once.
             doc = await self._json_call(
@@ -293,6 +326,15 @@ class Client:
         self, job: str | os.PathLike[str] | dict[str, Any] | JobSpec, job_id: str | None = None
     ) -> dict[str, Any]:
         return self._run(lambda: self._async.submit_job(job, job_id))
+
+    def run_job(
+        self,
+        job: str | os.PathLike[str] | dict[str, Any] | JobSpec,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        return self._run(lambda: self._async.run_job(job, job_id, timeout, progress))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._run(lambda: self._async.get_job(job_id))

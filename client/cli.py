@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -153,10 +154,10 @@ class Progress:
             click.echo("", err=True)
 
 
-def wait_and_print(ctx: Ctx, c: Client, job_id: str) -> None:
+def wait_and_print(ctx: Ctx, wait: Callable[[Progress | None], dict[str, Any]]) -> None:
     progress = Progress()
     try:
-        doc = c.wait_job(job_id, progress=progress if not ctx.json else None)
+        doc = wait(progress if not ctx.json else None)
     finally:
         progress.end()
     emit(ctx, doc, job_text(doc))
@@ -173,10 +174,11 @@ def wait_and_print(ctx: Ctx, c: Client, job_id: str) -> None:
 def submit_job(ctx: Ctx, path: str, wait: bool, job_id: str | None) -> None:
     """Submit a job file; it is acknowledged once committed to etcd."""
     with ctx.client() as c:
-        reply = c.submit_job(path, job_id)
         if wait:
-            wait_and_print(ctx, c, reply["id"])
+            # One call submits and waits: a short job costs one round trip.
+            wait_and_print(ctx, lambda progress: c.run_job(path, job_id, progress=progress))
             return
+        reply = c.submit_job(path, job_id)
     verb = "submitted job" if reply["created"] else "job already exists:"
     emit(ctx, reply, f"{verb} {reply['id']}")
 
@@ -213,7 +215,7 @@ def list_jobs(ctx: Ctx, state: str | None) -> None:
 def wait_job(ctx: Ctx, job_id: str) -> None:
     """Wait until a job ends and print it; exit 1 if it FAILED or was CANCELLED."""
     with ctx.client() as c:
-        wait_and_print(ctx, c, job_id)
+        wait_and_print(ctx, lambda progress: c.wait_job(job_id, progress=progress))
 
 
 @cli.command("cancel-job")

@@ -26,6 +26,8 @@ log = logging.getLogger("rota.service")
 
 PEER_TIMEOUT = 0.5
 BEAT_EVERY = 2.0
+#: The longest a WaitJob or a waiting SubmitJob may hold its call, in seconds.
+MAX_HOLD = 300.0
 
 
 class Peers:
@@ -39,6 +41,13 @@ class Peers:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+def _hold(field: str, seconds: float, unset: float) -> float:
+    """A call's hold time, checked: a NaN, a negative or an endless hold is refused."""
+    if not 0.0 <= seconds <= MAX_HOLD:  # also false for NaN
+        raise ValueError(f"{field} must be between 0 and {MAX_HOLD:g} seconds, got {seconds}")
+    return seconds or unset
 
 
 def _json(doc: Any) -> rota_pb2.JsonReply:
@@ -174,12 +183,16 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         try:
             spec = JobSpec.from_dict(json.loads(request.spec_json))
             job_id = validate_job_id(request.id or spec.id or "")
+            wait = _hold("wait", request.wait, 0.0)
         except (JobSpecError, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         async def local(rt: LeaderRuntime) -> rota_pb2.SubmitJobReply:
             jid, created = await rt.jobs.submit(job_id, spec)
-            return rota_pb2.SubmitJobReply(id=jid, created=created)
+            if not wait:
+                return rota_pb2.SubmitJobReply(id=jid, created=created)
+            doc = await self._waited(rt, jid, wait, context)
+            return rota_pb2.SubmitJobReply(id=jid, created=created, job_json=doc.json)
 
         return await self._on_leader("SubmitJob", request, context, local)
 
@@ -219,13 +232,21 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         return await self._on_leader("ListJobs", request, context, local)
 
+    async def _waited(self, rt: LeaderRuntime, job_id: str, hold: float, context: Any) -> rota_pb2.JsonReply:
+        """A summary while the job runs after ``hold`` seconds; once it ended, its first page of tasks."""
+        job = await self._job_or_404(await rt.jobs.wait_job(job_id, hold), job_id, context)
+        if job.state is None:
+            return _json(job_doc(job, with_tasks=False))
+        return _json(job_page_doc(job, 0, MAX_TASK_PAGE))
+
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
+        try:
+            hold = _hold("timeout", request.timeout, 30.0)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            job = await rt.jobs.wait_job(request.id, max(0.0, request.timeout or 30.0))
-            job = await self._job_or_404(job, request.id, context)
-            if job.state is None:
-                return _json(job_doc(job, with_tasks=False))
-            return _json(job_page_doc(job, 0, MAX_TASK_PAGE))
+            return await self._waited(rt, request.id, hold, context)
 
         return await self._on_leader("WaitJob", request, context, local)
 

@@ -255,6 +255,38 @@ def test_a_wait_longer_than_the_client_timeout_is_not_cut_short(local_cluster):
         c.cancel_job(job["id"])
 
 
+def test_submit_and_wait_in_one_call(local_cluster):
+    """run_job commits and waits in one SubmitJob call; a job outliving that hold is then waited for,
+    and a retried submission of the same id stays one job."""
+    cluster = local_cluster(executors=1, executor_slots=1)
+    with cluster.client(timeout=10) as c:
+        doc = c.run_job({"name": "quick", "task": [{"name": "t", "kind": "call", "function": "operator:mul",
+                                                     "args": [6, 7]}]}, job_id="quick-1")  # fmt: skip
+        assert doc["state"] == "SUCCEEDED" and doc["tasks"][0]["result"]["value"] == 42
+        assert c.run_job({"name": "other", "task": [{"name": "t", "kind": "noop"}]}, job_id="quick-1") == doc
+        seen = []
+        slow = {"name": "slow", "task": [{"name": "s", "kind": "sleep", "seconds": 1.2}]}
+        doc = c.run_job(slow, job_id="slow-1", progress=seen.append)
+        assert doc["state"] == "SUCCEEDED" and doc["tasks"][0]["attempt"] == 1
+        assert seen and seen[0]["state"] in ("PENDING", "RUNNING") and "tasks" not in seen[0]
+        with pytest.raises(TimeoutError, match="still"):
+            c.run_job({**slow, "task": [{**slow["task"][0], "seconds": 30}]}, job_id="slow-2", timeout=0.5)
+        c.cancel_job("slow-2")
+        assert c.get_job("slow-2")["state"] == "CANCELLED"
+    before = etcd_revision(cluster)
+    with grpc.insecure_channel(cluster.masters[0].addr) as ch:
+        stub = rota_pb2_grpc.MasterStub(ch)
+        for bad in (-1.0, float("nan"), float("inf"), 301.0):
+            spec = b'{"name": "x", "task": [{"name": "t", "kind": "noop"}]}'
+            with pytest.raises(grpc.RpcError) as e:
+                stub.SubmitJob(rota_pb2.SubmitJobRequest(spec_json=spec, id="held", wait=bad), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait must be" in e.value.details()
+            with pytest.raises(grpc.RpcError) as e:
+                stub.WaitJob(rota_pb2.WaitJobRequest(id="quick-1", timeout=bad), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "timeout must be" in e.value.details()
+    assert etcd_revision(cluster) == before
+
+
 def test_executor_refuses_kinds_not_allowed(local_cluster):
     cluster = local_cluster(executors=1, executor_slots=1, executor_args=["--allow-kinds", "noop,sleep"])
     with cluster.client(timeout=10) as c:
