@@ -23,7 +23,7 @@ from rota.client.errors import NoMasterReachable, RequestError
 from rota.client.tasklogs import task_logs as stream_task_logs
 from rota.common import rpc
 from rota.common.config import ConfigError, parse_address, split_list
-from rota.common.jobspec import JobSpec, load_job, validate_job_id
+from rota.common.jobspec import MAX_JOB_BYTES, JobSpec, JobSpecError, load_job, validate_job_id
 from rota.common.states import TERMINAL
 from rota.protos import rota_pb2, rota_pb2_grpc
 
@@ -184,7 +184,10 @@ class AsyncClient:
     ) -> rota_pb2.SubmitJobRequest:
         spec = job if isinstance(job, JobSpec) else load_job(job)
         jid = validate_job_id(job_id) if job_id else (spec.id or new_job_id(spec))
-        return rota_pb2.SubmitJobRequest(spec_json=json.dumps(spec.to_dict()).encode(), id=jid, wait=wait)
+        blob = json.dumps(spec.to_dict()).encode()
+        if len(blob) > MAX_JOB_BYTES:  # the masters refuse it too: say so before sending
+            raise JobSpecError(f"oversize job: more than {MAX_JOB_BYTES} bytes as JSON (MAX_JOB_BYTES)")
+        return rota_pb2.SubmitJobRequest(spec_json=blob, id=jid, wait=wait)
 
     async def run_job(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import json
 import keyword
 import math
 import os
@@ -38,6 +39,14 @@ SHELL = ("/bin/sh", "-c")
 REQUEST_SOURCE = "<request>"
 TEXT_SOURCE = "<text>"
 MAX_NAME_CHARS = 200
+#: Attempts a task may be given: a retry storm of thousands helps nobody.
+MAX_ATTEMPTS = 100
+#: The longest timeout or sleep: a week. Longer is a mistake, and 1e308 seconds breaks timers.
+MAX_SECONDS = 7 * 24 * 3600.0
+#: How deep args, kwargs and plug-in parameters may nest: deeper raises RecursionError somewhere.
+MAX_DEPTH = 32
+#: Environment names the executor sets itself; a task must not override them.
+RESERVED_ENV_PREFIX = "ROTA_"
 
 _JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "task")
 _COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "data")
@@ -149,6 +158,34 @@ class JobSpec:
         """Validate a parsed job (TOML tables or JSON) exactly as a job file is validated."""
         return _Parser(source).job(data)
 
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> JobSpec:
+        """A spec the cluster accepted once, read back from etcd (``to_dict``'s form), as it was.
+
+        Not validated again: today's rules and installed plug-ins may differ from those it was
+        accepted under, and a job that no new leader can load would stop every failover.
+        """
+        tasks = [
+            TaskTemplate(
+                name=t["name"],
+                kind=t["kind"],
+                params={k: v for k, v in t.items() if k not in _COMMON_TASK_KEYS},
+                count=int(t.get("count", 1)),
+                shards=int(t.get("shards", 0)),
+                timeout=t.get("timeout"),
+                max_attempts=t.get("max-attempts"),
+            )
+            for t in data["task"]
+        ]
+        return cls(
+            name=data["name"],
+            id=data.get("id"),
+            priority=int(data.get("priority", DEFAULT_PRIORITY)),
+            max_attempts=int(data.get("max-attempts", DEFAULT_MAX_ATTEMPTS)),
+            timeout=data.get("timeout"),
+            tasks=tasks,
+        )
+
 
 def validate_job_id(job_id: Any) -> str:
     """The job-id rule of ``rota.common.ids``, failing as a JobSpecError that names the key."""
@@ -239,6 +276,23 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise JobSpecError(f"invalid TOML: {e}", source=source) from None
+    except RecursionError:
+        raise JobSpecError("invalid TOML: nested too deeply", source=source) from None
+
+
+def parse_job_json(raw: bytes, source: str = REQUEST_SOURCE) -> JobSpec:
+    """A job sent as JSON (the SubmitJob RPC, the HTTP API): the same size cap as a job file."""
+    if len(raw) > MAX_JOB_BYTES:
+        raise _oversize(source)
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise JobSpecError("invalid JSON: nested too deeply", source=source) from None
+    except ValueError as e:
+        raise JobSpecError(f"invalid JSON: {e}", source=source) from None
+    if not isinstance(data, dict):
+        raise JobSpecError(f"a job is a JSON object, got {_type_name(data)}", source=source)
+    return JobSpec.from_dict(data, source=source)
 
 
 _TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
@@ -303,7 +357,7 @@ class _Parser:
                 priority = parse_priority(data["priority"])
             except JobSpecError as e:
                 raise e.with_source(self.source) from None
-        max_attempts = self._int(data, "max-attempts", "max-attempts", 1, DEFAULT_MAX_ATTEMPTS)
+        max_attempts = self._int(data, "max-attempts", "max-attempts", 1, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS)
         timeout = self._duration(data, "timeout", "timeout")
         tasks = self._tasks(data.get("task"))
         return JobSpec(name, job_id, priority, max_attempts, timeout, tasks)
@@ -369,6 +423,9 @@ class _Parser:
 
     def _task(self, table: dict[str, Any], where: str) -> TaskTemplate:
         name = self._name(table, "name", where)
+        if "/" in name or name.isdigit():
+            # A task is named in ids (<job>/<index>) and by `logs JOB TASK`, where digits mean an index.
+            raise self.fail(f"{where}.name", f"task name {name!r} must not contain '/' or be all digits")
         kind, table = self._kind(table, where)
         known = _KIND_KEYS.get(kind)
         plugin_keys = []
@@ -387,7 +444,7 @@ class _Parser:
         count = self._int(table, "count", f"{where}.count", 1, 1)
         shards = self._int(table, "shards", f"{where}.shards", 1, 0)
         timeout = self._duration(table, "timeout", f"{where}.timeout")
-        max_attempts = self._int(table, "max-attempts", f"{where}.max-attempts", 1, None)
+        max_attempts = self._int(table, "max-attempts", f"{where}.max-attempts", 1, None, MAX_ATTEMPTS)
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
@@ -454,8 +511,8 @@ class _Parser:
         seconds = table["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise self.fail(key, f"expected a number of seconds, got {_type_name(seconds)}")
-        if not math.isfinite(seconds) or seconds < 0:
-            raise self.fail(key, f"expected a finite number >= 0, got {seconds}")
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+            raise self.fail(key, f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {seconds}")
         return {"seconds": float(seconds)}
 
     def _params_shell(self, table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -523,14 +580,19 @@ class _Parser:
             key = f"{where}.env.{name}"
             if not isinstance(name, str) or not name or "=" in name or "\0" in name:
                 raise self.fail(f"{where}.env", f"malformed variable name {name!r}")
+            if name.upper().startswith(RESERVED_ENV_PREFIX):
+                raise self.fail(key, f"{RESERVED_ENV_PREFIX}* variables are set by the executor; pick another name")
             if not isinstance(value, str):
                 raise self.fail(key, f"expected a string, got {_type_name(value)}")
             if "\0" in value:
                 raise self.fail(key, "must not contain a NUL character")
         return dict(env)
 
-    def _json(self, value: Any, key: str) -> Any:
+    def _json(self, value: Any, key: str, depth: int = 0, top: str = "") -> Any:
         """A copy that survives JSON unchanged: TOML dates and non-finite floats do not."""
+        top = top or key
+        if depth > MAX_DEPTH:
+            raise self.fail(top, f"nested more than {MAX_DEPTH} levels deep (MAX_DEPTH)")
         if value is None or isinstance(value, (str, bool, int)):
             return value
         if isinstance(value, float):
@@ -538,13 +600,13 @@ class _Parser:
                 raise self.fail(key, f"{value} cannot be sent as JSON")
             return value
         if isinstance(value, list):
-            return [self._json(v, f"{key}[{i}]") for i, v in enumerate(value)]
+            return [self._json(v, f"{key}[{i}]", depth + 1, top) for i, v in enumerate(value)]
         if isinstance(value, Mapping):
             out = {}
             for k, v in value.items():
                 if not isinstance(k, str):
                     raise self.fail(key, f"key {k!r} is not a string")
-                out[k] = self._json(v, f"{key}.{k}")
+                out[k] = self._json(v, f"{key}.{k}", depth + 1, top)
             return out
         raise self.fail(key, f"a {_type_name(value)} cannot be sent as JSON")
 
@@ -561,14 +623,17 @@ class _Parser:
             raise self.fail(full, f"expected at most {MAX_NAME_CHARS} printable characters")
         return value
 
-    def _int(self, table: dict[str, Any], key: str, full: str, minimum: int, default: Any) -> Any:
+    def _int(
+        self, table: dict[str, Any], key: str, full: str, minimum: int, default: Any, maximum: int | None = None
+    ) -> Any:
         if key not in table:
             return default
         value = table[key]
+        wanted = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(full, f"expected an integer >= {minimum}, got {_type_name(value)}")
-        if value < minimum:
-            raise self.fail(full, f"expected an integer >= {minimum}, got {value}")
+            raise self.fail(full, f"expected {wanted}, got {_type_name(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise self.fail(full, f"expected {wanted}, got {value}")
         return value
 
     def _duration(self, table: dict[str, Any], key: str, full: str) -> float | None:
@@ -583,8 +648,8 @@ class _Parser:
             seconds = parse_duration(value)
         except ConfigError as e:
             raise self.fail(full, str(e)) from None
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise self.fail(full, f"expected a positive duration, got {value!r}")
+        if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+            raise self.fail(full, f"expected a positive duration of at most {MAX_SECONDS:g}s, got {value!r}")
         return seconds
 
 

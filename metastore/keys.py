@@ -48,6 +48,11 @@ def job(job_id: str) -> bytes:
     return JOBS + job_id.encode()
 
 
+def job_id(key: bytes) -> str:
+    """The job id a JOBS key names."""
+    return key[len(JOBS) :].decode()
+
+
 def job_spec(job_id: str, part: int) -> bytes:
     return JOBSPECS + f"{job_id}/{part:05d}".encode()
 

@@ -26,6 +26,7 @@ from rota.common.states import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    TASK_STATES,
     TERMINAL,
 )
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
@@ -39,8 +40,10 @@ SHORT_RUN = 0.5
 
 
 def retry_delay(attempt: int) -> float:
-    """Backoff before attempt ``attempt + 1`` after a failed attempt ``attempt``."""
-    return min(RETRY_CAP, RETRY_BASE * 2 ** max(0, attempt - 1))
+    """Backoff before attempt ``attempt + 1`` after a failed attempt ``attempt``.
+
+    The exponent is capped before the power is taken: a float power overflows past 2**1023."""
+    return min(RETRY_CAP, RETRY_BASE * 2 ** min(max(0, attempt - 1), 32))
 
 
 class Task:
@@ -136,13 +139,16 @@ class Job:
 
 def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
     """Apply a task record read from etcd to a job being rebuilt (before ``Core.add_job``)."""
+    state, attempt, executor = record.get("s", PENDING), int(record.get("a", 0)), record.get("e", "")
+    if state not in TASK_STATES:
+        raise ValueError(f"unknown task state {state!r}")
     task = job.tasks[index]
     counts = job.counts
     counts[task.state] -= 1
-    task.state = record.get("s", PENDING)
+    task.state = state
     counts[task.state] += 1
-    task.attempt = int(record.get("a", 0))
-    task.executor = record.get("e", "")
+    task.attempt = attempt
+    task.executor = executor
     task.result = record.get("r")
     if task.attempt:
         job.started = True

@@ -8,7 +8,6 @@ exactly like the CLI: the same validation, the same errors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from rota.client.api import AsyncClient, NoMasterReachable, RequestError
-from rota.common.jobspec import JobSpec, JobSpecError, parse_job_text, validate_job_id
+from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
 
 HERE = Path(__file__).parent
 DASHBOARD = HERE / "dashboard"
@@ -60,13 +59,7 @@ def parse_job_body(body: bytes, content_type: str) -> JobSpec:
     if not text.strip():
         raise JobSpecError(f"{BODY_SOURCE}: empty; send a job as TOML or JSON")
     if content_type == "application/json" or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise JobSpecError(f"{BODY_SOURCE}: invalid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise JobSpecError(f"{BODY_SOURCE}: a job is a JSON object, got {type(data).__name__}")
-        return JobSpec.from_dict(data, source=BODY_SOURCE)
+        return parse_job_json(body, BODY_SOURCE)
     return parse_job_text(text, BODY_SOURCE)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +29,8 @@ log = logging.getLogger("rota.leadership")
 
 #: How long a stopping master tries to resign before it gives up (etcd without quorum).
 STOP_TIMEOUT = 1.5
+#: Pause after resigning a leadership this master could not take up, so that another may.
+RESIGN_BACKOFF = 1.0
 
 Hook = Callable[[Election], Awaitable[None]]
 
@@ -108,6 +111,14 @@ class Leadership:
             except (EtcdError, Fenced) as e:
                 log.warning("leadership interrupted: %s", e)
                 await asyncio.sleep(0.2)
+            except Exception:
+                # A leader that cannot lead (its rebuild raised) must not sit on the lease: every
+                # call would answer "no leader is ready" until the process is restarted.
+                log.exception("cannot lead: resigning so that another master can, then campaigning again")
+                if self.election is not None and self.election.term:
+                    with contextlib.suppress(EtcdError, Fenced, asyncio.TimeoutError):
+                        await asyncio.wait_for(self.election.resign(), STOP_TIMEOUT)
+                await asyncio.sleep(RESIGN_BACKOFF * (1 + random.random()))
             finally:
                 if self.election is not None:
                     self.fenced_rejections += self.election.rejected

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from rota.common import rpc
-from rota.common.jobspec import JobSpec, JobSpecError, validate_job_id
+from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
 from rota.common.states import JOB_STATES
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError
@@ -181,7 +181,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def SubmitJob(self, request: rota_pb2.SubmitJobRequest, context: Any) -> rota_pb2.SubmitJobReply:
         try:
-            spec = JobSpec.from_dict(json.loads(request.spec_json))
+            spec = parse_job_json(request.spec_json)
             job_id = validate_job_id(request.id or spec.id or "")
             wait = _hold("wait", request.wait, 0.0)
         except (JobSpecError, ValueError) as e:

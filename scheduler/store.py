@@ -193,10 +193,15 @@ class Store:
             parts.setdefault(keys.spec_job_id(kv.key), []).append(kv.value)
         jobs: dict[str, Job] = {}
         for kv in job_kvs:
-            rec = json.loads(kv.value)
-            job_id = rec["id"]
-            spec = JobSpec.from_dict(json.loads(b"".join(parts.pop(job_id, []))), source=f"etcd job {job_id}")
-            job = Job(job_id, spec, kv.create_revision, float(rec.get("created", 0.0)))
+            job_id = keys.job_id(kv.key)
+            blob = b"".join(parts.pop(job_id, []))
+            try:
+                rec = json.loads(kv.value)
+                job = Job(job_id, JobSpec.from_stored(json.loads(blob)), kv.create_revision, float(rec.get("created", 0.0)))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                # One unreadable record must not stop every leader from starting: leave it, loudly.
+                log.error("job %s cannot be read from etcd and is skipped: %r", job_id, e)
+                continue
             job.state = rec.get("state")
             job.cancelled = job.state == CANCELLED
             jobs[job_id] = job
@@ -204,7 +209,10 @@ class Store:
             job_id, index = keys.task_of(kv.key)
             owner = jobs.get(job_id)
             if owner is not None and 0 <= index < len(owner.tasks):
-                restore_task(owner, index, json.loads(kv.value))
+                try:
+                    restore_task(owner, index, json.loads(kv.value))
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    log.error("task %s/%d cannot be read from etcd; it counts as never run: %r", job_id, index, e)
         if parts:
             log.warning("dropping %d half-written job(s): %s", len(parts), ", ".join(sorted(parts)))
             await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])

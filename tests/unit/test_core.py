@@ -474,6 +474,7 @@ def test_retry_delay_doubles_up_to_the_cap() -> None:
     assert retry_delay(2) == 2 * RETRY_BASE
     assert retry_delay(3) == 4 * RETRY_BASE
     assert retry_delay(100) == RETRY_CAP
+    assert retry_delay(1025) == retry_delay(10**9) == RETRY_CAP  # no OverflowError
     assert retry_delay(0) == RETRY_BASE
 
 

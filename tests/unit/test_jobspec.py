@@ -215,7 +215,7 @@ def test_kind_parameters_are_canonical():
     [
         ('kind = "sleep"', "seconds", "missing"),
         ('kind = "sleep"\nseconds = "1s"', "seconds", "expected a number"),
-        ('kind = "sleep"\nseconds = -1', "seconds", ">= 0"),
+        ('kind = "sleep"\nseconds = -1', "seconds", "from 0 to"),
         ('kind = "shell"', "command", "missing"),
         ('kind = "shell"\ncommand = 5', "command", "expected a string or a list of strings"),
         ('kind = "shell"\ncommand = ["ls", 1]', "command", "expected a string or a list of strings"),
@@ -247,7 +247,7 @@ def test_bad_kind_parameters_name_the_key(body, key, message):
         ('kind = "noop"\ncount = 0', "count", "expected an integer >= 1, got 0"),
         ('kind = "noop"\ncount = 2.0', "count", "expected an integer >= 1, got float"),
         ('kind = "noop"\nshards = true', "shards", "got boolean"),
-        ('kind = "noop"\nmax-attempts = 0', "max-attempts", ">= 1"),
+        ('kind = "noop"\nmax-attempts = 0', "max-attempts", "from 1 to 100"),
         ('kind = "noop"\ncount = 2\nshards = 2', "shards", "not both"),
         ("kind = 3", "kind", "expected a string, got integer"),
         ("", "kind", "missing"),
@@ -280,7 +280,7 @@ def test_unknown_task_key_names_task_index_and_key():
     [
         ("name = 3", "name", "expected a string, got integer"),
         ('name = ""', "name", "must not be empty"),
-        ('name = "j"\nmax-attempts = "3"', "max-attempts", "expected an integer >= 1, got string"),
+        ('name = "j"\nmax-attempts = "3"', "max-attempts", "expected an integer from 1 to 100, got string"),
         ('name = "j"\nid = 5', "id", "expected a string, got integer"),
     ],
 )
@@ -490,3 +490,62 @@ def test_sample_pi_prints_the_right_digits(monkeypatch, capsys):
         monkeypatch.setenv(name, value)
     exec(compile(code, "pi.toml", "exec"), {"__name__": "__main__"})
     assert capsys.readouterr().out == "shard 3/4: 3.1415926535897932384626433832795028841971693993751\n"
+
+
+# -- limits (issue 12): the same for TOML text, JSON bytes and dicts ----------------------------
+
+
+def _as_dict(toml_text: str) -> dict[str, Any]:
+    return js.tomllib.loads(toml_text)
+
+
+@pytest.mark.parametrize(
+    "text, key, reason",
+    [
+        (job(NOOP, head='name = "j"\nmax-attempts = 5000'), "max-attempts", "from 1 to 100"),
+        (job(NOOP + "\nmax-attempts = 101"), "task[0].max-attempts", "from 1 to 100"),
+        (job(NOOP, head='name = "j"\ntimeout = "200h"'), "timeout", "at most 604800s"),
+        (job('name = "s"\nkind = "sleep"\nseconds = 1e308'), "task[0].seconds", "from 0 to 604800"),
+        (job('name = "p"\nkind = "python"\ncode = "1"\nenv = {ROTA_TASK_ID = "x"}'),
+         "task[0].env.ROTA_TASK_ID", "set by the executor"),  # fmt: skip
+        (job('name = "a/b"\nkind = "noop"'), "task[0].name", "must not contain '/'"),
+        (job('name = "12"\nkind = "noop"'), "task[0].name", "all digits"),
+        (job('name = "c"\nkind = "call"\nfunction = "m:f"\nargs = ' + "[" * 40 + "]" * 40),
+         "task[0].args", "nested more than 32"),  # fmt: skip
+    ],
+)
+def test_limits_name_the_key_in_every_input_form(text, key, reason):
+    fails(text, f"<text>: {key}: ", reason)
+    fails(_as_dict(text), f"<request>: {key}: ", reason)
+    with pytest.raises(JobSpecError) as e:
+        js.parse_job_json(json.dumps(_as_dict(text)).encode())
+    assert f"{key}: " in str(e.value) and reason in str(e.value)
+
+
+def test_limits_at_the_bound_are_accepted():
+    spec = load_job(job('name = "s"\nkind = "sleep"\nseconds = 604800\nmax-attempts = 100'))
+    assert spec.tasks[0].max_attempts == 100 and spec.tasks[0].params["seconds"] == 604800.0
+    assert load_job(job('name = "t-1"\nkind = "noop"')).tasks[0].name == "t-1"
+
+
+def test_json_that_nests_too_deep_or_is_too_big_is_a_clear_error():
+    with pytest.raises(JobSpecError, match="nested too deeply"):
+        js.parse_job_json(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(JobSpecError, match="oversize job"):
+        js.parse_job_json(b" " * (js.MAX_JOB_BYTES + 1))
+    with pytest.raises(JobSpecError, match="invalid JSON"):
+        js.parse_job_json(b"{")
+    with pytest.raises(JobSpecError, match="nested too deeply"):
+        load_job("x = " + "[" * 100_000 + "]" * 100_000)
+
+
+def test_a_stored_spec_is_read_back_without_todays_rules_or_plugins():
+    """A job accepted under other rules (or a plug-in since removed) must still load on a new leader."""
+    stored = {"name": "old", "priority": 50, "max-attempts": 5000,
+              "task": [{"name": "7", "kind": "no-such-plugin", "size": 3, "count": 2},
+                       {"name": "s", "kind": "sleep", "seconds": 1.0, "timeout": 9.0, "max-attempts": 2}]}  # fmt: skip
+    spec = JobSpec.from_stored(stored)
+    assert spec.to_dict() == stored
+    assert spec.task_count() == 3 and spec.tasks[0].params == {"size": 3}
+    ok = load_job(SPEC_EXAMPLE)
+    assert JobSpec.from_stored(json.loads(json.dumps(ok.to_dict()))) == ok
