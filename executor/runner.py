@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rota.common import logs
+from rota.common import logs, results
 from rota.common.states import State
 from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
@@ -246,17 +246,21 @@ def _same_kind(kind: str) -> Callable[[Any], bool]:
 
 def _report(ref: rota_pb2.TaskRef, result: TaskResult) -> rota_pb2.TaskReport:
     value = b""
+    ok, error = result.ok, result.error
     if result.value is not None:
         with contextlib.suppress(TypeError, ValueError):
             value = json.dumps(result.value).encode()
+    if len(value) > results.VALUE_CAP:
+        ok, error, value = False, results.value_too_big(len(value)), b""
+    error, _ = results.cap(error or "", results.ERROR_CAP)
     return rota_pb2.TaskReport(
         task=ref,
-        state=State.SUCCEEDED if result.ok else State.FAILED,
+        state=State.SUCCEEDED if ok else State.FAILED,
         has_exit_code=result.exit_code is not None,
         exit_code=result.exit_code or 0,
         stdout=result.stdout,
         stderr=result.stderr,
         value_json=value,
-        error=result.error,
+        error=error,
         truncated=result.truncated,
     )

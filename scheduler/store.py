@@ -197,7 +197,12 @@ class Store:
             blob = b"".join(parts.pop(job_id, []))
             try:
                 rec = json.loads(kv.value)
-                job = Job(job_id, JobSpec.from_stored(json.loads(blob)), kv.create_revision, float(rec.get("created", 0.0)))
+                job = Job(
+                    job_id,
+                    JobSpec.from_stored(json.loads(blob)),
+                    kv.create_revision,
+                    float(rec.get("created", 0.0)),
+                )
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 # One unreadable record must not stop every leader from starting: leave it, loudly.
                 log.error("job %s cannot be read from etcd and is skipped: %r", job_id, e)
@@ -212,7 +217,9 @@ class Store:
                 try:
                     restore_task(owner, index, json.loads(kv.value))
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    log.error("task %s/%d cannot be read from etcd; it counts as never run: %r", job_id, index, e)
+                    log.error(
+                        "task %s/%d cannot be read from etcd; it counts as never run: %r", job_id, index, e
+                    )
         if parts:
             log.warning("dropping %d half-written job(s): %s", len(parts), ", ".join(sorted(parts)))
             await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])

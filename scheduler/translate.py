@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from rota.common import results
 from rota.common.states import FAILED, RUNNING, SUCCEEDED
 from rota.protos import rota_pb2
 from rota.scheduler.core import Report, Task, TaskRef
@@ -41,16 +42,24 @@ def report(r: rota_pb2.TaskReport) -> Report:
     ref = TaskRef(r.task.job_id, r.task.index, r.task.attempt)
     if r.state == RUNNING:
         return Report(ref, RUNNING)
+    ok = r.state == SUCCEEDED
+    value, error = None, r.error or None
+    if r.value_json and len(r.value_json) <= results.VALUE_CAP:
+        try:
+            value = json.loads(r.value_json)
+        except (ValueError, RecursionError):
+            ok, error = False, "the return value is not readable JSON"
     result: dict[str, Any] = {
         "exit_code": r.exit_code if r.has_exit_code else None,
         "stdout": r.stdout,
         "stderr": r.stderr,
-        "value": json.loads(r.value_json) if r.value_json else None,
-        "error": r.error or None,
+        "value": value,
+        "error": error,
     }
     if r.truncated:
         result["truncated"] = True
-    return Report(ref, SUCCEEDED if r.state == SUCCEEDED else FAILED, result)
+    within, result = results.bounded(result, len(r.value_json))
+    return Report(ref, SUCCEEDED if ok and within else FAILED, result)
 
 
 def executor_slot(executor_id: str, lease_id: int, hello: rota_pb2.Hello) -> ExecutorSlot:

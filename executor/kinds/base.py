@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-OUTPUT_CAP = 64 * 1024
-TRUNCATED_MARK = "\n[... truncated]"
+from rota.common.results import OUTPUT_CAP, TRUNCATED_MARK
+
 #: A task's log file (``TaskSpec.log_prefix``) stops growing here: the disk is shared by every task.
 LOG_FILE_CAP = 16 * 1024 * 1024
 LOG_TRUNCATED_MARK = b"\n[... log truncated at 16 MiB]\n"

@@ -39,3 +39,17 @@ def test_a_new_leader_starts_past_a_job_it_cannot_read_or_whose_kind_is_gone(loc
         assert c.get_job("ghost")["state"] == "PENDING"
         assert "ghost" in {j["id"] for j in c.list_jobs()}
     assert "job garbled cannot be read from etcd" in new.log_path.read_text()
+
+
+def test_a_ten_mib_return_value_fails_its_task_and_scheduling_goes_on(local_cluster):
+    cluster = local_cluster(executors=1, executor_slots=1)
+    big = {"name": "big", "task": [{"name": "t", "kind": "call", "function": "operator:mul",
+                                    "args": ["x", 10 * 1024 * 1024], "max-attempts": 1}]}  # fmt: skip
+    with cluster.client(timeout=20) as c:
+        doc = c.run_job(big, timeout=120)
+        after = c.run_job({"name": "after", "task": [{"name": "t", "kind": "call", "function": "operator:mul",
+                                                      "args": [6, 7], "count": 20}]}, timeout=120)  # fmt: skip
+    (task,) = doc["tasks"]
+    assert doc["state"] == "FAILED" and task["result"]["value"] is None
+    assert "over the 262144 allowed (VALUE_CAP)" in task["result"]["error"]
+    assert after["state"] == "SUCCEEDED" and {t["result"]["value"] for t in after["tasks"]} == {42}
