@@ -43,12 +43,14 @@ MAX_NAME_CHARS = 200
 MAX_ATTEMPTS = 100
 #: The longest timeout or sleep: a week. Longer is a mistake, and 1e308 seconds breaks timers.
 MAX_SECONDS = 7 * 24 * 3600.0
+#: The longest an ended job may be kept (the job file's ``retention``).
+MAX_RETENTION = 365 * 24 * 3600.0
 #: How deep args, kwargs and plug-in parameters may nest: deeper raises RecursionError somewhere.
 MAX_DEPTH = 32
 #: Environment names the executor sets itself; a task must not override them.
 RESERVED_ENV_PREFIX = "ROTA_"
 
-_JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "task")
+_JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "retention", "task")
 _COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "data")
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "noop": (),
@@ -130,6 +132,8 @@ class JobSpec:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float | None = None
     tasks: list[TaskTemplate] = field(default_factory=list)
+    #: How long the job is kept once ended; None: the masters' --job-retention.
+    retention: float | None = None
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
@@ -150,6 +154,8 @@ class JobSpec:
         out["max-attempts"] = self.max_attempts
         if self.timeout is not None:
             out["timeout"] = self.timeout
+        if self.retention is not None:
+            out["retention"] = self.retention
         out["task"] = [t.to_dict() for t in self.tasks]
         return out
 
@@ -184,6 +190,7 @@ class JobSpec:
             max_attempts=int(data.get("max-attempts", DEFAULT_MAX_ATTEMPTS)),
             timeout=data.get("timeout"),
             tasks=tasks,
+            retention=data.get("retention"),
         )
 
 
@@ -359,8 +366,9 @@ class _Parser:
                 raise e.with_source(self.source) from None
         max_attempts = self._int(data, "max-attempts", "max-attempts", 1, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS)
         timeout = self._duration(data, "timeout", "timeout")
+        retention = self._duration(data, "retention", "retention", MAX_RETENTION)
         tasks = self._tasks(data.get("task"))
-        return JobSpec(name, job_id, priority, max_attempts, timeout, tasks)
+        return JobSpec(name, job_id, priority, max_attempts, timeout, tasks, retention)
 
     def _present(self, table: Mapping[str, Any], where: str | None) -> dict[str, Any]:
         """Keys with a null value count as absent: TOML has no null, JSON callers may send one."""
@@ -581,7 +589,9 @@ class _Parser:
             if not isinstance(name, str) or not name or "=" in name or "\0" in name:
                 raise self.fail(f"{where}.env", f"malformed variable name {name!r}")
             if name.upper().startswith(RESERVED_ENV_PREFIX):
-                raise self.fail(key, f"{RESERVED_ENV_PREFIX}* variables are set by the executor; pick another name")
+                raise self.fail(
+                    key, f"{RESERVED_ENV_PREFIX}* variables are set by the executor; pick another name"
+                )
             if not isinstance(value, str):
                 raise self.fail(key, f"expected a string, got {_type_name(value)}")
             if "\0" in value:
@@ -624,7 +634,13 @@ class _Parser:
         return value
 
     def _int(
-        self, table: dict[str, Any], key: str, full: str, minimum: int, default: Any, maximum: int | None = None
+        self,
+        table: dict[str, Any],
+        key: str,
+        full: str,
+        minimum: int,
+        default: Any,
+        maximum: int | None = None,
     ) -> Any:
         if key not in table:
             return default
@@ -636,7 +652,9 @@ class _Parser:
             raise self.fail(full, f"expected {wanted}, got {value}")
         return value
 
-    def _duration(self, table: dict[str, Any], key: str, full: str) -> float | None:
+    def _duration(
+        self, table: dict[str, Any], key: str, full: str, longest: float = MAX_SECONDS
+    ) -> float | None:
         if key not in table:
             return None
         value = table[key]
@@ -648,8 +666,8 @@ class _Parser:
             seconds = parse_duration(value)
         except ConfigError as e:
             raise self.fail(full, str(e)) from None
-        if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
-            raise self.fail(full, f"expected a positive duration of at most {MAX_SECONDS:g}s, got {value!r}")
+        if not math.isfinite(seconds) or not 0 < seconds <= longest:
+            raise self.fail(full, f"expected a positive duration of at most {longest:g}s, got {value!r}")
         return seconds
 
 

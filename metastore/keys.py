@@ -67,6 +67,11 @@ def spec_job_id(key: bytes) -> str:
     return key[len(JOBSPECS) :].decode().rsplit("/", 1)[0]
 
 
+def job_tasks(job_id: str) -> bytes:
+    """The prefix of every task key of one job."""
+    return TASKS + f"{job_id}/".encode()
+
+
 def task(job_id: str, index: int) -> bytes:
     return TASKS + f"{job_id}/{index:08d}".encode()
 

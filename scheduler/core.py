@@ -37,6 +37,10 @@ RETRY_CAP = 10.0
 #: may use an executor's credit (queue there beyond the slots). Until then they take free slots only,
 #: since a long task queued behind others would wait while another executor idles.
 SHORT_RUN = 0.5
+#: How long an ended job is kept by default (the masters' --job-retention).
+DEFAULT_RETENTION = 24 * 3600.0
+#: Ended jobs deleted per tick at most: the rest wait for the next tick, not the leader's loop.
+EXPIRE_BATCH = 500
 
 
 def retry_delay(attempt: int) -> float:
@@ -101,7 +105,9 @@ class Task:
 
 
 class Job:
-    __slots__ = ("id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short")
+    __slots__ = (
+        "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
+    )  # fmt: skip
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float) -> None:
         self.id = job_id
@@ -109,6 +115,8 @@ class Job:
         self.seq = seq
         self.created = created
         self.state: str | None = None  # set once the job has ended
+        #: When it ended (Unix time): its retention counts from here.
+        self.ended: float | None = None
         self.started = False
         self.cancelled = False
         self.tasks: list[Task] = []
@@ -134,7 +142,10 @@ class Job:
 
     def record(self) -> dict[str, Any]:
         """What etcd keeps of the job (its order is the record's create revision, not stored)."""
-        return {"id": self.id, "created": self.created, "state": self.state}
+        rec: dict[str, Any] = {"id": self.id, "created": self.created, "state": self.state}
+        if self.ended is not None:
+            rec["ended"] = self.ended
+        return rec
 
 
 def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
@@ -219,7 +230,14 @@ class JobEnded:
     job: Job
 
 
-Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded
+@dataclass(slots=True)
+class DeleteJob:
+    """An ended job's retention has passed: delete it from etcd (it is already out of the core)."""
+
+    job: Job
+
+
+Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded | DeleteJob
 
 
 @dataclass
@@ -277,8 +295,13 @@ class Core:
         clock: Callable[[], float] = time.monotonic,
         observe_wait: Observer = no_observer,
         observe_run: Observer = no_observer,
+        wall: Callable[[], float] = time.time,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.clock = clock
+        #: Unix time, for retention: an end time is stored, and read back by the next leader.
+        self.wall = wall
+        self.retention = retention
         self.observe_wait = observe_wait
         self.observe_run = observe_run
         self.jobs: dict[str, Job] = {}
@@ -287,6 +310,8 @@ class Core:
         #: Per kind, a heap of (-priority, job seq, index, Task or Run): the next task to place first.
         self._pending: dict[str, list[tuple[int, int, int, Task | Run]]] = {}
         self._delayed: list[tuple[float, int, int, Task]] = []
+        #: Ended jobs by the Unix time their retention ends: a sweep looks at what is due, not at history.
+        self._expiry: list[tuple[float, int, Job]] = []
         self._out: list[Decision] = []
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
 
@@ -339,8 +364,28 @@ class Core:
             job.state = CANCELLED
         else:
             job.state = FAILED if job.counts[FAILED] or job.counts[CANCELLED] else SUCCEEDED
+        job.ended = self.wall()
+        self._keep_until_expiry(job)
         self._out.append(PutJob(job))
         self._out.append(JobEnded(job))
+
+    def _keep_until_expiry(self, job: Job) -> None:
+        assert job.ended is not None
+        keep = job.spec.retention if job.spec.retention is not None else self.retention
+        heapq.heappush(self._expiry, (job.ended + keep, job.seq, job))
+
+    def expire(self, limit: int = EXPIRE_BATCH) -> int:
+        """Drop ended jobs whose retention has passed (at most ``limit``); their deletes go out as
+        decisions. A rebuilt leader finds the rest in etcd and expires them in turn."""
+        now = self.wall()
+        n = 0
+        while self._expiry and self._expiry[0][0] <= now and n < limit:
+            job = heapq.heappop(self._expiry)[2]
+            if self.jobs.get(job.id) is job:
+                del self.jobs[job.id]
+                self._out.append(DeleteJob(job))
+                n += 1
+        return n
 
     def _attempt_ended(self, task: Task) -> None:
         """An active attempt ended: its run time goes to the metrics, and a short one marks its
@@ -382,7 +427,11 @@ class Core:
         have all ended gets its end written now.
         """
         self.jobs[job.id] = job
-        if job.state is None:
+        if job.state is not None:  # rebuilt, ended: kept until its retention passes
+            if job.ended is None:  # ended before end times were stored: count from now
+                job.ended = self.wall()
+            self._keep_until_expiry(job)
+        else:
             if job.counts[CANCELLED] and not job.cancelled:
                 self.cancel_job(job.id)
                 return
@@ -522,7 +571,9 @@ class Core:
         return job
 
     def tick(self) -> float | None:
-        """Move retries whose backoff has passed back to the queue; return the next wake-up time."""
+        """Move retries whose backoff has passed back to the queue, drop jobs past their retention;
+        return the next wake-up time."""
+        self.expire()
         now = self.clock()
         moved = False
         while self._delayed and self._delayed[0][0] <= now:

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from rota.metastore.client import EtcdClient, EtcdError
 from rota.metastore.election import Election
 from rota.scheduler.core import (
+    DEFAULT_RETENTION,
     Ack,
     CancelTasks,
     Core,
     Decision,
+    DeleteJob,
     Dispatch,
     JobEnded,
     Observer,
@@ -50,12 +52,13 @@ class LeaderRuntime:
         on_fenced: Callable[[], None],
         observe_wait: Observer = no_observer,
         observe_run: Observer = no_observer,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.client = client
         self.election = election
         self.on_fenced = on_fenced
         self.ready = False
-        self.core = Core(observe_wait=observe_wait, observe_run=observe_run)
+        self.core = Core(observe_wait=observe_wait, observe_run=observe_run, retention=retention)
         self.store = Store(client, election)
         self.pipeline = CommitPipeline(self.core, self.store, self._route, self._give_up)
         self.executors = ExecutorRegistry(client, self.store, self.core, self.pipeline.kick, self._give_up)
@@ -128,6 +131,8 @@ class LeaderRuntime:
             if isinstance(d, JobEnded):
                 self.executors.forget_job(d.job.id, len(d.job.spec.tasks))
                 self.jobs.ended(d.job)
+            elif isinstance(d, DeleteJob):
+                self.jobs.expired(d.job)
             elif isinstance(d, (Dispatch, CancelTasks, Ack)):
                 self.executors.send(d)
 

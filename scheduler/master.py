@@ -19,6 +19,7 @@ from aiohttp import web
 
 from rota.common import config as cfg
 from rota.common import httpserver, rpc
+from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError
@@ -32,6 +33,7 @@ from rota.metastore.etcd_server import (
 )
 from rota.protos import rota_pb2_grpc
 from rota.scheduler import http_api
+from rota.scheduler.core import DEFAULT_RETENTION
 from rota.scheduler.leader import LeaderRuntime
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.metrics import MasterMetrics
@@ -52,6 +54,7 @@ class MasterConfig:
     member: MemberConfig | None
     etcd_bin: str | None = None
     leader_lease_ttl: float = 3.0
+    job_retention: float = DEFAULT_RETENTION
     etcd_start_timeout: float = 60.0
     http_addr: cfg.Address | None = None
 
@@ -130,6 +133,9 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
     ttl = float(o["leader_lease_ttl"])
     if ttl < 1:
         raise cfg.ConfigError("--leader-lease-ttl must be at least 1s (etcd leases count whole seconds)")
+    retention = float(o["job_retention"])
+    if not 1 <= retention <= MAX_RETENTION:
+        raise cfg.ConfigError(f"--job-retention must be from 1s to {MAX_RETENTION / 86400:g} days")
     return MasterConfig(
         name=name,
         master_addr=master_addr,
@@ -139,6 +145,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         member=member,
         etcd_bin=o["etcd_bin"],
         leader_lease_ttl=ttl,
+        job_retention=retention,
         etcd_start_timeout=float(o["etcd_start_timeout"]),
         http_addr=o["http_addr"],
     )
@@ -227,6 +234,7 @@ class Master:
             self.leadership.step_down,
             observe_wait=self.metrics.task_wait.observe,
             observe_run=self.metrics.task_run.observe,
+            retention=self.conf.job_retention,
         )
         await runtime.start()
         self.runtime = runtime
@@ -384,6 +392,14 @@ and the same initial-cluster on all three.
     default="3s",
     show_default=True,
     help="TTL of the leader's etcd lease: the longest a silent leader keeps its role.",
+)
+@click.option(
+    "--job-retention",
+    type=cfg.DURATION,
+    default="24h",
+    show_default=True,
+    help="How long an ended job is kept (a job file's `retention` overrides it); then it is deleted "
+    "from etcd and from the leader's memory, and get-job says it expired.",
 )
 @click.option(
     "--http-addr",

@@ -14,7 +14,7 @@ from typing import Any
 
 from rota.metastore.client import EtcdError
 from rota.metastore.election import Fenced
-from rota.scheduler.core import Core, Decision, PutJob, PutTask
+from rota.scheduler.core import Core, Decision, DeleteJob, PutJob, PutTask
 from rota.scheduler.store import Store
 
 log = logging.getLogger("rota.leader")
@@ -28,8 +28,8 @@ class NotReady(Exception):
     """This master is not (or no longer) a ready leader."""
 
 
-def writes(decisions: list[Decision]) -> list[PutTask | PutJob]:
-    return [d for d in decisions if isinstance(d, (PutTask, PutJob))]
+def writes(decisions: list[Decision]) -> list[PutTask | PutJob | DeleteJob]:
+    return [d for d in decisions if isinstance(d, (PutTask, PutJob, DeleteJob))]
 
 
 def _resolve(futures: list[asyncio.Future[None]]) -> None:

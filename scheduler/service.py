@@ -196,9 +196,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         return await self._on_leader("SubmitJob", request, context, local)
 
-    async def _job_or_404(self, job: Any, job_id: str, context: Any) -> Any:
+    async def _job_or_404(self, job: Any, job_id: str, context: Any, rt: LeaderRuntime) -> Any:
         if job is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, rt.jobs.why_missing(job_id))
         return job
 
     async def GetJob(self, request: rota_pb2.GetJobRequest, context: Any) -> rota_pb2.JsonReply:
@@ -209,7 +209,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             )
 
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            job = await self._job_or_404(rt.jobs.job(request.id), request.id, context)
+            job = await self._job_or_404(rt.jobs.job(request.id), request.id, context, rt)
             if request.task_limit:
                 return _json(job_page_doc(job, request.task_offset, request.task_limit))
             return _json(await job_doc_yielding(job))
@@ -234,7 +234,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def _waited(self, rt: LeaderRuntime, job_id: str, hold: float, context: Any) -> rota_pb2.JsonReply:
         """A summary while the job runs after ``hold`` seconds; once it ended, its first page of tasks."""
-        job = await self._job_or_404(await rt.jobs.wait_job(job_id, hold), job_id, context)
+        job = await self._job_or_404(await rt.jobs.wait_job(job_id, hold), job_id, context, rt)
         if job.state is None:
             return _json(job_doc(job, with_tasks=False))
         return _json(job_page_doc(job, 0, MAX_TASK_PAGE))
@@ -253,7 +253,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             return _json(
-                job_doc(await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context))
+                job_doc(await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context, rt))
             )
 
         return await self._on_leader("CancelJob", request, context, local)

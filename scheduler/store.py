@@ -21,14 +21,14 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from rota.common.jobspec import JobSpec
 from rota.common.states import CANCELLED
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op, value_below
 from rota.metastore.election import Election, Fenced
-from rota.scheduler.core import Job, PutJob, PutTask, restore_task
+from rota.scheduler.core import DeleteJob, Job, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
 
 log = logging.getLogger("rota.store")
@@ -51,19 +51,33 @@ def _dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-def _latest(decisions: Sequence[PutTask | PutJob]) -> dict[bytes, bytes]:
+Write: TypeAlias = PutTask | PutJob | DeleteJob
+#: Jobs deleted per transaction: three range deletes each.
+DELETES_PER_TXN = 300
+
+
+def _latest(decisions: Sequence[Write]) -> dict[bytes, bytes]:
     """The last value of every key the decisions write (a txn may not name a key twice)."""
     latest: dict[bytes, bytes] = {}
     for d in decisions:
         if isinstance(d, PutTask):
             latest[keys.task(d.task.job.id, d.task.index)] = _dumps(d.record)
-        else:
+        elif isinstance(d, PutJob):
             latest[keys.job(d.job.id)] = _dumps(d.job.record())
     return latest
 
 
-def _ops(decisions: Sequence[PutTask | PutJob]) -> list[Any]:
+def _ops(decisions: Sequence[Write]) -> list[Any]:
     return [put_op(k, v) for k, v in _latest(decisions).items()]
+
+
+def _delete_ops(job_id: str) -> list[Any]:
+    """A job's keys: its record first (the commit marker goes first, as it came last)."""
+    return [
+        delete_op(keys.job(job_id)),
+        delete_op(keys.job_specs(job_id), prefix=True),
+        delete_op(keys.job_tasks(job_id), prefix=True),
+    ]
 
 
 def _executor(rec: dict[str, Any], lease: int) -> ExecutorSlot:
@@ -93,6 +107,8 @@ class Store:
         self.election = election
         self.txns = 0
         self.writes = 0
+        #: Jobs deleted once their retention passed.
+        self.deleted = 0
         #: Sequence of the latest ordered write of this term (see the module docstring).
         self._seq = 0
 
@@ -112,7 +128,7 @@ class Store:
         return value_below(keys.WRITE_ORDER, order + b"\0"), put_op(keys.WRITE_ORDER, order)
 
     async def create_job(
-        self, job_id: str, spec: JobSpec, created: float, along: Sequence[PutTask | PutJob] = ()
+        self, job_id: str, spec: JobSpec, created: float, along: Sequence[Write] = ()
     ) -> int | None:
         """Write a job; return its record's create revision, None if it exists.
 
@@ -124,10 +140,11 @@ class Store:
         for i, part in enumerate(parts[:-1]):
             await self._txn([put_op(keys.job_spec(job_id, i), part)], self._next_write())
         record = {"id": job_id, "created": created, "state": None}
+        deletes = [d for d in along if isinstance(d, DeleteJob)]
         extra = _ops(along)
         if len(extra) > MAX_OPS - 3 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
             await self.commit(along)
-            extra = []
+            extra, deletes = [], []
         ordered, order_put = self._next_write()
         # A failed compare (the job exists, or the order moved past this write) ends in None:
         # the caller steps down either way.
@@ -143,7 +160,10 @@ class Store:
         self.writes += len(extra)
         self.txns += len(parts)
         self.writes += len(parts) + 1
-        return result.revision if result.succeeded else None
+        if not result.succeeded:
+            return None
+        await self.commit(deletes)
+        return result.revision
 
     async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any]) -> None:
         compare, put = order
@@ -151,9 +171,18 @@ class Store:
         if not result.succeeded:
             raise Fenced("a later write of this leader is already in etcd: this one is out of order")
 
-    async def commit(self, decisions: Sequence[PutTask | PutJob]) -> None:
-        """Persist state changes in as few fenced transactions as fit etcd's limits."""
-        latest = _latest(decisions)
+    async def commit(self, decisions: Sequence[Write]) -> None:
+        """Persist state changes in as few fenced transactions as fit etcd's limits; then delete
+        expired jobs (never in a transaction that also writes: etcd refuses a key named twice)."""
+        await self._put(_latest(decisions))
+        deleted = [d.job.id for d in decisions if isinstance(d, DeleteJob)]
+        for i in range(0, len(deleted), DELETES_PER_TXN):
+            batch = deleted[i : i + DELETES_PER_TXN]
+            await self._txn([op for job_id in batch for op in _delete_ops(job_id)], self._next_write())
+            self.txns += 1
+            self.deleted += len(batch)
+
+    async def _put(self, latest: dict[bytes, bytes]) -> None:
         if not latest:
             return
         batches: list[list[Any]] = [[]]
@@ -208,6 +237,7 @@ class Store:
                 log.error("job %s cannot be read from etcd and is skipped: %r", job_id, e)
                 continue
             job.state = rec.get("state")
+            job.ended = rec.get("ended")
             job.cancelled = job.state == CANCELLED
             jobs[job_id] = job
         for kv in task_kvs:

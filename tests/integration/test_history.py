@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 
 import pytest
 
+from rota.client.api import RequestError
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, put_op
 
@@ -53,3 +55,39 @@ def test_a_ten_mib_return_value_fails_its_task_and_scheduling_goes_on(local_clus
     assert doc["state"] == "FAILED" and task["result"]["value"] is None
     assert "over the 262144 allowed (VALUE_CAP)" in task["result"]["error"]
     assert after["state"] == "SUCCEEDED" and {t["result"]["value"] for t in after["tasks"]} == {42}
+
+
+def _keys_of(cluster, job_id: str) -> list[bytes]:
+    async def read() -> list[bytes]:
+        async with EtcdClient(cluster.etcd_endpoints, timeout=20) as client:
+            found = []
+            for prefix in (keys.job(job_id), keys.job_specs(job_id), keys.job_tasks(job_id)):
+                kvs, _ = await client.get_prefix(prefix, keys_only=True)
+                found += [kv.key for kv in kvs if kv.key == prefix or prefix.endswith(b"/")]
+            return found
+
+    return asyncio.run(read())
+
+
+def test_ended_jobs_are_deleted_after_their_retention_even_across_a_failover(local_cluster):
+    cluster = local_cluster(executors=1, executor_slots=2, master_args=["--job-retention", "3s"])
+    with cluster.client(timeout=20) as c:
+        kept = c.run_job({"name": "kept", "retention": "1h", "task": [{"name": "t", "kind": "noop"}]})
+        first = c.run_job({"name": "first", "task": [{"name": "t", "kind": "noop", "count": 3}]})
+        assert first["state"] == kept["state"] == "SUCCEEDED"
+        assert _keys_of(cluster, first["id"]), "the ended job was never stored"
+        # A new leader rebuilds the ended job and expires it in its turn.
+        old = cluster.leader()
+        old.signal(signal.SIGKILL)
+        cluster.wait_for_leader(exclude=old.name, timeout=60)
+        second = c.run_job({"name": "second", "task": [{"name": "t", "kind": "shell", "command": ["true"]}]})
+        time.sleep(4)
+        for job in (first, second):
+            with pytest.raises(RequestError, match=f"job '{job['id']}' expired|no job '{job['id']}'") as e:
+                c.get_job(job["id"])
+            assert e.value.not_found
+            assert _keys_of(cluster, job["id"]) == []
+        with pytest.raises(RequestError, match="expired: it ended at .* kept for 3s"):
+            c.get_job(second["id"])  # expired under this leader: it knows
+        assert c.get_job(kept["id"])["state"] == "SUCCEEDED"
+        assert {j["id"] for j in c.list_jobs()} == {kept["id"]}

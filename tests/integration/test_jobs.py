@@ -283,7 +283,9 @@ def test_submit_and_wait_in_one_call(local_cluster):
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait must be" in e.value.details()
             with pytest.raises(grpc.RpcError) as e:
                 stub.WaitJob(rota_pb2.WaitJobRequest(id="quick-1", timeout=bad), timeout=10)
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "timeout must be" in e.value.details()
+            assert (
+                e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "timeout must be" in e.value.details()
+            )
     assert etcd_revision(cluster) == before
 
 

@@ -38,6 +38,7 @@ from rota.scheduler.core import (
     Decision,
     Dispatch,
     Job,
+    DeleteJob,
     JobEnded,
     PutJob,
     PutTask,
@@ -1499,3 +1500,80 @@ def test_a_rebuilt_task_placed_before_and_pending_again_is_placed_once() -> None
     h.core.add_job(job)
     h.attach("ex1", slots=4)
     assert dispatched(h.drain()) == {"ex1": [("j/0", 3), ("j/1", 1), ("j/2", 1)]}
+
+
+# -- retention (issue 12) ---------------------------------------------------------------------
+
+
+def _retention_harness(retention: float = 60.0) -> Harness:
+    h = Harness()
+    h.core.wall = lambda: h.now[0]
+    h.core.retention = retention
+    h.attach("a")
+    return h
+
+
+def _run_to_end(h: Harness, job: Job) -> None:
+    h.drain()
+    for t in job.tasks:
+        h.report("a", t.ref(), SUCCEEDED, {})
+    h.drain()
+    assert job.state == SUCCEEDED
+
+
+def test_an_ended_job_is_deleted_once_its_retention_passes() -> None:
+    h = _retention_harness(60.0)
+    job = h.add_job("j")
+    _run_to_end(h, job)
+    assert job.record()["ended"] == h.now[0]
+    h.now[0] += 59.9
+    h.core.tick()
+    assert only(h.drain(), DeleteJob) == [] and "j" in h.core.jobs
+    h.now[0] += 0.1
+    h.core.tick()
+    assert only(h.drain(), DeleteJob) == [DeleteJob(job)]
+    assert "j" not in h.core.jobs and h.core.pending_count() == 0
+    h.core.tick()
+    assert only(h.drain(), DeleteJob) == []  # once
+
+
+def test_a_jobs_own_retention_overrides_the_masters() -> None:
+    h = _retention_harness(60.0)
+    short = h.new_job("short")
+    short.spec.retention = 5.0
+    h.core.add_job(short)
+    _run_to_end(h, short)
+    long_ = h.add_job("long")
+    _run_to_end(h, long_)
+    h.now[0] += 5
+    h.core.tick()
+    assert only(h.drain(), DeleteJob) == [DeleteJob(short)] and "long" in h.core.jobs
+
+
+def test_expiry_is_batched_and_running_jobs_never_expire() -> None:
+    h = _retention_harness(10.0)
+    ended = [h.add_job(f"e{i}") for i in range(3)]
+    for job in ended:
+        _run_to_end(h, job)
+    running = h.add_job("r", tmpl(count=5))
+    h.drain()
+    h.now[0] += 1000
+    assert h.core.expire(limit=2) == 2
+    assert h.core.expire(limit=2) == 1
+    assert h.core.expire(limit=2) == 0
+    assert set(h.core.jobs) == {"r"} and running.state is None
+
+
+def test_a_rebuilt_ended_job_keeps_its_end_time_or_counts_from_the_rebuild() -> None:
+    h = _retention_harness(100.0)
+    old = h.new_job("old")
+    restore_task(old, 0, {"s": SUCCEEDED, "a": 1, "e": "a"})
+    old.state, old.ended = SUCCEEDED, h.now[0] - 150
+    legacy = h.new_job("legacy")  # ended before end times were stored
+    restore_task(legacy, 0, {"s": SUCCEEDED, "a": 1, "e": "a"})
+    legacy.state = SUCCEEDED
+    h.core.add_job(old)
+    h.core.add_job(legacy)
+    h.core.tick()
+    assert [d.job.id for d in only(h.drain(), DeleteJob)] == ["old"]
+    assert legacy.ended == h.now[0]

@@ -506,12 +506,18 @@ def _as_dict(toml_text: str) -> dict[str, Any]:
         (job(NOOP + "\nmax-attempts = 101"), "task[0].max-attempts", "from 1 to 100"),
         (job(NOOP, head='name = "j"\ntimeout = "200h"'), "timeout", "at most 604800s"),
         (job('name = "s"\nkind = "sleep"\nseconds = 1e308'), "task[0].seconds", "from 0 to 604800"),
-        (job('name = "p"\nkind = "python"\ncode = "1"\nenv = {ROTA_TASK_ID = "x"}'),
-         "task[0].env.ROTA_TASK_ID", "set by the executor"),  # fmt: skip
+        (
+            job('name = "p"\nkind = "python"\ncode = "1"\nenv = {ROTA_TASK_ID = "x"}'),
+            "task[0].env.ROTA_TASK_ID",
+            "set by the executor",
+        ),  # fmt: skip
         (job('name = "a/b"\nkind = "noop"'), "task[0].name", "must not contain '/'"),
         (job('name = "12"\nkind = "noop"'), "task[0].name", "all digits"),
-        (job('name = "c"\nkind = "call"\nfunction = "m:f"\nargs = ' + "[" * 40 + "]" * 40),
-         "task[0].args", "nested more than 32"),  # fmt: skip
+        (
+            job('name = "c"\nkind = "call"\nfunction = "m:f"\nargs = ' + "[" * 40 + "]" * 40),
+            "task[0].args",
+            "nested more than 32",
+        ),  # fmt: skip
     ],
 )
 def test_limits_name_the_key_in_every_input_form(text, key, reason):
