@@ -259,6 +259,15 @@ class EtcdClient:
         req = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
         return int((await self._call(rpc.KVStub, "DeleteRange", req)).deleted)
 
+    async def compact(self, revision: int) -> None:
+        """Drop the history of every key before ``revision`` (watches from before it then fail)."""
+        await self._call(rpc.KVStub, "Compact", rpc.CompactionRequest(revision=revision))
+
+    async def db_size(self) -> tuple[int, int]:
+        """(database file size, bytes of it in use) of the member answering."""
+        status = await self._call(rpc.MaintenanceStub, "Status", rpc.StatusRequest())
+        return int(status.dbSize), int(status.dbSizeInUse)
+
     async def txn(
         self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
     ) -> TxnResult:

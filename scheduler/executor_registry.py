@@ -223,8 +223,26 @@ class ExecutorRegistry:
                             self._lost(keys.executor_id(e.kv.key))
                     self.kick()
             except WatchCompacted as e:
-                log.warning("executor watch compacted at %d; resuming from there", e.compact_revision)
-                start = e.compact_revision
+                # Deletions between our revision and the compaction are gone from the history:
+                # list the executors now, and those we know that are missing have lost their lease.
+                log.warning("executor watch compacted at %d: listing executors again", e.compact_revision)
+                start = await self._relist()
+
+    async def _relist(self) -> int:
+        known = list(self.core.executors)  # before the read: one attaching meanwhile is not judged
+        while True:
+            try:
+                kvs, revision = await self.client.get_prefix(keys.EXECUTORS, keys_only=True)
+                break
+            except EtcdError as e:
+                log.warning("cannot list executors yet: %s", e)
+                await asyncio.sleep(0.5)
+        live = {keys.executor_id(kv.key) for kv in kvs}
+        for ex_id in known:
+            if ex_id not in live and ex_id in self.core.executors:
+                self._lost(ex_id)
+        self.kick()
+        return revision + 1
 
     def _lost(self, ex_id: str) -> None:
         log.info("executor %s lost its lease: requeueing its tasks", ex_id, **logs.ids(executor=ex_id))

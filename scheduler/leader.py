@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from rota.metastore.client import EtcdClient, EtcdError
 from rota.metastore.election import Election
+from rota.scheduler import upkeep
 from rota.scheduler.core import (
     DEFAULT_RETENTION,
     Ack,
@@ -85,6 +86,7 @@ class LeaderRuntime:
             asyncio.create_task(self._tick_loop(), name="leader-tick"),
             asyncio.create_task(self.executors.watch(snap.revision + 1), name="leader-executors"),
             asyncio.create_task(self.executors.hold_leases(snap.executors), name="leader-hold-leases"),
+            asyncio.create_task(upkeep.compact_loop(self.client), name="leader-compact"),
         ]
         self.ready = True
         self.pipeline.kick()
