@@ -84,6 +84,7 @@ bench: all
 	$(PY) -m bench.throughput --prefetch 512 --no-ceiling --out bench/results/throughput-tuned.json
 	$(PY) -m bench.latency
 	$(PY) -m bench.responsive
+	$(PY) -m bench.soak
 	$(PY) -m bench.scale
 	$(PY) -m bench.executors
 	$(PY) -m bench.recovery
