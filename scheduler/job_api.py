@@ -60,7 +60,8 @@ class JobApi:
         if pending is not None:
             await asyncio.shield(pending)  # raises NotReady if that submission failed
             return job_id, False
-        if job_id in self.core.jobs:
+        if job_id in self.core.jobs or job_id in self._expired:
+            # An expired job is not run again: a late retry of its submission finds it ended.
             return job_id, False
         task = asyncio.create_task(self._create(job_id, spec))
         self._submitting[job_id] = task

@@ -89,5 +89,11 @@ def test_ended_jobs_are_deleted_after_their_retention_even_across_a_failover(loc
             assert _keys_of(cluster, job["id"]) == []
         with pytest.raises(RequestError, match="expired: it ended at .* kept for 3s"):
             c.get_job(second["id"])  # expired under this leader: it knows
+        # A late retry of its submission does not run it again.
+        assert c.submit_job({"name": "second", "task": [{"name": "t", "kind": "noop"}]}, second["id"]) == {
+            "id": second["id"],
+            "created": False,
+        }
+        assert _keys_of(cluster, second["id"]) == []
         assert c.get_job(kept["id"])["state"] == "SUCCEEDED"
         assert {j["id"] for j in c.list_jobs()} == {kept["id"]}
