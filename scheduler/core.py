@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,6 +41,9 @@ SHORT_RUN = 0.5
 DEFAULT_RETENTION = 24 * 3600.0
 #: Ended jobs deleted per tick at most: the rest wait for the next tick, not the leader's loop.
 EXPIRE_BATCH = 500
+#: Expired job ids remembered, so that get-job can say "expired" and a late retry of a submission
+#: does not run the job again.
+REMEMBER_EXPIRED = 100_000
 
 
 def retry_delay(attempt: int) -> float:
@@ -312,6 +315,8 @@ class Core:
         self._delayed: list[tuple[float, int, int, Task]] = []
         #: Ended jobs by the Unix time their retention ends: a sweep looks at what is due, not at history.
         self._expiry: list[tuple[float, int, Job]] = []
+        #: Expired job id -> (when it ended, its retention), oldest first, at most REMEMBER_EXPIRED.
+        self.expired: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._out: list[Decision] = []
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
 
@@ -369,10 +374,12 @@ class Core:
         self._out.append(PutJob(job))
         self._out.append(JobEnded(job))
 
+    def retention_of(self, job: Job) -> float:
+        return job.spec.retention if job.spec.retention is not None else self.retention
+
     def _keep_until_expiry(self, job: Job) -> None:
         assert job.ended is not None
-        keep = job.spec.retention if job.spec.retention is not None else self.retention
-        heapq.heappush(self._expiry, (job.ended + keep, job.seq, job))
+        heapq.heappush(self._expiry, (job.ended + self.retention_of(job), job.seq, job))
 
     def expire(self, limit: int = EXPIRE_BATCH) -> int:
         """Drop ended jobs whose retention has passed (at most ``limit``); their deletes go out as
@@ -383,6 +390,11 @@ class Core:
             job = heapq.heappop(self._expiry)[2]
             if self.jobs.get(job.id) is job:
                 del self.jobs[job.id]
+                # Remembered from now, not from the delete's commit: a submission of this id in
+                # between must not create the job again while its old keys are still in etcd.
+                self.expired[job.id] = (job.ended or 0.0, self.retention_of(job))
+                if len(self.expired) > REMEMBER_EXPIRED:
+                    self.expired.popitem(last=False)
                 self._out.append(DeleteJob(job))
                 n += 1
         return n

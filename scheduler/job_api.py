@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from rota.common import logs
@@ -22,8 +21,6 @@ log = logging.getLogger("rota.leader")
 
 #: Tasks above which a job's objects are built in a thread: 10,000 take about 5 ms.
 BIG_JOB = 10_000
-#: Expired job ids remembered, so that get-job can say "expired" rather than "no such job".
-REMEMBER_EXPIRED = 100_000
 
 
 class JobApi:
@@ -45,8 +42,6 @@ class JobApi:
         #: Orders jobs of equal priority: set to the revision the leader rebuilt from, then counts up.
         self.seq = 0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        #: job id -> (when it ended, its retention), oldest first, bounded.
-        self._expired: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._submitting: dict[str, asyncio.Task[None]] = {}
 
     async def submit(self, job_id: str, spec: JobSpec) -> tuple[str, bool]:
@@ -60,7 +55,7 @@ class JobApi:
         if pending is not None:
             await asyncio.shield(pending)  # raises NotReady if that submission failed
             return job_id, False
-        if job_id in self.core.jobs or job_id in self._expired:
+        if job_id in self.core.jobs or job_id in self.core.expired:
             # An expired job is not run again: a late retry of its submission finds it ended.
             return job_id, False
         task = asyncio.create_task(self._create(job_id, spec))
@@ -154,17 +149,10 @@ class JobApi:
             if not f.done():
                 f.set_result(None)
 
-    def expired(self, job: Job) -> None:
-        """A job's retention passed and its delete is committed."""
-        retention = job.spec.retention if job.spec.retention is not None else self.core.retention
-        self._expired[job.id] = (job.ended or 0.0, retention)
-        if len(self._expired) > REMEMBER_EXPIRED:
-            self._expired.popitem(last=False)
-
     def why_missing(self, job_id: str) -> str:
         """What to tell a caller asking for a job that is not here."""
-        if job_id in self._expired:
-            ended, retention = self._expired[job_id]
+        if job_id in self.core.expired:
+            ended, retention = self.core.expired[job_id]
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ended))
             return (
                 f"job {job_id!r} expired: it ended at {when} and was kept for {retention:g}s, its retention"

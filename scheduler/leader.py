@@ -23,7 +23,6 @@ from rota.scheduler.core import (
     CancelTasks,
     Core,
     Decision,
-    DeleteJob,
     Dispatch,
     JobEnded,
     Observer,
@@ -133,8 +132,6 @@ class LeaderRuntime:
             if isinstance(d, JobEnded):
                 self.executors.forget_job(d.job.id, len(d.job.spec.tasks))
                 self.jobs.ended(d.job)
-            elif isinstance(d, DeleteJob):
-                self.jobs.expired(d.job)
             elif isinstance(d, (Dispatch, CancelTasks, Ack)):
                 self.executors.send(d)
 

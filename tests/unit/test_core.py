@@ -28,6 +28,7 @@ from rota.common.states import (
     TASK_STATES,
     TERMINAL,
 )
+from rota.scheduler import core as core_module
 from rota.scheduler.core import (
     RETRY_BASE,
     RETRY_CAP,
@@ -1531,6 +1532,7 @@ def test_an_ended_job_is_deleted_once_its_retention_passes() -> None:
     assert only(h.drain(), DeleteJob) == [] and "j" in h.core.jobs
     h.now[0] += 0.1
     h.core.tick()
+    assert h.core.expired["j"] == (job.ended, 60.0)  # known as expired before the delete commits
     assert only(h.drain(), DeleteJob) == [DeleteJob(job)]
     assert "j" not in h.core.jobs and h.core.pending_count() == 0
     h.core.tick()
@@ -1577,3 +1579,13 @@ def test_a_rebuilt_ended_job_keeps_its_end_time_or_counts_from_the_rebuild() -> 
     h.core.tick()
     assert [d.job.id for d in only(h.drain(), DeleteJob)] == ["old"]
     assert legacy.ended == h.now[0]
+
+
+def test_the_expired_ids_remembered_are_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(core_module, "REMEMBER_EXPIRED", 2)
+    h = _retention_harness(10.0)
+    for i in range(3):
+        _run_to_end(h, h.add_job(f"e{i}"))
+    h.now[0] += 100
+    assert h.core.expire() == 3
+    assert list(h.core.expired) == ["e1", "e2"]
