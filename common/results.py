@@ -34,13 +34,13 @@ def cap(text: str, limit: int) -> tuple[str, bool]:
     return text[:limit] + TRUNCATED_MARK, True
 
 
-def bounded(result: dict[str, Any], value_bytes: int) -> tuple[bool, dict[str, Any]]:
-    """(still ok, result within the caps): the leader's check on a result from the wire.
+def bound(out: dict[str, Any], value_bytes: int) -> bool:
+    """Cut a result from the wire to the caps, in place (the leader's check); False when the task
+    must fail for it.
 
-    ``result`` has ``stdout``, ``stderr``, ``error`` and ``value``; ``value_bytes`` is the size of
+    ``out`` has ``stdout``, ``stderr``, ``error`` and ``value``; ``value_bytes`` is the size of
     the value's JSON as received."""
     ok = True
-    out = dict(result)
     cut = False
     for key in ("stdout", "stderr"):
         out[key], c = cap(out[key] or "", OUTPUT_CAP)
@@ -62,4 +62,4 @@ def bounded(result: dict[str, Any], value_bytes: int) -> tuple[bool, dict[str, A
             )
     if cut:
         out["truncated"] = True
-    return ok, out
+    return ok

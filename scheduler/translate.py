@@ -58,7 +58,7 @@ def report(r: rota_pb2.TaskReport) -> Report:
     }
     if r.truncated:
         result["truncated"] = True
-    within, result = results.bounded(result, len(r.value_json))
+    within = results.bound(result, len(r.value_json))
     return Report(ref, SUCCEEDED if ok and within else FAILED, result)
 
 
