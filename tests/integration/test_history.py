@@ -12,6 +12,7 @@ import pytest
 from rota.client.api import RequestError
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, put_op
+from rota.scheduler.leadership import Leadership
 
 pytestmark = pytest.mark.etcd
 
@@ -97,3 +98,41 @@ def test_ended_jobs_are_deleted_after_their_retention_even_across_a_failover(loc
         assert _keys_of(cluster, second["id"]) == []
         assert c.get_job(kept["id"])["state"] == "SUCCEEDED"
         assert {j["id"] for j in c.list_jobs()} == {kept["id"]}
+
+
+def test_a_master_whose_rebuild_raises_resigns_and_another_leads(etcd_cluster):
+    """A leader that cannot take up its role must not keep the lease alive while serving nothing."""
+
+    async def scenario() -> tuple[str, int]:
+        # m0's process is alive (its port accepts), so only a resignation ends its term early.
+        alive = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        m0_addr = f"127.0.0.1:{alive.sockets[0].getsockname()[1]}"
+        async with alive, EtcdClient(etcd_cluster.endpoints, timeout=20) as client:
+            tries = {"m0": 0, "m1": 0}
+            won = asyncio.Event()
+
+            def hook(name: str):
+                async def on_elected(_election: object) -> None:
+                    tries[name] += 1
+                    if name == "m0":
+                        raise KeyError("a rebuild that raised something unexpected")
+                    won.set()
+
+                return on_elected
+
+            broken = Leadership(client, "m0", m0_addr, 10, on_elected=hook("m0"))
+            broken.start()
+            while not tries["m0"]:
+                await asyncio.sleep(0.02)
+            healthy = Leadership(client, "m1", "127.0.0.1:2", 10, on_elected=hook("m1"))
+            healthy.start()
+            try:
+                # Well inside the 10 s lease: only a resignation lets m1 in this soon.
+                await asyncio.wait_for(won.wait(), 5)
+                return ("m1" if healthy.is_leader else "nobody"), tries["m0"]
+            finally:
+                await healthy.stop()
+                await broken.stop()
+
+    leader, broken_tries = asyncio.run(scenario())
+    assert leader == "m1" and broken_tries >= 1
