@@ -80,6 +80,13 @@ def test_master_initial_cluster_without_itself():
     assert_usage_error(p, "m9", "--initial-cluster")
 
 
+@pytest.mark.parametrize("value", ["0s", "0.5s", "9000h"])
+def test_master_job_retention_out_of_range(value):
+    assert_usage_error(
+        run("rota.scheduler.master", "--job-retention", value), "--job-retention must be from 1s to 365 days"
+    )
+
+
 def test_master_etcd_binary_missing(tmp_path):
     p = run("rota.scheduler.master", "--etcd-bin", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d"))
     assert_usage_error(p, "etcd", "nope")
