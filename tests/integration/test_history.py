@@ -11,7 +11,8 @@ import pytest
 
 from rota.client.api import RequestError
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, put_op
+from rota.metastore.client import EtcdClient, EtcdError, put_op
+from rota.scheduler import upkeep
 from rota.scheduler.leadership import Leadership
 
 pytestmark = pytest.mark.etcd
@@ -136,3 +137,25 @@ def test_a_master_whose_rebuild_raises_resigns_and_another_leads(etcd_cluster):
 
     leader, broken_tries = asyncio.run(scenario())
     assert leader == "m1" and broken_tries >= 1
+
+
+def test_the_leaders_compaction_drops_history_older_than_one_period(etcd_cluster):
+    async def scenario() -> tuple[bool, bytes]:
+        async with EtcdClient(etcd_cluster.endpoints, timeout=20) as client:
+            first = await client.put(b"/rota-test/k", b"old")
+            await client.put(b"/rota-test/k", b"new")
+            loop = asyncio.create_task(upkeep.compact_loop(client, every=0.3))
+            await asyncio.sleep(1.0)  # two periods: the second compacts up to what the first saw
+            loop.cancel()
+            kvs, _ = await client.get_prefix(b"/rota-test/", revision=0)
+            try:
+                await client.get_prefix(b"/rota-test/", revision=first)
+                old_readable = True
+            except EtcdError as e:
+                assert "compacted" in str(e), e
+                old_readable = False
+            return old_readable, kvs[0].value
+
+    old_readable, now = asyncio.run(scenario())
+    assert not old_readable, "the revision before the compaction can still be read"
+    assert now == b"new"
