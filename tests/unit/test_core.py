@@ -1532,7 +1532,7 @@ def test_an_ended_job_is_deleted_once_its_retention_passes() -> None:
     assert only(h.drain(), DeleteJob) == [] and "j" in h.core.jobs
     h.now[0] += 0.1
     h.core.tick()
-    assert h.core.expired["j"] == (job.ended, 60.0)  # known as expired before the delete commits
+    assert h.core.expired["j"] == (job.ended, 60.0, job.seq)  # known as expired before the delete commits
     assert only(h.drain(), DeleteJob) == [DeleteJob(job)]
     assert "j" not in h.core.jobs and h.core.pending_count() == 0
     h.core.tick()
@@ -1589,3 +1589,32 @@ def test_the_expired_ids_remembered_are_bounded(monkeypatch) -> None:
     h.now[0] += 100
     assert h.core.expire() == 3
     assert list(h.core.expired) == ["e1", "e2"]
+
+
+# -- paging and the hot structures (issue 12) -------------------------------------------------
+
+
+def test_jobs_are_walked_newest_first_from_any_point_whatever_order_they_were_added() -> None:
+    h = Harness()
+    for seq in (5, 2, 9, 7):  # a rebuild adds jobs in key order, not in submission order
+        h.add_job(f"s{seq}", seq=seq)
+    assert [j.id for j in h.core.newest()] == ["s9", "s7", "s5", "s2"]
+    assert [j.id for j in h.core.newest(before=7)] == ["s5", "s2"]
+    assert [j.id for j in h.core.newest(before=2)] == []
+
+
+def test_ended_jobs_leave_the_active_set_and_the_figures_stay_true_through_expiry() -> None:
+    h = _retention_harness(10.0)
+    done = h.add_job("done", tmpl(count=2))
+    _run_to_end(h, done)
+    running = h.add_job("running", tmpl(count=3))
+    h.drain()
+    assert set(h.core.active) == {"running"} and running.state is None
+    s = h.core.summary()
+    assert s.jobs == Counter({SUCCEEDED: 1, RUNNING: 1})
+    assert s.tasks[SUCCEEDED] == 2 and sum(s.tasks.values()) == 5
+    h.now[0] += 100
+    h.core.tick()
+    assert [j.id for j in h.core.newest()] == ["running"]
+    s = h.core.summary()
+    assert s.jobs == Counter({RUNNING: 1}) and sum(s.tasks.values()) == 3
