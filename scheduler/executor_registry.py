@@ -173,7 +173,14 @@ class ExecutorRegistry:
             await self._gone(ex_id, link.lease_id, "disconnected")
 
     async def _gone(self, ex_id: str, lease_id: int, why: str) -> None:
-        """An executor that does not answer is gone: revoke its lease and place its tasks again."""
+        """An executor that does not answer is gone: revoke its lease and place its tasks again.
+
+        Only while etcd still has us as leader: a deposed leader that has not noticed yet must
+        not revoke a lease that the new leader adopted (a revoke cannot be fenced itself, so the
+        check comes just before it)."""
+        if not await self.store.still_leading():
+            log.info("executor %s %s: not revoking its lease, no longer the leader", ex_id, why)
+            return
         log.info("executor %s %s: revoking its lease", ex_id, why, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
             await self.client.revoke(lease_id)

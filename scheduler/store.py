@@ -26,7 +26,7 @@ from typing import Any, TypeAlias
 from rota.common.jobspec import JobSpec
 from rota.common.states import CANCELLED
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op, value_below
+from rota.metastore.client import EtcdClient, EtcdError, create_revision_is, delete_op, put_op, value_below
 from rota.metastore.election import Election, Fenced
 from rota.scheduler.core import DeleteJob, Job, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
@@ -146,8 +146,8 @@ class Store:
             await self.commit(along)
             extra, deletes = [], []
         ordered, order_put = self._next_write()
-        # A failed compare (the job exists, or the order moved past this write) ends in None:
-        # the caller steps down either way.
+        # A failed compare (the job exists, or the order moved past this write) ends in None, and
+        # the caller steps down, unless the record is this very submission's.
         result = await self.election.fenced_txn(
             [
                 put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
@@ -161,9 +161,26 @@ class Store:
         self.txns += len(parts)
         self.writes += len(parts) + 1
         if not result.succeeded:
-            return None
+            revision = await self._ours(job_id, created)
+            if revision is None:
+                return None
+        else:
+            revision = result.revision
         await self.commit(deletes)
-        return result.revision
+        return revision
+
+    async def _ours(self, job_id: str, created: float) -> int | None:
+        """The create revision of the job's record when this submission wrote it: the client resends
+        a transaction whose answer was lost, and the copy that applied makes the resent one fail
+        its compares. The record's creation time, taken by this leader, tells it apart."""
+        kv = await self.client.get(keys.job(job_id))
+        if kv is None:
+            return None
+        try:
+            mine = json.loads(kv.value).get("created") == created
+        except (ValueError, AttributeError):
+            return None
+        return kv.create_revision if mine else None
 
     async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any]) -> None:
         compare, put = order
@@ -198,6 +215,15 @@ class Store:
             await asyncio.gather(*(self._txn(b, order) for b in batches[i : i + PARALLEL_TXNS]))
         self.txns += len(batches)
         self.writes += len(latest)
+
+    async def still_leading(self) -> bool:
+        """Whether etcd still has us as the leader, checked by a fenced transaction of no writes:
+        what a step that cannot itself be fenced (revoking a lease) asks first."""
+        try:
+            await self.election.fenced_txn([])
+        except (Fenced, EtcdError):
+            return False
+        return True
 
     async def put_executor(self, ex: ExecutorSlot) -> None:
         """Register an executor under its own lease: etcd deletes the key when the lease ends."""
