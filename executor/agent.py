@@ -14,6 +14,9 @@ from rota.executor.kinds.base import Kind
 from rota.executor.link import Link
 from rota.executor.runner import Runner
 
+#: How often an idle executor looks for task logs past their retention (finishing tasks look too).
+LOG_EXPIRY_EVERY = 60.0
+
 
 class Agent:
     def __init__(self, conf: AgentConfig, kinds: dict[str, Kind]) -> None:
@@ -27,11 +30,18 @@ class Agent:
     async def run(self) -> None:
         """Stay attached to the current leader until stopped."""
         watchdog = asyncio.create_task(self.fence.watch())
+        upkeep = asyncio.create_task(self._expire_logs())
         try:
             await self.link.run()
         finally:
             watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            upkeep.cancel()
+            await asyncio.gather(watchdog, upkeep, return_exceptions=True)
+
+    async def _expire_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_EXPIRY_EVERY)
+            self.runner.logs.expire()
 
     async def stop(self) -> None:
         self.link.stop()

@@ -265,7 +265,7 @@ class ExecutorRegistry:
             return
         if isinstance(d, Dispatch):
             batch = [
-                translate.assignment(t, a, self._params_json(t))
+                translate.assignment(t, a, self._params_json(t), self.core.retention_of(t.job))
                 for t, a in d.tasks
                 if t.attempt == a and t.state in ACTIVE
             ]
