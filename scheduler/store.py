@@ -56,12 +56,34 @@ Write: TypeAlias = PutTask | PutJob | DeleteJob
 DELETES_PER_TXN = 300
 
 
+#: The largest record sent: one over etcd's request limit would be refused on every retry, and
+#: everything committed with it would wait forever. Results are capped well below it
+#: (common/results.py); this is the last guard.
+MAX_RECORD_BYTES = 1_000_000
+
+
+def task_value(job_id: str, index: int, record: dict[str, Any]) -> bytes:
+    """A task record as stored; one too large keeps its state but not its result, loudly."""
+    value = _dumps(record)
+    if len(value) <= MAX_RECORD_BYTES:
+        return value
+    log.error(
+        "task %s/%d: its record of %d bytes is over etcd's limit; its result is dropped",
+        job_id,
+        index,
+        len(value),
+    )
+    error = f"the result was not kept: its record of {len(value)} bytes is over etcd's request limit"
+    return _dumps({**record, "r": {"error": error, "truncated": True}})
+
+
 def _latest(decisions: Sequence[Write]) -> dict[bytes, bytes]:
     """The last value of every key the decisions write (a txn may not name a key twice)."""
     latest: dict[bytes, bytes] = {}
     for d in decisions:
         if isinstance(d, PutTask):
-            latest[keys.task(d.task.job.id, d.task.index)] = _dumps(d.record)
+            job_id, index = d.task.job.id, d.task.index
+            latest[keys.task(job_id, index)] = task_value(job_id, index, d.record)
         elif isinstance(d, PutJob):
             latest[keys.job(d.job.id)] = _dumps(d.job.record())
     return latest
