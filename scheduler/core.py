@@ -137,6 +137,10 @@ class Job:
     def priority(self) -> int:
         return self.spec.priority
 
+    def __lt__(self, other: Job) -> bool:
+        """Heaps order jobs by the fields before them; a full tie must not raise."""
+        return False
+
     def current_state(self) -> str:
         return self.state or (RUNNING if self.started else PENDING)
 
@@ -310,7 +314,8 @@ class Core:
         self.observe_wait = observe_wait
         self.observe_run = observe_run
         self.jobs: dict[str, Job] = {}
-        #: Every job held, by seq (submission order): list-jobs pages from any point in O(log n).
+        #: Every job held, by (seq, id): submission order, the id settling a tie (records written in
+        #: one transaction share a create revision). list-jobs pages from any point in O(log n).
         self.by_seq: SortedDict = SortedDict()
         #: Jobs not yet ended: what the scheduling walks and the figures look at. Ended jobs only
         #: wait for their retention, counted in ``ended_jobs``/``ended_tasks`` instead of walked.
@@ -403,7 +408,7 @@ class Core:
             job = heapq.heappop(self._expiry)[2]
             if self.jobs.get(job.id) is job:
                 del self.jobs[job.id]
-                del self.by_seq[job.seq]
+                del self.by_seq[(job.seq, job.id)]
                 assert job.state is not None
                 self.ended_jobs[job.state] -= 1
                 self.ended_tasks.subtract(job.counts)
@@ -456,7 +461,7 @@ class Core:
         have all ended gets its end written now.
         """
         self.jobs[job.id] = job
-        self.by_seq[job.seq] = job
+        self.by_seq[(job.seq, job.id)] = job
         if job.state is not None:  # rebuilt, ended: kept until its retention passes
             if job.ended is None:  # ended before end times were stored: count from now
                 job.ended = self.wall()
@@ -739,7 +744,7 @@ class Core:
     def pending_count(self) -> int:
         return sum(j.counts[PENDING] for j in self.active.values())
 
-    def newest(self, before: int | None = None) -> Iterator[Job]:
-        """Jobs held, newest first, from the one submitted just before seq ``before`` (or the newest)."""
-        for seq in self.by_seq.irange(maximum=before, inclusive=(True, False), reverse=True):
-            yield self.by_seq[seq]
+    def newest(self, before: tuple[int, str] | None = None) -> Iterator[Job]:
+        """Jobs held, newest first, from the one just before ``before`` (a (seq, id) key; None: the newest)."""
+        for key in self.by_seq.irange(maximum=before, inclusive=(True, False), reverse=True):
+            yield self.by_seq[key]

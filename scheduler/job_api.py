@@ -107,18 +107,20 @@ class JobApi:
         self.check()
         return None if job_id in self._submitting else self.core.jobs.get(job_id)
 
-    def seq_of(self, job_id: str) -> int | None:
+    def place_of(self, job_id: str) -> tuple[int, str] | None:
         """Where a job stands in submission order, also for a job that expired since."""
         job = self.core.jobs.get(job_id)
         if job is not None:
-            return job.seq
+            return job.seq, job.id
         gone = self.core.expired.get(job_id)
-        return gone[2] if gone else None
+        return (gone[2], job_id) if gone else None
 
-    async def list_jobs(self, state: str, limit: int, before: int | None) -> tuple[list[Job], bool]:
-        """The newest ``limit`` jobs (in ``state`` when set) submitted before seq ``before``, oldest
+    async def list_jobs(
+        self, state: str, limit: int, before: tuple[int, str] | None
+    ) -> tuple[list[Job], bool]:
+        """The newest ``limit`` jobs (in ``state`` when set) submitted before ``before``, oldest
         first, and whether older ones remain. A filter may pass over many jobs: the walk yields to
-        the loop every LIST_CHUNK of them, and goes on from the seq it reached (jobs added meanwhile
+        the loop every LIST_CHUNK of them, and goes on from the job it reached (jobs added meanwhile
         are newer, an expired one is skipped: nothing is repeated or lost)."""
         self.check()
         out: list[Job] = []
@@ -131,7 +133,7 @@ class JobApi:
                         return out, True
                     out.append(job)
                 walked += 1
-                before = job.seq
+                before = (job.seq, job.id)
                 if walked == LIST_CHUNK:
                     break
             else:

@@ -233,7 +233,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         async def local(rt: LeaderRuntime) -> rota_pb2.ListJobsReply:
             before = None
             if request.before:
-                before = rt.jobs.seq_of(request.before)
+                before = rt.jobs.place_of(request.before)
                 if before is None:
                     await context.abort(
                         grpc.StatusCode.NOT_FOUND,

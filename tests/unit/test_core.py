@@ -1599,8 +1599,22 @@ def test_jobs_are_walked_newest_first_from_any_point_whatever_order_they_were_ad
     for seq in (5, 2, 9, 7):  # a rebuild adds jobs in key order, not in submission order
         h.add_job(f"s{seq}", seq=seq)
     assert [j.id for j in h.core.newest()] == ["s9", "s7", "s5", "s2"]
-    assert [j.id for j in h.core.newest(before=7)] == ["s5", "s2"]
-    assert [j.id for j in h.core.newest(before=2)] == []
+    assert [j.id for j in h.core.newest(before=(7, "s7"))] == ["s5", "s2"]
+    assert [j.id for j in h.core.newest(before=(2, "s2"))] == []
+
+
+def test_jobs_sharing_a_seq_are_all_held_and_expire_without_error() -> None:
+    """Records written in one transaction share a create revision, which a rebuild uses as seq."""
+    h = _retention_harness(10.0)
+    jobs = [h.new_job(f"t{i}", seq=4) for i in range(3)]
+    for job in jobs:
+        restore_task(job, 0, {"s": SUCCEEDED, "a": 1, "e": "a"})
+        job.state, job.ended = SUCCEEDED, h.now[0]
+        h.core.add_job(job)
+    assert [j.id for j in h.core.newest()] == ["t2", "t1", "t0"]
+    assert [j.id for j in h.core.newest(before=(4, "t1"))] == ["t0"]
+    h.now[0] += 100
+    assert h.core.expire() == 3 and not h.core.jobs
 
 
 def test_ended_jobs_leave_the_active_set_and_the_figures_stay_true_through_expiry() -> None:
