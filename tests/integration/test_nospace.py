@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,11 @@ import urllib.request
 import pytest
 
 from rota.client.api import OutOfSpace, RequestError
+from rota.devtools.etcdcluster import EtcdCluster
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient
+from rota.metastore.client import EtcdClient, NoSpace
+from rota.scheduler import upkeep
+from rota.scheduler.leadership import Leadership
 
 pytestmark = pytest.mark.etcd
 
@@ -121,3 +125,39 @@ def test_a_full_etcd_raises_nospace_refuses_submissions_and_recovers_after_reten
     assert "disarmed etcd's NOSPACE alarm" in log and "defragmented etcd member" in log
     assert "etcd's NOSPACE alarm is cleared" in log
     assert "stepping down" not in log
+
+
+def test_with_no_leader_the_masters_recover_a_full_etcd_and_a_campaign_then_succeeds(tmp_path):
+    """Under NOSPACE no master can be elected (no lease is granted), so recovery cannot wait for a
+    leader: the masters' space loop frees etcd by itself once data is deleted."""
+
+    async def scenario(endpoints: list[str]) -> tuple[bool, bool, int]:
+        async with EtcdClient(endpoints, timeout=20) as client:
+            with pytest.raises(NoSpace):
+                for i in range(1000):
+                    await client.put(b"/rota-test/%d" % i, os.urandom(100_000))
+            with pytest.raises(NoSpace):
+                await client.grant(5)
+            lead = Leadership(client, "m0", "127.0.0.1:1", 3)
+            lead.start()
+            space = upkeep.EtcdSpace(2 * 1024**2)
+            loop = asyncio.create_task(
+                upkeep.space_loop(client, space, lambda: "rescue" if space.nospace else None)
+            )
+            try:
+                await asyncio.sleep(2)
+                led_while_full = lead.is_leader
+                await client.delete(b"/rota-test/", prefix=True)  # what retention does: deletes pass
+                deadline = time.monotonic() + 30
+                while not lead.is_leader and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                return led_while_full, lead.is_leader and not await client.alarms(), space.defrags
+            finally:
+                loop.cancel()
+                await lead.stop()
+
+    with EtcdCluster(tmp_path / "etcd", size=3, quota_backend_bytes=2 * 1024**2) as cluster:
+        led_while_full, recovered, defrags = asyncio.run(scenario(cluster.endpoints))
+    assert not led_while_full, "a campaign succeeded under NOSPACE"
+    assert recovered, "no leader after the data was deleted: the alarm was never disarmed"
+    assert defrags >= 3
