@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from rota.client.errors import NoMasterReachable, RequestError
+from rota.client.errors import NoMasterReachable, OutOfSpace, RequestError
 from rota.client.tasklogs import task_logs as stream_task_logs
 from rota.common import rpc
 from rota.common.config import ConfigError, parse_address, split_list
@@ -67,7 +67,22 @@ def status_to_dict(s: rota_pb2.ClusterStatus) -> dict[str, Any]:
     return {
         "leader": {"name": s.leader_name, "addr": s.leader_addr} if s.leader_name else None,
         "masters": [{"name": m.name, "addr": m.addr, "role": m.role} for m in s.masters],
-        "etcd": {"endpoints": list(s.etcd.endpoints), "healthy": s.etcd.healthy},
+        "etcd": {
+            "endpoints": list(s.etcd.endpoints),
+            "healthy": s.etcd.healthy,
+            "alarms": [{"member": a.member, "alarm": a.alarm} for a in s.etcd.alarms],
+            "members": [
+                {
+                    "name": m.name,
+                    "endpoint": m.endpoint,
+                    "db_size": m.db_size if not m.error else None,
+                    "db_size_in_use": m.db_size_in_use if not m.error else None,
+                    "error": m.error or None,
+                }
+                for m in s.etcd.members
+            ],
+            "quota": s.etcd.quota_bytes,
+        },
         "executors": s.executors,
     }
 
@@ -148,6 +163,8 @@ class AsyncClient:
                         raise RequestError(
                             e.details() or "", not_found=e.code() == grpc.StatusCode.NOT_FOUND
                         ) from None
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise OutOfSpace(e.details() or "etcd is out of space") from None
                     if e.code() not in _RETRY:
                         raise
                     errors[addr] = e.details() or e.code().name

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from rota.client.api import Client, NoMasterReachable, RequestError, resolve_addresses
+from rota.client.api import Client, NoMasterReachable, OutOfSpace, RequestError, resolve_addresses
 from rota.common import config as cfg
 from rota.common.jobspec import JobSpecError
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
@@ -22,6 +22,7 @@ EXIT_BAD_INPUT = 2
 MAX_TASK_ROWS = 20
 
 EXIT_NO_LEADER = 3
+EXIT_OUT_OF_SPACE = 4
 
 
 class Ctx:
@@ -67,7 +68,8 @@ def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float) -> 
 
     \b
     Exit codes: 0 success; 1 the waited-for job ended FAILED or CANCELLED;
-    2 bad usage or bad input (nothing was submitted); 3 no leader reachable.
+    2 bad usage or bad input (nothing was submitted); 3 no leader reachable;
+    4 etcd is out of space (nothing was changed, or the change is held until it has room).
     """
     try:
         resolve_addresses(master_addr)
@@ -79,18 +81,38 @@ def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float) -> 
 @cli.command("cluster-status")
 @click.pass_obj
 def cluster_status(ctx: Ctx) -> None:
-    """Show the leader, every master's role, etcd health and the executor count."""
+    """Show the leader, every master's role, etcd's health, alarms and database sizes, and the executor count."""
     with ctx.client() as c:
         s = c.cluster_status()
     leader = s["leader"]
+    etcd = s["etcd"]
+    alarms: dict[str, list[str]] = {}
+    for a in etcd["alarms"]:
+        alarms.setdefault(a["alarm"], []).append(a["member"])
     lines = [
         f"leader:    {leader['name']} ({leader['addr']})" if leader else "leader:    none",
-        f"etcd:      {'healthy' if s['etcd']['healthy'] else 'UNHEALTHY'} ({', '.join(s['etcd']['endpoints'])})",
+        f"etcd:      {'healthy' if etcd['healthy'] else 'UNHEALTHY'} ({', '.join(etcd['endpoints'])})",
+        "alarms:    " + ("; ".join(f"{k} ({', '.join(v)})" for k, v in sorted(alarms.items())) or "none"),
         f"executors: {s['executors']}",
         "",
         table(["MASTER", "ADDRESS", "ROLE"], [[m["name"], m["addr"], m["role"]] for m in s["masters"]]),
     ]
+    if etcd["members"]:
+        rows = [
+            [m["name"], m["endpoint"], _mib(m["db_size"]), _mib(m["db_size_in_use"]), m["error"] or ""]
+            for m in etcd["members"]
+        ]
+        lines += [
+            "",
+            table(
+                [f"ETCD MEMBER (quota {_mib(etcd['quota'])})", "ENDPOINT", "DB SIZE", "IN USE", "ERROR"], rows
+            ),
+        ]
     emit(ctx, s, "\n".join(lines))
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1024**2:.1f} MiB"
 
 
 def _summary(result: dict[str, Any] | None) -> str:
@@ -352,6 +374,9 @@ def main() -> None:
     except (JobSpecError, RequestError) as e:
         click.echo(f"master-client: error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except OutOfSpace as e:
+        click.echo(f"master-client: error: {e}", err=True)
+        sys.exit(EXIT_OUT_OF_SPACE)
 
 
 if __name__ == "__main__":

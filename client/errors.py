@@ -1,4 +1,4 @@
-"""What the client raises: the two failures a caller tells apart."""
+"""What the client raises: the failures a caller tells apart."""
 
 
 class NoMasterReachable(Exception):
@@ -11,3 +11,7 @@ class RequestError(Exception):
     def __init__(self, message: str, not_found: bool = False) -> None:
         super().__init__(message)
         self.not_found = not_found
+
+
+class OutOfSpace(Exception):
+    """etcd is out of space (its NOSPACE alarm): the cluster refused a change; try again later."""

@@ -101,6 +101,23 @@ def parse_duration(value: str | float | int) -> float:
     return seconds
 
 
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from ``8GiB``, ``512MiB``, ``4M``, or a bare number of bytes (units count in 1024s)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"malformed size {value!r}: expected e.g. 64MiB, 8GiB or a number of bytes")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.fullmatch(value.strip())
+    if match is None:
+        raise ConfigError(f"malformed size {value!r}: expected e.g. 64MiB, 8GiB or a number of bytes")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[(unit or "")[:1].upper()])
+
+
 def parse_key_values(value: str | Sequence[str] | dict[str, Any], what: str = "label") -> dict[str, str]:
     """``k=v,k2=v2`` (or a TOML table) into a dict."""
     if isinstance(value, dict):
@@ -162,6 +179,7 @@ ADDRESS_LIST = _ParseType("addresses", _list_of(parse_address))
 URL = _ParseType("url", parse_url)
 URL_LIST = _ParseType("urls", _list_of(parse_url))
 DURATION = _ParseType("duration", parse_duration)
+SIZE = _ParseType("size", parse_size)
 KEY_VALUES = _ParseType("k=v,...", lambda v: parse_key_values(v))
 INITIAL_CLUSTER = _ParseType("name=url,...", lambda v: v if isinstance(v, dict) else parse_initial_cluster(v))
 STRING_LIST = _ParseType("a,b,...", lambda v: split_list(v))

@@ -38,6 +38,7 @@ class EtcdCluster:
         heartbeat_ms: int = 10,
         election_ms: int = 100,
         binary: str | None = None,
+        quota_backend_bytes: int | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -46,6 +47,7 @@ class EtcdCluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.binary = find_etcd_binary(binary)
+        self.quota_backend_bytes = quota_backend_bytes
         self.members: list[EtcdMember] = []
 
     @property
@@ -70,6 +72,7 @@ class EtcdCluster:
                 initial_cluster_state="new",
                 heartbeat_ms=self.heartbeat_ms,
                 election_ms=self.election_ms,
+                **({"quota_backend_bytes": self.quota_backend_bytes} if self.quota_backend_bytes else {}),
             )
             for i in range(self.size)
         ]

@@ -44,6 +44,20 @@ class EtcdUnavailable(EtcdError):
     """No endpoint answered within the deadline (members down or quorum lost)."""
 
 
+class NoSpace(EtcdError):
+    """etcd refused a write because a member's database reached its quota (the NOSPACE alarm).
+
+    Reads, deletes (and transactions of deletes only), lease renewals and revocations,
+    compaction, defragmentation and disarming still work; puts, transactions with a put and
+    lease grants do not. The write that raised the alarm may have been applied all the same:
+    a caller that must know reads back.
+    """
+
+
+#: What etcd says of a write refused for space (gRPC RESOURCE_EXHAUSTED, like "too many requests").
+NOSPACE_DETAIL = "database space exceeded"
+
+
 class WatchCompacted(EtcdError):
     """The revision a watch asked for was compacted: the caller must list again."""
 
@@ -88,6 +102,29 @@ class TxnResult:
             for r in self.responses
             if r.WhichOneof("response") == "response_range"
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One etcd member as its own Status call describes it; ``error`` when it did not answer."""
+
+    id: int
+    name: str
+    endpoint: str
+    db_size: int = 0
+    db_size_in_use: int = 0
+    error: str = ""
+
+    @property
+    def free(self) -> int:
+        """Bytes of the database file that compaction freed and only defragmentation returns."""
+        return max(0, self.db_size - self.db_size_in_use)
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    member_id: int
+    alarm: str  # "NOSPACE" or "CORRUPT"
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -188,7 +225,7 @@ class EtcdClient:
                 return await fn(request, timeout=max(0.05, min(self.call_timeout, remaining)))
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRY_CODES:
-                    raise EtcdError(f"etcd {method}: {e.details()}") from e
+                    raise _error(method, e) from e
                 last = e
                 self._rotate(target)
             if time.monotonic() + delay >= deadline:
@@ -259,14 +296,67 @@ class EtcdClient:
         req = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
         return int((await self._call(rpc.KVStub, "DeleteRange", req)).deleted)
 
-    async def compact(self, revision: int) -> None:
-        """Drop the history of every key before ``revision`` (watches from before it then fail)."""
-        await self._call(rpc.KVStub, "Compact", rpc.CompactionRequest(revision=revision))
+    async def compact(self, revision: int, physical: bool = False) -> None:
+        """Drop the history of every key before ``revision`` (watches from before it then fail);
+        ``physical`` waits until the answering member has removed it from its database."""
+        await self._call(
+            rpc.KVStub,
+            "Compact",
+            rpc.CompactionRequest(revision=revision, physical=physical),
+            timeout=max(self.timeout, 30.0) if physical else None,
+        )
 
     async def db_size(self) -> tuple[int, int]:
         """(database file size, bytes of it in use) of the member answering."""
         status = await self._call(rpc.MaintenanceStub, "Status", rpc.StatusRequest())
         return int(status.dbSize), int(status.dbSizeInUse)
+
+    # -- maintenance --------------------------------------------------------------------
+
+    async def _call_at(self, endpoint: str, stub_cls: Any, method: str, request: Any, timeout: float) -> Any:
+        """One call to one member, no failover: defragmentation and Status are about that member."""
+        try:
+            fn = getattr(stub_cls(self._channel(_target(endpoint))), method)
+            return await fn(request, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise _error(method, e) from e
+
+    async def member_statuses(self, timeout: float | None = None) -> list[MemberStatus]:
+        """Every member with its database size, asked directly (one that does not answer has ``error``)."""
+        resp = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+        wait = self.call_timeout if timeout is None else timeout
+
+        async def one(m: Any) -> MemberStatus:
+            endpoint = m.clientURLs[0] if m.clientURLs else ""
+            if not endpoint:
+                return MemberStatus(int(m.ID), m.name, endpoint, error="not started")
+            try:
+                st = await self._call_at(endpoint, rpc.MaintenanceStub, "Status", rpc.StatusRequest(), wait)
+            except EtcdError as e:
+                return MemberStatus(int(m.ID), m.name, endpoint, error=str(e))
+            return MemberStatus(int(m.ID), m.name, endpoint, int(st.dbSize), int(st.dbSizeInUse))
+
+        return list(await asyncio.gather(*(one(m) for m in resp.members)))
+
+    async def alarms(self) -> list[Alarm]:
+        """The alarms raised in the cluster (etcd keeps them until they are disarmed)."""
+        resp = await self._call(
+            rpc.MaintenanceStub, "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0)
+        )
+        return [Alarm(int(a.memberID), rpc.AlarmType.Name(a.alarm)) for a in resp.alarms]
+
+    async def disarm(self, alarm: Alarm) -> None:
+        req = rpc.AlarmRequest(
+            action=rpc.AlarmRequest.DEACTIVATE,
+            memberID=alarm.member_id,
+            alarm=rpc.AlarmType.Value(alarm.alarm),
+        )
+        await self._call(rpc.MaintenanceStub, "Alarm", req)
+
+    async def defragment(self, endpoint: str, timeout: float) -> None:
+        """Rewrite one member's database file without its free pages. The member answers nothing
+        else meanwhile, so members are defragmented one at a time."""
+        await self._call_at(endpoint, rpc.MaintenanceStub, "Defragment", rpc.DefragmentRequest(), timeout)
 
     async def txn(
         self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
@@ -405,6 +495,13 @@ class EtcdClient:
                 log.info("etcd member %s stopped answering; moving the watch", target)
                 call.cancel()
                 return
+
+
+def _error(method: str, e: grpc.aio.AioRpcError) -> EtcdError:
+    detail = e.details() or e.code().name
+    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and NOSPACE_DETAIL in detail:
+        return NoSpace(f"etcd {method}: {detail}")
+    return EtcdError(f"etcd {method}: {detail}")
 
 
 def _event(e: Any) -> Event:

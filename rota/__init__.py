@@ -14,9 +14,9 @@ import rota.common  # noqa: F401  (process-wide gRPC settings, before grpc is im
 
 if TYPE_CHECKING:
     from rota.client.api import AsyncClient, Client
-    from rota.client.errors import NoMasterReachable, RequestError
+    from rota.client.errors import NoMasterReachable, OutOfSpace, RequestError
 
-__all__ = ["AsyncClient", "Client", "NoMasterReachable", "RequestError"]
+__all__ = ["AsyncClient", "Client", "NoMasterReachable", "OutOfSpace", "RequestError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
         from rota.client import api
 
         return getattr(api, name)
-    if name in ("NoMasterReachable", "RequestError"):
+    if name in ("NoMasterReachable", "OutOfSpace", "RequestError"):
         from rota.client import errors
 
         return getattr(errors, name)

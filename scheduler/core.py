@@ -606,6 +606,19 @@ class Core:
         self._schedule()
         return job
 
+    def withdraw_job(self, job_id: str) -> None:
+        """A submission etcd refused (out of space): the job leaves as if it had never come, its
+        placements undone. Its decisions, drained already, are the caller's to drop."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        for task in job.tasks:
+            if task.state in ACTIVE:
+                self._release(task)
+                self.stats.dispatched -= 1
+            self._set_state(task, CANCELLED)  # its queue entries now pass over it
+        self._schedule()
+
     def tick(self) -> float | None:
         """Move retries whose backoff has passed back to the queue, drop jobs past their retention;
         return the next wake-up time."""

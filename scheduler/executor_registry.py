@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from rota.common import logs, rpc
 from rota.common.states import ACTIVE
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, EtcdError, WatchCompacted
+from rota.metastore.client import EtcdClient, EtcdError, NoSpace, WatchCompacted
 from rota.metastore.election import Fenced
 from rota.protos import rota_pb2
 from rota.scheduler import translate
@@ -102,6 +102,9 @@ class ExecutorRegistry:
                 self.give_up()
                 await self.client.revoke(lease)
                 raise NotReady("leadership lost") from None
+            except NoSpace:
+                await self.client.revoke(lease)
+                raise
             log.info(
                 "executor %s attached: %s, %d slots, kinds %s",
                 ex_id,

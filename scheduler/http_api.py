@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rota.client.api import AsyncClient, NoMasterReachable, RequestError
+from rota.client.api import AsyncClient, NoMasterReachable, OutOfSpace, RequestError
 from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 
@@ -67,6 +67,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(404 if e.not_found else 400, str(e))
     except NoMasterReachable as e:
         return error(503, f"no leader reachable: {e}")
+    except OutOfSpace as e:
+        return error(507, str(e))
     except TimeoutError as e:
         return error(504, str(e) or "timed out")
     except web.HTTPException as e:

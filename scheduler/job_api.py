@@ -11,10 +11,10 @@ from collections.abc import Callable
 from rota.common import logs
 from rota.common.jobspec import JobSpec
 from rota.common.states import SUCCEEDED
-from rota.metastore.client import EtcdError
+from rota.metastore.client import EtcdError, NoSpace
 from rota.metastore.election import Fenced
-from rota.scheduler.core import Core, Decision, Job
-from rota.scheduler.pipeline import CommitPipeline, NotReady, writes
+from rota.scheduler.core import Core, Decision, Dispatch, Job, PutTask
+from rota.scheduler.pipeline import CommitPipeline, NotReady, OutOfSpace, writes
 from rota.scheduler.store import Store
 
 log = logging.getLogger("rota.leader")
@@ -23,6 +23,21 @@ log = logging.getLogger("rota.leader")
 BIG_JOB = 10_000
 #: Jobs list-jobs looks at between two yields to the event loop.
 LIST_CHUNK = 5000
+
+
+def without_job(decisions: list[Decision], job: Job) -> list[Decision]:
+    """``decisions`` less the writes and dispatches of ``job`` (a submission etcd refused)."""
+    out: list[Decision] = []
+    for d in decisions:
+        if isinstance(d, PutTask) and d.task.job is job:
+            continue
+        if isinstance(d, Dispatch):
+            tasks = [(t, a) for t, a in d.tasks if t.job is not job]
+            if not tasks:
+                continue
+            d = Dispatch(d.executor, tasks)
+        out.append(d)
+    return out
 
 
 class JobApi:
@@ -53,11 +68,15 @@ class JobApi:
         must not leave a job in the core that etcd never got.
         """
         self.check()
+        if job_id not in self._submitting and not self._known(job_id):
+            # A retry of a submission already made is answered even while etcd is out of space.
+            await self.pipeline.room(f"job {job_id!r} was not submitted")
+            self.check()
         pending = self._submitting.get(job_id)
         if pending is not None:
             await asyncio.shield(pending)  # raises NotReady if that submission failed
             return job_id, False
-        if job_id in self.core.jobs or job_id in self.core.expired:
+        if self._known(job_id):
             # An expired job is not run again: a late retry of its submission finds it ended.
             return job_id, False
         task = asyncio.create_task(self._create(job_id, spec))
@@ -65,6 +84,9 @@ class JobApi:
         task.add_done_callback(lambda t: self._submitted(job_id, t))
         await asyncio.shield(task)
         return job_id, True
+
+    def _known(self, job_id: str) -> bool:
+        return job_id in self.core.jobs or job_id in self.core.expired
 
     def _submitted(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._submitting.pop(job_id, None)
@@ -80,6 +102,8 @@ class JobApi:
             job = Job(job_id, spec, 0, created_at)
         async with self.pipeline.lock:
             self.check()
+            if self.pipeline.out_of_space:
+                raise OutOfSpace(f"job {job_id!r} was not submitted")
             self.seq += 1
             job.seq = self.seq
             # Place the job now, so its first placements commit with the job itself.
@@ -87,6 +111,12 @@ class JobApi:
             decisions = self.core.drain()
             try:
                 created = await self.store.create_job(job_id, spec, created_at, along=writes(decisions))
+            except NoSpace:
+                # Nothing of the job is in etcd (the store made sure): it leaves the core, and what
+                # else was drained with it waits in the pipeline for etcd to have room.
+                self.core.withdraw_job(job_id)
+                self.pipeline.hold(without_job(decisions, job))
+                raise OutOfSpace(f"job {job_id!r} was not submitted") from None
             except (Fenced, EtcdError) as e:
                 # The core holds a job etcd may not have: only a rebuild can tell.
                 self.give_up()
@@ -161,8 +191,18 @@ class JobApi:
     async def cancel_job(self, job_id: str) -> Job | None:
         """Cancel a job; the answer comes once the cancellation is committed."""
         self.check()
+        job = self.core.jobs.get(job_id)
+        if job is None or job.state is not None:
+            return job  # nothing to change
+        await self.pipeline.room(f"job {job_id!r} was not cancelled")
+        self.check()
         job = self.core.cancel_job(job_id)
-        await self.pipeline.sync()
+        try:
+            await self.pipeline.sync()
+        except OutOfSpace:
+            raise OutOfSpace(
+                f"job {job_id!r} is cancelled on the leader, but that is held until etcd has room again"
+            ) from None
         self.check()
         return job
 

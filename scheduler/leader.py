@@ -56,6 +56,7 @@ class LeaderRuntime:
         observe_wait: Observer = no_observer,
         observe_run: Observer = no_observer,
         retention: float = DEFAULT_RETENTION,
+        alarm: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
         self.election = election
@@ -63,7 +64,7 @@ class LeaderRuntime:
         self.ready = False
         self.core = Core(observe_wait=observe_wait, observe_run=observe_run, retention=retention)
         self.store = Store(client, election)
-        self.pipeline = CommitPipeline(self.core, self.store, self._route, self._give_up)
+        self.pipeline = CommitPipeline(self.core, self.store, self._route, self._give_up, alarm)
         self.executors = ExecutorRegistry(client, self.store, self.core, self.pipeline.kick, self._give_up)
         self.jobs = JobApi(self.core, self.store, self.pipeline, self._route, self.check, self._give_up)
         self._tasks: list[asyncio.Task[None]] = []

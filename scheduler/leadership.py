@@ -20,7 +20,7 @@ import grpc
 
 from rota.common import rpc
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, EtcdError, put_op
+from rota.metastore.client import EtcdClient, EtcdError, NoSpace, put_op
 from rota.metastore.election import Election, Fenced, Leader, observe
 from rota.metastore.session import Session
 from rota.protos import rota_pb2, rota_pb2_grpc
@@ -31,6 +31,8 @@ log = logging.getLogger("rota.leadership")
 STOP_TIMEOUT = 1.5
 #: Pause after resigning a leadership this master could not take up, so that another may.
 RESIGN_BACKOFF = 1.0
+#: Pause between campaigns while etcd is out of space (it grants no lease then).
+NOSPACE_BACKOFF = 1.0
 
 Hook = Callable[[Election], Awaitable[None]]
 
@@ -98,16 +100,22 @@ class Leadership:
     # -- campaigning and leading ---------------------------------------------------------
 
     async def _campaign_loop(self) -> None:
+        full = False
         while not self._stopping:
             won = False
             try:
                 self.session = await Session(self.client, self.lease_ttl).start()
                 self.election = Election(self.client, keys.LEADER, self.session)
                 term = await self.election.campaign(self.name, self.addr)
-                won = True
+                won, full = True, False
                 self.elections_won += 1
                 log.info("elected leader (term %d)", term)
                 await self._lead(self.election)
+            except NoSpace as e:
+                # No lease is granted and no leader key written until space is freed (upkeep.py).
+                (log.debug if full else log.warning)("cannot campaign while etcd is out of space: %s", e)
+                full = True
+                await asyncio.sleep(NOSPACE_BACKOFF)
             except (EtcdError, Fenced) as e:
                 log.warning("leadership interrupted: %s", e)
                 await asyncio.sleep(0.2)

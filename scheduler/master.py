@@ -22,7 +22,7 @@ from rota.common import httpserver, rpc
 from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, EtcdError
+from rota.metastore.client import EtcdClient, EtcdError, NoSpace
 from rota.metastore.election import Election
 from rota.metastore.etcd_server import (
     EtcdBinaryError,
@@ -32,7 +32,7 @@ from rota.metastore.etcd_server import (
     find_etcd_binary,
 )
 from rota.protos import rota_pb2_grpc
-from rota.scheduler import http_api
+from rota.scheduler import http_api, upkeep
 from rota.scheduler.core import DEFAULT_RETENTION
 from rota.scheduler.leader import LeaderRuntime
 from rota.scheduler.leadership import Leadership
@@ -42,6 +42,10 @@ from rota.scheduler.service import MasterService, Peers
 log = logging.getLogger("rota.master")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: The smallest etcd backend quota a master accepts (an empty database is about 20 KiB).
+MIN_QUOTA = 1024**2
+#: How often a master whose registration etcd refused for space tries again.
+REGISTER_RETRY = 5.0
 
 
 @dataclass
@@ -57,6 +61,7 @@ class MasterConfig:
     job_retention: float = DEFAULT_RETENTION
     etcd_start_timeout: float = 60.0
     http_addr: cfg.Address | None = None
+    etcd_quota: int = upkeep.DEFAULT_EXTERNAL_QUOTA
 
 
 def _wildcard(host: str) -> bool:
@@ -96,6 +101,11 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
     data_dir = str(o["data_dir"] or os.path.join("rota-data", name))
     endpoints: list[str] = list(o["etcd_endpoints"] or [])
     member = None
+    quota = o.get("etcd_quota_backend_bytes")
+    if quota is None:
+        quota = upkeep.DEFAULT_EXTERNAL_QUOTA if endpoints else MemberConfig.quota_backend_bytes
+    if quota < MIN_QUOTA:
+        raise cfg.ConfigError(f"--etcd-quota-backend-bytes must be at least {MIN_QUOTA // 1024**2}MiB")
     if not endpoints:
         peer_urls: list[str] = o["peer_urls"]
         client_urls: list[str] = o["etcd_client_urls"]
@@ -128,6 +138,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
             initial_cluster_state=str(o["initial_cluster_state"]),
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
+            quota_backend_bytes=quota,
         )
         endpoints = list(member.advertise_client_urls)
     ttl = float(o["leader_lease_ttl"])
@@ -148,6 +159,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         job_retention=retention,
         etcd_start_timeout=float(o["etcd_start_timeout"]),
         http_addr=o["http_addr"],
+        etcd_quota=quota,
     )
 
 
@@ -163,11 +175,13 @@ class Master:
         self.leadership: Leadership | None = None
         self.runtime: LeaderRuntime | None = None
         self.peers = Peers()
+        self.space = upkeep.EtcdSpace(conf.etcd_quota)
         self.metrics = MasterMetrics(
-            lambda: self.leadership, lambda: self.runtime.summary() if self.runtime else None
+            lambda: self.leadership, lambda: self.runtime.summary() if self.runtime else None, self.space
         )
         self.http: web.AppRunner | None = None
         self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -216,15 +230,41 @@ class Master:
         )
         self.server = rpc.server()
         service = MasterService(
-            conf.name, self.addr, self.client, self.leadership, self.peers, lambda: self.runtime
+            conf.name, self.addr, self.client, self.leadership, self.peers, lambda: self.runtime, self.space
         )
         rota_pb2_grpc.add_MasterServicer_to_server(service, self.server)
         if not self.server.add_insecure_port(conf.master_addr.listen()):
             raise StartError(f"cannot listen on {conf.master_addr.listen()} (address in use?)")
         await self.server.start()
         registration = json.dumps({"name": conf.name, "addr": self.addr}).encode()
-        await self.client.put(keys.master(conf.name), registration)
+        try:
+            await self.client.put(keys.master(conf.name), registration)
+        except NoSpace:
+            log.warning("etcd is out of space: this master registers once it has room again")
+            self._tasks.append(asyncio.create_task(self._register(registration), name="register"))
         self.leadership.start()
+        self._tasks.append(
+            asyncio.create_task(
+                upkeep.space_loop(self.client, self.space, self._upkeep_role), name="etcd-space"
+            )
+        )
+
+    async def _register(self, registration: bytes) -> None:
+        assert self.client is not None
+        while True:
+            await asyncio.sleep(REGISTER_RETRY)
+            with contextlib.suppress(EtcdError):
+                await self.client.put(keys.master(self.conf.name), registration)
+                return
+
+    def _upkeep_role(self) -> str | None:
+        """What this master does to etcd's space: all of it when it leads; only the recovery from
+        NOSPACE while nobody leads (no campaign can succeed then)."""
+        if self.runtime is not None and self.runtime.ready:
+            return "leader"
+        if self.leadership is not None and self.leadership.leader is None and self.space.nospace:
+            return "rescue"
+        return None
 
     async def _lead(self, election: Election) -> None:
         assert self.client is not None and self.leadership is not None
@@ -235,6 +275,7 @@ class Master:
             observe_wait=self.metrics.task_wait.observe,
             observe_run=self.metrics.task_run.observe,
             retention=self.conf.job_retention,
+            alarm=lambda: self.space.nospace,
         )
         await runtime.start()
         self.runtime = runtime
@@ -265,6 +306,9 @@ class Master:
             await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stop_leading()
         if self.leadership:
             await self.leadership.stop()  # resign first: the next leader must not wait on HTTP
@@ -378,6 +422,14 @@ and the same initial-cluster on all three.
     default="500ms",
     show_default=True,
     help="Embedded etcd: raft election timeout (at least 5x the heartbeat).",
+)
+@click.option(
+    "--etcd-quota-backend-bytes",
+    type=cfg.SIZE,
+    default=None,
+    help="etcd's backend quota (e.g. 8GiB): the embedded member gets it; with --etcd-endpoints, say "
+    "what the external cluster was started with. The NOSPACE alarm is disarmed once every member's "
+    "database is below 80% of it [default: 8GiB embedded, 2GiB (etcd's default) external].",
 )
 @click.option(
     "--etcd-start-timeout",

@@ -3,7 +3,8 @@
 Histograms are fed as things happen (the core's wait and run times, every etcd
 transaction). Everything else is read at scrape time from the leadership and from the
 summary the leader exposes, so the hot path pays nothing for it. Scheduling figures (jobs, tasks,
-queue, executors) come only from the leader: a follower has no scheduling state.
+queue, executors) come only from the leader: a follower has no scheduling state. etcd's alarms and
+database sizes come from every master, as it last looked (every few seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from rota.scheduler.core import Summary
 
 if TYPE_CHECKING:
     from rota.scheduler.leadership import Leadership
+    from rota.scheduler.upkeep import EtcdSpace
+
+#: The alarms etcd can raise; each has a series, 0 or 1.
+ETCD_ALARMS = ("NOSPACE", "CORRUPT")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 TXN_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
@@ -29,7 +34,10 @@ OPS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 class MasterMetrics:
     def __init__(
-        self, leadership: Callable[[], Leadership | None], summary: Callable[[], Summary | None]
+        self,
+        leadership: Callable[[], Leadership | None],
+        summary: Callable[[], Summary | None],
+        space: EtcdSpace | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -52,6 +60,8 @@ class MasterMetrics:
             "rota_etcd_txn_ops", "Writes batched into one etcd transaction.", buckets=OPS_BUCKETS, registry=r
         )
         r.register(_StateCollector(leadership, summary))
+        if space is not None:
+            r.register(_SpaceCollector(space))
 
     def on_txn(self, ops: int, seconds: float) -> None:
         """The etcd client's hook: every transaction, fenced or not."""
@@ -132,6 +142,43 @@ class _StateCollector(Collector):
             "rota_stale_reports",
             "Executor reports for attempts that were no longer current.",
             st.stale_reports,
+        )
+
+
+class _SpaceCollector(Collector):
+    def __init__(self, space: EtcdSpace) -> None:
+        self.space = space
+
+    def collect(self) -> Iterator[Metric]:
+        space = self.space
+        raised = {a.alarm for a in space.alarms}
+        alarm = GaugeMetricFamily(
+            "rota_etcd_alarm",
+            "1 while etcd has this alarm raised (NOSPACE: every write but deletes is refused).",
+            labels=["alarm"],
+        )
+        for name in ETCD_ALARMS:
+            alarm.add_metric([name], int(name in raised))
+        yield alarm
+        yield _gauge(
+            "rota_etcd_quota_bytes", "etcd's backend quota as the masters know it.", float(space.quota)
+        )
+        size = GaugeMetricFamily(
+            "rota_etcd_db_bytes", "Size of an etcd member's database file.", labels=["member"]
+        )
+        in_use = GaugeMetricFamily(
+            "rota_etcd_db_bytes_in_use",
+            "Bytes of an etcd member's database file in use (the rest returns on defragmentation).",
+            labels=["member"],
+        )
+        for m in space.members:
+            if not m.error:
+                size.add_metric([m.name], float(m.db_size))
+                in_use.add_metric([m.name], float(m.db_size_in_use))
+        yield size
+        yield in_use
+        yield _counter(
+            "rota_etcd_defragmentations", "etcd members this master defragmented.", float(space.defrags)
         )
 
 

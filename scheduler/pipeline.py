@@ -3,16 +3,21 @@
 One drain-commit-route at a time, so writes reach etcd in the order the core made them, and every
 dispatch, cancel, acknowledgement or job end is routed only after the writes it depends on are
 committed (fenced and batched by the store).
+
+When etcd is out of space (its NOSPACE alarm) the writes it refuses are held, in order, with
+everything routed after them, and tried again every ``HELD_RETRY`` while the alarm lasts, at once
+when it is gone; the deletes of expired jobs go on meanwhile, since they are what frees the space.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
 
-from rota.metastore.client import EtcdError
+from rota.metastore.client import EtcdError, NoSpace
 from rota.metastore.election import Fenced
 from rota.scheduler.core import Core, Decision, DeleteJob, PutJob, PutTask
 from rota.scheduler.store import Store
@@ -22,14 +27,41 @@ log = logging.getLogger("rota.leader")
 #: Back-off of a commit that etcd could not take yet (no quorum, a slow member), doubling to the cap.
 RETRY_FIRST = 0.05
 RETRY_CAP = 1.0
+#: While etcd is out of space, how often held writes are offered to it again.
+HELD_RETRY = 1.0
 
 
 class NotReady(Exception):
     """This master is not (or no longer) a ready leader."""
 
 
+class OutOfSpace(Exception):
+    """etcd is out of space (its NOSPACE alarm is raised): a write was refused or is held."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"etcd is out of space (NOSPACE alarm): {what}; space comes back as ended jobs pass "
+            "their retention and the leader compacts and defragments etcd (see cluster-status)"
+        )
+
+
 def writes(decisions: list[Decision]) -> list[PutTask | PutJob | DeleteJob]:
     return [d for d in decisions if isinstance(d, (PutTask, PutJob, DeleteJob))]
+
+
+def held(decisions: Sequence[Decision]) -> list[Decision]:
+    """What is left of ``decisions`` once their deletes are committed: all but the deletes and the
+    writes of the jobs deleted (a late put must not bring a deleted job back), in order."""
+    gone = {d.job.id for d in decisions if isinstance(d, DeleteJob)}
+    if not gone:
+        return list(decisions)
+    return [
+        d
+        for d in decisions
+        if not isinstance(d, DeleteJob)
+        and not (isinstance(d, PutJob) and d.job.id in gone)
+        and not (isinstance(d, PutTask) and d.task.job.id in gone)
+    ]
 
 
 def _resolve(futures: list[asyncio.Future[None]]) -> None:
@@ -45,21 +77,43 @@ class CommitPipeline:
         store: Store,
         route: Callable[[list[Decision]], None],
         give_up: Callable[[], None],
+        alarm: Callable[[], bool] = lambda: False,
     ) -> None:
         self.core = core
         self.store = store
         self.route = route
         self.give_up = give_up
+        #: Whether etcd's NOSPACE alarm is known to be raised (the master's watch on etcd's space).
+        self.alarm = alarm
         #: Held by whoever drains the core, so writes reach etcd in the order they were decided.
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._synced: list[asyncio.Future[None]] = []
+        #: Decisions drained but not committed because etcd is out of space, oldest first.
+        self.held: list[Decision] = []
+        #: Until when held writes wait before they are offered to etcd again.
+        self._full_until = 0.0
+
+    @property
+    def out_of_space(self) -> bool:
+        """Writes are held, or etcd's alarm says they would be: new work is refused, not queued."""
+        return bool(self.held) or self.alarm()
+
+    async def room(self, what: str) -> None:
+        """Raise OutOfSpace (saying ``what`` was not done) unless etcd takes writes: with the alarm
+        gone, writes still held are offered to etcd first."""
+        if self.held and not self.alarm():
+            with contextlib.suppress(OutOfSpace):
+                await self.sync()
+        if self.out_of_space:
+            raise OutOfSpace(what)
 
     def kick(self) -> None:
         self._wake.set()
 
     async def sync(self) -> None:
-        """Return once every decision the core has made so far is committed to etcd."""
+        """Return once every decision the core has made so far is committed to etcd (OutOfSpace when
+        they are held instead)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._synced.append(fut)
         self.kick()
@@ -71,31 +125,70 @@ class CommitPipeline:
                 f.set_exception(error)
         self._synced = []
 
+    def hold(self, decisions: list[Decision]) -> None:
+        """Decisions drained by another (a submission etcd refused) that go out before any later."""
+        self.held[:0] = decisions
+        self._full_until = time.monotonic() + HELD_RETRY
+        self.kick()
+
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
+            if self.held:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), HELD_RETRY)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await self._wake.wait()
             async with self.lock:
                 self._wake.clear()
                 synced, self._synced = self._synced, []
-                decisions = self.core.drain()
-                if decisions and not await self._commit(writes(decisions)):
-                    return
+                decisions = self.held + self.core.drain() if self.held else self.core.drain()
+                self.held = []
+                if decisions:
+                    done = await self._commit(decisions)
+                    if done is None:
+                        return
+                    if not done:
+                        self.held = held(decisions)
+                        error = OutOfSpace("the change is held by the leader until etcd has room again")
+                        for f in synced:
+                            if not f.done():
+                                f.set_exception(error)
+                        continue
                 self.route(decisions)
                 _resolve(synced)
 
-    async def _commit(self, puts: list[Any]) -> bool:
-        """Commit until etcd takes it; False once a fenced write says we no longer lead."""
+    async def _commit(self, decisions: list[Decision]) -> bool | None:
+        """Commit until etcd takes it: True once it did, False when etcd is out of space (the deletes
+        made, the rest to be held), None once a fenced write says we no longer lead."""
+        puts = writes(decisions)
+        deletes_only = all(isinstance(d, DeleteJob) for d in puts)
         delay = RETRY_FIRST
-        while puts:
+        while True:
             try:
+                if not deletes_only and time.monotonic() < self._full_until and self.alarm():
+                    await self.store.delete_jobs([d.job.id for d in puts if isinstance(d, DeleteJob)])
+                    return False
                 await self.store.commit(puts)
+                if self._full_until and not deletes_only:
+                    log.warning("etcd takes writes again: the held writes are committed")
+                    self._full_until = 0.0
                 return True
+            except NoSpace:
+                if not self._full_until:
+                    log.warning(
+                        "etcd is out of space: holding %d writes (and what depends on them) until it has "
+                        "room again; expired jobs are still deleted",
+                        len(puts),
+                    )
+                self._full_until = time.monotonic() + HELD_RETRY
+                return False
             except Fenced:
                 log.warning("a fenced write was rejected: stepping down")
                 self.give_up()
-                return False
+                return None
             except EtcdError as e:
                 log.warning("cannot commit %d writes yet: %s", len(puts), e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
-        return True

@@ -15,12 +15,14 @@ from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, EtcdError
+from rota.metastore.client import EtcdClient, EtcdError, MemberStatus, NoSpace
 from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
+from rota.scheduler.pipeline import OutOfSpace
+from rota.scheduler.upkeep import EtcdSpace
 from rota.scheduler.views import executor_doc, job_doc, job_page_doc
 
 log = logging.getLogger("rota.service")
@@ -55,6 +57,10 @@ def _json(doc: Any) -> rota_pb2.JsonReply:
     return rota_pb2.JsonReply(json=json.dumps(doc).encode())
 
 
+def _member_name(members: list[MemberStatus], member_id: int) -> str:
+    return next((m.name for m in members if m.id == member_id), f"{member_id:x}")
+
+
 class MasterService(rota_pb2_grpc.MasterServicer):
     def __init__(
         self,
@@ -64,6 +70,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         leadership: Leadership,
         peers: Peers,
         runtime: Callable[[], LeaderRuntime | None],
+        space: EtcdSpace | None = None,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -71,6 +78,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         self.leadership = leadership
         self.peers = peers
         self.runtime = runtime
+        self.space = space or EtcdSpace(0)
 
     def info(self) -> rota_pb2.MasterInfo:
         lead = self.leadership
@@ -100,14 +108,17 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     ) -> rota_pb2.ClusterStatus:
         try:
             # Serializable reads: a status view must answer quickly while etcd is busy committing.
-            leader, (registered, _), executors, endpoints = await asyncio.gather(
+            leader, (registered, _), executors, members, alarms = await asyncio.gather(
                 read_leader(self.client, keys.LEADER, serializable=True),
                 self.client.get_prefix(keys.MASTERS, serializable=True),
                 self.client.count_prefix(keys.EXECUTORS, serializable=True),
-                self.client.member_client_urls(),
+                self.client.member_statuses(timeout=PEER_TIMEOUT),
+                self.client.alarms(),
             )
             healthy = True
             masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
+            endpoints = [m.endpoint for m in members if m.endpoint]
+            self.space.observe(alarms, members)
         except EtcdError as e:
             log.warning("cluster status without etcd: %s", e)
             healthy, leader, executors, endpoints = (
@@ -117,6 +128,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 list(self.client.endpoints),
             )
             masters = {self.name: self.addr}
+            members, alarms = self.space.members, self.space.alarms
         names = sorted(masters)
         reachable = await asyncio.gather(*(self._reachable(n, masters[n]) for n in names))
         statuses = [
@@ -131,7 +143,25 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             leader_name=leader.name if leader else "",
             leader_addr=leader.addr if leader else "",
             masters=statuses,
-            etcd=rota_pb2.EtcdStatus(endpoints=sorted(set(endpoints)), healthy=healthy),
+            etcd=rota_pb2.EtcdStatus(
+                endpoints=sorted(set(endpoints)),
+                healthy=healthy,
+                alarms=[
+                    rota_pb2.EtcdAlarm(member=_member_name(members, a.member_id), alarm=a.alarm)
+                    for a in alarms
+                ],
+                members=[
+                    rota_pb2.EtcdMemberStatus(
+                        name=m.name,
+                        endpoint=m.endpoint,
+                        db_size=m.db_size,
+                        db_size_in_use=m.db_size_in_use,
+                        error=m.error,
+                    )
+                    for m in sorted(members, key=lambda m: m.name)
+                ],
+                quota_bytes=self.space.quota,
+            ),
             executors=executors,
         )
 
@@ -166,6 +196,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         if rt is not None and rt.ready:
             try:
                 return await local(rt)
+            except OutOfSpace as e:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            except NoSpace as e:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcd is out of space (NOSPACE alarm): {e}"
+                )
             except (NotReady, EtcdError) as e:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         leader = self.leadership.leader
@@ -310,7 +346,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         try:
             rt.check()
             link = await rt.executors.attach(first.hello)
-        except NotReady as e:
+        except NoSpace:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "etcd is out of space (NOSPACE alarm): a new executor cannot register until it has room again",
+            )
+        except (NotReady, EtcdError) as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         reader = asyncio.create_task(self._read_executor(rt, link, request_iterator))
         try:

@@ -12,6 +12,11 @@ the first copy and applies it, after later writes: a task written SUCCEEDED woul
 to ASSIGNED. So each write also checks and advances ``keys.WRITE_ORDER`` ("<term>/<sequence>"):
 a copy that arrives after a later write of the same leader finds the order moved past it and
 changes nothing.
+
+etcd out of space (its NOSPACE alarm) refuses every transaction with a put, so one that only
+deletes then checks the order without advancing it: retention goes on freeing space. A copy
+delayed past such a delete could then still land, but only until the next ordered put, which
+etcd takes again only once space is back.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from typing import Any, TypeAlias
 from rota.common.jobspec import JobSpec
 from rota.common.states import CANCELLED
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, EtcdError, create_revision_is, delete_op, put_op, value_below
+from rota.metastore.client import (
+    EtcdClient,
+    EtcdError,
+    NoSpace,
+    create_revision_is,
+    delete_op,
+    put_op,
+    value_below,
+)
 from rota.metastore.election import Election, Fenced
 from rota.scheduler.core import DeleteJob, Job, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
@@ -79,14 +92,16 @@ def task_value(job_id: str, index: int, record: dict[str, Any]) -> bytes:
     return _dumps({**record, "r": {"error": error, "truncated": True}})
 
 
-def _latest(decisions: Sequence[Write]) -> dict[bytes, bytes]:
-    """The last value of every key the decisions write (a txn may not name a key twice)."""
+def _latest(decisions: Sequence[Write], skip: frozenset[str] = frozenset()) -> dict[bytes, bytes]:
+    """The last value of every key the decisions write (a txn may not name a key twice), leaving
+    out the jobs in ``skip`` (deleted in the same commit)."""
     latest: dict[bytes, bytes] = {}
     for d in decisions:
         if isinstance(d, PutTask):
             job_id, index = d.task.job.id, d.task.index
-            latest[keys.task(job_id, index)] = task_value(job_id, index, d.record)
-        elif isinstance(d, PutJob):
+            if job_id not in skip:
+                latest[keys.task(job_id, index)] = task_value(job_id, index, d.record)
+        elif isinstance(d, PutJob) and d.job.id not in skip:
             latest[keys.job(d.job.id)] = _dumps(d.job.record())
     return latest
 
@@ -140,9 +155,18 @@ class Store:
         return f"{self.election.term:020d}/{seq:020d}".encode()
 
     async def begin_term(self) -> None:
-        """Start this term's write order: above every write of earlier terms."""
+        """Start this term's write order: above every write of earlier terms.
+
+        With etcd out of space the order stays as an earlier term left it, which is below ours
+        all the same: a leader elected just before the alarm still rebuilds and answers reads."""
         self._seq = 0
-        await self.election.fenced_txn([put_op(keys.WRITE_ORDER, self._order(0))])
+        try:
+            await self.election.fenced_txn([put_op(keys.WRITE_ORDER, self._order(0))])
+        except NoSpace:
+            current = await self.client.get(keys.WRITE_ORDER)
+            if current is None or current.value >= self._order(0):
+                raise
+            log.warning("etcd is out of space: this term's writes start from the order etcd holds")
 
     def _next_write(self) -> tuple[Any, Any]:
         """The compare and the put that order one write (its transactions may run in parallel:
@@ -161,35 +185,52 @@ class Store:
         """
         blob = _dumps(spec.to_dict())
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
-        for i, part in enumerate(parts[:-1]):
-            await self._txn([put_op(keys.job_spec(job_id, i), part)], self._next_write())
         record = {"id": job_id, "created": created, "state": None}
         deletes = [d for d in along if isinstance(d, DeleteJob)]
         extra = _ops(along)
-        if len(extra) > MAX_OPS - 3 or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES:
-            await self.commit(along)
-            extra, deletes = [], []
+        try:
+            for i, part in enumerate(parts[:-1]):
+                await self._txn([put_op(keys.job_spec(job_id, i), part)], self._next_write())
+            if (
+                len(extra) > MAX_OPS - 3
+                or len(parts[-1]) + sum(op.ByteSize() for op in extra) > MAX_TXN_BYTES
+            ):
+                await self.commit(along)
+                extra, deletes = [], []
+        except NoSpace:
+            await self._drop_parts(job_id)
+            raise
         ordered, order_put = self._next_write()
         # A failed compare (the job exists, or the order moved past this write) ends in None, and
         # the caller steps down, unless the record is this very submission's.
-        result = await self.election.fenced_txn(
-            [
-                put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
-                put_op(keys.job(job_id), _dumps(record)),
-                *extra,
-                order_put,
-            ],
-            compare=[create_revision_is(keys.job(job_id), 0), ordered],
-        )
+        try:
+            result = await self.election.fenced_txn(
+                [
+                    put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
+                    put_op(keys.job(job_id), _dumps(record)),
+                    *extra,
+                    order_put,
+                ],
+                compare=[create_revision_is(keys.job(job_id), 0), ordered],
+            )
+        except NoSpace:
+            # The write that fills etcd is applied and still answered "no space": look.
+            kv = await self.client.get(keys.job(job_id))
+            if kv is None or kv.value != _dumps(record):
+                await self._drop_parts(job_id)
+                raise
+            revision = kv.create_revision
+        else:
+            if result.succeeded:
+                revision = result.revision
+            else:
+                ours = await self._ours(job_id, created)
+                if ours is None:
+                    return None
+                revision = ours
         self.writes += len(extra)
         self.txns += len(parts)
         self.writes += len(parts) + 1
-        if not result.succeeded:
-            revision = await self._ours(job_id, created)
-            if revision is None:
-                return None
-        else:
-            revision = result.revision
         await self.commit(deletes)
         return revision
 
@@ -206,20 +247,41 @@ class Store:
             return None
         return kv.create_revision if mine else None
 
-    async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any]) -> None:
+    async def _drop_parts(self, job_id: str) -> None:
+        """A submission etcd refused for space: the spec parts it wrote go (a delete needs no space)."""
+        await self.election.fenced_txn([delete_op(keys.job_specs(job_id), prefix=True)])
+
+    async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any | None]) -> None:
         compare, put = order
-        result = await self.election.fenced_txn([*ops, put], compare=[compare])
+        result = await self.election.fenced_txn([*ops, put] if put is not None else ops, compare=[compare])
         if not result.succeeded:
             raise Fenced("a later write of this leader is already in etcd: this one is out of order")
 
     async def commit(self, decisions: Sequence[Write]) -> None:
         """Persist state changes in as few fenced transactions as fit etcd's limits; then delete
-        expired jobs (never in a transaction that also writes: etcd refuses a key named twice)."""
-        await self._put(_latest(decisions))
+        expired jobs (never in a transaction that also writes: etcd refuses a key named twice).
+
+        When etcd is out of space the deletes are made all the same, then NoSpace is raised: the
+        caller keeps the other writes for later, without the deleted jobs' (see ``held``)."""
         deleted = [d.job.id for d in decisions if isinstance(d, DeleteJob)]
-        for i in range(0, len(deleted), DELETES_PER_TXN):
-            batch = deleted[i : i + DELETES_PER_TXN]
-            await self._txn([op for job_id in batch for op in _delete_ops(job_id)], self._next_write())
+        full: NoSpace | None = None
+        try:
+            await self._put(_latest(decisions, skip=frozenset(deleted)))
+        except NoSpace as e:
+            full = e
+        await self.delete_jobs(deleted)
+        if full is not None:
+            raise full
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        for i in range(0, len(job_ids), DELETES_PER_TXN):
+            batch = job_ids[i : i + DELETES_PER_TXN]
+            ops = [op for job_id in batch for op in _delete_ops(job_id)]
+            order = self._next_write()
+            try:
+                await self._txn(ops, order)
+            except NoSpace:
+                await self._txn(ops, (order[0], None))  # the order stays; see the module docstring
             self.txns += 1
             self.deleted += len(batch)
 

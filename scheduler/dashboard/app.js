@@ -62,8 +62,9 @@ function renderCluster(c) {
   const leader = c.leader ? `${c.leader.name} (${c.leader.addr})` : "none";
   $("#leader").textContent = "leader: " + leader;
   $("#leader").classList.toggle("bad", !c.leader);
-  $("#etcd").textContent = "etcd: " + (c.etcd.healthy ? "healthy" : "NO QUORUM");
-  $("#etcd").classList.toggle("bad", !c.etcd.healthy);
+  const full = (c.etcd.alarms || []).some((a) => a.alarm === "NOSPACE");
+  $("#etcd").textContent = "etcd: " + (!c.etcd.healthy ? "NO QUORUM" : full ? "OUT OF SPACE" : "healthy");
+  $("#etcd").classList.toggle("bad", !c.etcd.healthy || full);
   $("#etcd-endpoints").textContent = c.etcd.endpoints.join(", ");
   $("#answered-by").textContent = c.answered_by;
   fill(

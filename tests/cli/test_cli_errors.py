@@ -87,6 +87,14 @@ def test_master_job_retention_out_of_range(value):
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [("lots", "malformed size 'lots'"), ("64KiB", "--etcd-quota-backend-bytes must be at least 1MiB")],
+)
+def test_master_etcd_quota_malformed_or_too_small(value, needle):
+    assert_usage_error(run("rota.scheduler.master", "--etcd-quota-backend-bytes", value), needle)
+
+
 def test_master_etcd_binary_missing(tmp_path):
     p = run("rota.scheduler.master", "--etcd-bin", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d"))
     assert_usage_error(p, "etcd", "nope")
