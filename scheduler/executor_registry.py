@@ -125,6 +125,10 @@ class ExecutorRegistry:
         link = ExecutorLink(ex_id, lease, ttl)
         self.links[ex_id] = link
         self.core.attach_executor(slot, reported)
+        if slot.drain_requested != slot.draining_reported:
+            # An operator's drain (or undrain) that did not reach it: sent before a leader change,
+            # or while it was away. An executor shutting down ignores an undrain.
+            link.send(translate.drain(slot))
         self.kick()
         return link
 
@@ -145,6 +149,53 @@ class ExecutorRegistry:
                 self.core.set_credit(link.executor_id, msg.credit)
             self.core.report(link.executor_id, [translate.report(r) for r in msg.reports])
             self.kick()
+
+    def draining(self, link: ExecutorLink, draining: bool) -> None:
+        if self.links.get(link.executor_id) is link:
+            self.core.set_draining(link.executor_id, draining)
+            self.kick()
+
+    def find(self, name: str) -> list[ExecutorSlot]:
+        """The executor of this id, or else every executor of this name."""
+        executors = self.core.executors
+        if name in executors:
+            return [executors[name]]
+        return sorted((ex for ex in executors.values() if ex.name == name), key=lambda ex: ex.id)
+
+    async def request_drain(self, name: str, drain: bool, timeout: float | None) -> list[ExecutorSlot]:
+        """Drain (or undrain) the executors ``name`` names: no new work from now on, the record
+        in etcd rewritten so a new leader keeps the drain, and the executor told."""
+        found = self.find(name)
+        for ex in found:
+            self.core.request_drain(ex.id, drain, timeout)
+            try:
+                await self.store.put_executor(ex)
+            except Fenced:
+                self.give_up()
+                raise NotReady("leadership lost") from None
+            current = self.core.executors.get(ex.id)
+            link = self.links.get(ex.id)
+            if current is not None and link is not None:
+                link.send(translate.drain(current))
+            log.info(
+                "executor %s %s%s",
+                ex.id,
+                "drained" if drain else "undrained",
+                f" (timeout {timeout:g}s)" if drain and timeout is not None else "",
+                **logs.ids(executor=ex.id),
+            )
+        self.kick()
+        return [self.core.executors.get(ex.id, ex) for ex in found]
+
+    async def leave(self, link: ExecutorLink) -> None:
+        """The executor shuts down, its work handed back or acknowledged: revoke its lease now, so
+        whatever is left runs elsewhere at once, rather than probing it as if its stream broke."""
+        ex_id = link.executor_id
+        if self.stopping or self.links.get(ex_id) is not link:
+            return
+        del self.links[ex_id]
+        await self._gone(ex_id, link.lease_id, "left", lost_as="left")
+        link.close()
 
     def credit(self, link: ExecutorLink, credit: int) -> None:
         if self.links.get(link.executor_id) is link:
@@ -172,12 +223,13 @@ class ExecutorRegistry:
         if ex_id not in self.links and not self.stopping:
             await self._gone(ex_id, link.lease_id, "disconnected")
 
-    async def _gone(self, ex_id: str, lease_id: int, why: str) -> None:
-        """An executor that does not answer is gone: revoke its lease and place its tasks again."""
+    async def _gone(self, ex_id: str, lease_id: int, why: str, lost_as: str = "lost") -> None:
+        """An executor that does not answer (or that left) is gone: revoke its lease and place its
+        tasks again."""
         log.info("executor %s %s: revoking its lease", ex_id, why, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
             await self.client.revoke(lease_id)
-        self.core.executor_lost(ex_id)
+        self.core.executor_lost(ex_id, lost_as)
         self.kick()
 
     async def _answers(self, addr: str) -> bool:
