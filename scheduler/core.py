@@ -588,13 +588,13 @@ class Core:
         if grew:
             self._schedule()
 
-    def set_draining(self, executor_id: str, draining: bool) -> None:
-        """The executor says whether it drains (it was told to, or it is shutting down): a
-        draining executor gets no new work, and hands back what it will not run."""
+    def set_leaving(self, executor_id: str, leaving: bool) -> None:
+        """The executor says whether it is shutting down: it drains then (no new work; it hands
+        back what it will not run), whatever an operator says."""
         ex = self.executors.get(executor_id)
-        if ex is None or ex.draining_reported == draining:
+        if ex is None or ex.leaving == leaving:
             return
-        ex.draining_reported = draining
+        ex.leaving = leaving
         if not ex.draining:
             self._schedule()
 

@@ -125,7 +125,7 @@ class ExecutorRegistry:
         link = ExecutorLink(ex_id, lease, ttl)
         self.links[ex_id] = link
         self.core.attach_executor(slot, reported)
-        if slot.drain_requested != slot.draining_reported:
+        if slot.drain_requested != hello.drained:
             # An operator's drain (or undrain) that did not reach it: sent before a leader change,
             # or while it was away. An executor shutting down ignores an undrain.
             link.send(translate.drain(slot))
@@ -150,9 +150,9 @@ class ExecutorRegistry:
             self.core.report(link.executor_id, [translate.report(r) for r in msg.reports])
             self.kick()
 
-    def draining(self, link: ExecutorLink, draining: bool) -> None:
+    def leaving(self, link: ExecutorLink, leaving: bool) -> None:
         if self.links.get(link.executor_id) is link:
-            self.core.set_draining(link.executor_id, draining)
+            self.core.set_leaving(link.executor_id, leaving)
             self.kick()
 
     def find(self, name: str) -> list[ExecutorSlot]:

@@ -33,8 +33,8 @@ class ExecutorSlot:
     drain_requested: bool = False
     #: The drain timeout that operator gave (None: the executor's own --drain-timeout).
     drain_timeout: float | None = None
-    #: The executor says it drains (told to, or shutting down).
-    draining_reported: bool = False
+    #: The executor says it is shutting down (it drains on its own; no undrain lifts that).
+    leaving: bool = False
     #: Wall-clock time of the last lease renewal, for operators (placement ignores it).
     heartbeat_at: float = 0.0
     running: set[Any] = field(default_factory=set)
@@ -44,7 +44,7 @@ class ExecutorSlot:
 
     @property
     def draining(self) -> bool:
-        return self.drain_requested or self.draining_reported
+        return self.drain_requested or self.leaving
 
     @property
     def accepts_work(self) -> bool:

@@ -281,7 +281,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             rt.check()
             found = await rt.executors.request_drain(request.name, drain, timeout)
             if not found:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no executor {request.name!r} (by id or name)")
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no executor {request.name!r} (by id or name)"
+                )
             return _json([executor_doc(e) for e in found])
 
         return await self._on_leader(method, request, context, local)
@@ -353,7 +355,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 if body == "heartbeat":
                     if msg.heartbeat.HasField("credit"):
                         rt.executors.credit(link, msg.heartbeat.credit)
-                    rt.executors.draining(link, msg.heartbeat.draining)
+                    rt.executors.leaving(link, msg.heartbeat.leaving)
                     ttl = await rt.executors.heartbeat(link)
                     if ttl == 0:
                         log.info("executor %s: lease expired", link.executor_id)

@@ -73,7 +73,7 @@ def executor_slot(executor_id: str, lease_id: int, hello: rota_pb2.Hello) -> Exe
         labels=dict(hello.labels),
         lease_id=lease_id,
         prefetch=bounded_prefetch(hello.prefetch),
-        draining_reported=hello.draining,
+        leaving=hello.leaving,
         heartbeat_at=time.time(),
     )
 

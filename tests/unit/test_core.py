@@ -1418,7 +1418,7 @@ class Sim:
         ("drain", 2),
         ("undrain", 2),
         ("hand_back", 3),
-        ("executor_drains", 1),
+        ("executor_leaves", 1),
     )
 
     def drain(self) -> None:
@@ -1433,11 +1433,11 @@ class Sim:
         if drained:
             self.core.request_drain(self.rng.choice(drained), False)
 
-    def executor_drains(self) -> None:
-        """An executor says it drains (shutting down), or no longer does."""
+    def executor_leaves(self) -> None:
+        """An executor says it is shutting down (it drains), or no longer is (a test's liberty)."""
         if self.links:
             ex_id = self.rng.choice(sorted(self.links))
-            self.core.set_draining(ex_id, not self.core.executors[ex_id].draining_reported)
+            self.core.set_leaving(ex_id, not self.core.executors[ex_id].leaving)
 
     def hand_back(self) -> None:
         """A draining executor gives back attempts it will not run (queued, or past its drain timeout)."""
@@ -1744,14 +1744,14 @@ def test_a_drained_executor_gets_no_work_and_undrained_gets_it_again() -> None:
     assert_counts(job)
 
 
-def test_an_executor_that_says_it_drains_gets_no_work() -> None:
+def test_an_executor_shutting_down_gets_no_work() -> None:
     h = Harness()
     h.attach("a", slots=1)
     h.attach("b", slots=1)
-    h.core.set_draining("a", True)
+    h.core.set_leaving("a", True)
     h.add_job("j", tmpl(count=2))
     assert dispatched(h.drain()) == {"b": [("j/0", 1)]}
-    h.core.set_draining("a", False)
+    h.core.set_leaving("a", False)
     assert dispatched(h.drain()) == {"a": [("j/1", 1)]}
 
 
@@ -1783,10 +1783,10 @@ def test_nothing_overtakes_onto_a_draining_executor() -> None:
     low.short[0] = True  # known short: it may use the credit
     h.core.add_job(low)
     assert dispatched(h.drain()) == {"a": [("low/0", 1), ("low/1", 1)]}
-    h.core.set_draining("a", True)
+    h.core.set_leaving("a", True)
     h.add_job("urgent", priority="high")
     assert dispatched(h.drain()) == {}
-    h.core.set_draining("a", False)
+    h.core.set_leaving("a", False)
     assert dispatched(h.drain()) == {"a": [("urgent/0", 1)]}  # overtakes the queued low/1
 
 
