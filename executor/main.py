@@ -90,12 +90,13 @@ async def serve(
     if runner.done() and not runner.cancelled() and runner.exception() is not None:
         log.error("executor loop failed", exc_info=runner.exception())
     else:
-        log.info(
-            "shutting down: taking no more work, %d tasks here may take %gs to finish "
-            "(a second signal hands them back at once)",
-            len(agent.runner.running),
-            conf.drain_timeout,
-        )
+        if not hurry.is_set():
+            log.info(
+                "shutting down: taking no more work, %d tasks here may take %gs to finish "
+                "(a second signal hands them back at once)",
+                len(agent.runner.running),
+                conf.drain_timeout,
+            )
         await agent.shutdown(conf.drain_timeout, hurry)
     await agent.stop()
     for t in (runner, waiter):

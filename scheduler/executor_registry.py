@@ -297,7 +297,8 @@ class ExecutorRegistry:
         return revision + 1
 
     def _lost(self, ex_id: str) -> None:
-        log.info("executor %s lost its lease: requeueing its tasks", ex_id, **logs.ids(executor=ex_id))
+        if ex_id in self.core.executors:  # not one we revoked ourselves
+            log.info("executor %s lost its lease: requeueing its tasks", ex_id, **logs.ids(executor=ex_id))
         link = self.links.pop(ex_id, None)
         if link:
             link.close()
