@@ -109,6 +109,12 @@ def _counts(doc: dict[str, Any]) -> str:
     return " ".join(f"{state.lower()}={n}" for state, n in doc["counts"].items())
 
 
+def _attempt(task: dict[str, Any]) -> str:
+    """The attempt number, and how many attempts were lost with an executor (not failures)."""
+    lost = task.get("lost") or 0
+    return f"{task['attempt']} ({lost} lost)" if lost else str(task["attempt"])
+
+
 def job_text(doc: dict[str, Any]) -> str:
     lines = [
         f"job:      {doc['id']} ({doc['name']})",
@@ -119,7 +125,7 @@ def job_text(doc: dict[str, Any]) -> str:
     tasks = doc.get("tasks")
     if tasks:
         rows = [
-            [t["id"], t["name"], t["state"], str(t["attempt"]), t["executor"] or "-", _summary(t["result"])]
+            [t["id"], t["name"], t["state"], _attempt(t), t["executor"] or "-", _summary(t["result"])]
             for t in tasks[:MAX_TASK_ROWS]
         ]
         lines += ["", table(["TASK", "NAME", "STATE", "ATTEMPT", "EXECUTOR", "RESULT"], rows)]

@@ -157,7 +157,9 @@ def test_executor_prefetch_from_a_config_file_is_checked_the_same_way(tmp_path):
     assert_usage_error(run("rota.executor.main", "--config", str(f)), "prefetch", "-3")
 
 
-@pytest.mark.parametrize("value, needle", [("169h", "at most 7 days"), ("-1s", "duration"), ("soon", "duration")])
+@pytest.mark.parametrize(
+    "value, needle", [("169h", "at most 7 days"), ("-1s", "duration"), ("soon", "duration")]
+)
 def test_drain_timeouts_out_of_range(value, needle):
     p = run("rota.client.cli", "drain-executor", "e0", "--timeout", value)
     assert_usage_error(p, "--timeout", needle)
