@@ -96,6 +96,9 @@ class ExecutorRegistry:
             lease = await self.client.grant(ttl)
             ex_id = f"{hello.name}-{lease & 0xFFFFFF:06x}"
             slot = translate.executor_slot(ex_id, lease, hello)
+            # Registering anew (it was fenced out, or its lease ran out) under an operator's drain:
+            # the drain goes on under the new id.
+            slot.drain_requested = hello.drained
             try:
                 await self.store.put_executor(slot)
             except Fenced:
