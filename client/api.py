@@ -24,6 +24,7 @@ from rota.client.tasklogs import task_logs as stream_task_logs
 from rota.common import rpc
 from rota.common.config import ConfigError, parse_address, split_list
 from rota.common.jobspec import MAX_JOB_BYTES, JobSpec, JobSpecError, load_job, validate_job_id
+from rota.common.paging import MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import TERMINAL
 from rota.protos import rota_pb2, rota_pb2_grpc
 
@@ -220,21 +221,33 @@ class AsyncClient:
     ) -> Any:
         return json.loads((await self._call(method, request, timeout, hold)).json)
 
-    async def get_job(self, job_id: str) -> dict[str, Any]:
-        """The get-job document, its tasks read a page at a time: every call stays small and quick
-        however large the job, so a short timeout works and the leader is never held up."""
+    async def get_job(
+        self, job_id: str, tasks_from: int = 0, task_limit: int | None = None
+    ) -> dict[str, Any]:
+        """The get-job document with tasks from index ``tasks_from``: ``task_limit`` of them (one call,
+        at most MAX_TASK_PAGE), or all the rest, read a page at a time: every call stays small and
+        quick however large the job, so a short timeout works and the leader is never held up."""
+        if tasks_from < 0:
+            raise ValueError(f"tasks_from must be >= 0, got {tasks_from}")
+        if task_limit is not None:
+            if not 1 <= task_limit <= MAX_TASK_PAGE:
+                raise ValueError(f"task_limit must be from 1 to {MAX_TASK_PAGE}, got {task_limit}")
+            return await self._json_call(  # type: ignore[no-any-return]
+                "GetJob", rota_pb2.GetJobRequest(id=job_id, task_offset=tasks_from, task_limit=task_limit)
+            )
         doc: dict[str, Any] = await self._json_call(
-            "GetJob", rota_pb2.GetJobRequest(id=job_id, task_limit=TASK_PAGE)
+            "GetJob", rota_pb2.GetJobRequest(id=job_id, task_offset=tasks_from, task_limit=TASK_PAGE)
         )
-        return await self._rest_of_tasks(job_id, doc)
+        return await self._rest_of_tasks(job_id, doc, tasks_from)
 
-    async def _rest_of_tasks(self, job_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """Complete a document that carries the first page of its tasks."""
+    async def _rest_of_tasks(self, job_id: str, doc: dict[str, Any], tasks_from: int = 0) -> dict[str, Any]:
+        """Complete a document that carries the first page of its tasks (from ``tasks_from``)."""
         total = sum(doc["counts"].values())
         tasks: list[dict[str, Any]] = doc["tasks"]
-        while len(tasks) < total:
+        while tasks_from + len(tasks) < total:
             page = await self._json_call(
-                "GetJob", rota_pb2.GetJobRequest(id=job_id, task_offset=len(tasks), task_limit=TASK_PAGE)
+                "GetJob",
+                rota_pb2.GetJobRequest(id=job_id, task_offset=tasks_from + len(tasks), task_limit=TASK_PAGE),
             )
             if not page["tasks"]:
                 break
@@ -242,8 +255,23 @@ class AsyncClient:
             doc.update(state=page["state"], counts=page["counts"])
         return doc
 
-    async def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        return await self._json_call("ListJobs", rota_pb2.ListJobsRequest(state=state or ""))  # type: ignore[no-any-return]
+    async def list_jobs(
+        self, state: str | None = None, limit: int | None = None, before: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One page of jobs, oldest first: the newest ``limit`` (default DEFAULT_LIST_LIMIT) of those
+        submitted before job ``before`` (the first id of the page before). See list_jobs_page."""
+        return (await self.list_jobs_page(state, limit, before))[0]
+
+    async def list_jobs_page(
+        self, state: str | None = None, limit: int | None = None, before: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """``list_jobs`` and whether older jobs remain (then pass ``before=page[0]["id"]``)."""
+        if limit is not None and not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be from 1 to {MAX_LIST_LIMIT}, got {limit}")
+        reply = await self._call(
+            "ListJobs", rota_pb2.ListJobsRequest(state=state or "", limit=limit or 0, before=before or "")
+        )
+        return json.loads(reply.json), reply.more
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return await self._json_call("CancelJob", rota_pb2.CancelJobRequest(id=job_id))  # type: ignore[no-any-return]
@@ -352,11 +380,18 @@ class Client:
     ) -> dict[str, Any]:
         return self._run(lambda: self._async.run_job(job, job_id, timeout, progress))
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        return self._run(lambda: self._async.get_job(job_id))
+    def get_job(self, job_id: str, tasks_from: int = 0, task_limit: int | None = None) -> dict[str, Any]:
+        return self._run(lambda: self._async.get_job(job_id, tasks_from, task_limit))
 
-    def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        return self._run(lambda: self._async.list_jobs(state))
+    def list_jobs(
+        self, state: str | None = None, limit: int | None = None, before: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self._run(lambda: self._async.list_jobs(state, limit, before))
+
+    def list_jobs_page(
+        self, state: str | None = None, limit: int | None = None, before: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        return self._run(lambda: self._async.list_jobs_page(state, limit, before))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._run(lambda: self._async.cancel_job(job_id))

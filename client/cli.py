@@ -13,6 +13,7 @@ import click
 from rota.client.api import Client, NoMasterReachable, RequestError, resolve_addresses
 from rota.common import config as cfg
 from rota.common.jobspec import JobSpecError
+from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import CANCELLED, FAILED, JOB_STATES, TERMINAL
 
 EXIT_JOB_FAILED = 1
@@ -115,7 +116,7 @@ def _attempt(task: dict[str, Any]) -> str:
     return f"{task['attempt']} ({lost} lost)" if lost else str(task["attempt"])
 
 
-def job_text(doc: dict[str, Any]) -> str:
+def job_text(doc: dict[str, Any], tasks_from: int = 0) -> str:
     lines = [
         f"job:      {doc['id']} ({doc['name']})",
         f"state:    {doc['state']}",
@@ -129,8 +130,12 @@ def job_text(doc: dict[str, Any]) -> str:
             for t in tasks[:MAX_TASK_ROWS]
         ]
         lines += ["", table(["TASK", "NAME", "STATE", "ATTEMPT", "EXECUTOR", "RESULT"], rows)]
-        if len(tasks) > MAX_TASK_ROWS:
-            lines.append(f"... and {len(tasks) - MAX_TASK_ROWS} more tasks (--json shows all)")
+        shown_to = tasks_from + min(len(tasks), MAX_TASK_ROWS)
+        more = sum(doc["counts"].values()) - shown_to
+        if more > 0:
+            lines.append(
+                f"... and {more} more tasks (--tasks-from {shown_to} shows the next; --json shows all)"
+            )
     return "\n".join(lines)
 
 
@@ -191,12 +196,33 @@ def submit_job(ctx: Ctx, path: str, wait: bool, job_id: str | None) -> None:
 
 @cli.command("get-job")
 @click.argument("job_id")
+@click.option(
+    "--tasks-from",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Show tasks from this index on (the task ids' N in JOB/N).",
+)
+@click.option(
+    "--task-limit",
+    type=click.IntRange(1, MAX_TASK_PAGE),
+    default=None,
+    help=f"Show at most this many tasks, read in one call (at most {MAX_TASK_PAGE}); "
+    "without it --json has every task from --tasks-from on, read a page at a time.",
+)
 @click.pass_obj
-def get_job(ctx: Ctx, job_id: str) -> None:
-    """Show a job, its task counts and its tasks with results."""
+def get_job(ctx: Ctx, job_id: str, tasks_from: int, task_limit: int | None) -> None:
+    """Show a job, its task counts and its tasks with results.
+
+    \b
+    A job of any size is read a page at a time:
+      master-client --json get-job JOB --tasks-from 20000 --task-limit 10000
+    """
+    if not ctx.json and task_limit is None:
+        task_limit = MAX_TASK_ROWS + 1  # the table shows MAX_TASK_ROWS: one more says more exist
     with ctx.client() as c:
-        doc = c.get_job(job_id)
-    emit(ctx, doc, job_text(doc))
+        doc = c.get_job(job_id, tasks_from, task_limit)
+    emit(ctx, doc, job_text(doc, tasks_from))
 
 
 @cli.command("list-jobs")
@@ -206,13 +232,30 @@ def get_job(ctx: Ctx, job_id: str) -> None:
     default=None,
     help="Only jobs in this state.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIST_LIMIT),
+    default=DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="Show the newest this many jobs.",
+)
+@click.option(
+    "--before", metavar="JOB", default=None, help="Only jobs submitted before job JOB: the next page."
+)
 @click.pass_obj
-def list_jobs(ctx: Ctx, state: str | None) -> None:
-    """List jobs, oldest first."""
+def list_jobs(ctx: Ctx, state: str | None, limit: int, before: str | None) -> None:
+    """List jobs, oldest first: the newest --limit of them.
+
+    \b
+    When older jobs remain, the table says so on stderr; the next page is
+      master-client list-jobs --before FIRST-JOB-ID-SHOWN
+    """
     with ctx.client() as c:
-        docs = c.list_jobs(state.upper() if state else None)
+        docs, more = c.list_jobs_page(state.upper() if state else None, limit, before)
     rows = [[d["id"], d["name"], d["state"], str(d["priority"]), _counts(d)] for d in docs]
     emit(ctx, docs, table(["JOB", "NAME", "STATE", "PRIORITY", "TASKS"], rows) if docs else "no jobs")
+    if more and not ctx.json:
+        click.echo(f"older jobs remain: master-client list-jobs --before {docs[0]['id']}", err=True)
 
 
 @cli.command("wait-job")

@@ -25,7 +25,9 @@ class Lookup(Protocol):
 
     timeout: float
 
-    async def get_job(self, job_id: str) -> dict[str, Any]: ...
+    async def get_job(
+        self, job_id: str, tasks_from: int = 0, task_limit: int | None = None
+    ) -> dict[str, Any]: ...
 
     async def list_executors(self) -> list[dict[str, Any]]: ...
 
@@ -64,6 +66,21 @@ def pick_task(doc: dict[str, Any], task: str | None) -> dict[str, Any]:
     raise RequestError(f"job {doc['id']} has no task {task!r}; its tasks: {task_names(doc)}", not_found=True)
 
 
+async def find_task(client: Lookup, job_id: str, task: str | None) -> dict[str, Any]:
+    """``pick_task`` that reads one task, not the whole job, when ``task`` is an index or an id."""
+    index = task.rpartition("/")[2] if task and task.startswith(f"{job_id}/") else task
+    if index and index.isdigit():
+        doc = await client.get_job(job_id, int(index), 1)
+        if not doc["tasks"]:
+            total = sum(doc["counts"].values())
+            raise RequestError(
+                f"job {job_id} has no task {task!r}: its {total} tasks are numbered 0 to {total - 1}",
+                not_found=True,
+            )
+        return pick_task(doc, task)
+    return pick_task(await client.get_job(job_id), task)
+
+
 def task_index(t: dict[str, Any]) -> int:
     return int(t["id"].rsplit("/", 1)[1])
 
@@ -86,7 +103,7 @@ async def task_logs(
     announced_wait = False
     grace_until: float | None = None
     while True:
-        t = pick_task(await client.get_job(job_id), task)
+        t = await find_task(client, job_id, task)
         if t["attempt"] == 0 or not t["executor"]:
             if t["state"] in TERMINAL:
                 raise RequestError(f"{describe(t)} never ran: it was {t['state']} before it started")

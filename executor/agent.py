@@ -20,6 +20,8 @@ from rota.executor.runner import Runner
 
 log = logging.getLogger("rota.executor")
 
+#: How often an idle executor looks for task logs past their retention (finishing tasks look too).
+LOG_EXPIRY_EVERY = 60.0
 #: On the way out, how long results may wait for the leader's acknowledgement (it commits them
 #: first), and how long the leader may take to revoke the lease once told we leave.
 ACK_WAIT = 10.0
@@ -42,11 +44,18 @@ class Agent:
     async def run(self) -> None:
         """Stay attached to the current leader until stopped."""
         watchdog = asyncio.create_task(self.fence.watch())
+        upkeep = asyncio.create_task(self._expire_logs())
         try:
             await self.link.run()
         finally:
             watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            upkeep.cancel()
+            await asyncio.gather(watchdog, upkeep, return_exceptions=True)
+
+    async def _expire_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_EXPIRY_EVERY)
+            self.runner.logs.expire()
 
     async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
         """Take no new work, hand back what waits for a slot, let running tasks finish for up to

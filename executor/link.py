@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,7 +24,20 @@ from rota.protos import rota_pb2, rota_pb2_grpc
 
 log = logging.getLogger("rota.executor")
 
+#: The pause after a round of every master failed, doubled each further round up to
+#: RECONNECT_CAP, and drawn at random below that ("full jitter"): executors that lost their leader
+#: together do not knock on the masters together, and a cluster that is down for long is asked
+#: a few times a minute, not five times a second. An attach resets it.
 RECONNECT_DELAY = 0.2
+RECONNECT_CAP = 10.0
+
+
+def reconnect_pause(rounds: int, draw: float) -> float:
+    """The pause after ``rounds`` failed rounds in a row (1 or more); ``draw`` is uniform in [0, 1)."""
+    ceiling = min(RECONNECT_CAP, RECONNECT_DELAY * 2 ** min(rounds - 1, 16))
+    return RECONNECT_DELAY / 2 + draw * (ceiling - RECONNECT_DELAY / 2)
+
+
 #: Heartbeats unanswered this long (at most half the lease TTL, at least two intervals) mean the
 #: leader stalled.
 STALLED_AFTER = 2.0
@@ -55,6 +69,8 @@ class Link:
         self._asks = rpc.ChannelPool()
         #: Masters that left a hello unanswered, and when: a follower may still name one as leader.
         self._silent: dict[str, float] = {}
+        #: Set by a welcome: the reconnect backoff starts again from its shortest pause.
+        self._attached_once = False
         #: Called with (drain, timeout or None) when the leader passes on an operator's drain or undrain.
         self.on_drain: Callable[[bool, float | None], None] | None = None
         #: What the leader hears of our draining: under an operator's drain, shutting down.
@@ -125,6 +141,7 @@ class Link:
         """Stay attached to the current leader until stopped."""
         targets = self._targets
         i = 0
+        failed_rounds = 0
         while not self._stopping:
             addr = targets[i % len(targets)]
             self._session_task = asyncio.create_task(self._session(addr))
@@ -141,6 +158,8 @@ class Link:
                 log.warning("stream to %s ended: %s: %s", addr, type(e).__name__, e)
                 redirect = None
             self._fenced = False
+            if self._attached_once:
+                self._attached_once, failed_rounds = False, 0
             if self._stopping:
                 break
             if redirect and time.monotonic() - self._silent.get(redirect, -SILENT_FOR) < SILENT_FOR:
@@ -155,7 +174,11 @@ class Link:
                 i = targets.index(redirect)
                 continue
             i += 1
-            await asyncio.sleep(RECONNECT_DELAY if i % len(targets) == 0 else 0.02)
+            if i % len(targets):
+                await asyncio.sleep(0.02)
+            else:
+                failed_rounds += 1
+                await asyncio.sleep(reconnect_pause(failed_rounds, random.random()))
 
     async def _session(self, addr: str) -> str | None:
         """One Attach stream; returns the leader's address when ``addr`` is a follower."""
@@ -184,6 +207,7 @@ class Link:
             if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
                 raise ConnectionError(f"{addr} sent no welcome")
             self._welcome(first.welcome, hello_at)
+            self._attached_once = True
             log.info(
                 "attached to leader at %s as %s (lease ttl %ss)",
                 addr,

@@ -200,7 +200,7 @@ class Runner:
                     outcome = "cancelled" if result is None else "succeeded" if result.ok else "failed"
                     self.on_task_ended(a.kind, outcome, held)
                 # Before the attempt leaves ``running``: a log reader takes that as the end of its output.
-                self.logs.end(log_key, result)
+                self.logs.end(log_key, result, a.retention)
             if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:
                 del self.running[key]
             if not self.running:

@@ -8,7 +8,8 @@ ends, so a reader always gets what exists.
 
 Bounded on purpose, since every task shares the disk: one stream's file stops at LOG_FILE_CAP (16 MiB)
 with a marker line, and finished attempts are kept while there are at most KEEP_ATTEMPTS of them and
-their files total at most KEEP_BYTES, the oldest deleted first. The files are indexed again on start, so
+their files total at most KEEP_BYTES, the oldest deleted first; and never longer than their job's
+retention (sent with each task) counted from the attempt's end, as the masters keep the job itself. The files are indexed again on start, so
 an executor restarted on the same ``--work-dir`` still serves them. Attempts of kinds that print nothing
 (noop, sleep) get no files, only a place in a bounded list in memory, so that reading them gives empty
 output; thousands of them a second must neither touch the disk nor push real logs out.
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +38,11 @@ log = logging.getLogger("rota.executor")
 
 KEEP_ATTEMPTS = 1000
 KEEP_BYTES = 256 * 1024 * 1024
+#: How long logs are kept when no job retention is known: files found at start, counted from their
+#: last write (the masters' default --job-retention).
+DEFAULT_KEEP_FOR = 24 * 3600.0
+#: The longest a retention may keep logs (the job file's own bound).
+MAX_KEEP_FOR = 365 * 24 * 3600.0
 #: Finished attempts without files remembered (so they read as empty rather than unknown).
 KEEP_QUIET = 10_000
 #: How often a follower looks for new output; cheap (a read at EOF), and well under a human's notice.
@@ -71,17 +79,26 @@ class LogStore:
     """Which attempts have logs here, live or finished, and their files under ``root``."""
 
     def __init__(
-        self, root: str | os.PathLike[str], keep_attempts: int = KEEP_ATTEMPTS, keep_bytes: int = KEEP_BYTES
+        self,
+        root: str | os.PathLike[str],
+        keep_attempts: int = KEEP_ATTEMPTS,
+        keep_bytes: int = KEEP_BYTES,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.root = Path(root)
         self.keep_attempts = keep_attempts
         self.keep_bytes = keep_bytes
+        self.wall = wall
+        #: (Unix time the files go, attempt): entries of attempts pruned earlier are skipped.
+        self._expiry: list[tuple[float, AttemptKey]] = []
         #: Attempts that have started here and not ended: True when they stream to log files, None when
         #: their kind captures output and hands it over at the end, False when it prints nothing.
         self.live: dict[AttemptKey, bool | None] = {}
         #: Finished attempts with log files, oldest first, with the bytes the files take.
         self.kept: collections.OrderedDict[AttemptKey, int] = collections.OrderedDict()
         self.kept_bytes = 0
+        #: When each kept attempt's files go (Unix time).
+        self._expires: dict[AttemptKey, float] = {}
         #: Finished attempts without files, oldest first.
         self.quiet: collections.OrderedDict[AttemptKey, None] = collections.OrderedDict()
         self._scan()
@@ -112,8 +129,9 @@ class LogStore:
             log.warning("cannot create the log dir of job %s: %s", job_id, exc)
             return False
 
-    def end(self, key: AttemptKey, result: TaskResult | None) -> None:
-        """An attempt ended: keep its logs (writing what a capturing kind caught), prune old ones.
+    def end(self, key: AttemptKey, result: TaskResult | None, keep_for: float = 0.0) -> None:
+        """An attempt ended: keep its logs (writing what a capturing kind caught) for ``keep_for``
+        seconds (0: DEFAULT_KEEP_FOR), and prune old ones.
 
         A captured attempt that printed nothing touches no disk: a Python function called thousands
         of times a second must not cost two files each."""
@@ -132,8 +150,22 @@ class LogStore:
                     Path(path).write_bytes(text.encode("utf-8", errors="replace"))
                 except OSError as exc:
                     log.warning("cannot write %s: %s", path, exc)
-        self._keep(key, sum(_size(p) for p in paths))
+        self._keep(key, sum(_size(p) for p in paths), self.wall() + _keep_for(keep_for))
         self._prune()
+
+    def expire(self) -> int:
+        """Delete the logs whose retention has passed; how many attempts went."""
+        now, n = self.wall(), 0
+        while self._expiry and self._expiry[0][0] <= now:
+            at, key = heapq.heappop(self._expiry)
+            size = self.kept.get(key)
+            if size is not None and self._expires.get(key) == at:
+                del self.kept[key]
+                del self._expires[key]
+                self.kept_bytes -= size
+                self._delete(key)
+                n += 1
+        return n
 
     def known(self, key: AttemptKey) -> bool:
         return key in self.live or key in self.kept or key in self.quiet
@@ -206,20 +238,28 @@ class LogStore:
                 acc = found.setdefault((d.name, *parsed), [0.0, 0.0])
                 acc[0] = max(acc[0], st.st_mtime)
                 acc[1] += st.st_size
-        for key, (_, size) in sorted(found.items(), key=lambda kv: kv[1][0]):
-            self._keep(key, int(size))
+        for key, (mtime, size) in sorted(found.items(), key=lambda kv: kv[1][0]):
+            self._keep(key, int(size), mtime + DEFAULT_KEEP_FOR)
         self._prune()
+        self.expire()
 
-    def _keep(self, key: AttemptKey, size: int) -> None:
+    def _keep(self, key: AttemptKey, size: int, until: float) -> None:
         self.kept_bytes += size - self.kept.pop(key, 0)
         self.kept[key] = size
+        self._expires[key] = until
+        heapq.heappush(self._expiry, (until, key))
 
     def _prune(self) -> None:
-        """Oldest first, until both the count and the bytes fit."""
+        """Past their retention, then oldest first until both the count and the bytes fit."""
+        self.expire()
         while self.kept and (len(self.kept) > self.keep_attempts or self.kept_bytes > self.keep_bytes):
             key, size = self.kept.popitem(last=False)
+            self._expires.pop(key, None)
             self.kept_bytes -= size
             self._delete(key)
+        if len(self._expiry) > 2 * len(self.kept) + 64:  # entries of pruned attempts: rebuild
+            self._expiry = [(at, k) for k, at in self._expires.items()]
+            heapq.heapify(self._expiry)
 
     def _delete(self, key: AttemptKey) -> None:
         prefix = self.prefix(key)
@@ -232,6 +272,11 @@ class LogStore:
             (self.root / key[0]).rmdir()  # only once the job's last log is gone
         except OSError:
             pass
+
+
+def _keep_for(seconds: float) -> float:
+    """A retention sent by the leader, made safe: 0, NaN or out of range means the default."""
+    return seconds if 0 < seconds <= MAX_KEEP_FOR else DEFAULT_KEEP_FOR
 
 
 def _size(path: str) -> int:
@@ -255,6 +300,7 @@ async def serve(
         check_request(job_id, index, attempt)
     except ValueError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    store.expire()
     if attempt == 0:
         attempt = running_attempt(job_id, index) or store.latest(job_id, index)
     key = (job_id, index, attempt)

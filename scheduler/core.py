@@ -13,9 +13,11 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
+
+from sortedcontainers import SortedDict
 
 from rota.common.jobspec import JobSpec, TaskTemplate
 from rota.common.states import (
@@ -156,6 +158,10 @@ class Job:
     @property
     def priority(self) -> int:
         return self.spec.priority
+
+    def __lt__(self, other: Job) -> bool:
+        """Heaps order jobs by the fields before them; a full tie must not raise."""
+        return False
 
     def current_state(self) -> str:
         return self.state or (RUNNING if self.started else PENDING)
@@ -338,6 +344,14 @@ class Core:
         self.observe_wait = observe_wait
         self.observe_run = observe_run
         self.jobs: dict[str, Job] = {}
+        #: Every job held, by (seq, id): submission order, the id settling a tie (records written in
+        #: one transaction share a create revision). list-jobs pages from any point in O(log n).
+        self.by_seq: SortedDict = SortedDict()
+        #: Jobs not yet ended: what the scheduling walks and the figures look at. Ended jobs only
+        #: wait for their retention, counted in ``ended_jobs``/``ended_tasks`` instead of walked.
+        self.active: dict[str, Job] = {}
+        self.ended_jobs: Counter[str] = Counter()
+        self.ended_tasks: Counter[str] = Counter()
         self.executors: dict[str, ExecutorSlot] = {}
         self.stats = Stats()
         #: Per kind, a heap of (-priority, job seq, index, Task or Run): the next task to place first.
@@ -346,7 +360,7 @@ class Core:
         #: Ended jobs by the Unix time their retention ends: a sweep looks at what is due, not at history.
         self._expiry: list[tuple[float, int, Job]] = []
         #: Expired job id -> (when it ended, its retention), oldest first, at most REMEMBER_EXPIRED.
-        self.expired: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.expired: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
         self._out: list[Decision] = []
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
 
@@ -408,7 +422,11 @@ class Core:
         return job.spec.retention if job.spec.retention is not None else self.retention
 
     def _keep_until_expiry(self, job: Job) -> None:
-        assert job.ended is not None
+        """Out of the active jobs, into the expiry heap and the ended counts."""
+        assert job.ended is not None and job.state is not None
+        self.active.pop(job.id, None)
+        self.ended_jobs[job.state] += 1
+        self.ended_tasks.update(job.counts)
         heapq.heappush(self._expiry, (job.ended + self.retention_of(job), job.seq, job))
 
     def expire(self, limit: int = EXPIRE_BATCH) -> int:
@@ -420,9 +438,13 @@ class Core:
             job = heapq.heappop(self._expiry)[2]
             if self.jobs.get(job.id) is job:
                 del self.jobs[job.id]
+                del self.by_seq[(job.seq, job.id)]
+                assert job.state is not None
+                self.ended_jobs[job.state] -= 1
+                self.ended_tasks.subtract(job.counts)
                 # Remembered from now, not from the delete's commit: a submission of this id in
                 # between must not create the job again while its old keys are still in etcd.
-                self.expired[job.id] = (job.ended or 0.0, self.retention_of(job))
+                self.expired[job.id] = (job.ended or 0.0, self.retention_of(job), job.seq)
                 if len(self.expired) > REMEMBER_EXPIRED:
                     self.expired.popitem(last=False)
                 self._out.append(DeleteJob(job))
@@ -488,11 +510,13 @@ class Core:
         have all ended gets its end written now.
         """
         self.jobs[job.id] = job
+        self.by_seq[(job.seq, job.id)] = job
         if job.state is not None:  # rebuilt, ended: kept until its retention passes
             if job.ended is None:  # ended before end times were stored: count from now
                 job.ended = self.wall()
             self._keep_until_expiry(job)
         else:
+            self.active[job.id] = job
             if job.counts[CANCELLED] and not job.cancelled:
                 self.cancel_job(job.id)
                 return
@@ -549,7 +573,7 @@ class Core:
 
     def adopt_running(self) -> None:
         """After a rebuild: attach active tasks to the executors they were assigned to."""
-        for job in self.jobs.values():
+        for job in list(self.active.values()):
             if job.state is None and (job.counts[ASSIGNED] or job.counts[RUNNING]):
                 for t in job.tasks:
                     if t.state in ACTIVE:
@@ -780,10 +804,10 @@ class Core:
 
     def summary(self) -> Summary:
         """Counts for operators (metrics), walked on demand rather than kept on the hot path."""
-        jobs: Counter[str] = Counter()
-        tasks: Counter[str] = Counter()
+        jobs: Counter[str] = +self.ended_jobs
+        tasks: Counter[str] = +self.ended_tasks
         queue: Counter[int] = Counter()
-        for j in self.jobs.values():
+        for j in self.active.values():
             jobs[j.current_state()] += 1
             tasks.update(j.counts)
             if j.state is None and j.counts[PENDING]:
@@ -794,4 +818,9 @@ class Core:
         return Summary(jobs, tasks, queue, executors, replace(self.stats))
 
     def pending_count(self) -> int:
-        return sum(j.counts[PENDING] for j in self.jobs.values() if j.state is None)
+        return sum(j.counts[PENDING] for j in self.active.values())
+
+    def newest(self, before: tuple[int, str] | None = None) -> Iterator[Job]:
+        """Jobs held, newest first, from the one just before ``before`` (a (seq, id) key; None: the newest)."""
+        for key in self.by_seq.irange(maximum=before, inclusive=(True, False), reverse=True):
+            yield self.by_seq[key]

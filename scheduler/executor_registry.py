@@ -228,7 +228,14 @@ class ExecutorRegistry:
 
     async def _gone(self, ex_id: str, lease_id: int, why: str, lost_as: str = "lost") -> None:
         """An executor that does not answer (or that left) is gone: revoke its lease and place its
-        tasks again."""
+        tasks again.
+
+        Only while etcd still has us as leader: a deposed leader that has not noticed yet must
+        not revoke a lease that the new leader adopted (a revoke cannot be fenced itself, so the
+        check comes just before it)."""
+        if not await self.store.still_leading():
+            log.info("executor %s %s: not revoking its lease, no longer the leader", ex_id, why)
+            return
         log.info("executor %s %s: revoking its lease", ex_id, why, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
             await self.client.revoke(lease_id)
@@ -314,7 +321,7 @@ class ExecutorRegistry:
             return
         if isinstance(d, Dispatch):
             batch = [
-                translate.assignment(t, a, self._params_json(t))
+                translate.assignment(t, a, self._params_json(t), self.core.retention_of(t.job))
                 for t, a in d.tasks
                 if t.attempt == a and t.state in ACTIVE
             ]

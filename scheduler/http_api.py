@@ -16,6 +16,7 @@ from aiohttp import web
 
 from rota.client.api import AsyncClient, NoMasterReachable, RequestError
 from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
+from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 
 HERE = Path(__file__).parent
 DASHBOARD = HERE / "dashboard"
@@ -27,6 +28,30 @@ LOG_CAP = 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class BadQuery(ValueError):
+    """A query parameter out of its range: a 400 naming it."""
+
+
+def int_query(request: web.Request, name: str, low: int, high: int, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadQuery(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def next_link(request: web.Request, **changes: str | int) -> dict[str, str]:
+    """A ``Link: <...>; rel="next"`` header (RFC 8288) to the next page, same query otherwise."""
+    query = dict(request.query)
+    query.update({k: str(v) for k, v in changes.items()})
+    return {"Link": f'<{request.rel_url.with_query(query)}>; rel="next"'}
+
+
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -36,7 +61,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map what the client layer raises to HTTP statuses, with the message as ``{"error": ...}``."""
     try:
         return await handler(request)
-    except JobSpecError as e:
+    except (JobSpecError, BadQuery) as e:
         return error(400, str(e))
     except RequestError as e:
         return error(404 if e.not_found else 400, str(e))
@@ -95,8 +120,14 @@ class HttpApi:
         return web.json_response(await self.client.list_executors())
 
     async def list_jobs(self, request: web.Request) -> web.Response:
+        """A page of jobs, as list-jobs prints it; a Link header leads to older ones."""
         # The state is checked where the CLI's is: by the gRPC service, as INVALID_ARGUMENT (400).
-        return web.json_response(await self.client.list_jobs(request.query.get("state") or None))
+        limit = int_query(request, "limit", 1, MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
+        docs, more = await self.client.list_jobs_page(
+            request.query.get("state") or None, limit, request.query.get("before") or None
+        )
+        headers = next_link(request, before=docs[0]["id"], limit=limit) if more and docs else None
+        return web.json_response(docs, headers=headers)
 
     async def submit_job(self, request: web.Request) -> web.Response:
         spec = parse_job_body(await request.read(), request.content_type)
@@ -107,7 +138,15 @@ class HttpApi:
         return web.json_response(reply, status=201 if reply["created"] else 200)
 
     async def get_job(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.client.get_job(request.match_info["id"]))
+        """The job with a page of its tasks (``tasks_from``, ``task_limit``); a Link header leads
+        to the next page."""
+        tasks_from = int_query(request, "tasks_from", 0, 2**31 - 1, 0)
+        limit = int_query(request, "task_limit", 1, MAX_TASK_PAGE, MAX_TASK_PAGE)
+        doc = await self.client.get_job(request.match_info["id"], tasks_from, limit)
+        end = tasks_from + len(doc["tasks"])
+        more = end < sum(doc["counts"].values())
+        headers = next_link(request, tasks_from=end, task_limit=limit) if more else None
+        return web.json_response(doc, headers=headers)
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         return web.json_response(await self.client.cancel_job(request.match_info["id"]))

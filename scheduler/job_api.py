@@ -21,6 +21,8 @@ log = logging.getLogger("rota.leader")
 
 #: Tasks above which a job's objects are built in a thread: 10,000 take about 5 ms.
 BIG_JOB = 10_000
+#: Jobs list-jobs looks at between two yields to the event loop.
+LIST_CHUNK = 5000
 
 
 class JobApi:
@@ -105,9 +107,40 @@ class JobApi:
         self.check()
         return None if job_id in self._submitting else self.core.jobs.get(job_id)
 
-    def jobs(self) -> list[Job]:
+    def place_of(self, job_id: str) -> tuple[int, str] | None:
+        """Where a job stands in submission order, also for a job that expired since."""
+        job = self.core.jobs.get(job_id)
+        if job is not None:
+            return job.seq, job.id
+        gone = self.core.expired.get(job_id)
+        return (gone[2], job_id) if gone else None
+
+    async def list_jobs(
+        self, state: str, limit: int, before: tuple[int, str] | None
+    ) -> tuple[list[Job], bool]:
+        """The newest ``limit`` jobs (in ``state`` when set) submitted before ``before``, oldest
+        first, and whether older ones remain. A filter may pass over many jobs: the walk yields to
+        the loop every LIST_CHUNK of them, and goes on from the job it reached (jobs added meanwhile
+        are newer, an expired one is skipped: nothing is repeated or lost)."""
         self.check()
-        return list(self.core.jobs.values())
+        out: list[Job] = []
+        while True:
+            walked = 0
+            for job in self.core.newest(before):
+                if not state or job.current_state() == state:
+                    if len(out) == limit:
+                        out.reverse()
+                        return out, True
+                    out.append(job)
+                walked += 1
+                before = (job.seq, job.id)
+                if walked == LIST_CHUNK:
+                    break
+            else:
+                out.reverse()
+                return out, False
+            await asyncio.sleep(0)
+            self.check()
 
     async def wait_job(self, job_id: str, timeout: float) -> Job | None:
         job = self.job(job_id)
@@ -152,7 +185,7 @@ class JobApi:
     def why_missing(self, job_id: str) -> str:
         """What to tell a caller asking for a job that is not here."""
         if job_id in self.core.expired:
-            ended, retention = self.core.expired[job_id]
+            ended, retention, _ = self.core.expired[job_id]
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ended))
             return (
                 f"job {job_id!r} expired: it ended at {when} and was kept for {retention:g}s, its retention"

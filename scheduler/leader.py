@@ -38,6 +38,8 @@ from rota.scheduler.store import Store
 log = logging.getLogger("rota.leader")
 
 TICK = 0.1
+#: Jobs added to the core between two yields to the event loop while rebuilding.
+REBUILD_CHUNK = 2000
 #: How often the leader moves its etcd connection to etcd's raft leader (which may change).
 RAFT_LEADER_CHECK = 5.0
 
@@ -77,7 +79,9 @@ class LeaderRuntime:
         for ex in snap.executors:
             self.core.executors[ex.id] = ex
         self.jobs.seq = snap.revision
-        for job in snap.jobs:
+        for n, job in enumerate(snap.jobs, 1):
+            if n % REBUILD_CHUNK == 0:
+                await asyncio.sleep(0)  # keeps the leader's lease alive through a long history
             self.core.add_job(job)
         self.core.adopt_running()
         self._tasks = [

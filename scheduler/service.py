@@ -13,6 +13,7 @@ import grpc
 from rota.common import rpc
 from rota.common.config import MAX_DRAIN_TIMEOUT
 from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
+from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError
@@ -21,7 +22,7 @@ from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
-from rota.scheduler.views import MAX_TASK_PAGE, executor_doc, job_doc, job_doc_yielding, job_page_doc
+from rota.scheduler.views import executor_doc, job_doc, job_page_doc
 
 log = logging.getLogger("rota.service")
 
@@ -203,33 +204,45 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         return job
 
     async def GetJob(self, request: rota_pb2.GetJobRequest, context: Any) -> rota_pb2.JsonReply:
-        if request.task_offset < 0 or request.task_limit < 0:
+        if request.task_offset < 0 or not 0 <= request.task_limit <= MAX_TASK_PAGE:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"task_offset and task_limit must be >= 0, got {request.task_offset} and {request.task_limit}",
+                f"task_offset must be >= 0 and task_limit from 0 to {MAX_TASK_PAGE}, "
+                f"got {request.task_offset} and {request.task_limit}",
             )
 
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             job = await self._job_or_404(rt.jobs.job(request.id), request.id, context, rt)
-            if request.task_limit:
-                return _json(job_page_doc(job, request.task_offset, request.task_limit))
-            return _json(await job_doc_yielding(job))
+            return _json(job_page_doc(job, request.task_offset, request.task_limit or MAX_TASK_PAGE))
 
         return await self._on_leader("GetJob", request, context, local)
 
-    async def ListJobs(self, request: rota_pb2.ListJobsRequest, context: Any) -> rota_pb2.JsonReply:
+    async def ListJobs(self, request: rota_pb2.ListJobsRequest, context: Any) -> rota_pb2.ListJobsReply:
         state = request.state.upper()
         if state and state not in JOB_STATES:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown job state {request.state!r} (one of {', '.join(JOB_STATES)})",
             )
-
-        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            jobs = sorted(rt.jobs.jobs(), key=lambda j: j.seq)
-            return _json(
-                [job_doc(j, with_tasks=False) for j in jobs if not state or j.current_state() == state]
+        if not 0 <= request.limit <= MAX_LIST_LIMIT:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"limit must be from 1 to {MAX_LIST_LIMIT} (0: {DEFAULT_LIST_LIMIT}), got {request.limit}",
             )
+        limit = request.limit or DEFAULT_LIST_LIMIT
+
+        async def local(rt: LeaderRuntime) -> rota_pb2.ListJobsReply:
+            before = None
+            if request.before:
+                before = rt.jobs.place_of(request.before)
+                if before is None:
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"no job {request.before!r} to list from (before names a job list-jobs showed)",
+                    )
+            jobs, more = await rt.jobs.list_jobs(state, limit, before)
+            doc = [job_doc(j, with_tasks=False) for j in jobs]
+            return rota_pb2.ListJobsReply(json=json.dumps(doc).encode(), more=more)
 
         return await self._on_leader("ListJobs", request, context, local)
 

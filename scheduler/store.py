@@ -26,7 +26,7 @@ from typing import Any, TypeAlias
 from rota.common.jobspec import JobSpec
 from rota.common.states import CANCELLED
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, create_revision_is, delete_op, put_op, value_below
+from rota.metastore.client import EtcdClient, EtcdError, create_revision_is, delete_op, put_op, value_below
 from rota.metastore.election import Election, Fenced
 from rota.scheduler.core import DeleteJob, Job, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
@@ -52,8 +52,31 @@ def _dumps(value: Any) -> bytes:
 
 
 Write: TypeAlias = PutTask | PutJob | DeleteJob
+#: Records a rebuild reads between two yields to the event loop (about 10 ms of work).
+LOAD_CHUNK = 2000
 #: Jobs deleted per transaction: three range deletes each.
 DELETES_PER_TXN = 300
+
+
+#: The largest record sent: one over etcd's request limit would be refused on every retry, and
+#: everything committed with it would wait forever. Results are capped well below it
+#: (common/results.py); this is the last guard.
+MAX_RECORD_BYTES = 1_000_000
+
+
+def task_value(job_id: str, index: int, record: dict[str, Any]) -> bytes:
+    """A task record as stored; one too large keeps its state but not its result, loudly."""
+    value = _dumps(record)
+    if len(value) <= MAX_RECORD_BYTES:
+        return value
+    log.error(
+        "task %s/%d: its record of %d bytes is over etcd's limit; its result is dropped",
+        job_id,
+        index,
+        len(value),
+    )
+    error = f"the result was not kept: its record of {len(value)} bytes is over etcd's request limit"
+    return _dumps({**record, "r": {"error": error, "truncated": True}})
 
 
 def _latest(decisions: Sequence[Write]) -> dict[bytes, bytes]:
@@ -61,7 +84,8 @@ def _latest(decisions: Sequence[Write]) -> dict[bytes, bytes]:
     latest: dict[bytes, bytes] = {}
     for d in decisions:
         if isinstance(d, PutTask):
-            latest[keys.task(d.task.job.id, d.task.index)] = _dumps(d.record)
+            job_id, index = d.task.job.id, d.task.index
+            latest[keys.task(job_id, index)] = task_value(job_id, index, d.record)
         elif isinstance(d, PutJob):
             latest[keys.job(d.job.id)] = _dumps(d.job.record())
     return latest
@@ -148,8 +172,8 @@ class Store:
             await self.commit(along)
             extra, deletes = [], []
         ordered, order_put = self._next_write()
-        # A failed compare (the job exists, or the order moved past this write) ends in None:
-        # the caller steps down either way.
+        # A failed compare (the job exists, or the order moved past this write) ends in None, and
+        # the caller steps down, unless the record is this very submission's.
         result = await self.election.fenced_txn(
             [
                 put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
@@ -163,9 +187,26 @@ class Store:
         self.txns += len(parts)
         self.writes += len(parts) + 1
         if not result.succeeded:
-            return None
+            revision = await self._ours(job_id, created)
+            if revision is None:
+                return None
+        else:
+            revision = result.revision
         await self.commit(deletes)
-        return result.revision
+        return revision
+
+    async def _ours(self, job_id: str, created: float) -> int | None:
+        """The create revision of the job's record when this submission wrote it: the client resends
+        a transaction whose answer was lost, and the copy that applied makes the resent one fail
+        its compares. The record's creation time, taken by this leader, tells it apart."""
+        kv = await self.client.get(keys.job(job_id))
+        if kv is None:
+            return None
+        try:
+            mine = json.loads(kv.value).get("created") == created
+        except (ValueError, AttributeError):
+            return None
+        return kv.create_revision if mine else None
 
     async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any]) -> None:
         compare, put = order
@@ -201,6 +242,15 @@ class Store:
         self.txns += len(batches)
         self.writes += len(latest)
 
+    async def still_leading(self) -> bool:
+        """Whether etcd still has us as the leader, checked by a fenced transaction of no writes:
+        what a step that cannot itself be fenced (revoking a lease) asks first."""
+        try:
+            await self.election.fenced_txn([])
+        except (Fenced, EtcdError):
+            return False
+        return True
+
     async def put_executor(self, ex: ExecutorSlot) -> None:
         """Register an executor under its own lease: etcd deletes the key when the lease ends.
         Written again when an operator drains or undrains it, so a new leader knows."""
@@ -228,7 +278,9 @@ class Store:
         for kv in spec_kvs:
             parts.setdefault(keys.spec_job_id(kv.key), []).append(kv.value)
         jobs: dict[str, Job] = {}
-        for kv in job_kvs:
+        for n, kv in enumerate(job_kvs, 1):
+            if n % LOAD_CHUNK == 0:
+                await asyncio.sleep(0)  # the leader's lease is kept alive on this loop
             job_id = keys.job_id(kv.key)
             blob = b"".join(parts.pop(job_id, []))
             try:
@@ -247,7 +299,9 @@ class Store:
             job.ended = rec.get("ended")
             job.cancelled = job.state == CANCELLED
             jobs[job_id] = job
-        for kv in task_kvs:
+        for n, kv in enumerate(task_kvs, 1):
+            if n % LOAD_CHUNK == 0:
+                await asyncio.sleep(0)
             job_id, index = keys.task_of(kv.key)
             owner = jobs.get(job_id)
             if owner is not None and 0 <= index < len(owner.tasks):

@@ -22,7 +22,7 @@ def task_refs(refs: Iterable[rota_pb2.TaskRef]) -> list[TaskRef]:
     return [TaskRef(r.job_id, r.index, r.attempt) for r in refs]
 
 
-def assignment(task: Task, attempt: int, params_json: bytes) -> rota_pb2.TaskAssignment:
+def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -> rota_pb2.TaskAssignment:
     spec = task.spec
     env = {"ROTA_JOB_ID": task.job.id, "ROTA_TASK_ID": task.id, "ROTA_ATTEMPT": str(attempt)}
     if spec.shards:
@@ -35,6 +35,7 @@ def assignment(task: Task, attempt: int, params_json: bytes) -> rota_pb2.TaskAss
         env=env,
         timeout=task.timeout or 0.0,
         priority=task.job.priority,
+        retention=retention,
     )
 
 

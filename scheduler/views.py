@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from rota.common.paging import MAX_TASK_PAGE
 from rota.common.states import TASK_STATES
 from rota.scheduler.core import Job, Task
 from rota.scheduler.placement import ExecutorSlot
@@ -67,31 +67,8 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
     }
 
 
-#: Tasks turned into documents between two yields to the event loop.
-DOC_CHUNK = 5000
-#: The most tasks one GetJob page carries: a page is built, encoded and sent in tens of
-#: milliseconds, so a client with a short timeout reads any job and the leader's loop never stalls.
-MAX_TASK_PAGE = 10_000
-
-
 def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
     """The get-job document with tasks ``[offset, offset + limit)`` only."""
     doc = job_doc(job, with_tasks=False)
     doc["tasks"] = [task_doc(t) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]]
-    return doc
-
-
-async def job_doc_yielding(job: Job) -> dict[str, Any]:
-    """``job_doc`` for a job of any size without holding the leader's event loop for long.
-
-    A get-job of 100,000 tasks takes a third of a second to build; done in one go, a
-    million-task job would starve the lease keep-alive that runs on the same loop.
-    """
-    doc = job_doc(job, with_tasks=False)
-    tasks: list[dict[str, Any]] = []
-    for start in range(0, len(job.tasks), DOC_CHUNK):
-        if start:
-            await asyncio.sleep(0)
-        tasks.extend(task_doc(t) for t in job.tasks[start : start + DOC_CHUNK])
-    doc["tasks"] = tasks
     return doc

@@ -2,11 +2,18 @@
 "use strict";
 
 const REFRESH_MS = 1000;
-const MAX_JOBS = 200;
-const MAX_TASKS = 500;
+const params = new URLSearchParams(location.search);
+// Jobs and tasks per page: the master is asked for one page at a time, however long its history.
+const JOBS_PAGE = Math.min(Math.max(Number(params.get("jobs_per_page")) || 50, 1), 10000);
+const TASKS_PAGE = Math.min(Math.max(Number(params.get("tasks_per_page")) || 500, 1), 10000);
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
 let selectedJob = new URLSearchParams(location.hash.slice(1)).get("job");
+// The jobs page shown: null is the newest; else the id the page starts before. Older pages push.
+let jobsBefore = null;
+const newerPages = [];
+let olderCursor = null;
+let tasksFrom = 0;
 let executorNames = {};
 
 const $ = (sel) => document.querySelector(sel);
@@ -22,11 +29,19 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-async function api(path, options) {
+async function apiPage(path, options) {
   const resp = await fetch("/api/v1" + path, options);
   const body = await resp.json().catch(() => ({ error: resp.statusText }));
   if (!resp.ok) throw new Error(body.error || resp.statusText);
-  return body;
+  return { body, more: /rel="next"/.test(resp.headers.get("Link") || "") };
+}
+
+async function api(path, options) {
+  return (await apiPage(path, options)).body;
+}
+
+function jobsPath() {
+  return `/jobs?limit=${JOBS_PAGE}` + (jobsBefore ? "&before=" + encodeURIComponent(jobsBefore) : "");
 }
 
 function state(s) {
@@ -99,14 +114,19 @@ async function cancelJob(id, button) {
 }
 
 function selectJob(id) {
+  if (id !== selectedJob) tasksFrom = 0;
   selectedJob = id;
   location.hash = id ? "job=" + encodeURIComponent(id) : "";
   refresh();
 }
 
-function renderJobs(jobs) {
-  $("#job-count").textContent = `(${jobs.length})`;
-  const shown = jobs.slice(-MAX_JOBS).reverse();
+function renderJobs(jobs, more) {
+  const shown = jobs.slice().reverse();
+  olderCursor = more && jobs.length ? jobs[0].id : null;
+  $("#job-count").textContent = jobsBefore || more ? `(${jobs.length} on this page, newest first)` : `(${jobs.length})`;
+  $("#jobs-older").hidden = !olderCursor;
+  $("#jobs-newer").hidden = !jobsBefore;
+  $("#jobs-newest").hidden = newerPages.length < 2;
   fill(
     $("#jobs tbody"),
     shown.map((j) => {
@@ -154,13 +174,14 @@ function renderJob(job) {
   const st = $("#detail-state");
   st.textContent = job.state;
   st.className = "state " + job.state;
+  const total = Object.values(job.counts).reduce((a, b) => a + b, 0);
   fill(
     $("#tasks tbody"),
-    job.tasks.slice(0, MAX_TASKS).map((t, i) =>
+    job.tasks.map((t, i) =>
       el(
         "tr",
         { "data-task-id": t.id, "data-state": t.state },
-        el("td", { class: "muted" }, i),
+        el("td", { class: "muted" }, tasksFrom + i),
         el("td", {}, t.name),
         el("td", {}, state(t.state)),
         el("td", {}, t.attempt),
@@ -170,8 +191,10 @@ function renderJob(job) {
       ),
     ),
   );
-  const more = job.tasks.length - MAX_TASKS;
-  $("#tasks-more").textContent = more > 0 ? `… and ${more} more tasks (see master-client get-job)` : "";
+  const end = tasksFrom + job.tasks.length;
+  $("#tasks-more").textContent = total > job.tasks.length ? `tasks ${tasksFrom}–${end - 1} of ${total}` : "";
+  $("#tasks-prev").hidden = tasksFrom === 0;
+  $("#tasks-next").hidden = end >= total;
 }
 
 let logTask = null;
@@ -211,14 +234,14 @@ async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    const [cluster, executors, jobs] = await Promise.all([api("/cluster"), api("/executors"), api("/jobs")]);
+    const [cluster, executors, jobs] = await Promise.all([api("/cluster"), api("/executors"), apiPage(jobsPath())]);
     renderCluster(cluster);
     renderExecutors(executors);
-    renderJobs(jobs);
+    renderJobs(jobs.body, jobs.more);
     let job = null;
     if (selectedJob) {
       try {
-        job = await api("/jobs/" + encodeURIComponent(selectedJob));
+        job = await api(`/jobs/${encodeURIComponent(selectedJob)}?tasks_from=${tasksFrom}&task_limit=${TASKS_PAGE}`);
       } catch (err) {
         selectedJob = null;
       }
@@ -234,6 +257,11 @@ async function refresh() {
 }
 
 $("#detail-close").addEventListener("click", () => selectJob(null));
+$("#jobs-older").addEventListener("click", () => { newerPages.push(jobsBefore); jobsBefore = olderCursor; refresh(); });
+$("#jobs-newer").addEventListener("click", () => { jobsBefore = newerPages.pop() ?? null; refresh(); });
+$("#jobs-newest").addEventListener("click", () => { newerPages.length = 0; jobsBefore = null; refresh(); });
+$("#tasks-prev").addEventListener("click", () => { tasksFrom = Math.max(0, tasksFrom - TASKS_PAGE); refresh(); });
+$("#tasks-next").addEventListener("click", () => { tasksFrom += TASKS_PAGE; refresh(); });
 $("#log-close").addEventListener("click", () => { logTask = null; $("#log-panel").hidden = true; });
 $("#log-refresh").addEventListener("click", () => logTask && showLogs(logTask.jobId, logTask));
 refresh();

@@ -116,3 +116,30 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     assert page.locator(f"{long_row} button.cancel").count() == 0
     assert api(url, f"/jobs/{long}")["state"] == "CANCELLED"
     page.screenshot(path=str(SHOTS / "job-cancelled.png"), full_page=True)
+
+
+def test_dashboard_pages_through_jobs_and_tasks(cluster: LocalCluster, page) -> None:
+    """Small pages (set in the URL) so that a few jobs make several: Older, Newer, and task pages."""
+    url = cluster.masters[0].http_url
+    ids = [
+        api(url, "/jobs", {"name": f"pg{i}", "task": [{"name": "t", "kind": "noop"}]})["id"] for i in range(3)
+    ]
+    many = api(url, "/jobs", {"name": "pg-many", "task": [{"name": "n", "kind": "noop", "count": 7}]})["id"]
+    page.goto(url + "/?jobs_per_page=2&tasks_per_page=3")
+    rows = "#jobs tbody tr"
+    page.wait_for_selector(f'#jobs tr[data-job-id="{many}"]')
+    assert page.locator(rows).count() == 2
+    assert page.locator(f'#jobs tr[data-job-id="{ids[2]}"]').count() == 1  # newest first: many, pg2
+    page.locator("#jobs-older").click()
+    page.wait_for_selector(f'#jobs tr[data-job-id="{ids[1]}"]')
+    assert page.locator(f'#jobs tr[data-job-id="{many}"]').count() == 0
+    page.locator("#jobs-newer").click()
+    page.wait_for_selector(f'#jobs tr[data-job-id="{many}"]')
+    page.locator(f'#jobs tr[data-job-id="{many}"]').click()
+    page.wait_for_selector(f'#tasks tr[data-task-id="{many}/2"]')
+    assert page.locator("#tasks tbody tr").count() == 3
+    assert "tasks 0–2 of 7" in page.locator("#tasks-more").inner_text()
+    page.locator("#tasks-next").click()
+    page.wait_for_selector(f'#tasks tr[data-task-id="{many}/5"]')
+    assert page.locator(f'#tasks tr[data-task-id="{many}/0"]').count() == 0
+    page.screenshot(path=str(SHOTS / "paging.png"), full_page=True)

@@ -60,3 +60,33 @@ def test_a_late_copy_of_a_write_does_not_undo_a_later_one(etcd_cluster):
     assert not late.succeeded, "the late copy was applied"
     assert task["s"] == "SUCCEEDED", task
     assert seen["order"] is not None and seen["order"].endswith("/00000000000000000003"), seen
+
+
+def test_a_resent_job_creation_whose_first_copy_applied_is_recognised_as_ours(etcd_cluster):
+    """etcd applied the creation but its answer was lost, so the client sent it again: the copy
+    fails its compares, and the store must see that the record is its own, not another leader's."""
+
+    async def scenario() -> tuple[int | None, int | None]:
+        async with EtcdClient(etcd_cluster.endpoints, timeout=20) as client:
+            session = await Session(client, ttl=20).start()
+            election = Election(client, keys.LEADER, session)
+            assert await election.campaign("m0", "127.0.0.1:1")
+            store = Store(client, election)
+            await store.begin_term()
+            spec = JobSpec.from_dict({"name": "j", "task": [{"name": "t", "kind": "noop"}]})
+            txn = client.txn
+
+            async def applied_then_resent(*args: Any) -> TxnResult:
+                await txn(*args)  # applied; its answer is lost
+                return await txn(*args)
+
+            client.txn = applied_then_resent  # type: ignore[method-assign]
+            mine = await store.create_job("j", spec, 1000.5)
+            client.txn = txn  # type: ignore[method-assign]
+            theirs = await store.create_job("j", spec, 2000.5)  # same id, another submission
+            await session.close()
+            return mine, theirs
+
+    mine, theirs = asyncio.run(scenario())
+    assert mine is not None and mine > 0
+    assert theirs is None

@@ -1668,7 +1668,7 @@ def test_an_ended_job_is_deleted_once_its_retention_passes() -> None:
     assert only(h.drain(), DeleteJob) == [] and "j" in h.core.jobs
     h.now[0] += 0.1
     h.core.tick()
-    assert h.core.expired["j"] == (job.ended, 60.0)  # known as expired before the delete commits
+    assert h.core.expired["j"] == (job.ended, 60.0, job.seq)  # known as expired before the delete commits
     assert only(h.drain(), DeleteJob) == [DeleteJob(job)]
     assert "j" not in h.core.jobs and h.core.pending_count() == 0
     h.core.tick()
@@ -1799,3 +1799,46 @@ def test_a_drain_survives_a_re_attach() -> None:
     assert again.drain_requested and again.drain_timeout == 7.0 and again.draining
     h.add_job("j")
     assert dispatched(h.drain()) == {}
+
+
+# -- paging and the hot structures (issue 12) -------------------------------------------------
+
+
+def test_jobs_are_walked_newest_first_from_any_point_whatever_order_they_were_added() -> None:
+    h = Harness()
+    for seq in (5, 2, 9, 7):  # a rebuild adds jobs in key order, not in submission order
+        h.add_job(f"s{seq}", seq=seq)
+    assert [j.id for j in h.core.newest()] == ["s9", "s7", "s5", "s2"]
+    assert [j.id for j in h.core.newest(before=(7, "s7"))] == ["s5", "s2"]
+    assert [j.id for j in h.core.newest(before=(2, "s2"))] == []
+
+
+def test_jobs_sharing_a_seq_are_all_held_and_expire_without_error() -> None:
+    """Records written in one transaction share a create revision, which a rebuild uses as seq."""
+    h = _retention_harness(10.0)
+    jobs = [h.new_job(f"t{i}", seq=4) for i in range(3)]
+    for job in jobs:
+        restore_task(job, 0, {"s": SUCCEEDED, "a": 1, "e": "a"})
+        job.state, job.ended = SUCCEEDED, h.now[0]
+        h.core.add_job(job)
+    assert [j.id for j in h.core.newest()] == ["t2", "t1", "t0"]
+    assert [j.id for j in h.core.newest(before=(4, "t1"))] == ["t0"]
+    h.now[0] += 100
+    assert h.core.expire() == 3 and not h.core.jobs
+
+
+def test_ended_jobs_leave_the_active_set_and_the_figures_stay_true_through_expiry() -> None:
+    h = _retention_harness(10.0)
+    done = h.add_job("done", tmpl(count=2))
+    _run_to_end(h, done)
+    running = h.add_job("running", tmpl(count=3))
+    h.drain()
+    assert set(h.core.active) == {"running"} and running.state is None
+    s = h.core.summary()
+    assert s.jobs == Counter({SUCCEEDED: 1, RUNNING: 1})
+    assert s.tasks[SUCCEEDED] == 2 and sum(s.tasks.values()) == 5
+    h.now[0] += 100
+    h.core.tick()
+    assert [j.id for j in h.core.newest()] == ["running"]
+    s = h.core.summary()
+    assert s.jobs == Counter({RUNNING: 1}) and sum(s.tasks.values()) == 3

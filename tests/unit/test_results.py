@@ -44,3 +44,17 @@ def test_escaped_output_is_cut_until_the_record_fits():
     r = report(_report(state=SUCCEEDED, stdout=emoji, stderr=emoji, value_json=b"1"))
     assert r.state == SUCCEEDED and r.result["truncated"] is True
     assert len(json.dumps(r.result)) <= results.RECORD_CAP
+
+
+def test_the_store_never_sends_a_task_record_over_etcds_limit() -> None:
+    """The last guard behind the result caps: the state is kept, the result is replaced."""
+    from rota.scheduler.store import MAX_RECORD_BYTES, task_value
+
+    small = {"s": "SUCCEEDED", "a": 1, "r": {"value": 1}}
+    assert json.loads(task_value("j", 0, small)) == small
+    huge = {"s": "SUCCEEDED", "a": 2, "e": "ex", "r": {"value": "x" * MAX_RECORD_BYTES}}
+    stored = task_value("j", 1, huge)
+    assert len(stored) < 1000
+    rec = json.loads(stored)
+    assert rec["s"] == "SUCCEEDED" and rec["a"] == 2 and rec["e"] == "ex"
+    assert "over etcd's request limit" in rec["r"]["error"] and rec["r"]["truncated"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,28 @@ def test_the_byte_budget_prunes_too(tmp_path):
         store.begin(("j", i, 1), files=True)
         store.end(("j", i, 1), TaskResult(ok=True, stdout="x" * 10))
     assert list(store.kept) == [("j", 2, 1), ("j", 3, 1)] and store.kept_bytes == 20
+
+
+def test_logs_go_when_their_jobs_retention_has_passed(tmp_path):
+    """The job's retention comes with the task; files found at start are kept the default time
+    from their last write."""
+    now = [1_000_000.0]
+    store = tasklogs.LogStore(tmp_path, wall=lambda: now[0])
+    for i, keep_for in enumerate((60.0, 3600.0, 0.0, float("nan"))):
+        store.begin(("j", i, 1), files=True)
+        store.end(("j", i, 1), TaskResult(ok=True, stdout="x"), keep_for)
+    now[0] += 59.9
+    assert store.expire() == 0
+    now[0] += 0.1
+    assert store.expire() == 1 and ("j", 0, 1) not in store.kept
+    assert not Path(store.prefix(("j", 0, 1)) + ".out").exists() and store.kept_bytes == 3
+    now[0] += 3600
+    assert store.expire() == 1 and set(store.kept) == {("j", 2, 1), ("j", 3, 1)}  # the default: a day
+    old = [Path(store.prefix(("j", 2, 1)) + s) for s in (".out", ".err")]
+    for path in old:
+        os.utime(path, (0, 0))  # written long ago: a restart finds them past the default retention
+    again = tasklogs.LogStore(tmp_path)
+    assert set(again.kept) == {("j", 3, 1)} and not any(p.exists() for p in old)
 
 
 def test_attempts_that_print_nothing_get_no_files_and_push_no_logs_out(tmp_path):
