@@ -14,13 +14,15 @@ always runs.
 Then it stops submitting, brings everything back, waits for every acknowledged job and
 checks, from etcd's full history and the side-effect log:
 
-1. every acknowledged job exists and finished (FAILED only when a task used up its attempts);
+1. every acknowledged job exists and finished (FAILED only when a task used up its attempts:
+   max-attempts failed ones, or as many lost ones as the leader allows);
 2. no task's terminal state is ever written again with another value ("completed twice");
    and, from the side-effect log, no task completed under two attempts unless the first one's
    executor was killed or stalled (its result died with it, or its lease ran out);
 3. no stale result was recorded: a SUCCEEDED task's attempt has an ``end`` line, its
    result's stdout comes from that attempt, and its attempt number never went backwards;
-4. no attempt went past ``max-attempts`` (start lines and task records);
+4. no task failed more than ``max-attempts`` times or was lost more often than allowed, and no
+   attempt number went past the two together (start lines and task records);
 5. (statistic) how many tasks started under several attempts.
 
     .venv/bin/python -m bench.chaos [--faults 400] [--seed 1] [--out bench/results/chaos.json]
@@ -60,8 +62,13 @@ from rota.devtools.localcluster import LocalCluster, MasterProcess, Process
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, Event
 from rota.metastore.keys import JOBS, TASKS
+from rota.scheduler.core import lost_limit
 
 MAX_ATTEMPTS = 5
+#: Attempts lost with their executor do not use up max-attempts; this many fail a task.
+MOST_LOST = lost_limit(MAX_ATTEMPTS)
+#: The highest attempt number a task can reach: every failure and every loss but the last.
+MOST_ATTEMPTS = MAX_ATTEMPTS + MOST_LOST - 1
 EXECUTORS = 3
 EXECUTOR_SLOTS = 2
 EXECUTOR_ARGS = ["--keepalive-ttl", "2s", "--keepalive-interval", "300ms"]
@@ -735,11 +742,16 @@ def check_outcome(
             exhausted = [
                 i
                 for i, t in enumerate(tasks)
-                if t and t.get("s") == "FAILED" and t.get("a", 0) >= MAX_ATTEMPTS
+                if t
+                and t.get("s") == "FAILED"
+                and (t.get("f", t.get("a", 0)) >= MAX_ATTEMPTS or t.get("l", 0) >= MOST_LOST)
             ]
             if not exhausted:
                 detail = {i: t for i, t in enumerate(tasks) if t and t.get("s") == "FAILED"}
-                bad_end.append(f"{jid}: FAILED though no task used up {MAX_ATTEMPTS} attempts: {detail}{tag}")
+                bad_end.append(
+                    f"{jid}: FAILED though no task failed {MAX_ATTEMPTS} times or was lost {MOST_LOST} "
+                    f"times: {detail}{tag}"
+                )
         else:
             bad_end.append(f"{jid}: ended {state} though nobody cancelled it{tag}")
     n1 = len(lost) + len(unfinished) + len(bad_end)
@@ -825,11 +837,14 @@ def check_outcome(
     stale: list[str] = []
     below_started: list[str] = []
     history_attempts: dict[str, list[int]] = {}
+    over_counted: list[str] = []
     for ev in view.task_history:
         if ev.type == "put":
-            history_attempts.setdefault(task_id_of(ev.kv.key), []).append(
-                int(json.loads(ev.kv.value).get("a", 0))
-            )
+            rec = json.loads(ev.kv.value)
+            tid = task_id_of(ev.kv.key)
+            history_attempts.setdefault(tid, []).append(int(rec.get("a", 0)))
+            if int(rec.get("f", 0)) > MAX_ATTEMPTS or int(rec.get("l", 0)) > MOST_LOST:
+                over_counted.append(f"{tid}: etcd record with {rec.get('f')} failures, {rec.get('l')} lost")
     succeeded = [t for t in task_ids if view.tasks.get(t, {}).get("s") == "SUCCEEDED"]
     for tid in succeeded:
         rec = view.tasks[tid]
@@ -867,12 +882,13 @@ def check_outcome(
         f"{tid}: started attempt {a}"
         for tid, attempts in side.starts.items()
         for a in attempts
-        if a > MAX_ATTEMPTS
+        if a > MOST_ATTEMPTS
     ]
     out_of_bounds += [
         f"{tid}: etcd record with attempt {a}" for tid, attempts in history_attempts.items()
-        for a in attempts if a > MAX_ATTEMPTS
+        for a in attempts if a > MOST_ATTEMPTS
     ]  # fmt: skip
+    out_of_bounds += over_counted
     out_of_bounds += [
         f"{tid}: started attempt {a}" for tid, attempts in side.starts.items() for a in attempts if a < 1
     ]
@@ -883,7 +899,8 @@ def check_outcome(
             "4 attempts within bounds",
             not out_of_bounds,
             len(out_of_bounds),
-            f"{len(out_of_bounds)} out of bounds (max-attempts {MAX_ATTEMPTS}; highest attempt started "
+            f"{len(out_of_bounds)} out of bounds (max-attempts {MAX_ATTEMPTS}, lost at most {MOST_LOST}; "
+            f"highest attempt started "
             f"{max_start}, highest in etcd {max_rec})",
             out_of_bounds,
         )

@@ -296,6 +296,19 @@ class AsyncClient:
     async def list_executors(self) -> list[dict[str, Any]]:
         return await self._json_call("ListExecutors", rota_pb2.ListExecutorsRequest())  # type: ignore[no-any-return]
 
+    async def drain_executor(self, name: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Place no more work on the executor of this id (or every executor of this name): it hands
+        back its queued tasks and lets running ones finish within ``timeout`` seconds (default: its
+        own --drain-timeout), then hands back the rest. The list-executors dicts of those named."""
+        request = rota_pb2.DrainExecutorRequest(name=name)
+        if timeout is not None:
+            request.timeout = timeout
+        return await self._json_call("DrainExecutor", request)  # type: ignore[no-any-return]
+
+    async def undrain_executor(self, name: str) -> list[dict[str, Any]]:
+        """Let drained executors take work again; the list-executors dicts of those named."""
+        return await self._json_call("UndrainExecutor", rota_pb2.UndrainExecutorRequest(name=name))  # type: ignore[no-any-return]
+
     async def wait_job(
         self,
         job_id: str,
@@ -402,6 +415,12 @@ class Client:
 
     def list_executors(self) -> list[dict[str, Any]]:
         return self._run(self._async.list_executors)
+
+    def drain_executor(self, name: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        return self._run(lambda: self._async.drain_executor(name, timeout))
+
+    def undrain_executor(self, name: str) -> list[dict[str, Any]]:
+        return self._run(lambda: self._async.undrain_executor(name))
 
     def wait_job(
         self,

@@ -132,6 +132,12 @@ def _counts(doc: dict[str, Any]) -> str:
     return " ".join(f"{state.lower()}={n}" for state, n in doc["counts"].items())
 
 
+def _attempt(task: dict[str, Any]) -> str:
+    """The attempt number, and how many attempts were lost with an executor (not failures)."""
+    lost = task.get("lost") or 0
+    return f"{task['attempt']} ({lost} lost)" if lost else str(task["attempt"])
+
+
 def job_text(doc: dict[str, Any], tasks_from: int = 0) -> str:
     lines = [
         f"job:      {doc['id']} ({doc['name']})",
@@ -142,7 +148,7 @@ def job_text(doc: dict[str, Any], tasks_from: int = 0) -> str:
     tasks = doc.get("tasks")
     if tasks:
         rows = [
-            [t["id"], t["name"], t["state"], str(t["attempt"]), t["executor"] or "-", _summary(t["result"])]
+            [t["id"], t["name"], t["state"], _attempt(t), t["executor"] or "-", _summary(t["result"])]
             for t in tasks[:MAX_TASK_ROWS]
         ]
         lines += ["", table(["TASK", "NAME", "STATE", "ATTEMPT", "EXECUTOR", "RESULT"], rows)]
@@ -293,12 +299,7 @@ def cancel_job(ctx: Ctx, job_id: str) -> None:
     emit(ctx, doc, job_text({**doc, "tasks": []}))
 
 
-@cli.command("list-executors")
-@click.pass_obj
-def list_executors(ctx: Ctx) -> None:
-    """List the executors the leader knows, with their slots and running tasks."""
-    with ctx.client() as c:
-        docs = c.list_executors()
+def executors_table(docs: list[dict[str, Any]]) -> str:
     rows = [
         [
             d["id"],
@@ -309,11 +310,52 @@ def list_executors(ctx: Ctx) -> None:
         ]
         for d in docs
     ]
-    emit(
-        ctx,
-        docs,
-        table(["EXECUTOR", "ADDRESS", "RUNNING", "STATE", "LABELS"], rows) if docs else "no executors",
-    )
+    return table(["EXECUTOR", "ADDRESS", "RUNNING", "STATE", "LABELS"], rows) if docs else "no executors"
+
+
+@cli.command("list-executors")
+@click.pass_obj
+def list_executors(ctx: Ctx) -> None:
+    """List the executors the leader knows, with their slots and running tasks."""
+    with ctx.client() as c:
+        docs = c.list_executors()
+    emit(ctx, docs, executors_table(docs))
+
+
+@cli.command("drain-executor")
+@click.argument("name")
+@click.option(
+    "--timeout",
+    "drain_timeout",
+    type=cfg.DURATION,
+    default=None,
+    help="How long running tasks may take to finish before they are handed back "
+    "[default: the executor's --drain-timeout; at most 7 days].",
+)
+@click.pass_obj
+def drain_executor(ctx: Ctx, name: str, drain_timeout: float | None) -> None:
+    """Place no more work on an executor (NAME is its id, or a name: every executor of that name).
+
+    It hands back its queued tasks at once, lets running ones finish, then hands back the rest;
+    handed-back tasks run elsewhere without using up max-attempts. It stays attached, taking no
+    work, until undrain-executor. A new leader keeps the drain."""
+    if drain_timeout is not None and float(drain_timeout) > cfg.MAX_DRAIN_TIMEOUT:
+        raise click.BadParameter(
+            f"at most {cfg.MAX_DRAIN_TIMEOUT / 86400:g} days, got {drain_timeout:g}s", param_hint="--timeout"
+        )
+    with ctx.client() as c:
+        docs = c.drain_executor(name, None if drain_timeout is None else float(drain_timeout))
+    emit(ctx, docs, executors_table(docs))
+
+
+@cli.command("undrain-executor")
+@click.argument("name")
+@click.pass_obj
+def undrain_executor(ctx: Ctx, name: str) -> None:
+    """Let a drained executor take work again (NAME as for drain-executor)."""
+    with ctx.client() as c:
+        docs = c.undrain_executor(name)
+    emit(ctx, docs, executors_table(docs))
 
 
 @cli.command("logs")

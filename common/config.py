@@ -22,6 +22,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 EXIT_USAGE = 2
+#: The longest drain an executor may be given (--drain-timeout, drain-executor --timeout): a week,
+#: as long as a task's own timeout may be.
+MAX_DRAIN_TIMEOUT = 7 * 86400.0
 
 
 class ConfigError(Exception):

@@ -41,3 +41,7 @@ JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
 #: A task placed on an executor and not yet ended.
 ACTIVE = frozenset((ASSIGNED, RUNNING))
+
+#: Not a state: what an executor reports for an attempt it gives back unfinished while it drains.
+#: The leader runs the task again without counting the attempt as failed.
+HANDED_BACK = "HANDED_BACK"

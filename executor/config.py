@@ -17,3 +17,6 @@ class AgentConfig:
     work_dir: str
     #: Tasks taken beyond the slots; None adapts it to how fast tasks end (executor.flow).
     prefetch: int | None = None
+    #: How long running tasks may take to finish once it drains (SIGTERM, or drain-executor
+    #: without a timeout) before they are handed back.
+    drain_timeout: float = 30.0

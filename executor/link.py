@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -71,6 +71,11 @@ class Link:
         self._silent: dict[str, float] = {}
         #: Set by a welcome: the reconnect backoff starts again from its shortest pause.
         self._attached_once = False
+        #: Called with (drain, timeout or None) when the leader passes on an operator's drain or undrain.
+        self.on_drain: Callable[[bool, float | None], None] | None = None
+        #: What the leader hears of our draining: under an operator's drain, shutting down.
+        self.drained = False
+        self.leaving = False
 
     @property
     def attached(self) -> bool:
@@ -83,6 +88,25 @@ class Link:
 
     def stop(self) -> None:
         self._stopping = True
+
+    def beat_now(self) -> None:
+        """Heartbeat at once: the leader learns without waiting that we are leaving."""
+        if self._outbox is not None:
+            self._beat()
+
+    async def leave(self, timeout: float) -> bool:
+        """Say we are leaving and wait (at most ``timeout``) for the leader to end the stream,
+        having revoked our lease; no new stream is opened after it. False when not attached."""
+        self._stopping = True
+        session = self._session_task
+        if not self.attached or session is None or session.done():
+            return False
+        assert self._outbox is not None
+        self._outbox.put_nowait(rota_pb2.ExecutorMessage(leaving=rota_pb2.Leaving()))
+        done, _ = await asyncio.wait([session], timeout=timeout)
+        if done:
+            log.info("left the cluster: the leader revoked our lease", **logs.ids(executor=self.executor_id))
+        return bool(done)
 
     async def close(self) -> None:
         await self._asks.close()
@@ -220,6 +244,8 @@ class Link:
             executor_id=self.executor_id,
             lease_id=self.lease_id,
             running=self.runner.held() if self.executor_id else [],
+            leaving=self.leaving,
+            drained=self.drained,
         )
 
     def _welcome(self, w: rota_pb2.Welcome, hello_at: float) -> None:
@@ -268,16 +294,24 @@ class Link:
             if self.lease.unanswered_for(now) > stalled_after:
                 log.warning("the leader stopped answering heartbeats: looking for the leader")
                 raise ConnectionError(f"the leader left heartbeats unanswered for {stalled_after:g}s")
-            self.lease.beat_sent(now)
             if self._outbox is not None:
-                self._outbox.put_nowait(
-                    rota_pb2.ExecutorMessage(
-                        heartbeat=rota_pb2.Heartbeat(
-                            running=len(self.runner.running), credit=self.runner.credit.value
-                        )
-                    )
-                )
+                self._beat()
+            else:
+                self.lease.beat_sent(now)
             await asyncio.sleep(self.conf.keepalive_interval)
+
+    def _beat(self) -> None:
+        assert self._outbox is not None
+        self.lease.beat_sent(time.monotonic())
+        self._outbox.put_nowait(
+            rota_pb2.ExecutorMessage(
+                heartbeat=rota_pb2.Heartbeat(
+                    running=len(self.runner.running),
+                    credit=self.runner.credit.value,
+                    leaving=self.leaving,
+                )
+            )
+        )
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         runner = self.runner
@@ -297,6 +331,9 @@ class Link:
                     runner.unacked.pop((ref.job_id, ref.index, ref.attempt), None)
             elif body == "heartbeat_ack":
                 self.lease.beat_acked()
+            elif body == "drain" and self.on_drain is not None:
+                d = msg.drain
+                self.on_drain(d.drain, d.timeout if d.HasField("timeout") else None)
 
 
 def _reports_msg(reports: Sequence[rota_pb2.TaskReport], credit: int) -> rota_pb2.ExecutorMessage:

@@ -72,16 +72,32 @@ async def serve(
         "executor %s on %s: %d slots, kinds %s, joining %s",
         conf.name, listen, conf.slots, ",".join(sorted(kinds)), ",".join(conf.join),
     )  # fmt: skip
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            if not hurry.is_set():
+                log.info("second signal: handing back every task and leaving now")
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     runner = asyncio.create_task(agent.run())
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
     if runner.done() and not runner.cancelled() and runner.exception() is not None:
         log.error("executor loop failed", exc_info=runner.exception())
-    log.info("shutting down: stopping %d running tasks", len(agent.runner.running))
+    else:
+        if not hurry.is_set():
+            log.info(
+                "shutting down: taking no more work, %d tasks here may take %gs to finish "
+                "(a second signal hands them back at once)",
+                len(agent.runner.running),
+                conf.drain_timeout,
+            )
+        await agent.shutdown(conf.drain_timeout, hurry)
     await agent.stop()
     for t in (runner, waiter):
         t.cancel()
@@ -185,6 +201,15 @@ flags given on the command line override this file.
 )
 @click.option("--work-dir", default=None, help="Scratch space for tasks [default: a temporary directory].")
 @click.option(
+    "--drain-timeout",
+    type=cfg.DURATION,
+    default="30s",
+    show_default=True,
+    help="On SIGTERM or SIGINT: take no more work, hand back queued tasks, let running ones finish "
+    "this long, hand back the rest, then leave and exit 0; a second signal hands everything back at "
+    "once. Also how long a drain-executor without --timeout lets tasks run. At most 7 days.",
+)
+@click.option(
     "--http-addr",
     type=cfg.OPTIONAL_ADDRESS,
     default="127.0.0.1:10281",
@@ -206,6 +231,9 @@ def executor_command(**o: Any) -> int:
         raise cfg.ConfigError("--keepalive-ttl must be at least 1s (etcd leases count whole seconds)")
     if not 0 < interval < ttl:
         raise cfg.ConfigError("--keepalive-interval must be above zero and below --keepalive-ttl")
+    drain_timeout = float(o["drain_timeout"])
+    if drain_timeout > cfg.MAX_DRAIN_TIMEOUT:
+        raise cfg.ConfigError(f"--drain-timeout must be at most {cfg.MAX_DRAIN_TIMEOUT / 86400:g} days")
     worker: cfg.Address = o["worker_addr"]
     advertise: cfg.Address = o["advertise_addr"] or cfg.Address(
         worker.dial().rsplit(":", 1)[0].strip("[]"), worker.port
@@ -229,6 +257,7 @@ def executor_command(**o: Any) -> int:
         keepalive_interval=interval,
         work_dir=work_dir,
         prefetch=o["prefetch"],
+        drain_timeout=drain_timeout,
     )
     return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))
 

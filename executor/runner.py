@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rota.common import logs, results
-from rota.common.states import State
+from rota.common.states import HANDED_BACK, State
 from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
 from rota.executor.gate import PriorityGate
@@ -54,6 +54,8 @@ class Running:
     ref: rota_pb2.TaskRef
     task: asyncio.Task[None]
     started: float
+    #: Past the slot gate (running, or taken into a batch): not merely queued here.
+    began: bool = False
 
 
 class Runner:
@@ -73,6 +75,10 @@ class Runner:
         self._batches: set[asyncio.Task[None]] = set()
         #: Called as each attempt ends with (kind, outcome, seconds from its start to its end); for metrics.
         self.on_task_ended: Callable[[str, str, float], None] | None = None
+        #: While draining, nothing new starts: a dispatch that arrives is handed back at once.
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def start(self, a: rota_pb2.TaskAssignment) -> None:
         key = (a.task.job_id, a.task.index)
@@ -83,8 +89,43 @@ class Runner:
             current.task.cancel()
         ref = rota_pb2.TaskRef()
         ref.CopyFrom(a.task)
+        if self.draining:  # placed before the leader heard we drain
+            if (ref.job_id, ref.index, ref.attempt) not in self.unacked:
+                self._handed_back(ref)
+            return
         task = asyncio.create_task(self._run(a, ref), name=f"task-{a.task.job_id}/{a.task.index}")
         self.running[key] = Running(ref, task, time.monotonic())
+        self._idle.clear()
+
+    def queued(self) -> list[Key]:
+        """Attempts accepted and still waiting for a slot."""
+        return [key for key, r in self.running.items() if not r.began]
+
+    async def hand_back(self, keys: list[Key]) -> int:
+        """Stop these attempts and give them back to the leader, which runs them again elsewhere
+        without counting a failure. Reported once they have stopped, so no attempt runs twice."""
+        stopped = [r for r in (self.running.pop(k, None) for k in keys) if r is not None]
+        if not self.running:
+            self._idle.set()
+        for r in stopped:
+            r.task.cancel()
+        try:
+            await asyncio.gather(*(r.task for r in stopped), return_exceptions=True)
+        finally:  # even if the drain is called off meanwhile: the leader must hear of each
+            for r in stopped:
+                if (r.ref.job_id, r.ref.index, r.ref.attempt) not in self.unacked:  # unless it ended anyway
+                    self._handed_back(r.ref)
+        return len(stopped)
+
+    def _handed_back(self, ref: rota_pb2.TaskRef) -> None:
+        log.info("task %s/%d attempt %d handed back", ref.job_id, ref.index, ref.attempt, **self._ids(ref))
+        report = rota_pb2.TaskReport(task=ref, state=HANDED_BACK, error="handed back: the executor drains")
+        self.unacked[(ref.job_id, ref.index, ref.attempt)] = report
+        self.reporter.send(report)
+
+    async def wait_idle(self) -> None:
+        """Until no attempt is running or queued here."""
+        await self._idle.wait()
 
     def cancel(self, ref: rota_pb2.TaskRef) -> None:
         current = self.running.get((ref.job_id, ref.index))
@@ -111,6 +152,9 @@ class Runner:
                 ride = Ride(self._spec(a, ref, ""))
             holds_slot = await self.gate.acquire(a.priority, ride) is None
             began = True
+            current = self.running.get(key)
+            if current is not None and current.ref.attempt == ref.attempt:
+                current.began = True
             log_prefix = self.logs.begin(log_key, files=kind.log_files if kind is not None else False)
             started = time.monotonic()
             if kind is None:
@@ -159,6 +203,8 @@ class Runner:
                 self.logs.end(log_key, result, a.retention)
             if self.running.get(key) is not None and self.running[key].ref.attempt == ref.attempt:
                 del self.running[key]
+            if not self.running:
+                self._idle.set()
             if work_dir:
                 shutil.rmtree(work_dir, ignore_errors=True)
         self.completed += 1
@@ -233,6 +279,7 @@ class Runner:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.running.clear()
+        self._idle.set()
 
     def running_attempt(self, job_id: str, index: int) -> int:
         """The attempt of the task this executor holds, queued or running; 0 when none."""

@@ -25,6 +25,7 @@ from rota.common.states import (
     ASSIGNED,
     CANCELLED,
     FAILED,
+    HANDED_BACK,
     PENDING,
     RUNNING,
     SUCCEEDED,
@@ -46,6 +47,16 @@ EXPIRE_BATCH = 500
 #: Expired job ids remembered, so that get-job can say "expired" and a late retry of a submission
 #: does not run the job again.
 REMEMBER_EXPIRED = 100_000
+#: Attempts lost with their executor (or handed back by a draining one) do not count against
+#: max-attempts; but a task that kills every executor it runs on must end: it fails once this many
+#: of its attempts were lost (LOST_FACTOR x max-attempts when that is more).
+LOST_FLOOR = 10
+LOST_FACTOR = 3
+
+
+def lost_limit(max_attempts: int) -> int:
+    """How many lost attempts fail a task allowed ``max_attempts`` failed ones."""
+    return max(LOST_FLOOR, LOST_FACTOR * max_attempts)
 
 
 def retry_delay(attempt: int) -> float:
@@ -58,6 +69,7 @@ def retry_delay(attempt: int) -> float:
 class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
+        "failures", "lost",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -66,7 +78,13 @@ class Task:
         self.template = template
         self.copy = copy
         self.state = PENDING
+        #: The attempt number, raised on every placement: the fencing token of reports. Not what
+        #: decides failing for good, which is ``failures`` (and the bound on ``lost``).
         self.attempt = 0
+        #: Attempts that failed by themselves (an error, an exit code, a timeout).
+        self.failures = 0
+        #: Attempts lost with their executor, or handed back by a draining one.
+        self.lost = 0
         self.executor = ""
         self.result: dict[str, Any] | None = None
         self.ready_at = 0.0
@@ -104,6 +122,10 @@ class Task:
         rec: dict[str, Any] = {"s": self.state, "a": self.attempt}
         if self.executor:
             rec["e"] = self.executor
+        if self.attempt:  # always, once placed: a record without it predates the counts
+            rec["f"] = self.failures
+        if self.lost:
+            rec["l"] = self.lost
         if self.result is not None:
             rec["r"] = self.result
         return rec
@@ -170,6 +192,14 @@ def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
     task.attempt = attempt
     task.executor = executor
     task.result = record.get("r")
+    task.lost = int(record.get("l", 0))
+    if "f" in record:
+        task.failures = int(record["f"])
+    else:
+        # Written before the counts were kept, when every attempt counted against max-attempts:
+        # the ended ones count as failed, as they did then.
+        unfinished = state in ACTIVE or state in (SUCCEEDED, CANCELLED)
+        task.failures = max(0, attempt - (1 if unfinished else 0) - task.lost)
     if task.attempt:
         job.started = True
 
@@ -254,7 +284,7 @@ class Report:
     """An executor's word on one attempt of one task."""
 
     ref: TaskRef
-    state: str  # RUNNING, SUCCEEDED or FAILED
+    state: str  # RUNNING, SUCCEEDED, FAILED or HANDED_BACK
     result: dict[str, Any] | None = None
 
 
@@ -430,21 +460,40 @@ class Core:
             if ran < SHORT_RUN:
                 task.job.short[task.template] = True
 
-    def _retry_or_fail(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
-        """After a failed or lost attempt: run again with the next attempt, or fail for good.
-
-        ``backoff`` is False when the executor was lost, not the task's own failure.
-        """
-        if task.attempt >= task.max_attempts:
+    def _failed(self, task: Task, result: dict[str, Any] | None) -> None:
+        """An attempt failed by itself: run again after a backoff, or fail for good once
+        ``max_attempts`` attempts have failed."""
+        task.failures += 1
+        if task.failures >= task.max_attempts:
             self._finish(task, FAILED, result)
-            return
+        else:
+            self._requeue(task, result, backoff=True)
+
+    def _lost(self, task: Task, result: dict[str, Any]) -> None:
+        """An attempt ended with its executor (lost, gone, or handed back while draining): not the
+        task's doing, so it runs again at once and max-attempts is not used up; only a task lost
+        more often than ``lost_limit`` allows fails, as one that may be killing its executors."""
+        task.lost += 1
+        limit = lost_limit(task.max_attempts)
+        if task.lost >= limit:
+            error = result.get("error") or "lost"
+            result = {
+                **result,
+                "error": f"{error}; lost with its executor {task.lost} times (at most {limit}): "
+                "given up, as a task that may be killing its executors",
+            }
+            self._finish(task, FAILED, result)
+        else:
+            self._requeue(task, result, backoff=False)
+
+    def _requeue(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
         self._attempt_ended(task)
         self._release(task)
         self._set_state(task, PENDING)
         task.result = result
         now = self.clock()
         task.since = now
-        task.ready_at = now + retry_delay(task.attempt) if backoff else 0.0
+        task.ready_at = now + retry_delay(task.failures) if backoff else 0.0
         self.stats.requeued += 1
         if not backoff:
             self.stats.requeued_lost += 1
@@ -513,7 +562,7 @@ class Core:
                 self._dispatch.setdefault(ex.id, []).append((task, task.attempt))
             else:
                 ex.drop(task)
-                self._retry_or_fail(task, {"error": f"executor {ex.name} no longer runs it"}, backoff=False)
+                self._lost(task, {"error": f"executor {ex.name} no longer runs it"})
         if reported_set:
             self._out.append(CancelTasks(ex.id, sorted(reported_set, key=lambda r: (r.job_id, r.index))))
         self._schedule()
@@ -530,19 +579,19 @@ class Core:
                     if t.state in ACTIVE:
                         ex = self.executors.get(t.executor)
                         if ex is None:
-                            self._retry_or_fail(t, {"error": "its executor is gone"}, backoff=False)
+                            self._lost(t, {"error": "its executor is gone"})
                         else:
                             ex.hold(t)
         self._schedule()
 
-    def executor_lost(self, ex_id: str) -> None:
-        """The executor's lease expired or was revoked: requeue everything it ran."""
+    def executor_lost(self, ex_id: str, why: str = "lost") -> None:
+        """The executor's lease expired or was revoked (or it left): requeue everything it ran."""
         ex = self.executors.pop(ex_id, None)
         if ex is None:
             return
         ex.connected = False
         for task in sorted(ex.running, key=lambda t: (t.job.seq, t.index)):
-            self._retry_or_fail(task, {"error": f"executor {ex.name} lost"}, backoff=False)
+            self._lost(task, {"error": f"executor {ex.name} {why}"})
         ex.clear()
         self._schedule()
 
@@ -562,6 +611,29 @@ class Core:
         ex.prefetch = credit
         if grew:
             self._schedule()
+
+    def set_leaving(self, executor_id: str, leaving: bool) -> None:
+        """The executor says whether it is shutting down: it drains then (no new work; it hands
+        back what it will not run), whatever an operator says."""
+        ex = self.executors.get(executor_id)
+        if ex is None or ex.leaving == leaving:
+            return
+        ex.leaving = leaving
+        if not ex.draining:
+            self._schedule()
+
+    def request_drain(self, executor_id: str, drain: bool, timeout: float | None = None) -> bool:
+        """An operator drains (or undrains) an executor: no new work from now on; the executor,
+        told over its stream, hands back its queued tasks and lets its running ones finish within
+        ``timeout``. False for an unknown executor."""
+        ex = self.executors.get(executor_id)
+        if ex is None:
+            return False
+        ex.drain_requested = drain
+        ex.drain_timeout = timeout if drain else None
+        if not ex.draining:
+            self._schedule()
+        return True
 
     def report(self, executor_id: str, reports: Iterable[Report]) -> None:
         """Task reports from one executor. Stale ones (another attempt, or already ended) are ignored.
@@ -583,8 +655,12 @@ class Core:
                     self._set_state(task, RUNNING)
             elif rep.state == SUCCEEDED:
                 self._finish(task, SUCCEEDED, rep.result)
+            elif rep.state == HANDED_BACK:
+                ex = self.executors.get(task.executor)
+                name = ex.name if ex is not None else task.executor
+                self._lost(task, {"error": f"executor {name} handed it back (draining)"})
             else:
-                self._retry_or_fail(task, rep.result, backoff=True)
+                self._failed(task, rep.result)
         if acks:
             self._out.append(Ack(executor_id, acks))
         self._schedule()

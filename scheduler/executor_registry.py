@@ -96,6 +96,9 @@ class ExecutorRegistry:
             lease = await self.client.grant(ttl)
             ex_id = f"{hello.name}-{lease & 0xFFFFFF:06x}"
             slot = translate.executor_slot(ex_id, lease, hello)
+            # Registering anew (it was fenced out, or its lease ran out) under an operator's drain:
+            # the drain goes on under the new id.
+            slot.drain_requested = hello.drained
             try:
                 await self.store.put_executor(slot)
             except Fenced:
@@ -128,6 +131,10 @@ class ExecutorRegistry:
         link = ExecutorLink(ex_id, lease, ttl)
         self.links[ex_id] = link
         self.core.attach_executor(slot, reported)
+        if slot.drain_requested != hello.drained:
+            # An operator's drain (or undrain) that did not reach it: sent before a leader change,
+            # or while it was away. An executor shutting down ignores an undrain.
+            link.send(translate.drain(slot))
         self.kick()
         return link
 
@@ -148,6 +155,53 @@ class ExecutorRegistry:
                 self.core.set_credit(link.executor_id, msg.credit)
             self.core.report(link.executor_id, [translate.report(r) for r in msg.reports])
             self.kick()
+
+    def leaving(self, link: ExecutorLink, leaving: bool) -> None:
+        if self.links.get(link.executor_id) is link:
+            self.core.set_leaving(link.executor_id, leaving)
+            self.kick()
+
+    def find(self, name: str) -> list[ExecutorSlot]:
+        """The executor of this id, or else every executor of this name."""
+        executors = self.core.executors
+        if name in executors:
+            return [executors[name]]
+        return sorted((ex for ex in executors.values() if ex.name == name), key=lambda ex: ex.id)
+
+    async def request_drain(self, name: str, drain: bool, timeout: float | None) -> list[ExecutorSlot]:
+        """Drain (or undrain) the executors ``name`` names: no new work from now on, the record
+        in etcd rewritten so a new leader keeps the drain, and the executor told."""
+        found = self.find(name)
+        for ex in found:
+            self.core.request_drain(ex.id, drain, timeout)
+            try:
+                await self.store.put_executor(ex)
+            except Fenced:
+                self.give_up()
+                raise NotReady("leadership lost") from None
+            current = self.core.executors.get(ex.id)
+            link = self.links.get(ex.id)
+            if current is not None and link is not None:
+                link.send(translate.drain(current))
+            log.info(
+                "executor %s %s%s",
+                ex.id,
+                "drained" if drain else "undrained",
+                f" (timeout {timeout:g}s)" if drain and timeout is not None else "",
+                **logs.ids(executor=ex.id),
+            )
+        self.kick()
+        return [self.core.executors.get(ex.id, ex) for ex in found]
+
+    async def leave(self, link: ExecutorLink) -> None:
+        """The executor shuts down, its work handed back or acknowledged: revoke its lease now, so
+        whatever is left runs elsewhere at once, rather than probing it as if its stream broke."""
+        ex_id = link.executor_id
+        if self.stopping or self.links.get(ex_id) is not link:
+            return
+        del self.links[ex_id]
+        await self._gone(ex_id, link.lease_id, "left", lost_as="left")
+        link.close()
 
     def credit(self, link: ExecutorLink, credit: int) -> None:
         if self.links.get(link.executor_id) is link:
@@ -175,8 +229,9 @@ class ExecutorRegistry:
         if ex_id not in self.links and not self.stopping:
             await self._gone(ex_id, link.lease_id, "disconnected")
 
-    async def _gone(self, ex_id: str, lease_id: int, why: str) -> None:
-        """An executor that does not answer is gone: revoke its lease and place its tasks again.
+    async def _gone(self, ex_id: str, lease_id: int, why: str, lost_as: str = "lost") -> None:
+        """An executor that does not answer (or that left) is gone: revoke its lease and place its
+        tasks again.
 
         Only while etcd still has us as leader: a deposed leader that has not noticed yet must
         not revoke a lease that the new leader adopted (a revoke cannot be fenced itself, so the
@@ -187,7 +242,7 @@ class ExecutorRegistry:
         log.info("executor %s %s: revoking its lease", ex_id, why, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
             await self.client.revoke(lease_id)
-        self.core.executor_lost(ex_id)
+        self.core.executor_lost(ex_id, lost_as)
         self.kick()
 
     async def _answers(self, addr: str) -> bool:
@@ -255,7 +310,8 @@ class ExecutorRegistry:
         return revision + 1
 
     def _lost(self, ex_id: str) -> None:
-        log.info("executor %s lost its lease: requeueing its tasks", ex_id, **logs.ids(executor=ex_id))
+        if ex_id in self.core.executors:  # not one we revoked ourselves
+            log.info("executor %s lost its lease: requeueing its tasks", ex_id, **logs.ids(executor=ex_id))
         link = self.links.pop(ex_id, None)
         if link:
             link.close()

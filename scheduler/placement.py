@@ -1,4 +1,4 @@
-"""Where a task runs: the least-loaded connected executor with room (a free slot, or credit for short tasks) that offers its kind."""
+"""Where a task runs: the least-loaded connected executor, not draining, with room (a free slot, or credit for short tasks) that offers its kind."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class ExecutorSlot:
     #: Tasks it takes beyond its slots: the flow-control credit it last asked for.
     prefetch: int = 0
     connected: bool = False
+    #: An operator drained it (drain-executor); stored with its record, so a new leader knows.
+    drain_requested: bool = False
+    #: The drain timeout that operator gave (None: the executor's own --drain-timeout).
+    drain_timeout: float | None = None
+    #: The executor says it is shutting down (it drains on its own; no undrain lifts that).
+    leaving: bool = False
     #: Wall-clock time of the last lease renewal, for operators (placement ignores it).
     heartbeat_at: float = 0.0
     running: set[Any] = field(default_factory=set)
@@ -37,14 +43,22 @@ class ExecutorSlot:
     priorities: Counter[int] = field(default_factory=Counter)
 
     @property
+    def draining(self) -> bool:
+        return self.drain_requested or self.leaving
+
+    @property
+    def accepts_work(self) -> bool:
+        return self.connected and not self.draining
+
+    @property
     def free(self) -> int:
         """Room for tasks known to be short: free slots and credit."""
-        return self.slots + self.prefetch - len(self.running) if self.connected else 0
+        return self.slots + self.prefetch - len(self.running) if self.accepts_work else 0
 
     @property
     def free_slots(self) -> int:
         """Room for any task."""
-        return self.slots - len(self.running) if self.connected else 0
+        return self.slots - len(self.running) if self.accepts_work else 0
 
     def hold(self, task: Any) -> None:
         if task not in self.running:
@@ -65,8 +79,9 @@ class ExecutorSlot:
         self.priorities.clear()
 
     def take_over(self, known: ExecutorSlot) -> None:
-        """Keep what an earlier registration of the same executor held."""
+        """Keep what an earlier registration of the same executor held, and an operator's drain."""
         self.running, self.priorities = known.running, known.priorities
+        self.drain_requested, self.drain_timeout = known.drain_requested, known.drain_timeout
 
     def can_be_overtaken_by(self, priority: int) -> bool:
         """Whether a task of ``priority`` should be sent here although no credit is left: tasks
@@ -75,7 +90,7 @@ class ExecutorSlot:
         starts the new one before any less urgent queued one. Bounded: at most twice the usual depth."""
         depth = len(self.running)
         return (
-            self.connected
+            self.accepts_work
             and self.slots < depth < 2 * (self.slots + self.prefetch)
             and min(self.priorities) < priority
         )

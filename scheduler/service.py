@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from rota.common import rpc
+from rota.common.config import MAX_DRAIN_TIMEOUT
 from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
@@ -313,6 +314,37 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         return await self._on_leader("ListExecutors", request, context, local)
 
+    async def _drain(self, method: str, request: Any, context: Any, drain: bool) -> rota_pb2.JsonReply:
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name an executor (its id or its name)")
+        timeout: float | None = None
+        if drain and request.HasField("timeout"):
+            timeout = request.timeout
+            if not 0.0 <= timeout <= MAX_DRAIN_TIMEOUT:  # also false for NaN
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"timeout must be between 0 and {MAX_DRAIN_TIMEOUT:g} seconds, got {timeout}",
+                )
+
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            rt.check()
+            found = await rt.executors.request_drain(request.name, drain, timeout)
+            if not found:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no executor {request.name!r} (by id or name)"
+                )
+            return _json([executor_doc(e) for e in found])
+
+        return await self._on_leader(method, request, context, local)
+
+    async def DrainExecutor(self, request: rota_pb2.DrainExecutorRequest, context: Any) -> rota_pb2.JsonReply:
+        return await self._drain("DrainExecutor", request, context, drain=True)
+
+    async def UndrainExecutor(
+        self, request: rota_pb2.UndrainExecutorRequest, context: Any
+    ) -> rota_pb2.JsonReply:
+        return await self._drain("UndrainExecutor", request, context, drain=False)
+
     async def LeaseStatus(
         self, request: rota_pb2.LeaseStatusRequest, context: grpc.aio.ServicerContext
     ) -> rota_pb2.LeaseStatusReply:
@@ -377,6 +409,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 if body == "heartbeat":
                     if msg.heartbeat.HasField("credit"):
                         rt.executors.credit(link, msg.heartbeat.credit)
+                    rt.executors.leaving(link, msg.heartbeat.leaving)
                     ttl = await rt.executors.heartbeat(link)
                     if ttl == 0:
                         log.info("executor %s: lease expired", link.executor_id)
@@ -385,6 +418,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                         link.send(rota_pb2.LeaderMessage(heartbeat_ack=rota_pb2.HeartbeatAck(ttl=ttl)))
                 elif body == "reports":
                     rt.executors.reports(link, msg.reports)
+                elif body == "leaving":
+                    await rt.executors.leave(link)
+                    break
         except grpc.aio.AioRpcError:
             pass
         finally:

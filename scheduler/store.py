@@ -128,6 +128,8 @@ def _executor(rec: dict[str, Any], lease: int) -> ExecutorSlot:
         kinds=frozenset(rec.get("kinds", ())),
         labels=rec.get("labels", {}),
         lease_id=lease,
+        drain_requested=bool(rec.get("draining", False)),
+        drain_timeout=rec.get("drain_timeout"),
     )
 
 
@@ -312,8 +314,9 @@ class Store:
         return True
 
     async def put_executor(self, ex: ExecutorSlot) -> None:
-        """Register an executor under its own lease: etcd deletes the key when the lease ends."""
-        record = {
+        """Register an executor under its own lease: etcd deletes the key when the lease ends.
+        Written again when an operator drains or undrains it, so a new leader knows."""
+        record: dict[str, Any] = {
             "id": ex.id,
             "name": ex.name,
             "addr": ex.addr,
@@ -321,6 +324,10 @@ class Store:
             "kinds": sorted(ex.kinds),
             "labels": ex.labels,
         }
+        if ex.drain_requested:
+            record["draining"] = True
+            if ex.drain_timeout is not None:
+                record["drain_timeout"] = ex.drain_timeout
         await self.election.fenced_txn([put_op(keys.executor(ex.id), _dumps(record), lease=ex.lease_id)])
 
     async def load(self) -> Snapshot:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rota.common import results
-from rota.common.states import FAILED, RUNNING, SUCCEEDED
+from rota.common.states import FAILED, HANDED_BACK, RUNNING, SUCCEEDED
 from rota.protos import rota_pb2
 from rota.scheduler.core import Report, Task, TaskRef
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch
@@ -41,8 +41,8 @@ def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -
 
 def report(r: rota_pb2.TaskReport) -> Report:
     ref = TaskRef(r.task.job_id, r.task.index, r.task.attempt)
-    if r.state == RUNNING:
-        return Report(ref, RUNNING)
+    if r.state in (RUNNING, HANDED_BACK):
+        return Report(ref, r.state)
     ok = r.state == SUCCEEDED
     value, error = None, r.error or None
     if r.value_json and len(r.value_json) <= results.VALUE_CAP:
@@ -74,5 +74,14 @@ def executor_slot(executor_id: str, lease_id: int, hello: rota_pb2.Hello) -> Exe
         labels=dict(hello.labels),
         lease_id=lease_id,
         prefetch=bounded_prefetch(hello.prefetch),
+        leaving=hello.leaving,
         heartbeat_at=time.time(),
     )
+
+
+def drain(ex: ExecutorSlot) -> rota_pb2.LeaderMessage:
+    """Tell an executor the drain an operator asked for (or its end)."""
+    msg = rota_pb2.Drain(drain=ex.drain_requested)
+    if ex.drain_requested and ex.drain_timeout is not None:
+        msg.timeout = ex.drain_timeout
+    return rota_pb2.LeaderMessage(drain=msg)

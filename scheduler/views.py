@@ -27,6 +27,8 @@ def task_doc(task: Task) -> dict[str, Any]:
         "name": task.name,
         "state": task.state,
         "attempt": task.attempt,
+        "failures": task.failures,
+        "lost": task.lost,
         "executor": task.executor or None,
         "result": result_doc(task.result),
     }
@@ -45,6 +47,12 @@ def job_doc(job: Job, with_tasks: bool = True) -> dict[str, Any]:
     return doc
 
 
+def executor_state(ex: ExecutorSlot) -> str:
+    if not ex.connected:
+        return "disconnected"
+    return "draining" if ex.draining else "ready"
+
+
 def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
     return {
         "id": ex.id,
@@ -54,7 +62,7 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
         "running": len(ex.running),
         "labels": dict(ex.labels),
         "kinds": sorted(ex.kinds),
-        "state": "ready" if ex.connected else "disconnected",
+        "state": executor_state(ex),
         "last_heartbeat": ex.heartbeat_at or None,
     }
 

@@ -163,3 +163,18 @@ def test_executor_prefetch_from_a_config_file_is_checked_the_same_way(tmp_path):
     f = tmp_path / "e.toml"
     f.write_text('join = "127.0.0.1:1"\nprefetch = -3\n')
     assert_usage_error(run("rota.executor.main", "--config", str(f)), "prefetch", "-3")
+
+
+@pytest.mark.parametrize(
+    "value, needle", [("169h", "at most 7 days"), ("-1s", "duration"), ("soon", "duration")]
+)
+def test_drain_timeouts_out_of_range(value, needle):
+    p = run("rota.client.cli", "drain-executor", "e0", "--timeout", value)
+    assert_usage_error(p, "--timeout", needle)
+    p = run("rota.executor.main", "--join", "127.0.0.1:1", "--drain-timeout", value)
+    assert_usage_error(p, "--drain-timeout", needle)
+
+
+def test_executor_help_says_how_it_stops():
+    p = run("rota.executor.main", "--help")
+    assert p.returncode == 0 and "--drain-timeout" in p.stdout and "second signal" in p.stdout

@@ -38,13 +38,14 @@ def _put(key: bytes, rev: int, value: dict[str, object]) -> Event:
 def test_checker_flags_every_kind_of_violation() -> None:
     """The checker itself, on a made-up history that breaks each promise once."""
     t0, t1 = TASKS + b"j1/00000000", TASKS + b"j1/00000001"
+    past = chaos.MOST_ATTEMPTS + 1  # lost attempts do not use up max-attempts: the bound is above it
     ok = {"exit_code": 0, "stdout": "j1/0 1 100\n"}
     history = [
         _put(t0, 10, {"s": "ASSIGNED", "a": 1, "e": "x"}),
         _put(t0, 11, {"s": "SUCCEEDED", "a": 1, "e": "x", "r": ok}),
         _put(t0, 12, {"s": "SUCCEEDED", "a": 1, "e": "y", "r": ok}),  # completed twice
         _put(t1, 13, {"s": "ASSIGNED", "a": 2, "e": "x"}),
-        _put(t1, 14, {"s": "ASSIGNED", "a": 6, "e": "x"}),  # past max-attempts
+        _put(t1, 14, {"s": "ASSIGNED", "a": past, "e": "x", "f": 6}),  # past the bounds, 6 failures
         _put(t1, 15, {"s": "SUCCEEDED", "a": 1, "e": "x", "r": {"stdout": "j1/1 3 7\n"}}),  # stale
     ]
     view = chaos.EtcdView(
@@ -57,14 +58,16 @@ def test_checker_flags_every_kind_of_violation() -> None:
         job_history=[_put(JOBS + b"j1", 16, {"id": "j1", "state": "SUCCEEDED"})],
         revision=16,
     )
-    side = chaos.SideLog(starts={"j1/0": {1}, "j1/1": {1, 3, 7}}, ends={"j1/0": {1}}, bad_lines=0, lines=5)
+    side = chaos.SideLog(
+        starts={"j1/0": {1}, "j1/1": {1, 3, past + 1}}, ends={"j1/0": {1}}, bad_lines=0, lines=5
+    )
     report = chaos.ChaosReport(seed=0, faults_requested=0, base_dir="-")
     chaos.check_outcome(report, {"j1": 2, "lost": 1}, {}, {}, view, side)
     assert report.check("1 no lost jobs").count == 1  # "lost" has no record
     assert report.check("2 terminal state written once").count == 1
-    # j1/1: no end line for attempt 1, stdout of attempt 3, attempt 6 written before it
+    # j1/1: no end line for attempt 1, stdout of attempt 3, attempt ``past`` written before it
     assert report.check("3 no stale results").count == 3
-    # j1/1: started attempt 7 and a record with attempt 6
-    assert report.check("4 attempts within bounds").count == 2
+    # j1/1: started attempt past + 1, and a record with attempt ``past`` and 6 failures (of 5)
+    assert report.check("4 attempts within bounds").count == 3
     assert report.check("5 tasks run more than once").count == 1
     assert not report.ok

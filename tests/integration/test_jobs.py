@@ -164,7 +164,16 @@ def test_cli_submit_wait_get_list(cluster):
     doc = json.loads(p.stdout)
     assert doc["state"] == "SUCCEEDED" and doc["counts"] == {"SUCCEEDED": 2}
     assert set(doc) == {"id", "name", "state", "priority", "counts", "tasks"}
-    assert set(doc["tasks"][0]) == {"id", "name", "state", "attempt", "executor", "result"}
+    assert set(doc["tasks"][0]) == {
+        "id",
+        "name",
+        "state",
+        "attempt",
+        "failures",
+        "lost",
+        "executor",
+        "result",
+    }
     assert set(doc["tasks"][0]["result"]) >= {"exit_code", "stdout", "stderr", "value", "error"}
     p = cli(cluster, "get-job", doc["id"])
     assert p.returncode == 0 and "hello from rota" in p.stdout and "SUCCEEDED" in p.stdout

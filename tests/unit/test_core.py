@@ -22,6 +22,7 @@ from rota.common.states import (
     ASSIGNED,
     CANCELLED,
     FAILED,
+    HANDED_BACK,
     PENDING,
     RUNNING,
     SUCCEEDED,
@@ -45,6 +46,7 @@ from rota.scheduler.core import (
     PutTask,
     Report,
     TaskRef,
+    lost_limit,
     restore_task,
     retry_delay,
 )
@@ -301,7 +303,7 @@ def test_one_event_dispatches_one_batch_per_executor_after_its_writes() -> None:
     assert len(written) == 8
     for tid, rec in written:
         task = job.tasks[int(tid.split("/")[1])]
-        assert rec == {"s": ASSIGNED, "a": 1, "e": task.executor}
+        assert rec == {"s": ASSIGNED, "a": 1, "e": task.executor, "f": 0}
         assert (tid, 1) in got[task.executor]
     # Every PutTask comes before every Dispatch (writes are committed before sending).
     kinds = [type(d) for d in out]
@@ -318,8 +320,8 @@ def test_put_task_records_are_snapshots() -> None:
     h.report("a", TaskRef("j", 0, 1), FAILED, {"error": "boom"})
     out = h.drain()
     recs = [rec for _, rec in puts(out)]
-    assert recs[0] == {"s": ASSIGNED, "a": 1, "e": "a"}
-    assert recs[1]["s"] == PENDING and recs[1]["a"] == 1 and recs[1]["r"] == {"error": "boom"}
+    assert recs[0] == {"s": ASSIGNED, "a": 1, "e": "a", "f": 0}
+    assert recs[1] == {"s": PENDING, "a": 1, "e": "a", "f": 1, "r": {"error": "boom"}}
     assert job.tasks[0].state == PENDING
 
 
@@ -336,8 +338,8 @@ def test_success_writes_once_frees_the_slot_and_dispatches_the_next_task() -> No
     h.report("a", ref, SUCCEEDED, result)
     out = h.drain()
     assert puts(out) == [
-        ("j/0", {"s": SUCCEEDED, "a": 1, "e": "a", "r": result}),
-        ("j/1", {"s": ASSIGNED, "a": 1, "e": "a"}),
+        ("j/0", {"s": SUCCEEDED, "a": 1, "e": "a", "f": 0, "r": result}),
+        ("j/1", {"s": ASSIGNED, "a": 1, "e": "a", "f": 0}),
     ]
     assert [(a.executor, a.refs) for a in only(out, Ack)] == [("a", [ref])]
     assert dispatched(out) == {"a": [("j/1", 1)]}
@@ -553,7 +555,7 @@ def test_past_max_attempts_the_task_and_the_job_fail() -> None:
     assert task.attempt == 2
     h.report("a", task.ref(), FAILED, {"error": "two"})
     out = h.drain()
-    assert puts(out) == [("j/0", {"s": FAILED, "a": 2, "e": "a", "r": {"error": "two"}})]
+    assert puts(out) == [("j/0", {"s": FAILED, "a": 2, "e": "a", "f": 2, "r": {"error": "two"}})]
     assert only(out, PutJob) == [PutJob(job)]
     assert only(out, JobEnded) == [JobEnded(job)]
     kinds = [type(d) for d in out]
@@ -651,27 +653,99 @@ def test_a_lost_task_waits_for_a_free_executor() -> None:
     assert dispatched(h.drain()) == {"c": [("j/0", 2)]}
 
 
-def test_a_lost_task_at_its_last_attempt_fails() -> None:
+def test_a_lost_attempt_does_not_use_up_max_attempts() -> None:
+    """Three lost executors do not fail a task allowed three attempts: only its own failures count."""
     h = Harness()
-    h.attach("a", slots=2)
-    h.attach("b", slots=2)
-    job = h.add_job("j", tmpl("last", max_attempts=1), tmpl("more", max_attempts=2))
+    job = h.add_job("j", max_attempts=3)
+    task = job.tasks[0]
+    for i in range(3):
+        h.attach(f"x{i}", slots=1)
+        h.drain()
+        h.core.executor_lost(f"x{i}")
+        out = h.drain()
+        assert puts(out) == [
+            (
+                "j/0",
+                {
+                    "s": PENDING,
+                    "a": i + 1,
+                    "e": f"x{i}",
+                    "f": 0,
+                    "l": i + 1,
+                    "r": {"error": f"executor x{i} lost"},
+                },
+            )
+        ]
+        assert task.ready_at == 0.0  # no backoff
+    h.attach("ok", slots=1)
     h.drain()
-    assert [t.executor for t in job.tasks] == ["a", "b"]
-    h.core.executor_lost("a")
-    out = h.drain()
-    assert puts(out) == [("j/0", {"s": FAILED, "a": 1, "e": "a", "r": {"error": "executor a lost"}})]
-    assert job.tasks[0].state == FAILED
-    assert job.state is None
-    h.core.executor_lost("b")
-    out = h.drain()
-    assert job.tasks[1].state == PENDING and job.tasks[1].attempt == 1
-    h.attach("c")
+    h.report("ok", task.ref(), FAILED, {"error": "own"})
+    assert task.state == PENDING and (task.attempt, task.failures, task.lost) == (4, 1, 3)
+    assert task.ready_at == h.now[0] + retry_delay(1)  # the backoff follows failures, not attempts
     h.drain()
-    h.core.executor_lost("c")
-    out = h.drain()
-    assert job.tasks[1].state == FAILED
-    assert only(out, JobEnded) == [JobEnded(job)] and job.state == FAILED
+    h.now[0] += RETRY_CAP
+    h.core.tick()
+    h.drain()
+    h.report("ok", task.ref(), SUCCEEDED, {})
+    assert task.state == SUCCEEDED and job.state == SUCCEEDED
+    assert task.record() == {"s": SUCCEEDED, "a": 5, "e": "ok", "f": 1, "l": 3, "r": {}}
+
+
+def test_failures_and_losses_are_counted_apart_and_failures_fail_the_task() -> None:
+    h = Harness()
+    h.attach("a", slots=1)
+    job = h.add_job("j", max_attempts=2)
+    task = job.tasks[0]
+    h.drain()
+    h.report("a", task.ref(), FAILED, {"error": "one"})
+    h.drain()
+    h.now[0] += RETRY_CAP
+    h.core.tick()
+    h.drain()
+    h.core.executor_lost("a")  # lost: runs again, still one failure left
+    h.attach("b", slots=1)
+    h.drain()
+    assert (task.state, task.attempt, task.failures, task.lost) == (ASSIGNED, 3, 1, 1)
+    h.report("b", task.ref(), FAILED, {"error": "two"})
+    assert task.state == FAILED and job.state == FAILED
+    assert (task.failures, task.lost) == (2, 1)
+
+
+def test_a_task_lost_too_often_fails_as_one_that_may_kill_its_executors() -> None:
+    h = Harness()
+    job = h.add_job("j", tmpl("last", max_attempts=1))
+    task = job.tasks[0]
+    limit = lost_limit(1)
+    assert limit == core_module.LOST_FLOOR
+    assert lost_limit(10) == 10 * core_module.LOST_FACTOR
+    for i in range(limit):
+        h.attach(f"x{i}", slots=1)
+        h.drain()
+        h.core.executor_lost(f"x{i}")
+        out = h.drain()
+    assert task.state == FAILED and job.state == FAILED
+    assert (task.attempt, task.failures, task.lost) == (limit, 0, limit)
+    error = task.result["error"] if task.result else ""
+    assert (
+        error.startswith(f"executor x{limit - 1} lost") and f"lost with its executor {limit} times" in error
+    )
+    assert only(out, JobEnded) == [JobEnded(job)]
+
+
+def test_records_written_before_the_counts_keep_counting_every_ended_attempt_as_failed() -> None:
+    h = Harness()
+    job = h.new_job("j", tmpl(count=5), max_attempts=3)
+    restore_task(job, 0, {"s": PENDING, "a": 2, "e": "x", "r": {"error": "lost"}})
+    restore_task(job, 1, {"s": RUNNING, "a": 2, "e": "x"})
+    restore_task(job, 2, {"s": SUCCEEDED, "a": 3, "e": "x"})
+    restore_task(job, 3, {"s": FAILED, "a": 3, "e": "x"})
+    restore_task(job, 4, {"s": PENDING, "a": 3, "e": "x", "f": 1, "l": 2})
+    assert [(t.failures, t.lost) for t in job.tasks] == [(2, 0), (1, 0), (2, 0), (3, 0), (1, 2)]
+    h.core.add_job(job)
+    h.attach("a", slots=5)
+    h.drain()
+    h.report("a", job.tasks[0].ref(), FAILED, {"error": "third"})
+    assert job.tasks[0].state == FAILED  # as it would have before
 
 
 # -- cancel ---------------------------------------------------------------------------
@@ -989,6 +1063,9 @@ class Sim:
                         self.seen["dispatch"] += 1
                         if (t.id, a) not in assigned:
                             continue  # a lost dispatch sent again, not a placement
+                        assert not self.core.executors[d.executor].draining, (
+                            f"{t.id} placed on a draining executor"
+                        )
                         # No priority inversion: nothing better of the same kind is left waiting.
                         key = (-t.job.priority, t.job.seq, t.index)
                         for job in self.core.jobs.values():
@@ -1026,7 +1103,17 @@ class Sim:
             assert_counts(job)
             all_ended = True
             for t in job.tasks:
-                assert 0 <= t.attempt <= t.max_attempts
+                # The attempt number counts every placement; failures and losses count how they ended.
+                assert 0 <= t.failures <= t.max_attempts and 0 <= t.lost <= lost_limit(t.max_attempts)
+                unended = t.attempt - t.failures - t.lost
+                if t.state in ACTIVE or t.state == SUCCEEDED:
+                    assert unended == 1, (t.id, t.state, t.attempt, t.failures, t.lost)
+                elif t.state == CANCELLED:
+                    assert unended in (0, 1)
+                else:
+                    assert unended == 0, (t.id, t.state, t.attempt, t.failures, t.lost)
+                if t.state == FAILED:
+                    assert t.failures == t.max_attempts or t.lost == lost_limit(t.max_attempts)
                 if t.state in ACTIVE:
                     assert owner.get(t.id) == t.executor, f"{t.id} is {t.state} on no executor's set"
                 if t.state in TERMINAL:
@@ -1147,8 +1234,10 @@ class Sim:
             if rep.state == SUCCEEDED:
                 assert task.state == SUCCEEDED
             elif task.state != FAILED:
-                assert task.state == PENDING and task.attempt < task.max_attempts
-                assert task.ready_at == self.now[0] + retry_delay(task.attempt)
+                assert task.state == PENDING and task.failures < task.max_attempts
+                assert task.ready_at == self.now[0] + retry_delay(task.failures)
+            else:
+                assert task.failures == task.max_attempts
 
     def stale_report(self) -> None:
         tasks = [t for j in self.core.jobs.values() for t in j.tasks if t.attempt > 0]
@@ -1189,7 +1278,7 @@ class Sim:
         assert ex_id not in self.core.executors
         for t in on_it:
             if t.state == FAILED:
-                assert t.attempt == t.max_attempts
+                assert t.lost == lost_limit(t.max_attempts)
             else:
                 assert t.state in (PENDING, ASSIGNED) and t.ready_at == 0.0
                 assert t.attempt in (attempts[t.id], attempts[t.id] + 1)
@@ -1243,6 +1332,7 @@ class Sim:
         for ex_id, ex in old.executors.items():
             if ex_id != gone:
                 new.executors[ex_id] = slot(ex_id, ex.slots, ex.kinds)
+                new.executors[ex_id].drain_requested = ex.drain_requested  # kept with its record
         for job_id, (spec, seq, created) in sorted(self.specs.items(), key=lambda kv: kv[1][1]):
             job = Job(job_id, spec, seq, created)
             job.state = self.job_records[job_id]["state"]
@@ -1260,12 +1350,15 @@ class Sim:
             before = old.jobs[job_id]
             for t, b in zip(job.tasks, before.tasks, strict=True):
                 if b.state in ACTIVE and b.executor == gone:
-                    assert (t.state, t.attempt) == (
-                        (FAILED if b.attempt == b.max_attempts else PENDING),
+                    assert (t.state, t.attempt, t.failures, t.lost) == (
+                        (FAILED if b.lost + 1 == lost_limit(b.max_attempts) else PENDING),
                         b.attempt,
+                        b.failures,
+                        b.lost + 1,
                     )
                     continue
                 assert (t.state, t.attempt) == ((ASSIGNED if b.state == RUNNING else b.state), b.attempt)
+                assert (t.failures, t.lost) == (b.failures, b.lost)
                 if t.state in ACTIVE:
                     assert t.executor == b.executor
                 if t.state in TERMINAL:
@@ -1322,7 +1415,48 @@ class Sim:
         ("tick", 14),
         ("failover", 1),
         ("credit", 4),
+        ("drain", 2),
+        ("undrain", 2),
+        ("hand_back", 3),
+        ("executor_leaves", 1),
     )
+
+    def drain(self) -> None:
+        """An operator drains an executor: no placement reaches it until it is undrained."""
+        if self.core.executors:
+            ex_id = self.rng.choice(sorted(self.core.executors))
+            assert self.core.request_drain(ex_id, True, self.rng.choice([None, 5.0]))
+            self.seen["drain"] += 1
+
+    def undrain(self) -> None:
+        drained = sorted(e.id for e in self.core.executors.values() if e.drain_requested)
+        if drained:
+            self.core.request_drain(self.rng.choice(drained), False)
+
+    def executor_leaves(self) -> None:
+        """An executor says it is shutting down (it drains), or no longer is (a test's liberty)."""
+        if self.links:
+            ex_id = self.rng.choice(sorted(self.links))
+            self.core.set_leaving(ex_id, not self.core.executors[ex_id].leaving)
+
+    def hand_back(self) -> None:
+        """A draining executor gives back attempts it will not run (queued, or past its drain timeout)."""
+        busy = [e for e in sorted(self.links) if self.held[e] and self.core.executors[e].draining]
+        if not busy:
+            return
+        ex_id = self.rng.choice(busy)
+        ref = self.rng.choice(sorted(self.held[ex_id], key=lambda r: (r.job_id, r.index)))
+        self.held[ex_id].discard(ref)
+        task = self.core.jobs[ref.job_id].tasks[ref.index]
+        lost, failures = task.lost, task.failures
+        self.expect_ack = (ex_id, [ref])
+        self.core.report(ex_id, [Report(ref, HANDED_BACK)])
+        assert (task.lost, task.failures) == (lost + 1, failures)
+        if task.state == FAILED:
+            assert task.lost == lost_limit(task.max_attempts)
+        else:
+            assert task.ready_at == 0.0 and (task.state == PENDING or task.executor != ex_id)
+        self.seen["handed-back"] += 1
 
     def credit(self) -> None:
         """An executor asks for another flow-control credit."""
@@ -1373,6 +1507,8 @@ def test_randomized_runs_cover_every_event() -> None:
         seen += random_run(seed).seen
     for what in (
         "reattach",
+        "drain",
+        "handed-back",
         "dropped",
         "resent",
         "failover",
@@ -1589,6 +1725,80 @@ def test_the_expired_ids_remembered_are_bounded(monkeypatch) -> None:
     h.now[0] += 100
     assert h.core.expire() == 3
     assert list(h.core.expired) == ["e1", "e2"]
+
+
+# -- draining (issue 12) -----------------------------------------------------------------------
+
+
+def test_a_drained_executor_gets_no_work_and_undrained_gets_it_again() -> None:
+    h = Harness()
+    a = h.attach("a", slots=2)
+    assert h.core.request_drain("a", True, 5.0)
+    assert not h.core.request_drain("nobody", True)
+    assert a.draining and a.drain_timeout == 5.0 and a.free == 0 and a.free_slots == 0
+    job = h.add_job("j", tmpl(count=2))
+    assert dispatched(h.drain()) == {}
+    h.core.request_drain("a", False)
+    assert dispatched(h.drain()) == {"a": [("j/0", 1), ("j/1", 1)]}
+    assert a.drain_timeout is None
+    assert_counts(job)
+
+
+def test_an_executor_shutting_down_gets_no_work() -> None:
+    h = Harness()
+    h.attach("a", slots=1)
+    h.attach("b", slots=1)
+    h.core.set_leaving("a", True)
+    h.add_job("j", tmpl(count=2))
+    assert dispatched(h.drain()) == {"b": [("j/0", 1)]}
+    h.core.set_leaving("a", False)
+    assert dispatched(h.drain()) == {"a": [("j/1", 1)]}
+
+
+def test_a_handed_back_attempt_runs_again_at_once_without_counting_as_failed() -> None:
+    h = Harness()
+    h.attach("a", slots=2)
+    h.attach("b", slots=2)
+    job = h.add_job("j", max_attempts=1)
+    task = job.tasks[0]
+    h.drain()
+    first = task.executor
+    other = "b" if first == "a" else "a"
+    h.core.request_drain(first, True)
+    h.report(first, task.ref(), HANDED_BACK)
+    out = h.drain()
+    assert dispatched(out) == {other: [("j/0", 2)]}
+    assert [(a.executor, a.refs) for a in only(out, Ack)] == [(first, [TaskRef("j", 0, 1)])]
+    assert (task.failures, task.lost) == (0, 1)
+    assert task.result == {"error": f"executor {first} handed it back (draining)"}
+    h.report(other, task.ref(), SUCCEEDED, {})
+    assert task.state == SUCCEEDED and job.state == SUCCEEDED
+
+
+def test_nothing_overtakes_onto_a_draining_executor() -> None:
+    h = Harness()
+    h.attach("a", slots=1)
+    h.core.set_credit("a", 1)
+    low = h.new_job("low", tmpl(count=2), priority="low")
+    low.short[0] = True  # known short: it may use the credit
+    h.core.add_job(low)
+    assert dispatched(h.drain()) == {"a": [("low/0", 1), ("low/1", 1)]}
+    h.core.set_leaving("a", True)
+    h.add_job("urgent", priority="high")
+    assert dispatched(h.drain()) == {}
+    h.core.set_leaving("a", False)
+    assert dispatched(h.drain()) == {"a": [("urgent/0", 1)]}  # overtakes the queued low/1
+
+
+def test_a_drain_survives_a_re_attach() -> None:
+    h = Harness()
+    h.attach("a", slots=1)
+    h.core.request_drain("a", True, 7.0)
+    h.core.executor_detached("a")
+    again = h.attach("a", slots=1)
+    assert again.drain_requested and again.drain_timeout == 7.0 and again.draining
+    h.add_job("j")
+    assert dispatched(h.drain()) == {}
 
 
 # -- paging and the hot structures (issue 12) -------------------------------------------------
