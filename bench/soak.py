@@ -1,7 +1,7 @@
 """Months in minutes: many jobs through the HA cluster with a short retention, watching what must stay flat.
 
 Runs ``--jobs`` jobs of ``--tasks`` tasks each (Python-function ``call`` tasks by default), at most
-``--in-flight`` at a time, on three masters (embedded etcd) and 2 executors of 1 slot, with the
+``--in-flight`` at a time and ``--rate`` a second (a steady load, so that what is held is steady), on three masters (embedded etcd) and 2 executors of 1 slot, with the
 masters' ``--job-retention`` short. Every ``--every`` seconds it samples the leader's RSS, the bytes
 of etcd's database in use, how many jobs ``list-jobs`` returns and how long it takes. At the end it
 kills the leader and reads how long the next one took to rebuild. Each figure should stay within 20 %
@@ -9,7 +9,7 @@ kills the leader and reads how long the next one took to rebuild. Each figure sh
 that is later: until then history fills up by design); every job must succeed with every task on its
 first attempt (nothing lost, nothing run twice).
 
-    .venv/bin/python -m bench.soak [--jobs 5000] [--tasks 100] [--retention 30s] [--kind call]
+    .venv/bin/python -m bench.soak [--jobs 5000] [--tasks 100] [--retention 30s] [--kind call] [--rate 16]
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ def main() -> int:
     ap.add_argument("--kind", default="call", choices=["call", "noop"])
     ap.add_argument("--in-flight", type=int, default=8, help="jobs submitted and not yet ended, at most")
     ap.add_argument("--every", type=float, default=5.0, help="seconds between samples")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=16.0,
+        help="jobs started per second at most (0: as fast as --in-flight allows). Steady, below what the "
+        "cluster can do: the jobs held are the rate times the retention, so a rate that drifts would "
+        "move them whatever the leader does",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = ap.parse_args()
     task = CALL_TASK if args.kind == "call" else NOOP_TASK
@@ -79,6 +87,8 @@ def main() -> int:
                             i = next(next_job, None)
                         if i is None:
                             return
+                        if args.rate > 0:
+                            time.sleep(max(0.0, start + i / args.rate - time.perf_counter()))
                         try:
                             doc = c.run_job(job, timeout=600)
                         except Exception as e:  # counted: a lost job is the figure
@@ -106,7 +116,7 @@ def main() -> int:
                         })  # fmt: skip
                         print(samples[-1], flush=True)
 
-            t0 = time.perf_counter()
+            t0 = start = time.perf_counter()
             threads = [threading.Thread(target=submitter) for _ in range(args.in_flight)]
             watcher = threading.Thread(target=sampler)
             watcher.start()
@@ -137,7 +147,7 @@ def report(args: Any, samples: list[dict[str, Any]], wall: float, done: int, bad
            errors: list[str], rebuilt: tuple[float, int] | None) -> dict[str, Any]:  # fmt: skip
     tasks = done * args.tasks
     print(f"\n{done} of {args.jobs} jobs ({tasks} {args.kind} tasks) in {wall:.0f} s: {tasks / wall:.0f} tasks/s; "
-          f"retention {args.retention}, {args.in_flight} jobs in flight")  # fmt: skip
+          f"retention {args.retention}, {args.in_flight} jobs in flight, at most {args.rate:g} jobs/s")  # fmt: skip
     print(f"not succeeded on first attempts: {len(bad)}; lost (submit or wait failed): {len(errors)}")
     for e in errors[:5]:
         print("  ", e)

@@ -39,6 +39,7 @@ class EtcdCluster:
         election_ms: int = 100,
         binary: str | None = None,
         quota_backend_bytes: int | None = None,
+        max_request_bytes: int | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -48,6 +49,7 @@ class EtcdCluster:
         self.election_ms = election_ms
         self.binary = find_etcd_binary(binary)
         self.quota_backend_bytes = quota_backend_bytes
+        self.max_request_bytes = max_request_bytes
         self.members: list[EtcdMember] = []
 
     @property
@@ -73,6 +75,7 @@ class EtcdCluster:
                 heartbeat_ms=self.heartbeat_ms,
                 election_ms=self.election_ms,
                 **({"quota_backend_bytes": self.quota_backend_bytes} if self.quota_backend_bytes else {}),
+                **({"max_request_bytes": self.max_request_bytes} if self.max_request_bytes else {}),
             )
             for i in range(self.size)
         ]

@@ -44,6 +44,17 @@ class EtcdUnavailable(EtcdError):
     """No endpoint answered within the deadline (members down or quorum lost)."""
 
 
+class Refused(EtcdError):
+    """etcd refused the request itself (too large, too many operations, a bad key): sending the
+    same request again cannot succeed."""
+
+
+#: How etcd says a request can never succeed: "request is too large", "too many operations in txn
+#: request" and the like are INVALID_ARGUMENT; a message over its receive limit is refused by gRPC.
+REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
+TOO_LARGE_DETAIL = "larger than max"
+
+
 class NoSpace(EtcdError):
     """etcd refused a write because a member's database reached its quota (the NOSPACE alarm).
 
@@ -501,6 +512,10 @@ def _error(method: str, e: grpc.aio.AioRpcError) -> EtcdError:
     detail = e.details() or e.code().name
     if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and NOSPACE_DETAIL in detail:
         return NoSpace(f"etcd {method}: {detail}")
+    if e.code() in REFUSED_CODES or (
+        e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and TOO_LARGE_DETAIL in detail
+    ):
+        return Refused(f"etcd {method}: {detail}")
     return EtcdError(f"etcd {method}: {detail}")
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from rota.metastore.client import EtcdError, NoSpace
+from rota.metastore.client import EtcdError, NoSpace, Refused
 from rota.metastore.election import Fenced
 from rota.scheduler.core import Core, Decision, DeleteJob, PutJob, PutTask
 from rota.scheduler.store import Store
@@ -131,6 +131,30 @@ class CommitPipeline:
         self._full_until = time.monotonic() + HELD_RETRY
         self.kick()
 
+    async def _isolate(self, puts: list[PutTask | PutJob | DeleteJob]) -> None:
+        """Commit ``puts`` one at a time. A task record etcd refuses is written again without its
+        result, which becomes an error saying why (in the core too); any other refused write is
+        left out, loudly. Either way the rest goes on."""
+        for w in puts:
+            try:
+                await self.store.commit([w])
+                continue
+            except Refused as e:
+                reason = str(e)
+            if isinstance(w, PutTask):
+                task = w.task
+                result = {"error": f"etcd refused this task's record, so its result was not kept: {reason}"}
+                log.error("task %s: %s", task.id, result["error"])
+                if task.attempt == w.record.get("a"):
+                    task.result = result
+                try:
+                    await self.store.commit([PutTask(task, {**w.record, "r": result})])
+                    continue
+                except Refused as e:
+                    reason = str(e)
+            what = f"task {w.task.id}" if isinstance(w, PutTask) else f"{type(w).__name__} of job {w.job.id}"
+            log.error("etcd refused the write of %s for good; it is left out: %s", what, reason)
+
     async def run(self) -> None:
         while True:
             if self.held:
@@ -165,12 +189,16 @@ class CommitPipeline:
         puts = writes(decisions)
         deletes_only = all(isinstance(d, DeleteJob) for d in puts)
         delay = RETRY_FIRST
+        one_by_one = False
         while True:
             try:
                 if not deletes_only and time.monotonic() < self._full_until and self.alarm():
                     await self.store.delete_jobs([d.job.id for d in puts if isinstance(d, DeleteJob)])
                     return False
-                await self.store.commit(puts)
+                if one_by_one:
+                    await self._isolate(puts)
+                else:
+                    await self.store.commit(puts)
                 if self._full_until and not deletes_only:
                     log.warning("etcd takes writes again: the held writes are committed")
                     self._full_until = 0.0
@@ -184,6 +212,15 @@ class CommitPipeline:
                     )
                 self._full_until = time.monotonic() + HELD_RETRY
                 return False
+            except Refused as e:
+                # Sending the same batch again would be refused forever, with every later write
+                # waiting behind it: find the write etcd will not take, and take it out.
+                log.error(
+                    "etcd refused a commit of %d writes for good (%s): committing them one by one",
+                    len(puts),
+                    e,
+                )
+                one_by_one = True
             except Fenced:
                 log.warning("a fenced write was rejected: stepping down")
                 self.give_up()

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from rota.client.api import RequestError
+from rota.devtools.etcdcluster import EtcdCluster
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, put_op
 from rota.scheduler import upkeep
@@ -159,3 +160,35 @@ def test_the_leaders_compaction_drops_history_older_than_one_period(etcd_cluster
     old_readable, now = asyncio.run(scenario())
     assert not old_readable, "the revision before the compaction can still be read"
     assert now == b"new"
+
+
+def test_a_record_etcd_refuses_for_good_is_isolated_to_its_task(local_cluster, tmp_path):
+    """An external etcd whose --max-request-bytes (64 KiB) is below the leader's own caps: a task
+    record of 100 KB is refused on every try. It must not hold every later write behind it: the
+    task keeps its state with an error for a result, and the cluster goes on."""
+    etcd = EtcdCluster(tmp_path / "etcd", size=3, max_request_bytes=64 * 1024)
+    try:
+        etcd.start()
+        cluster = local_cluster(etcd_endpoints=etcd.endpoints, executors=1, executor_slots=1)
+        wide = {"name": "wide", "task": [{"name": "t", "kind": "call", "function": "operator:mul",
+                                          "args": ["x", 100_000], "max-attempts": 1}]}  # fmt: skip
+        with cluster.client(timeout=20) as c:
+            doc = c.run_job(wide, timeout=120)
+            after = c.run_job({"name": "after", "task": [{"name": "t", "kind": "call", "function": "operator:mul",
+                                                          "args": [6, 7], "count": 5}]}, timeout=120)  # fmt: skip
+        (task,) = doc["tasks"]
+        assert doc["state"] == "SUCCEEDED" and task["result"]["value"] is None
+        assert "etcd refused this task's record" in task["result"]["error"]
+        assert after["state"] == "SUCCEEDED" and {t["result"]["value"] for t in after["tasks"]} == {42}
+
+        async def stored() -> dict:
+            async with EtcdClient(etcd.endpoints, timeout=20) as client:
+                kv = await client.get(keys.task(doc["id"], 0))
+                assert kv is not None
+                return json.loads(kv.value)
+
+        rec = asyncio.run(stored())
+        assert rec["s"] == "SUCCEEDED" and "etcd refused" in rec["r"]["error"]
+        assert "committing them one by one" in cluster.leader().log_path.read_text()
+    finally:
+        etcd.stop()

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from rota.common.config import ConfigError, parse_size
 from rota.common.jobspec import JobSpec
 from rota.common.states import ASSIGNED
-from rota.metastore.client import Alarm, EtcdError, MemberStatus, NoSpace, _error
+from rota.metastore.client import Alarm, EtcdError, MemberStatus, NoSpace, Refused, _error
 from rota.scheduler.core import Ack, Core, DeleteJob, Dispatch, Job, JobEnded, PutJob, PutTask, TaskRef
 from rota.scheduler.job_api import without_job
 from rota.scheduler.metrics import MasterMetrics
@@ -84,6 +84,20 @@ def test_only_etcds_space_refusal_is_nospace():
     busy = _error("Txn", _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"))
     assert isinstance(full, NoSpace) and "database space exceeded" in str(full)
     assert isinstance(busy, EtcdError) and not isinstance(busy, NoSpace)
+    assert not isinstance(full, Refused) and not isinstance(busy, Refused)
+
+
+def test_a_request_etcd_can_never_take_is_refused_not_retried():
+    too_large = _error(
+        "Txn", _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large")
+    )
+    over_grpc = _error(
+        "Txn",
+        _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max (9 vs. 4)"),
+    )
+    down = _error("Txn", _rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    assert isinstance(too_large, Refused) and isinstance(over_grpc, Refused)
+    assert not isinstance(down, Refused)
 
 
 @pytest.mark.parametrize(
