@@ -1,4 +1,4 @@
-"""What a leader that was deposed without noticing may still do: nothing that sticks (issue 12).
+"""The leader's executor registry against real etcd: a deposed leader's revoke, a compacted watch (issue 12).
 
 Two elections share a real etcd cluster. The first leader's key is taken away (as when it stalled
 past its lease) and another master wins; the first still believes it leads when it acts.
@@ -16,6 +16,7 @@ from rota.metastore.election import Election
 from rota.metastore.session import Session
 from rota.scheduler.core import Core
 from rota.scheduler.executor_registry import ExecutorRegistry
+from rota.scheduler.placement import ExecutorSlot
 from rota.scheduler.store import Store
 
 pytestmark = pytest.mark.etcd
@@ -49,3 +50,38 @@ def test_a_deposed_leader_does_not_revoke_an_executors_lease(etcd_cluster):
     after_deposed, after_leader = asyncio.run(scenario())
     assert after_deposed > 0, "the deposed leader revoked the lease"
     assert after_leader <= 0, "the leader could not revoke it"
+
+
+def test_an_executor_lost_while_the_watch_history_was_compacted_is_still_lost(etcd_cluster):
+    """The leader's executor watch resumes from a revision etcd has compacted away, so the
+    deletion of a lost executor's key is no longer in the history: a relist must find it."""
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        async with EtcdClient(etcd_cluster.endpoints, timeout=20) as client:
+            session = await Session(client, ttl=20).start()
+            election = Election(client, keys.LEADER, session)
+            assert await election.campaign("m0", "127.0.0.1:1")
+            core = Core()
+            for ex_id in ("gone", "here"):
+                core.attach_executor(
+                    ExecutorSlot(id=ex_id, name=ex_id, addr="x:1", slots=1, kinds=frozenset())
+                )
+            start = await client.put(keys.executor("here"), b"{}") + 1
+            gone = await client.put(keys.executor("gone"), b"{}")
+            deleted = await client.delete(keys.executor("gone"))
+            assert deleted
+            now = await client.put(keys.HEALTH, b"x")
+            await client.compact(now, physical=True)  # the watch's start, and the deletion, are gone
+            registry = ExecutorRegistry(client, Store(client, election), core, lambda: None, lambda: None)
+            watching = asyncio.create_task(registry.watch(min(start, gone)))
+            for _ in range(100):
+                if "gone" not in core.executors:
+                    break
+                await asyncio.sleep(0.05)
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            await session.close()
+            return set(core.executors), {"here"}
+
+    held, expected = asyncio.run(scenario())
+    assert held == expected
