@@ -85,6 +85,7 @@ bench: all
 	$(PY) -m bench.latency
 	$(PY) -m bench.responsive
 	$(PY) -m bench.soak
+	$(PY) -m bench.rebuild
 	$(PY) -m bench.scale
 	$(PY) -m bench.executors
 	$(PY) -m bench.recovery

@@ -275,8 +275,13 @@ class EtcdClient:
         self, prefix: bytes, revision: int = 0, keys_only: bool = False, serializable: bool = False
     ) -> tuple[list[KV], int]:
         """Every key under ``prefix`` at one revision, read in pages; returns (kvs, revision)."""
+        return await self.get_range(prefix, prefix_end(prefix), revision, keys_only, serializable)
+
+    async def get_range(
+        self, start: bytes, end: bytes, revision: int = 0, keys_only: bool = False, serializable: bool = False
+    ) -> tuple[list[KV], int]:
+        """Every key in ``[start, end)`` at one revision, read in pages; returns (kvs, revision)."""
         out: list[KV] = []
-        start, end = prefix, prefix_end(prefix)
         while True:
             req = rpc.RangeRequest(
                 key=start,

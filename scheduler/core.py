@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,6 +44,11 @@ SHORT_RUN = 0.5
 DEFAULT_RETENTION = 24 * 3600.0
 #: Ended jobs deleted per tick at most: the rest wait for the next tick, not the leader's loop.
 EXPIRE_BATCH = 500
+#: Ended jobs held with their tasks in memory (the most recent): get-job and wait-job answer them
+#: from memory. Older ended jobs are held as summaries (EndedJob), their tasks read from etcd.
+KEEP_DETAIL = 2000
+#: ... and at most this many tasks in all among them.
+KEEP_DETAIL_TASKS = 200_000
 #: Expired job ids remembered, so that get-job can say "expired" and a late retry of a submission
 #: does not run the job again.
 REMEMBER_EXPIRED = 100_000
@@ -171,12 +176,95 @@ class Job:
         counts = self.counts
         return counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED] == len(self.tasks)
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def retention(self) -> float | None:
+        return self.spec.retention
+
     def record(self) -> dict[str, Any]:
-        """What etcd keeps of the job (its order is the record's create revision, not stored)."""
+        """What etcd keeps of the job (its order is the record's create revision, not stored).
+
+        An ended job's record carries its summary, so a new leader holds it as an EndedJob
+        without reading its spec or its task records."""
         rec: dict[str, Any] = {"id": self.id, "created": self.created, "state": self.state}
         if self.ended is not None:
             rec["ended"] = self.ended
+        if self.state is not None:
+            rec.update(self.summary().record())
         return rec
+
+    def summary(self) -> EndedJob:
+        assert self.state is not None and self.ended is not None
+        return EndedJob(
+            self.id, self.seq, self.created, self.state, self.ended, self.spec.name, self.spec.priority,
+            Counter({s: n for s, n in self.counts.items() if n}), self.spec.retention,
+        )  # fmt: skip
+
+
+class EndedJob:
+    """An ended job held as its summary: what list-jobs shows and what retention needs. Its tasks
+    stay in etcd and are read from there when asked for, so the leader's memory and a new leader's
+    rebuild cost a few hundred bytes per ended job, whatever its size."""
+
+    __slots__ = ("id", "seq", "created", "state", "ended", "name", "priority", "counts", "retention")
+
+    def __init__(
+        self, job_id: str, seq: int, created: float, state: str, ended: float, name: str, priority: int,
+        counts: Counter[str], retention: float | None,
+    ) -> None:  # fmt: skip
+        self.id = job_id
+        self.seq = seq
+        self.created = created
+        self.state: str | None = state
+        self.ended: float | None = ended
+        self.name = name
+        self.priority = priority
+        self.counts = counts
+        self.retention = retention
+
+    def current_state(self) -> str:
+        assert self.state is not None
+        return self.state
+
+    def task_count(self) -> int:
+        return sum(self.counts.values())
+
+    def record(self) -> dict[str, Any]:
+        """The summary fields of the job's record."""
+        rec: dict[str, Any] = {"name": self.name, "priority": self.priority, "counts": dict(self.counts)}
+        if self.retention is not None:
+            rec["retention"] = self.retention
+        return rec
+
+    @staticmethod
+    def from_record(job_id: str, seq: int, rec: dict[str, Any]) -> EndedJob | None:
+        """The summary in a stored record; None for a record without one (running, or written
+        before summaries were stored)."""
+        if rec.get("state") is None or "counts" not in rec or "name" not in rec or rec.get("ended") is None:
+            return None
+        counts = Counter({str(s): int(n) for s, n in rec["counts"].items()})
+        retention = rec.get("retention")
+        return EndedJob(
+            job_id, seq, float(rec.get("created", 0.0)), str(rec["state"]), float(rec["ended"]), str(rec["name"]),
+            int(rec.get("priority", 0)), counts, None if retention is None else float(retention),
+        )  # fmt: skip
+
+
+AnyJob = Job | EndedJob
+
+
+def failures_of(record: dict[str, Any]) -> int:
+    """The attempts of a stored task that failed by themselves."""
+    if "f" in record:
+        return int(record["f"])
+    # Written before the counts were kept, when every attempt counted against max-attempts:
+    # the ended ones count as failed, as they did then.
+    state, attempt = record.get("s", PENDING), int(record.get("a", 0))
+    unfinished = state in ACTIVE or state in (SUCCEEDED, CANCELLED)
+    return max(0, attempt - (1 if unfinished else 0) - int(record.get("l", 0)))
 
 
 def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
@@ -193,13 +281,7 @@ def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
     task.executor = executor
     task.result = record.get("r")
     task.lost = int(record.get("l", 0))
-    if "f" in record:
-        task.failures = int(record["f"])
-    else:
-        # Written before the counts were kept, when every attempt counted against max-attempts:
-        # the ended ones count as failed, as they did then.
-        unfinished = state in ACTIVE or state in (SUCCEEDED, CANCELLED)
-        task.failures = max(0, attempt - (1 if unfinished else 0) - task.lost)
+    task.failures = failures_of(record)
     if task.attempt:
         job.started = True
 
@@ -273,7 +355,7 @@ class JobEnded:
 class DeleteJob:
     """An ended job's retention has passed: delete it from etcd (it is already out of the core)."""
 
-    job: Job
+    job: Job | EndedJob
 
 
 Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded | DeleteJob
@@ -343,7 +425,7 @@ class Core:
         self.retention = retention
         self.observe_wait = observe_wait
         self.observe_run = observe_run
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, AnyJob] = {}
         #: Every job held, by (seq, id): submission order, the id settling a tie (records written in
         #: one transaction share a create revision). list-jobs pages from any point in O(log n).
         self.by_seq: SortedDict = SortedDict()
@@ -358,7 +440,11 @@ class Core:
         self._pending: dict[str, list[tuple[int, int, int, Task | Run]]] = {}
         self._delayed: list[tuple[float, int, int, Task]] = []
         #: Ended jobs by the Unix time their retention ends: a sweep looks at what is due, not at history.
-        self._expiry: list[tuple[float, int, Job]] = []
+        self._expiry: list[tuple[float, int, str]] = []
+        #: Ended jobs still held with their tasks, oldest end first.
+        self._detailed: deque[Job] = deque()
+        self._detailed_tasks = 0
+        self.keep_detail = KEEP_DETAIL
         #: Expired job id -> (when it ended, its retention), oldest first, at most REMEMBER_EXPIRED.
         self.expired: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
         self._out: list[Decision] = []
@@ -418,16 +504,35 @@ class Core:
         self._out.append(PutJob(job))
         self._out.append(JobEnded(job))
 
-    def retention_of(self, job: Job) -> float:
-        return job.spec.retention if job.spec.retention is not None else self.retention
+    def retention_of(self, job: AnyJob) -> float:
+        return job.retention if job.retention is not None else self.retention
 
-    def _keep_until_expiry(self, job: Job) -> None:
-        """Out of the active jobs, into the expiry heap and the ended counts."""
+    def _keep_until_expiry(self, job: AnyJob) -> None:
+        """Out of the active jobs, into the expiry heap and the ended counts; the newest ended jobs
+        keep their tasks in memory, older ones become summaries (``demote``)."""
         assert job.ended is not None and job.state is not None
         self.active.pop(job.id, None)
         self.ended_jobs[job.state] += 1
         self.ended_tasks.update(job.counts)
-        heapq.heappush(self._expiry, (job.ended + self.retention_of(job), job.seq, job))
+        heapq.heappush(self._expiry, (job.ended + self.retention_of(job), job.seq, job.id))
+        if isinstance(job, Job):
+            self._detailed.append(job)
+            self._detailed_tasks += len(job.tasks)
+
+    def demote(self, keep: int | None = None) -> int:
+        """Hold all but the ``keep`` (default KEEP_DETAIL) most recently ended jobs as summaries, and
+        those too once they hold more than KEEP_DETAIL_TASKS tasks between them."""
+        keep = self.keep_detail if keep is None else keep
+        n = 0
+        while len(self._detailed) > keep or self._detailed_tasks > KEEP_DETAIL_TASKS:
+            job = self._detailed.popleft()
+            self._detailed_tasks -= len(job.tasks)
+            if self.jobs.get(job.id) is job:
+                summary = job.summary()
+                self.jobs[job.id] = summary
+                self.by_seq[(job.seq, job.id)] = summary
+                n += 1
+        return n
 
     def expire(self, limit: int = EXPIRE_BATCH) -> int:
         """Drop ended jobs whose retention has passed (at most ``limit``); their deletes go out as
@@ -435,8 +540,9 @@ class Core:
         now = self.wall()
         n = 0
         while self._expiry and self._expiry[0][0] <= now and n < limit:
-            job = heapq.heappop(self._expiry)[2]
-            if self.jobs.get(job.id) is job:
+            _, seq, job_id = heapq.heappop(self._expiry)
+            job = self.jobs.get(job_id)
+            if job is not None and job.seq == seq and job.state is not None:
                 del self.jobs[job.id]
                 del self.by_seq[(job.seq, job.id)]
                 assert job.state is not None
@@ -502,7 +608,7 @@ class Core:
 
     # -- events --------------------------------------------------------------------------
 
-    def add_job(self, job: Job) -> None:
+    def add_job(self, job: AnyJob) -> None:
         """A job whose record is committed to etcd (new, or rebuilt by a new leader).
 
         A rebuilt job may carry the traces of a commit cut short by a leader change: a
@@ -516,6 +622,7 @@ class Core:
                 job.ended = self.wall()
             self._keep_until_expiry(job)
         else:
+            assert isinstance(job, Job)
             self.active[job.id] = job
             if job.counts[CANCELLED] and not job.cancelled:
                 self.cancel_job(job.id)
@@ -645,7 +752,7 @@ class Core:
         acks: list[TaskRef] = []
         for rep in reports:
             acks.append(rep.ref)
-            job = self.jobs.get(rep.ref.job_id)
+            job = self.active.get(rep.ref.job_id)
             task = job.tasks[rep.ref.index] if job and 0 <= rep.ref.index < len(job.tasks) else None
             if task is None or task.attempt != rep.ref.attempt or task.state not in ACTIVE:
                 self.stats.stale_reports += 1
@@ -665,10 +772,10 @@ class Core:
             self._out.append(Ack(executor_id, acks))
         self._schedule()
 
-    def cancel_job(self, job_id: str) -> Job | None:
-        job = self.jobs.get(job_id)
-        if job is None or job.state is not None:
-            return job
+    def cancel_job(self, job_id: str) -> AnyJob | None:
+        job = self.active.get(job_id)
+        if job is None:
+            return self.jobs.get(job_id)  # ended, or unknown: left as it is
         job.cancelled = True
         by_executor: dict[str, list[TaskRef]] = {}
         for task in job.tasks:
@@ -685,9 +792,11 @@ class Core:
     def withdraw_job(self, job_id: str) -> None:
         """A submission etcd refused (out of space): the job leaves as if it had never come, its
         placements undone. Its decisions, drained already, are the caller's to drop."""
-        job = self.jobs.pop(job_id, None)
+        job = self.active.pop(job_id, None)
         if job is None:
             return
+        del self.jobs[job_id]
+        del self.by_seq[(job.seq, job.id)]
         for task in job.tasks:
             if task.state in ACTIVE:
                 self._release(task)
@@ -699,6 +808,7 @@ class Core:
         """Move retries whose backoff has passed back to the queue, drop jobs past their retention;
         return the next wake-up time."""
         self.expire()
+        self.demote()
         now = self.clock()
         moved = False
         while self._delayed and self._delayed[0][0] <= now:

@@ -7,15 +7,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rota.common import logs
 from rota.common.jobspec import JobSpec
 from rota.common.states import SUCCEEDED
 from rota.metastore.client import EtcdError, NoSpace
 from rota.metastore.election import Fenced
-from rota.scheduler.core import Core, Decision, Dispatch, Job, PutTask
+from rota.scheduler.core import AnyJob, Core, Decision, Dispatch, Job, PutTask
 from rota.scheduler.pipeline import CommitPipeline, NotReady, OutOfSpace, writes
 from rota.scheduler.store import Store
+from rota.scheduler.views import job_doc, job_page_doc, stored_page_doc
 
 log = logging.getLogger("rota.leader")
 
@@ -128,11 +130,11 @@ class JobApi:
             log.debug(
                 "job %s committed: %d tasks",
                 job_id,
-                len(self.core.jobs[job_id].tasks),
+                len(job.tasks),
                 **logs.ids(job=job_id),
             )
 
-    def job(self, job_id: str) -> Job | None:
+    def job(self, job_id: str) -> AnyJob | None:
         """A committed job (one still being submitted is not shown yet)."""
         self.check()
         return None if job_id in self._submitting else self.core.jobs.get(job_id)
@@ -172,7 +174,22 @@ class JobApi:
             await asyncio.sleep(0)
             self.check()
 
-    async def wait_job(self, job_id: str, timeout: float) -> Job | None:
+    async def page_doc(self, job: AnyJob, offset: int, limit: int) -> dict[str, Any]:
+        """The get-job document with tasks ``[offset, offset + limit)``: from memory, or for an
+        ended job held as a summary, from etcd (a spec and a range of task records)."""
+        if isinstance(job, Job):
+            return job_page_doc(job, offset, limit)
+        total = job.task_count()
+        if offset >= total:
+            return {**job_doc(job, with_tasks=False), "tasks": []}
+        limit = min(limit, total - offset)
+        try:
+            spec, records = await self.store.read_tasks(job.id, offset, limit)
+        except EtcdError as e:
+            raise NotReady(f"cannot read job {job.id}'s tasks from etcd: {e}") from None
+        return stored_page_doc(job, spec, records, offset, limit)
+
+    async def wait_job(self, job_id: str, timeout: float) -> AnyJob | None:
         job = self.job(job_id)
         if job is None or job.state is not None:
             return job
@@ -188,7 +205,7 @@ class JobApi:
             fut.result()
         return self.job(job_id)
 
-    async def cancel_job(self, job_id: str) -> Job | None:
+    async def cancel_job(self, job_id: str) -> AnyJob | None:
         """Cancel a job; the answer comes once the cancellation is committed."""
         self.check()
         job = self.core.jobs.get(job_id)

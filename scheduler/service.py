@@ -24,7 +24,7 @@ from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.pipeline import OutOfSpace
 from rota.scheduler.upkeep import EtcdSpace
-from rota.scheduler.views import executor_doc, job_doc, job_page_doc
+from rota.scheduler.views import executor_doc, job_doc
 
 log = logging.getLogger("rota.service")
 
@@ -249,7 +249,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             job = await self._job_or_404(rt.jobs.job(request.id), request.id, context, rt)
-            return _json(job_page_doc(job, request.task_offset, request.task_limit or MAX_TASK_PAGE))
+            return _json(
+                await rt.jobs.page_doc(job, request.task_offset, request.task_limit or MAX_TASK_PAGE)
+            )
 
         return await self._on_leader("GetJob", request, context, local)
 
@@ -287,7 +289,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         job = await self._job_or_404(await rt.jobs.wait_job(job_id, hold), job_id, context, rt)
         if job.state is None:
             return _json(job_doc(job, with_tasks=False))
-        return _json(job_page_doc(job, 0, MAX_TASK_PAGE))
+        return _json(await rt.jobs.page_doc(job, 0, MAX_TASK_PAGE))
 
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
         try:
@@ -303,7 +305,11 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             return _json(
-                job_doc(await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context, rt))
+                await rt.jobs.page_doc(
+                    await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context, rt),
+                    0,
+                    MAX_TASK_PAGE,
+                )
             )
 
         return await self._on_leader("CancelJob", request, context, local)

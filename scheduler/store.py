@@ -32,6 +32,7 @@ from rota.common.jobspec import JobSpec
 from rota.common.states import CANCELLED
 from rota.metastore import keys
 from rota.metastore.client import (
+    KV,
     EtcdClient,
     EtcdError,
     NoSpace,
@@ -41,7 +42,7 @@ from rota.metastore.client import (
     value_below,
 )
 from rota.metastore.election import Election, Fenced
-from rota.scheduler.core import DeleteJob, Job, PutJob, PutTask, restore_task
+from rota.scheduler.core import AnyJob, DeleteJob, EndedJob, Job, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
 
 log = logging.getLogger("rota.store")
@@ -67,6 +68,8 @@ def _dumps(value: Any) -> bytes:
 Write: TypeAlias = PutTask | PutJob | DeleteJob
 #: Records a rebuild reads between two yields to the event loop (about 10 ms of work).
 LOAD_CHUNK = 2000
+#: Jobs to read whole above which a rebuild reads the spec and task prefixes in one go, not per job.
+WHOLE_BY_PREFIX = 200
 #: Jobs deleted per transaction: three range deletes each.
 DELETES_PER_TXN = 300
 
@@ -137,7 +140,7 @@ def _executor(rec: dict[str, Any], lease: int) -> ExecutorSlot:
 class Snapshot:
     """Everything a new leader needs, read at one revision."""
 
-    jobs: list[Job]
+    jobs: list[AnyJob]
     executors: list[ExecutorSlot]
     revision: int
 
@@ -331,22 +334,52 @@ class Store:
         await self.election.fenced_txn([put_op(keys.executor(ex.id), _dumps(record), lease=ex.lease_id)])
 
     async def load(self) -> Snapshot:
-        """Read every job, task and executor at one revision, dropping half-written jobs."""
+        """Read every job, task and executor at one revision, dropping half-written jobs.
+
+        An ended job whose record carries its summary comes back as an EndedJob: its spec and
+        task records are not read at all. Only running jobs (and ended ones stored before
+        summaries) are read whole: per job when they are few, by whole prefixes otherwise."""
         job_kvs, rev = await self.client.get_prefix(keys.JOBS)
-        spec_kvs, _ = await self.client.get_prefix(keys.JOBSPECS, revision=rev)
-        task_kvs, _ = await self.client.get_prefix(keys.TASKS, revision=rev)
         ex_kvs, _ = await self.client.get_prefix(keys.EXECUTORS, revision=rev)
-        parts: dict[str, list[bytes]] = {}
-        for kv in spec_kvs:
-            parts.setdefault(keys.spec_job_id(kv.key), []).append(kv.value)
-        jobs: dict[str, Job] = {}
+        summaries: list[EndedJob] = []
+        whole: dict[str, tuple[KV, dict[str, Any]]] = {}
         for n, kv in enumerate(job_kvs, 1):
             if n % LOAD_CHUNK == 0:
                 await asyncio.sleep(0)  # the leader's lease is kept alive on this loop
             job_id = keys.job_id(kv.key)
-            blob = b"".join(parts.pop(job_id, []))
             try:
                 rec = json.loads(kv.value)
+                summary = EndedJob.from_record(job_id, kv.create_revision, rec)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                log.error("job %s cannot be read from etcd and is skipped: %r", job_id, e)
+                continue
+            if summary is not None:
+                summaries.append(summary)
+            else:
+                whole[job_id] = (kv, rec)
+        if len(whole) > WHOLE_BY_PREFIX or len(whole) * 4 > len(job_kvs):
+            spec_kvs, _ = await self.client.get_prefix(keys.JOBSPECS, revision=rev)
+            task_kvs, _ = await self.client.get_prefix(keys.TASKS, revision=rev)
+        else:
+            spec_kvs, _ = await self.client.get_prefix(keys.JOBSPECS, revision=rev, keys_only=True)
+            spec_kvs = [kv for kv in spec_kvs if keys.spec_job_id(kv.key) not in whole]  # for half-written
+            task_kvs = []
+            for job_id in whole:
+                specs, _ = await self.client.get_prefix(keys.job_specs(job_id), revision=rev)
+                tasks, _ = await self.client.get_prefix(keys.job_tasks(job_id), revision=rev)
+                spec_kvs += specs
+                task_kvs += tasks
+        parts: dict[str, list[bytes]] = {}
+        for kv in spec_kvs:
+            parts.setdefault(keys.spec_job_id(kv.key), []).append(kv.value)
+        for summary in summaries:
+            parts.pop(summary.id, None)
+        jobs: dict[str, Job] = {}
+        for n, (job_id, (kv, rec)) in enumerate(whole.items(), 1):
+            if n % LOAD_CHUNK == 0:
+                await asyncio.sleep(0)
+            blob = b"".join(parts.pop(job_id, []))
+            try:
                 job = Job(
                     job_id,
                     JobSpec.from_stored(json.loads(blob)),
@@ -377,5 +410,16 @@ class Store:
             log.warning("dropping %d half-written job(s): %s", len(parts), ", ".join(sorted(parts)))
             await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])
         executors = [_executor(json.loads(kv.value), kv.lease) for kv in ex_kvs]
-        ordered = sorted(jobs.values(), key=lambda j: j.seq)
+        ordered: list[AnyJob] = sorted([*jobs.values(), *summaries], key=lambda j: j.seq)
         return Snapshot(ordered, executors, rev)
+
+    async def read_tasks(
+        self, job_id: str, offset: int, limit: int
+    ) -> tuple[JobSpec, dict[int, dict[str, Any]]]:
+        """An ended job held as a summary: its spec and the records of tasks ``[offset, offset + limit)``."""
+        spec_kvs, rev = await self.client.get_prefix(keys.job_specs(job_id))
+        task_kvs, _ = await self.client.get_range(
+            keys.task(job_id, offset), keys.task(job_id, offset + limit), revision=rev
+        )
+        spec = JobSpec.from_stored(json.loads(b"".join(kv.value for kv in spec_kvs)))
+        return spec, {keys.task_of(kv.key)[1]: json.loads(kv.value) for kv in task_kvs}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rota.common.jobspec import JobSpec
 from rota.common.paging import MAX_TASK_PAGE
 from rota.common.states import TASK_STATES
-from rota.scheduler.core import Job, Task
+from rota.scheduler.core import AnyJob, EndedJob, Job, Task, failures_of
 from rota.scheduler.placement import ExecutorSlot
 
 RESULT_KEYS = ("exit_code", "stdout", "stderr", "value", "error")
@@ -34,15 +35,15 @@ def task_doc(task: Task) -> dict[str, Any]:
     }
 
 
-def job_doc(job: Job, with_tasks: bool = True) -> dict[str, Any]:
+def job_doc(job: AnyJob, with_tasks: bool = True) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": job.id,
-        "name": job.spec.name,
+        "name": job.name,
         "state": job.current_state(),
-        "priority": job.spec.priority,
+        "priority": job.priority,
         "counts": {s: job.counts[s] for s in TASK_STATES if job.counts[s]},
     }
-    if with_tasks:
+    if with_tasks and isinstance(job, Job):
         doc["tasks"] = [task_doc(t) for t in job.tasks]
     return doc
 
@@ -71,4 +72,42 @@ def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
     """The get-job document with tasks ``[offset, offset + limit)`` only."""
     doc = job_doc(job, with_tasks=False)
     doc["tasks"] = [task_doc(t) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]]
+    return doc
+
+
+def task_names(spec: JobSpec, offset: int, limit: int) -> list[str]:
+    """The names of tasks ``[offset, offset + limit)`` of a job, without building its tasks."""
+    names: list[str] = []
+    start = 0
+    for tmpl in spec.tasks:
+        end = start + tmpl.copies()
+        lo, hi = max(offset, start), min(offset + limit, end)
+        names.extend(tmpl.copy_name(i - start) for i in range(lo, hi))
+        start = end
+        if start >= offset + limit:
+            break
+    return names
+
+
+def stored_page_doc(
+    job: EndedJob, spec: JobSpec, records: dict[int, dict[str, Any]], offset: int, limit: int
+) -> dict[str, Any]:
+    """``job_page_doc`` for an ended job held as a summary, from its spec and task records."""
+    doc = job_doc(job, with_tasks=False)
+    limit = min(limit, MAX_TASK_PAGE)
+    tasks = []
+    for i, name in enumerate(task_names(spec, offset, limit), offset):
+        rec = records.get(i, {})
+        attempt = int(rec.get("a", 0))
+        tasks.append({
+            "id": f"{job.id}/{i}",
+            "name": name,
+            "state": rec.get("s", "PENDING"),
+            "attempt": attempt,
+            "failures": failures_of(rec),
+            "lost": int(rec.get("l", 0)),
+            "executor": rec.get("e") or None,
+            "result": result_doc(rec.get("r")),
+        })  # fmt: skip
+    doc["tasks"] = tasks
     return doc

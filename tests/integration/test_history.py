@@ -192,3 +192,27 @@ def test_a_record_etcd_refuses_for_good_is_isolated_to_its_task(local_cluster, t
         assert "committing them one by one" in cluster.leader().log_path.read_text()
     finally:
         etcd.stop()
+
+
+def test_a_new_leader_holds_ended_jobs_as_summaries_and_reads_their_tasks_from_etcd(local_cluster):
+    """Ended jobs come back from a rebuild without their specs or task records being read; get-job,
+    wait-job and cancel-job then read a page of tasks from etcd, and say what they said before."""
+    cluster = local_cluster(executors=1, executor_slots=2)
+    job = {"name": "sum", "task": [{"name": "sq", "kind": "call", "function": "operator:mul", "args": [3, 3],
+                                    "count": 7}, {"name": "bad", "kind": "call", "function": "operator:truediv",
+                                                  "args": [1, 0], "max-attempts": 1}]}  # fmt: skip
+    with cluster.client(timeout=30) as c:
+        before = c.run_job(job, timeout=120)
+        page_before = c.get_job(before["id"], tasks_from=5, task_limit=2)
+    assert before["state"] == "FAILED" and len(before["tasks"]) == 8
+    old = cluster.leader()
+    old.signal(signal.SIGKILL)
+    new = cluster.master(cluster.wait_for_leader(exclude=old.name, timeout=60))
+    with cluster.client(timeout=30) as c:
+        assert c.get_job(before["id"]) == before
+        assert c.get_job(before["id"], tasks_from=5, task_limit=2) == page_before
+        assert c.get_job(before["id"], tasks_from=8, task_limit=2)["tasks"] == []
+        assert c.wait_job(before["id"], timeout=10) == before
+        assert c.cancel_job(before["id"]) == before
+        assert [d["id"] for d in c.list_jobs()] == [before["id"]]
+    assert "rebuilt from etcd" in new.log_path.read_text()

@@ -9,6 +9,7 @@ invariants after each one, including a leader fail-over rebuilt from the writes 
 from __future__ import annotations
 
 import functools
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ from rota.scheduler.core import (
     Decision,
     DeleteJob,
     Dispatch,
+    EndedJob,
     Job,
     JobEnded,
     PutJob,
@@ -1842,3 +1844,36 @@ def test_ended_jobs_leave_the_active_set_and_the_figures_stay_true_through_expir
     assert [j.id for j in h.core.newest()] == ["running"]
     s = h.core.summary()
     assert s.jobs == Counter({RUNNING: 1}) and sum(s.tasks.values()) == 3
+
+
+def test_an_ended_jobs_record_carries_its_summary_and_reads_back() -> None:
+    h = _retention_harness(60.0)
+    job = h.add_job("j", tmpl(count=2), priority=70)
+    _run_to_end(h, job)
+    rec = job.record()
+    assert rec["name"] == job.spec.name and rec["priority"] == 70 and rec["counts"] == {SUCCEEDED: 2}
+    back = EndedJob.from_record("j", job.seq, json.loads(json.dumps(rec)))
+    assert back is not None
+    assert (back.state, back.ended, back.counts, back.retention) == (SUCCEEDED, job.ended, job.counts, None)
+    assert EndedJob.from_record("r", 1, {"id": "r", "created": 1.0, "state": None}) is None  # running
+    assert EndedJob.from_record("old", 1, {"id": "old", "created": 1.0, "state": SUCCEEDED}) is None  # legacy
+
+
+def test_older_ended_jobs_are_held_as_summaries_and_still_expire() -> None:
+    h = _retention_harness(60.0)
+    h.core.keep_detail = 1
+    first = h.add_job("first", tmpl(count=3))
+    _run_to_end(h, first)
+    second = h.add_job("second")
+    _run_to_end(h, second)
+    h.core.tick()
+    held = h.core.jobs["first"]
+    assert isinstance(held, EndedJob) and held.counts == Counter({SUCCEEDED: 3})
+    assert h.core.jobs["second"] is second  # the most recent keeps its tasks
+    assert [j.id for j in h.core.newest()] == ["second", "first"] and h.core.newest().__next__() is second
+    assert h.core.summary().tasks[SUCCEEDED] == 4
+    assert h.core.cancel_job("first") is held  # an ended job is left as it is
+    h.now[0] += 60
+    h.core.tick()
+    assert {d.job.id for d in only(h.drain(), DeleteJob)} == {"first", "second"}
+    assert not h.core.jobs and sum(h.core.summary().tasks.values()) == 0
