@@ -621,6 +621,7 @@ class Core:
             if job.ended is None:  # ended before end times were stored: count from now
                 job.ended = self.wall()
             self._keep_until_expiry(job)
+            return  # nothing to place
         else:
             assert isinstance(job, Job)
             self.active[job.id] = job
