@@ -524,8 +524,13 @@ class Core:
         those too once they hold more than KEEP_DETAIL_TASKS tasks between them."""
         keep = self.keep_detail if keep is None else keep
         n = 0
-        while len(self._detailed) > keep or self._detailed_tasks > KEEP_DETAIL_TASKS:
-            job = self._detailed.popleft()
+        detailed = self._detailed
+        while detailed and (
+            len(detailed) > keep
+            or self._detailed_tasks > KEEP_DETAIL_TASKS
+            or self.jobs.get(detailed[0].id) is not detailed[0]  # expired since: let it go
+        ):
+            job = detailed.popleft()
             self._detailed_tasks -= len(job.tasks)
             if self.jobs.get(job.id) is job:
                 summary = job.summary()

@@ -17,6 +17,7 @@ from aiohttp import web
 from rota.client.api import AsyncClient, NoMasterReachable, OutOfSpace, RequestError
 from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
+from rota.scheduler import http_guard
 
 HERE = Path(__file__).parent
 DASHBOARD = HERE / "dashboard"
@@ -56,6 +57,26 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def guard(names: frozenset[str]) -> Any:
+    """The middleware that refuses cross-site writes and foreign Host names (``http_guard``)."""
+
+    @web.middleware
+    async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = http_guard.refusal(
+            request.method,
+            request.path,
+            request.host,
+            request.headers.get("Origin"),
+            request.headers.get("Sec-Fetch-Site"),
+            names,
+        )
+        if refused is not None:
+            return error(*refused)
+        return await handler(request)
+
+    return _guard
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map what the client layer raises to HTTP statuses, with the message as ``{"error": ...}``."""
@@ -63,6 +84,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except (JobSpecError, BadQuery) as e:
         return error(400, str(e))
+    except UnsupportedType as e:
+        return error(415, str(e))
     except RequestError as e:
         return error(404 if e.not_found else 400, str(e))
     except NoMasterReachable as e:
@@ -77,25 +100,37 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
 
 
+class UnsupportedType(ValueError):
+    """A job posted as a type other than JSON or TOML: 415."""
+
+
 def parse_job_body(body: bytes, content_type: str) -> JobSpec:
-    """A job from a request body: JSON when the type says so (or it starts with ``{``), else TOML."""
+    """A job from a request body, as its Content-Type says: JSON or TOML, nothing else (a page on
+    another site can post text/plain without asking first, so that is never read as a job)."""
+    refused = http_guard.job_type_refusal(content_type)
+    if refused:
+        raise UnsupportedType(refused)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise JobSpecError(f"{BODY_SOURCE}: not UTF-8 text") from None
     if not text.strip():
         raise JobSpecError(f"{BODY_SOURCE}: empty; send a job as TOML or JSON")
-    if content_type == "application/json" or text.lstrip().startswith("{"):
+    if content_type == "application/json":
         return parse_job_json(body, BODY_SOURCE)
     return parse_job_text(text, BODY_SOURCE)
 
 
 class HttpApi:
-    def __init__(self, grpc_addr: str, name: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, grpc_addr: str, name: str, names: frozenset[str] = frozenset(), timeout: float = 10.0
+    ) -> None:
         self.client = AsyncClient(grpc_addr, timeout=timeout)
         self.name = name
+        self.names = names or http_guard.own_names()
 
     def install(self, app: web.Application) -> None:
+        app.middlewares.append(guard(self.names))
         app.middlewares.append(_errors)
         r = app.router
         r.add_get("/api/v1/cluster", self.cluster)
@@ -189,5 +224,5 @@ class HttpApi:
         return web.FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def install(app: web.Application, grpc_addr: str, name: str) -> None:
-    HttpApi(grpc_addr, name).install(app)
+def install(app: web.Application, grpc_addr: str, name: str, names: frozenset[str] = frozenset()) -> None:
+    HttpApi(grpc_addr, name, names).install(app)

@@ -32,7 +32,7 @@ from rota.metastore.etcd_server import (
     find_etcd_binary,
 )
 from rota.protos import rota_pb2_grpc
-from rota.scheduler import http_api, upkeep
+from rota.scheduler import http_api, http_guard, upkeep
 from rota.scheduler.core import DEFAULT_RETENTION
 from rota.scheduler.leader import LeaderRuntime
 from rota.scheduler.leadership import Leadership
@@ -61,6 +61,8 @@ class MasterConfig:
     job_retention: float = DEFAULT_RETENTION
     etcd_start_timeout: float = 60.0
     http_addr: cfg.Address | None = None
+    #: DNS names (besides this machine's, localhost and IP addresses) the HTTP port answers to.
+    http_allowed_hosts: tuple[str, ...] = ()
     etcd_quota: int = upkeep.DEFAULT_EXTERNAL_QUOTA
 
 
@@ -159,6 +161,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         job_retention=retention,
         etcd_start_timeout=float(o["etcd_start_timeout"]),
         http_addr=o["http_addr"],
+        http_allowed_hosts=tuple(cfg.split_list(o["http_allowed_hosts"] or "")),
         etcd_quota=quota,
     )
 
@@ -202,7 +205,10 @@ class Master:
         conf = self.conf
         if conf.http_addr is not None:
             app = httpserver.new_app(self.metrics.registry)
-            http_api.install(app, conf.master_addr.dial(), conf.name)
+            names = http_guard.own_names(
+                [conf.advertise_addr.host, conf.http_addr.host, *conf.http_allowed_hosts]
+            )
+            http_api.install(app, conf.master_addr.dial(), conf.name, names)
             try:
                 self.http = await httpserver.start(app, conf.http_addr)
             except httpserver.HttpServerError as e:
@@ -459,6 +465,14 @@ and the same initial-cluster on all three.
     default="127.0.0.1:10280",
     show_default=True,
     help="HTTP listen address for the dashboard (/), the JSON API (/api/v1) and /metrics; 'off' for none.",
+)
+@click.option(
+    "--http-allowed-hosts",
+    default="",
+    metavar="NAMES",
+    help="DNS names the dashboard and API may be reached by, besides IP addresses, localhost and this "
+    "machine's own names (a,b,c). Requests naming any other Host are refused: a DNS-rebinding page "
+    "cannot reach the API.",
 )
 @cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))

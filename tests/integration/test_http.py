@@ -80,6 +80,8 @@ def test_curl_posts_a_job_file_to_a_follower_and_it_runs(cluster: LocalCluster) 
             "\n%{http_code}",
             "-X",
             "POST",
+            "-H",
+            "Content-Type: application/toml",
             "--data-binary",
             f"@{HELLO}",
             f"{url}/api/v1/jobs",

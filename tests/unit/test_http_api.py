@@ -10,13 +10,13 @@ import yaml
 from aiohttp import web
 
 from rota.common.jobspec import JobSpecError
-from rota.scheduler.http_api import OPENAPI, HttpApi, parse_job_body
+from rota.scheduler.http_api import OPENAPI, HttpApi, UnsupportedType, parse_job_body
 
 TOML = b'name = "hi"\n[[task]]\nname = "t"\nkind = "shell"\ncommand = ["echo", "hi"]\n'
 
 
 def test_a_toml_body_and_its_json_form_give_the_same_job() -> None:
-    a = parse_job_body(TOML, "application/octet-stream")
+    a = parse_job_body(TOML, "application/toml")
     b = parse_job_body(
         b'{"name": "hi", "task": [{"name": "t", "kind": "shell", "command": ["echo", "hi"]}]}',
         "application/json",
@@ -28,14 +28,14 @@ def test_a_toml_body_and_its_json_form_give_the_same_job() -> None:
 @pytest.mark.parametrize(
     ("body", "content_type", "message"),
     [
-        (b"", "text/plain", "empty"),
-        (b"\xff\xfe", "text/plain", "not UTF-8"),
-        (b"name = ", "text/plain", "TOML"),
+        (b"", "application/toml", "empty"),
+        (b"\xff\xfe", "application/toml", "not UTF-8"),
+        (b"name = ", "application/toml", "TOML"),
         (b'{"name": ', "application/json", "invalid JSON"),
         (b"[1, 2]", "application/json", "JSON object"),
-        (b'name = "x"\n', "text/plain", "task"),
-        (b'name = "x"\nbogus = 1\n[[task]]\nname = "t"\nkind = "noop"\n', "text/plain", "bogus"),
-        (b'name = "x"\n[[task]]\nname = "t"\nkind = "nope"\n', "text/plain", "nope"),
+        (b'name = "x"\n', "application/toml", "task"),
+        (b'name = "x"\nbogus = 1\n[[task]]\nname = "t"\nkind = "noop"\n', "application/toml", "bogus"),
+        (b'name = "x"\n[[task]]\nname = "t"\nkind = "nope"\n', "application/toml", "nope"),
     ],
 )
 def test_bad_bodies_are_refused_naming_what_is_wrong(body: bytes, content_type: str, message: str) -> None:
@@ -48,7 +48,16 @@ def test_a_body_that_names_a_file_is_not_read_as_a_path() -> None:
     hello = Path(__file__).resolve().parents[2] / "sample" / "jobs" / "hello.toml"
     assert hello.is_file()  # so the load_job path (which would read it) is the one refused
     with pytest.raises(JobSpecError, match="TOML"):
-        parse_job_body(str(hello).encode(), "text/plain")
+        parse_job_body(str(hello).encode(), "application/toml")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""]
+)
+def test_a_job_in_a_type_a_page_may_post_cross_site_is_refused(content_type: str) -> None:
+    """These are the types a web page can post to another site without asking first."""
+    with pytest.raises(UnsupportedType, match="application/json or application/toml"):
+        parse_job_body(b'{"name": "x", "task": [{"name": "t", "kind": "noop"}]}', content_type)
 
 
 def _routes() -> set[tuple[str, str]]:
