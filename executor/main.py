@@ -16,8 +16,8 @@ from typing import Any
 import click
 from aiohttp import web
 
+from rota.common import admission, httpserver, rpc
 from rota.common import config as cfg
-from rota.common import httpserver, rpc
 from rota.common.logs import setup_logging
 from rota.executor import tasklogs
 from rota.executor.agent import Agent
@@ -164,8 +164,8 @@ flags given on the command line override this file.
 )
 @click.option(
     "--slots",
-    type=click.IntRange(min=1),
-    default=lambda: os.cpu_count() or 1,
+    type=click.IntRange(1, admission.MAX_SLOTS),
+    default=lambda: min(os.cpu_count() or 1, admission.MAX_SLOTS),
     show_default="the CPU count",
     help="How many tasks run at once.",
 )
@@ -227,8 +227,15 @@ def executor_command(**o: Any) -> int:
     if not o["join"]:
         raise cfg.ConfigError("--join is required: give one or more master addresses host:port,...")
     ttl, interval = float(o["keepalive_ttl"]), float(o["keepalive_interval"])
-    if ttl < 1:
-        raise cfg.ConfigError("--keepalive-ttl must be at least 1s (etcd leases count whole seconds)")
+    if not admission.MIN_TTL <= ttl <= admission.MAX_TTL:
+        raise cfg.ConfigError(
+            f"--keepalive-ttl must be from {admission.MIN_TTL:g}s (etcd leases count whole seconds) "
+            f"to {admission.MAX_TTL:g}s"
+        )
+    try:
+        admission.check_name(o["name"])
+    except admission.BadHello as e:
+        raise cfg.ConfigError(f"--name: {e}") from None
     if not 0 < interval < ttl:
         raise cfg.ConfigError("--keepalive-interval must be above zero and below --keepalive-ttl")
     drain_timeout = float(o["drain_timeout"])

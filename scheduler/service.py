@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from rota.common import rpc
+from rota.common import admission, rpc
 from rota.common.config import MAX_DRAIN_TIMEOUT
 from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
@@ -379,8 +379,14 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         if first is None or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an executor stream starts with hello")
         assert first is not None
-        if first.hello.slots < 1 or not first.hello.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello needs a name and at least one slot")
+        hello = first.hello
+        try:
+            admission.check_hello(
+                hello.name, hello.addr, hello.slots, hello.keepalive_ttl, hello.kinds, hello.labels,
+                len(hello.running), hello.executor_id,
+            )  # fmt: skip
+        except admission.BadHello as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello refused: {e}")
         try:
             rt.check()
             link = await rt.executors.attach(first.hello)

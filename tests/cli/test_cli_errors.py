@@ -178,3 +178,18 @@ def test_drain_timeouts_out_of_range(value, needle):
 def test_executor_help_says_how_it_stops():
     p = run("rota.executor.main", "--help")
     assert p.returncode == 0 and "--drain-timeout" in p.stdout and "second signal" in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--slots", "5000", "--slots"),
+        ("--keepalive-ttl", "1h", "--keepalive-ttl"),
+        ("--name", "a/b", "--name"),
+        ("--name", "-x", "--name"),
+    ],
+)
+def test_executor_flags_out_of_the_leaders_bounds_are_usage_errors(flag: str, value: str, needle: str):
+    """The same bounds the leader holds a hello to: refused here, at start, not later at attach."""
+    p = run("rota.executor.main", "--join", "127.0.0.1:1", flag, value)
+    assert_usage_error(p, needle, needle)
