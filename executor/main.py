@@ -22,6 +22,7 @@ from rota.common.logs import setup_logging
 from rota.executor import tasklogs
 from rota.executor.agent import Agent
 from rota.executor.config import AgentConfig
+from rota.executor.kinds import base
 from rota.executor.kinds.base import Kind
 from rota.executor.metrics import ExecutorMetrics
 from rota.executor.registry import load_kinds
@@ -194,6 +195,15 @@ flags given on the command line override this file.
     help="How often it heartbeats to the leader.",
 )
 @click.option(
+    "--pass-env",
+    type=cfg.STRING_LIST,
+    default=None,
+    metavar="NAMES",
+    help="Variables of this executor's environment that tasks inherit, besides PATH, HOME, LANG, LC_*, "
+    "TZ, TMPDIR, USER and a few more (NAME,...). Tasks never see the rest: the executor's secrets "
+    "stay its own.",
+)
+@click.option(
     "--allow-kinds",
     type=cfg.STRING_LIST,
     default=None,
@@ -245,6 +255,7 @@ def executor_command(**o: Any) -> int:
     advertise: cfg.Address = o["advertise_addr"] or cfg.Address(
         worker.dial().rsplit(":", 1)[0].strip("[]"), worker.port
     )
+    base.pass_env(o["pass_env"] or ())
     try:
         kinds = load_kinds(int(o["slots"]), o["allow_kinds"])
     except ValueError as e:

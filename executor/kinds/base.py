@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,9 +150,32 @@ def param_env(spec: TaskSpec) -> dict[str, str]:
     return env
 
 
+#: What a task inherits of the executor's environment: enough to find and run programs, never the
+#: executor's own credentials (an executor started with a cloud token in its environment must not
+#: hand it to every job). ``--pass-env`` adds names.
+INHERITED = (
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL", "TERM",
+    "PYTHONPATH", "VIRTUAL_ENV", "GOPATH", "GOROOT", "GOCACHE",
+)  # fmt: skip
+_passed: tuple[str, ...] = ()
+
+
+def pass_env(names: Iterable[str]) -> None:
+    """Let tasks inherit these variables of the executor too (its ``--pass-env``)."""
+    global _passed
+    _passed = tuple(names)
+
+
+def inherited_env() -> dict[str, str]:
+    """The part of the executor's environment every task gets."""
+    allowed = {*INHERITED, *_passed}
+    return {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
+
+
 def task_env(spec: TaskSpec) -> dict[str, str]:
-    """The environment a subprocess task sees: the executor's, then Rota's variables, then the task's."""
-    return {**os.environ, **spec.env, **param_env(spec)}
+    """The environment a subprocess task sees: what it inherits of the executor's (INHERITED), then
+    Rota's variables, then the task's own."""
+    return {**inherited_env(), **spec.env, **param_env(spec)}
 
 
 def kill_group(pid: int) -> None:

@@ -37,6 +37,7 @@ from rota.executor.kinds.base import (
     TaskSpec,
     bad_params,
     cap_text,
+    inherited_env,
     kill_group,
     param_env,
     settle,
@@ -256,7 +257,9 @@ class CallKind(Kind):
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child_conn,), name="rota-call", daemon=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(child_conn, inherited_env()), name="rota-call", daemon=True
+        )
         process.start()
         child_conn.close()
         worker = _Worker(process, parent_conn)
@@ -356,11 +359,14 @@ class _CappedText(io.TextIOBase):
         return cap_text("".join(self._parts), self.truncated)
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, environ: dict[str, str]) -> None:
     """Serve batches until the executor closes its end of the pipe (or dies, which closes it too).
 
     Each call's reply goes back as soon as it ends. A ``skip`` notice that arrives while a batch
-    runs withdraws a call not yet started."""
+    runs withdraws a call not yet started. The worker keeps only what tasks inherit of the
+    executor's environment (``environ``): the functions it calls never see the executor's secrets."""
+    os.environ.clear()
+    os.environ.update(environ)
     with contextlib.suppress(OSError):
         os.setsid()
     while True:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from rota.executor import registry
+from rota.executor.kinds import base
 from rota.executor.kinds.base import OUTPUT_CAP, TRUNCATED_MARK, Kind, Ride, TaskResult, TaskSpec
 from rota.executor.kinds.call import CallKind
 from rota.executor.kinds.go import GoKind
@@ -174,10 +175,17 @@ def test_shell_sees_rota_variables_task_env_and_work_dir(make_spec):
     assert Path(cwd).resolve() == Path(spec.work_dir).resolve()
 
 
-def test_shell_inherits_the_executor_environment(make_spec, monkeypatch):
-    monkeypatch.setenv("ROTA_TEST_INHERITED", "yes")
-    result = run(ShellKind(1).run(make_spec("shell", command="echo $ROTA_TEST_INHERITED")))
-    assert result.stdout == "yes\n"
+def test_a_shell_task_inherits_only_what_the_executor_passes_on(make_spec, monkeypatch):
+    """PATH and the like, and --pass-env names; never the executor's other variables."""
+    monkeypatch.setenv("EXECUTOR_SECRET", "s3cret")
+    monkeypatch.setenv("PASSED_ON", "yes")
+    command = 'echo "${EXECUTOR_SECRET:-none} ${PASSED_ON:-none}"; command -v ls >/dev/null && echo path'
+    result = run(ShellKind(1).run(make_spec("shell", command=command)))
+    assert result.stdout == "none none\npath\n"
+    monkeypatch.setattr(base, "_passed", ())
+    base.pass_env(["PASSED_ON"])
+    result = run(ShellKind(1).run(make_spec("shell", command=command)))
+    assert result.stdout == "none yes\npath\n"
 
 
 @pytest.mark.parametrize("command", [None, [], "  ", ["echo", None], {"a": 1}])
