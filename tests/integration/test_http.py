@@ -146,28 +146,41 @@ def test_a_tasks_output_comes_from_its_executor(cluster: LocalCluster) -> None:
     assert status == 404 and "talk" in doc["error"]
 
 
+TOML = "application/toml"
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "body", "status", "message"),
+    ("method", "path", "body", "ctype", "status", "message"),
     [
-        ("POST", "/api/v1/jobs", b"", 400, "empty"),
-        ("POST", "/api/v1/jobs", b"name = = 1", 400, "TOML"),
-        ("POST", "/api/v1/jobs", b'name = "x"\nbogus = 1\n[[task]]\nkind = "noop"\nname = "t"', 400, "bogus"),
-        ("POST", "/api/v1/jobs", b'name = "x"\n[[task]]\nname = "t"\nkind = "warp"', 400, "warp"),
-        ("POST", "/api/v1/jobs", b'{"name": "x", "task": []}', 400, "task"),
-        ("POST", "/api/v1/jobs?id=bad%20id", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', 400, "id"),
-        ("GET", "/api/v1/jobs?state=DONE", None, 400, "DONE"),
-        ("GET", "/api/v1/jobs/no-such-job", None, 404, "no-such-job"),
-        ("POST", "/api/v1/jobs/no-such-job/cancel", None, 404, "no-such-job"),
-        ("GET", "/api/v1/nothing-here", None, 404, "Not Found"),
-        ("DELETE", "/api/v1/jobs", None, 405, "Not Allowed"),
+        ("POST", "/api/v1/jobs", b"", TOML, 400, "empty"),
+        ("POST", "/api/v1/jobs", b"name = = 1", TOML, 400, "TOML"),
+        ("POST", "/api/v1/jobs", b'name = "x"\nbogus = 1\n[[task]]\nkind = "noop"\nname = "t"', TOML, 400, "bogus"),
+        ("POST", "/api/v1/jobs", b'name = "x"\n[[task]]\nname = "t"\nkind = "warp"', TOML, 400, "warp"),
+        ("POST", "/api/v1/jobs", b'{"name": "x", "task": []}', "application/json", 400, "task"),
+        ("POST", "/api/v1/jobs?id=bad%20id", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', TOML, 400, "id"),
+        # What a web page may post to another site without asking first is never read as a job.
+        ("POST", "/api/v1/jobs", b'{"name": "x", "task": [{"name": "t", "kind": "noop"}]}', "text/plain", 415,
+         "application/json or application/toml"),
+        ("POST", "/api/v1/jobs", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', None, 415, "Content-Type"),
+        ("GET", "/api/v1/jobs?state=DONE", None, None, 400, "DONE"),
+        ("GET", "/api/v1/jobs/no-such-job", None, None, 404, "no-such-job"),
+        ("POST", "/api/v1/jobs/no-such-job/cancel", None, None, 404, "no-such-job"),
+        ("GET", "/api/v1/nothing-here", None, None, 404, "Not Found"),
+        ("DELETE", "/api/v1/jobs", None, None, 405, "Not Allowed"),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_get_a_clear_4xx_and_write_nothing(
-    cluster: LocalCluster, method: str, path: str, body: bytes | None, status: int, message: str
+    cluster: LocalCluster,
+    method: str,
+    path: str,
+    body: bytes | None,
+    ctype: str | None,
+    status: int,
+    message: str,
 ) -> None:
     url = follower_url(cluster)
     before = request(f"{url}/api/v1/jobs")[1]
-    got, doc = request(url + path, method, body)
+    got, doc = request(url + path, method, body, ctype)
     assert got == status
     assert message in doc["error"]
     assert request(f"{url}/api/v1/jobs")[1] == before
