@@ -61,7 +61,7 @@ class _Worker:
         """The event loop's reader: every reply waiting in the pipe, or the worker's death."""
         try:
             while True:
-                reply = self.conn.recv()
+                reply = _receive(self.conn)
                 if self.events is not None:
                     self.events.put_nowait(("reply", reply))
                 if not self.conn.poll():
@@ -183,7 +183,7 @@ class CallKind(Kind):
         for ride in batch:
             ride._on_cancel = withdraw
         try:
-            worker.conn.send({"batch": [(i, requests[id(r)]) for i, r in enumerate(batch)]})
+            _send(worker.conn, {"batch": [(i, requests[id(r)]) for i, r in enumerate(batch)]})
         except OSError:
             events.put_nowait(("died", None))
         current = 0
@@ -211,7 +211,7 @@ class CallKind(Kind):
                     i = batch.index(body)
                     if i > current:  # not started, as far as we know: the worker skips it
                         with contextlib.suppress(OSError):
-                            worker.conn.send({"skip": i})
+                            _send(worker.conn, {"skip": i})
                         settle(body, TaskResult(ok=False, error="cancelled"))
                     elif i == current:
                         settle(body, TaskResult(ok=False, error="cancelled"))
@@ -359,6 +359,27 @@ class _CappedText(io.TextIOBase):
         return cap_text("".join(self._parts), self.truncated)
 
 
+#: The largest message read from the pipe (a worker's reply carries at most two capped outputs and
+#: a return value, which the runner caps again): a bigger one ends the worker.
+MAX_MESSAGE = 32 * 1024 * 1024
+
+
+def _send(conn: Connection, message: dict[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def _receive(conn: Connection) -> dict[str, Any]:
+    """One message, as JSON: never pickle, which would let code in a worker run code in the
+    executor. Too large, or not a JSON object: OSError, read as the worker's end."""
+    try:
+        message = json.loads(conn.recv_bytes(MAX_MESSAGE))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OSError(f"unreadable message from the other end of a call worker's pipe: {e}") from None
+    if not isinstance(message, dict):
+        raise OSError("a call worker's message is not a JSON object")
+    return message
+
+
 def _worker_main(conn: Connection, environ: dict[str, str]) -> None:
     """Serve batches until the executor closes its end of the pipe (or dies, which closes it too).
 
@@ -371,20 +392,20 @@ def _worker_main(conn: Connection, environ: dict[str, str]) -> None:
         os.setsid()
     while True:
         try:
-            message = conn.recv()
+            message = _receive(conn)
             skip: set[int] = set()
             for i, request in message.get("batch", ()):
                 while conn.poll():
-                    notice = conn.recv()
+                    notice = _receive(conn)
                     if "skip" in notice:
                         skip.add(notice["skip"])
                 if i in skip:
-                    conn.send({"i": i, "skipped": True})
+                    _send(conn, {"i": i, "skipped": True})
                     continue
                 t0 = time.perf_counter()
                 reply = _execute(request)
                 reply.update(i=i, seconds=time.perf_counter() - t0)
-                conn.send(reply)
+                _send(conn, reply)
         except (EOFError, OSError):
             return
 

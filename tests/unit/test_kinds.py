@@ -597,3 +597,35 @@ def test_call_batch_skips_a_withdrawn_call_and_a_timeout_costs_only_the_running_
     marks.mkdir()
     run(scenario())
     assert not (marks / "withdrawn").exists() and (marks / "after").exists()
+
+
+class _Planted:
+    """Unpickling this would touch a file: what code in a call worker could do to the executor."""
+
+    path = ""
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path(self.path).touch, ())
+
+
+def test_the_executor_reads_its_call_workers_as_json_never_pickle(tmp_path):
+    import multiprocessing
+    import pickle
+
+    from rota.executor.kinds import call
+
+    ours, theirs = multiprocessing.Pipe()
+    try:
+        _Planted.path = str(tmp_path / "ran")
+        theirs.send_bytes(pickle.dumps(_Planted()))
+        with pytest.raises(OSError, match="unreadable"):
+            call._receive(ours)
+        assert not (tmp_path / "ran").exists()
+        theirs.send_bytes(b"[1, 2]")
+        with pytest.raises(OSError, match="not a JSON object"):
+            call._receive(ours)
+        call._send(theirs, {"i": 3, "ok": True, "value": "42"})
+        assert call._receive(ours) == {"i": 3, "ok": True, "value": "42"}
+    finally:
+        ours.close()
+        theirs.close()
