@@ -40,6 +40,10 @@ RETRY_CAP = 10.0
 #: may use an executor's credit (queue there beyond the slots). Until then they take free slots only,
 #: since a long task queued behind others would wait while another executor idles.
 SHORT_RUN = 0.5
+#: How long past its timeout the leader waits for an attempt's end before taking it back: the
+#: executor kills a task at its timeout and reports it; this covers the report's way, a queue on the
+#: executor, and an executor that does neither.
+DEADLINE_MARGIN = 30.0
 #: How long an ended job is kept by default (the masters' --job-retention).
 DEFAULT_RETENTION = 24 * 3600.0
 #: Ended jobs deleted per tick at most: the rest wait for the next tick, not the leader's loop.
@@ -74,7 +78,7 @@ def retry_delay(attempt: int) -> float:
 class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
-        "failures", "lost",
+        "failures", "lost", "deadline",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -95,6 +99,8 @@ class Task:
         self.ready_at = 0.0
         #: Clock time it last became pending or was placed, for the wait and run latency figures.
         self.since = 0.0
+        #: Clock time past which the leader reclaims the current attempt (tasks with a timeout).
+        self.deadline = 0.0
 
     @property
     def spec(self) -> TaskTemplate:
@@ -439,6 +445,8 @@ class Core:
         #: Per kind, a heap of (-priority, job seq, index, Task or Run): the next task to place first.
         self._pending: dict[str, list[tuple[int, int, int, Task | Run]]] = {}
         self._delayed: list[tuple[float, int, int, Task]] = []
+        #: (deadline, attempt, index, task) of placed attempts of tasks with a timeout.
+        self._deadlines: list[tuple[float, int, int, Task]] = []
         #: Ended jobs by the Unix time their retention ends: a sweep looks at what is due, not at history.
         self._expiry: list[tuple[float, int, str]] = []
         #: Ended jobs still held with their tasks, oldest end first.
@@ -668,6 +676,7 @@ class Core:
                 ex.hold(task)
                 if task.state == ASSIGNED:
                     self._set_state(task, RUNNING)
+                self._arm(task)
                 reported_set.discard(task.ref())
             elif task.state == ASSIGNED and known is not None:
                 # Never reported started: the dispatch went down with the old stream (or with the
@@ -695,6 +704,7 @@ class Core:
                             self._lost(t, {"error": "its executor is gone"})
                         else:
                             ex.hold(t)
+                            self._arm(t)
         self._schedule()
 
     def executor_lost(self, ex_id: str, why: str = "lost") -> None:
@@ -766,6 +776,7 @@ class Core:
             if rep.state == RUNNING:
                 if task.state == ASSIGNED:
                     self._set_state(task, RUNNING)
+                    self._arm(task)
             elif rep.state == SUCCEEDED:
                 self._finish(task, SUCCEEDED, rep.result)
             elif rep.state == HANDED_BACK:
@@ -822,9 +833,35 @@ class Core:
             if task.state == PENDING:
                 self._enqueue(task)
                 moved = True
+        self._reclaim(now)
         if moved:
             self._schedule()
         return self._delayed[0][0] if self._delayed else None
+
+    def _arm(self, task: Task) -> None:
+        """Put the leader's own deadline on the task's current attempt, counted from now (placement,
+        then again once it runs): its timeout plus DEADLINE_MARGIN. Tasks without a timeout get none."""
+        timeout = task.timeout
+        if not timeout:
+            return
+        task.deadline = self.clock() + timeout + DEADLINE_MARGIN
+        heapq.heappush(self._deadlines, (task.deadline, task.attempt, task.index, task))
+
+    def _reclaim(self, now: float) -> None:
+        """Attempts past the leader's deadline: their executor neither ended nor stopped them after
+        their timeout. Stop them there, free the slot, and run them again (a failure, as a timeout is)."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, attempt, _, task = heapq.heappop(self._deadlines)
+            if task.state not in ACTIVE or task.attempt != attempt or task.deadline != deadline:
+                continue
+            ex = self.executors.get(task.executor)
+            name = ex.name if ex else task.executor
+            self._out.append(CancelTasks(task.executor, [task.ref()]))
+            error = (
+                f"attempt {attempt} gave no result within {task.timeout:g}s (its timeout) plus "
+                f"{DEADLINE_MARGIN:g}s on executor {name}: the leader took it back"
+            )
+            self._failed(task, {"error": error})
 
     # -- placement -----------------------------------------------------------------------
 
@@ -925,6 +962,7 @@ class Core:
         task.job.started = True
         self._set_state(task, ASSIGNED)
         ex.hold(task)
+        self._arm(task)
         self.stats.dispatched += 1
         self._put(task)
         self._dispatch.setdefault(ex.id, []).append((task, task.attempt))

@@ -32,6 +32,7 @@ from rota.common.states import (
 )
 from rota.scheduler import core as core_module
 from rota.scheduler.core import (
+    DEADLINE_MARGIN,
     RETRY_BASE,
     RETRY_CAP,
     SHORT_RUN,
@@ -1877,3 +1878,49 @@ def test_older_ended_jobs_are_held_as_summaries_and_still_expire() -> None:
     h.core.tick()
     assert {d.job.id for d in only(h.drain(), DeleteJob)} == {"first", "second"}
     assert not h.core.jobs and sum(h.core.summary().tasks.values()) == 0
+
+
+# -- the leader's own deadline on an assignment (issue 13) ---------------------------------------
+
+
+def _timed(h: Harness, timeout: float = 10.0) -> Job:
+    job = h.new_job("j", {**tmpl(), "timeout": f"{timeout:g}s"})
+    h.core.add_job(job)
+    return job
+
+
+def test_an_attempt_past_its_timeout_plus_the_margin_is_taken_back_and_run_again() -> None:
+    h = Harness()
+    h.attach("ex1", slots=1)
+    job = _timed(h)
+    h.drain()
+    h.now[0] += 5
+    h.report("ex1", TaskRef("j", 0, 1), RUNNING)  # the deadline now counts from here
+    h.drain()
+    h.now[0] += 10 + DEADLINE_MARGIN - 0.1
+    h.core.tick()
+    assert h.drain() == [] and job.tasks[0].state == RUNNING
+    h.now[0] += 0.2
+    h.core.tick()
+    out = h.drain()
+    assert only(out, CancelTasks) == [CancelTasks("ex1", [TaskRef("j", 0, 1)])]
+    task = job.tasks[0]
+    assert task.state == PENDING and task.failures == 1 and "took it back" in task.result["error"]
+    assert h.core.executors["ex1"].free == 1  # the slot is free again
+    h.now[0] += RETRY_CAP
+    h.core.tick()
+    assert dispatched(h.drain()) == {"ex1": [("j/0", 2)]}
+
+
+def test_an_attempt_that_ends_in_time_or_a_task_without_a_timeout_is_left_alone() -> None:
+    h = Harness()
+    h.attach("ex1", slots=2)
+    timed = _timed(h)
+    untimed = h.add_job("u", tmpl())
+    h.drain()
+    h.report("ex1", TaskRef("j", 0, 1), SUCCEEDED, {})
+    h.drain()
+    h.now[0] += 10_000
+    h.core.tick()
+    assert only(h.drain(), CancelTasks) == []
+    assert timed.state == SUCCEEDED and untimed.tasks[0].state == ASSIGNED
