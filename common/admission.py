@@ -24,7 +24,9 @@ MAX_ADDR = 255
 #: Attempts a re-attaching executor may report (running, queued, or finished and unacknowledged).
 MAX_REPORTED = 100_000
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+#: A name leaves room for the id the leader makes of it: ``<name>-<6 hex digits>``.
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}")
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _KIND_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -35,7 +37,7 @@ class BadHello(ValueError):
 def check_name(name: str) -> None:
     if not _NAME_RE.fullmatch(name):
         raise BadHello(
-            f"executor name {name!r}: expected 1-100 characters of A-Z a-z 0-9 _ . - not starting with '.' or '-'"
+            f"executor name {name!r}: expected 1-93 characters of A-Z a-z 0-9 _ . - not starting with '.' or '-'"
         )
 
 
@@ -78,5 +80,5 @@ def check_hello(
             )
     if reported > MAX_REPORTED:
         raise BadHello(f"at most {MAX_REPORTED} attempts may be reported at once, got {reported}")
-    if executor_id and not _NAME_RE.fullmatch(executor_id):
+    if executor_id and not _ID_RE.fullmatch(executor_id):
         raise BadHello(f"executor id {executor_id[:120]!r} is malformed")

@@ -141,7 +141,8 @@ class Link:
         """Stay attached to the current leader until stopped."""
         targets = self._targets
         i = 0
-        failed_rounds = 0
+        #: Sessions in a row that ended without a welcome (a follower's redirect is not one).
+        failures = 0
         while not self._stopping:
             addr = targets[i % len(targets)]
             self._session_task = asyncio.create_task(self._session(addr))
@@ -152,14 +153,17 @@ class Link:
                     raise
                 redirect = None
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError) as e:
-                log.debug("attach to %s failed: %s", addr, e)
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.warning("%s refused this executor: %s", addr, e.details())
+                else:
+                    log.debug("attach to %s failed: %s", addr, e)
                 redirect = None
             except Exception as e:  # a stream torn down mid-write, and the like: attach again
                 log.warning("stream to %s ended: %s: %s", addr, type(e).__name__, e)
                 redirect = None
             self._fenced = False
             if self._attached_once:
-                self._attached_once, failed_rounds = False, 0
+                self._attached_once, failures = False, 0
             if self._stopping:
                 break
             if redirect and time.monotonic() - self._silent.get(redirect, -SILENT_FOR) < SILENT_FOR:
@@ -174,11 +178,13 @@ class Link:
                 i = targets.index(redirect)
                 continue
             i += 1
-            if i % len(targets):
+            failures += 1
+            # Each master is tried once quickly; after as many failures in a row as there are
+            # masters (whatever redirects came between), every try waits a growing pause.
+            if failures < len(targets):
                 await asyncio.sleep(0.02)
             else:
-                failed_rounds += 1
-                await asyncio.sleep(reconnect_pause(failed_rounds, random.random()))
+                await asyncio.sleep(reconnect_pause(failures // len(targets), random.random()))
 
     async def _session(self, addr: str) -> str | None:
         """One Attach stream; returns the leader's address when ``addr`` is a follower."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ from rota.executor.registry import load_kinds
 from rota.protos import rota_pb2, rota_pb2_grpc
 
 log = logging.getLogger("rota.executor")
+#: prctl(2): whether a process's /proc files and memory are open to other processes of its user.
+PR_SET_DUMPABLE = 4
 
 
 class ExecutorService(rota_pb2_grpc.ExecutorServicer):
@@ -265,6 +268,7 @@ def executor_command(**o: Any) -> int:
     work_dir = o["work_dir"] or tempfile.mkdtemp(prefix=f"rota-executor-{o['name']}-")
     os.makedirs(work_dir, exist_ok=True)
     setup_logging(str(o["log_level"]), str(o["log_format"]), f"executor[{o['name']}]")
+    undumpable()
     conf = AgentConfig(
         name=str(o["name"]),
         join=[a.dial() for a in o["join"]],
@@ -282,6 +286,18 @@ def executor_command(**o: Any) -> int:
 
 def _this_command() -> click.Command:
     return executor_command
+
+
+def undumpable() -> None:
+    """Tasks run as the executor's user, which may read /proc/<pid>/environ and memory of its own
+    processes: not the executor's, once it is not "dumpable" (Linux; elsewhere nothing changes).
+    It also means no core dump of the executor. A task running as another user (root aside) could
+    not read them anyway."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main() -> None:

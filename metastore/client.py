@@ -51,7 +51,7 @@ class Refused(EtcdError):
 
 #: How etcd says a request can never succeed: "request is too large", "too many operations in txn
 #: request" and the like are INVALID_ARGUMENT; a message over its receive limit is refused by gRPC.
-REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
+REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT}
 TOO_LARGE_DETAIL = "larger than max"
 
 

@@ -523,9 +523,12 @@ class Core:
         self.ended_jobs[job.state] += 1
         self.ended_tasks.update(job.counts)
         heapq.heappush(self._expiry, (job.ended + self.retention_of(job), job.seq, job.id))
-        if isinstance(job, Job):
-            self._detailed.append(job)
-            self._detailed_tasks += len(job.tasks)
+
+    def end_committed(self, job: Job) -> None:
+        """A job's end is in etcd (or was found there): from now on it may be held as a summary,
+        whose tasks are read back from etcd, once it is no longer among the most recent."""
+        self._detailed.append(job)
+        self._detailed_tasks += len(job.tasks)
 
     def demote(self, keep: int | None = None) -> int:
         """Hold all but the ``keep`` (default KEEP_DETAIL) most recently ended jobs as summaries, and
@@ -634,6 +637,8 @@ class Core:
             if job.ended is None:  # ended before end times were stored: count from now
                 job.ended = self.wall()
             self._keep_until_expiry(job)
+            if isinstance(job, Job):
+                self.end_committed(job)
             return  # nothing to place
         else:
             assert isinstance(job, Job)
@@ -819,6 +824,14 @@ class Core:
                 self._release(task)
                 self.stats.dispatched -= 1
             self._set_state(task, CANCELLED)  # its queue entries now pass over it
+        # Placements made while its creation was being sent are not drained yet: drop them too.
+        self._out = [d for d in self._out if not (isinstance(d, PutTask) and d.task.job is job)]
+        for ex_id, tasks in list(self._dispatch.items()):
+            kept = [(t, a) for t, a in tasks if t.job is not job]
+            if kept:
+                self._dispatch[ex_id] = kept
+            else:
+                del self._dispatch[ex_id]
         self._schedule()
 
     def tick(self) -> float | None:
@@ -839,21 +852,29 @@ class Core:
         return self._delayed[0][0] if self._delayed else None
 
     def _arm(self, task: Task) -> None:
-        """Put the leader's own deadline on the task's current attempt, counted from now (placement,
-        then again once it runs): its timeout plus DEADLINE_MARGIN. Tasks without a timeout get none."""
+        """Put the leader's own deadline on the task's current attempt, which runs from now on: its
+        timeout plus DEADLINE_MARGIN. Tasks without a timeout get none; so do attempts still queued
+        on an executor (their wait is not the task's fault)."""
         timeout = task.timeout
         if not timeout:
             return
         task.deadline = self.clock() + timeout + DEADLINE_MARGIN
-        heapq.heappush(self._deadlines, (task.deadline, task.attempt, task.index, task))
+        heap = self._deadlines
+        heapq.heappush(heap, (task.deadline, task.attempt, task.index, task))
+        if len(heap) > 1024 and len(heap) > 2 * sum(len(ex.running) for ex in self.executors.values()):
+            # Entries of attempts that ended long before their deadline: keep only the live ones.
+            self._deadlines = [e for e in heap if e[3].state in ACTIVE and e[3].deadline == e[0]]
+            heapq.heapify(self._deadlines)
 
     def _reclaim(self, now: float) -> None:
         """Attempts past the leader's deadline: their executor neither ended nor stopped them after
         their timeout. Stop them there, free the slot, and run them again (a failure, as a timeout is)."""
+        reclaimed = False
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, attempt, _, task = heapq.heappop(self._deadlines)
             if task.state not in ACTIVE or task.attempt != attempt or task.deadline != deadline:
                 continue
+            reclaimed = True
             ex = self.executors.get(task.executor)
             name = ex.name if ex else task.executor
             self._out.append(CancelTasks(task.executor, [task.ref()]))
@@ -862,6 +883,8 @@ class Core:
                 f"{DEADLINE_MARGIN:g}s on executor {name}: the leader took it back"
             )
             self._failed(task, {"error": error})
+        if reclaimed:
+            self._schedule()
 
     # -- placement -----------------------------------------------------------------------
 
@@ -962,7 +985,6 @@ class Core:
         task.job.started = True
         self._set_state(task, ASSIGNED)
         ex.hold(task)
-        self._arm(task)
         self.stats.dispatched += 1
         self._put(task)
         self._dispatch.setdefault(ex.id, []).append((task, task.attempt))

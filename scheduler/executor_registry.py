@@ -239,6 +239,8 @@ class ExecutorRegistry:
         if not await self.store.still_leading():
             log.info("executor %s %s: not revoking its lease, no longer the leader", ex_id, why)
             return
+        if ex_id in self.links:
+            return  # it came back while we asked
         log.info("executor %s %s: revoking its lease", ex_id, why, **logs.ids(executor=ex_id))
         with contextlib.suppress(EtcdError):
             await self.client.revoke(lease_id)

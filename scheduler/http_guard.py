@@ -38,8 +38,8 @@ def host_name(host: str) -> str:
         return host[1:].partition("]")[0]
     name, sep, port = host.rpartition(":")
     if sep and port.isdigit() and ":" not in name:
-        return name
-    return host
+        host = name
+    return host if ":" in host else host.rstrip(".")  # "master.example." is "master.example"
 
 
 def is_ip(name: str) -> bool:

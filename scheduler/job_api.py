@@ -174,9 +174,10 @@ class JobApi:
             await asyncio.sleep(0)
             self.check()
 
-    async def page_doc(self, job: AnyJob, offset: int, limit: int) -> dict[str, Any]:
+    async def page_doc(self, job: AnyJob, offset: int, limit: int) -> dict[str, Any] | None:
         """The get-job document with tasks ``[offset, offset + limit)``: from memory, or for an
-        ended job held as a summary, from etcd (a spec and a range of task records)."""
+        ended job held as a summary, from etcd (a spec and a range of task records); None when
+        that job has just expired."""
         if isinstance(job, Job):
             return job_page_doc(job, offset, limit)
         total = job.task_count()
@@ -187,6 +188,11 @@ class JobApi:
             spec, records = await self.store.read_tasks(job.id, offset, limit)
         except EtcdError as e:
             raise NotReady(f"cannot read job {job.id}'s tasks from etcd: {e}") from None
+        except LookupError:
+            return None
+        except (ValueError, TypeError, AttributeError) as e:
+            log.error("job %s cannot be read back from etcd: %r", job.id, e)
+            raise NotReady(f"job {job.id}'s records in etcd cannot be read") from None
         return stored_page_doc(job, spec, records, offset, limit)
 
     async def wait_job(self, job_id: str, timeout: float) -> AnyJob | None:
@@ -207,8 +213,7 @@ class JobApi:
 
     async def cancel_job(self, job_id: str) -> AnyJob | None:
         """Cancel a job; the answer comes once the cancellation is committed."""
-        self.check()
-        job = self.core.jobs.get(job_id)
+        job = self.job(job_id)  # one still being submitted is not known yet
         if job is None or job.state is not None:
             return job  # nothing to change
         await self.pipeline.room(f"job {job_id!r} was not cancelled")

@@ -144,6 +144,7 @@ class LeaderRuntime:
             return
         for d in decisions:
             if isinstance(d, JobEnded):
+                self.core.end_committed(d.job)
                 self.executors.forget_job(d.job.id, len(d.job.spec.tasks))
                 self.jobs.ended(d.job)
             elif isinstance(d, (Dispatch, CancelTasks, Ack)):

@@ -131,10 +131,22 @@ class CommitPipeline:
         self._full_until = time.monotonic() + HELD_RETRY
         self.kick()
 
-    async def _isolate(self, puts: list[PutTask | PutJob | DeleteJob]) -> None:
-        """Commit ``puts`` one at a time. A task record etcd refuses is written again without its
-        result, which becomes an error saying why (in the core too); any other refused write is
-        left out, loudly. Either way the rest goes on."""
+    async def _isolate(self, puts: list[PutTask | PutJob | DeleteJob], whole_refused: bool = True) -> None:
+        """Commit ``puts`` in halves, in order, down to the writes etcd refuses one by one (a batch
+        etcd refused as a whole is split at once). A task record etcd refuses is written again
+        without its result, which becomes an error saying why (in the core too); any other refused
+        write is left out, loudly. Either way the rest goes on."""
+        if len(puts) > 1:
+            if not whole_refused:
+                try:
+                    await self.store.commit(puts)
+                    return
+                except Refused:
+                    pass
+            mid = len(puts) // 2
+            await self._isolate(puts[:mid], whole_refused=False)
+            await self._isolate(puts[mid:], whole_refused=False)
+            return
         for w in puts:
             try:
                 await self.store.commit([w])

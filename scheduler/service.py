@@ -249,8 +249,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
             job = await self._job_or_404(rt.jobs.job(request.id), request.id, context, rt)
-            return _json(
-                await rt.jobs.page_doc(job, request.task_offset, request.task_limit or MAX_TASK_PAGE)
+            return await self._page(
+                rt, job, request.task_offset, request.task_limit or MAX_TASK_PAGE, context
             )
 
         return await self._on_leader("GetJob", request, context, local)
@@ -289,7 +289,16 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         job = await self._job_or_404(await rt.jobs.wait_job(job_id, hold), job_id, context, rt)
         if job.state is None:
             return _json(job_doc(job, with_tasks=False))
-        return _json(await rt.jobs.page_doc(job, 0, MAX_TASK_PAGE))
+        return await self._page(rt, job, 0, MAX_TASK_PAGE, context)
+
+    async def _page(
+        self, rt: LeaderRuntime, job: Any, offset: int, limit: int, context: Any
+    ) -> rota_pb2.JsonReply:
+        """The get-job document with a page of tasks; NOT_FOUND when the job expired meanwhile."""
+        doc = await rt.jobs.page_doc(job, offset, limit)
+        if doc is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, rt.jobs.why_missing(job.id))
+        return _json(doc)
 
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
         try:
@@ -304,13 +313,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            return _json(
-                await rt.jobs.page_doc(
-                    await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context, rt),
-                    0,
-                    MAX_TASK_PAGE,
-                )
-            )
+            job = await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context, rt)
+            return await self._page(rt, job, 0, MAX_TASK_PAGE, context)
 
         return await self._on_leader("CancelJob", request, context, local)
 

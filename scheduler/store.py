@@ -343,6 +343,8 @@ class Store:
         ex_kvs, _ = await self.client.get_prefix(keys.EXECUTORS, revision=rev)
         summaries: list[EndedJob] = []
         whole: dict[str, tuple[KV, dict[str, Any]]] = {}
+        #: Records that cannot be read: their spec parts are not half-written jobs, and stay.
+        unreadable: set[str] = set()
         for n, kv in enumerate(job_kvs, 1):
             if n % LOAD_CHUNK == 0:
                 await asyncio.sleep(0)  # the leader's lease is kept alive on this loop
@@ -352,6 +354,7 @@ class Store:
                 summary = EndedJob.from_record(job_id, kv.create_revision, rec)
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 log.error("job %s cannot be read from etcd and is skipped: %r", job_id, e)
+                unreadable.add(job_id)
                 continue
             if summary is not None:
                 summaries.append(summary)
@@ -372,8 +375,8 @@ class Store:
         parts: dict[str, list[bytes]] = {}
         for kv in spec_kvs:
             parts.setdefault(keys.spec_job_id(kv.key), []).append(kv.value)
-        for summary in summaries:
-            parts.pop(summary.id, None)
+        for job_id in (*(s.id for s in summaries), *unreadable):
+            parts.pop(job_id, None)
         jobs: dict[str, Job] = {}
         for n, (job_id, (kv, rec)) in enumerate(whole.items(), 1):
             if n % LOAD_CHUNK == 0:
@@ -421,5 +424,7 @@ class Store:
         task_kvs, _ = await self.client.get_range(
             keys.task(job_id, offset), keys.task(job_id, offset + limit), revision=rev
         )
+        if not spec_kvs:
+            raise LookupError(f"job {job_id}'s spec is gone from etcd (it expired)")
         spec = JobSpec.from_stored(json.loads(b"".join(kv.value for kv in spec_kvs)))
         return spec, {keys.task_of(kv.key)[1]: json.loads(kv.value) for kv in task_kvs}

@@ -257,10 +257,20 @@ class CallKind(Kind):
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
+        environ = inherited_env()
         process = self._ctx.Process(
-            target=_worker_main, args=(child_conn, inherited_env()), name="rota-call", daemon=True
+            target=_worker_main, args=(child_conn, environ), name="rota-call", daemon=True
         )
-        process.start()
+        # The worker is a new program (spawn): it starts with the environment of this moment, which
+        # /proc/<pid>/environ shows for its whole life. So it starts with the clean one.
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(environ)
+        try:
+            process.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         child_conn.close()
         worker = _Worker(process, parent_conn)
         asyncio.get_running_loop().add_reader(parent_conn.fileno(), worker.readable)

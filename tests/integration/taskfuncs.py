@@ -13,3 +13,13 @@ def stamp(path: str, label: str, seconds: float = 0.0) -> float:
         f.write(f"{label} {started:.6f} {os.getppid()}\n")
     time.sleep(seconds)
     return started
+
+
+def environ_of(pid: str) -> str:
+    """What ``/proc/<pid>/environ`` shows (``self`` or ``parent``), or why it cannot be read."""
+    target = os.getppid() if pid == "parent" else pid
+    try:
+        with open(f"/proc/{target}/environ", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        return f"unreadable: {e.strerror}"

@@ -13,6 +13,8 @@ GOOD = {"name": "ex-1", "addr": "10.0.0.5:10241", "slots": 4, "ttl": 5.0, "kinds
 def test_a_reasonable_hello_passes() -> None:
     check_hello(**GOOD)
     check_hello(**{**GOOD, "ttl": 0.0, "slots": MAX_SLOTS, "executor_id": "ex-1-00ab12"})
+    longest = "n" * 93  # its id, "<name>-<6 hex>", must pass too when it re-attaches
+    check_hello(**{**GOOD, "name": longest, "executor_id": f"{longest}-00ab12"})
 
 
 @pytest.mark.parametrize(
@@ -24,7 +26,7 @@ def test_a_reasonable_hello_passes() -> None:
         ({"ttl": 0.2}, "TTL"),
         ({"name": ""}, "name"),
         ({"name": "a/b"}, "name"),
-        ({"name": "x" * 101}, "name"),
+        ({"name": "x" * 94}, "name"),
         ({"name": "-opt"}, "name"),
         ({"addr": "nowhere"}, "address"),
         ({"addr": "0.0.0.0:10241"}, "wildcard"),

@@ -1657,7 +1657,8 @@ def _run_to_end(h: Harness, job: Job) -> None:
     h.drain()
     for t in job.tasks:
         h.report("a", t.ref(), SUCCEEDED, {})
-    h.drain()
+    for d in only(h.drain(), JobEnded):
+        h.core.end_committed(d.job)  # as the leader does once the end is in etcd
     assert job.state == SUCCEEDED
 
 
@@ -1924,3 +1925,29 @@ def test_an_attempt_that_ends_in_time_or_a_task_without_a_timeout_is_left_alone(
     h.core.tick()
     assert only(h.drain(), CancelTasks) == []
     assert timed.state == SUCCEEDED and untimed.tasks[0].state == ASSIGNED
+
+
+def test_a_withdrawn_submission_leaves_no_decision_behind() -> None:
+    """Placements made while the job's creation was on its way to etcd are not drained yet."""
+    h = Harness()
+    h.attach("ex1", slots=4)
+    h.drain()
+    job = h.add_job("b", tmpl(count=3))  # placed at once, its decisions still in the outbox
+    h.core.withdraw_job("b")
+    out = h.drain()
+    assert [d for d in out if isinstance(d, PutTask) and d.task.job is job] == []
+    assert dispatched(out) == {}
+    assert "b" not in h.core.jobs and h.core.executors["ex1"].free == 4
+
+
+def test_an_ended_job_is_held_whole_until_its_end_is_committed() -> None:
+    h = _retention_harness(60.0)
+    h.core.keep_detail = 0
+    job = h.add_job("j")
+    h.drain()
+    h.report("a", job.tasks[0].ref(), SUCCEEDED, {})
+    h.core.tick()
+    assert h.core.jobs["j"] is job  # its end is not in etcd yet: get-job must not read etcd
+    h.core.end_committed(job)
+    h.core.tick()
+    assert isinstance(h.core.jobs["j"], EndedJob)

@@ -32,6 +32,7 @@ def test_the_name_of_a_host_header(host: str, name: str) -> None:
         ("app.localhost", True),
         ("master-1.example:10280", True),  # --http-allowed-hosts
         ("MASTER-1.example", True),
+        ("master-1.example.:10280", True),  # a fully qualified name's trailing dot
         ("evil.test:10280", False),  # a rebinding page's own name
         ("127.0.0.1.evil.test", False),
         ("", False),
