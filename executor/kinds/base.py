@@ -186,6 +186,39 @@ def kill_group(pid: int) -> None:
         pass
 
 
+def kill_marked(env: Mapping[str, str], rounds: int = 5) -> int:
+    """SIGKILL every process whose environment names this attempt (``ROTA_TASK_ID`` and
+    ``ROTA_ATTEMPT``): what the task started and then left its process group (``setsid()``, a
+    daemon) and would outlive it. Returns how many were killed. Reads /proc; a few ms at most."""
+    task_id, attempt = env.get("ROTA_TASK_ID"), env.get("ROTA_ATTEMPT")
+    if not task_id or not attempt:
+        return 0
+    markers = (f"\0ROTA_TASK_ID={task_id}\0".encode(), f"\0ROTA_ATTEMPT={attempt}\0".encode())
+    me, killed = os.getpid(), 0
+    for _ in range(rounds):  # again, for what forked while the last round ran
+        found = 0
+        try:
+            pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        except OSError:
+            return killed
+        for pid in pids:
+            if pid == me:
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    data = b"\0" + f.read()
+            except OSError:
+                continue
+            if all(m in data for m in markers):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    found += 1
+        killed += found
+        if not found:
+            break
+    return killed
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -298,6 +331,8 @@ async def _run_process(
     finally:
         kill_group(proc.pid)
         await _settle(proc, [out.task, err.task])
+        # What left the group (setsid, a daemon) goes too: a task leaves nothing running.
+        await asyncio.to_thread(kill_marked, env)
     code = proc.returncode
     result = TaskResult(
         ok=not expired and code == 0,
