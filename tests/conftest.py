@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,22 @@ def _pid_alive(pid: int) -> bool:
 @pytest.fixture
 def pid_alive() -> Callable[[int], bool]:
     return _pid_alive
+
+
+def _wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something true, and return that; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., Any]:
+    return _wait_until
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ from rota.devtools.localcluster import LocalCluster, Process
 pytestmark = pytest.mark.etcd
 
 HERE = Path(__file__).parent
-
-
-def wait_until(what: str, check, timeout: float = 30.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +54,7 @@ def executor_doc(c: Client, proc: Process) -> dict | None:
     return next((e for e in c.list_executors() if e["name"] == proc.name), None)
 
 
-def test_sigterm_lets_the_running_task_finish_there_once_and_exits_0(local_cluster, tmp_path):
+def test_sigterm_lets_the_running_task_finish_there_once_and_exits_0(wait_until, local_cluster, tmp_path):
     cluster: LocalCluster = local_cluster(executors=1, executor_slots=1)
     stamps = tmp_path / "stamps"
     victim = cluster.executors[0]
@@ -91,7 +80,7 @@ def test_sigterm_lets_the_running_task_finish_there_once_and_exits_0(local_clust
         assert c.wait_job(later, timeout=30)["state"] == "SUCCEEDED"
 
 
-def test_three_executor_restarts_do_not_fail_a_task_of_three_attempts(local_cluster, tmp_path):
+def test_three_executor_restarts_do_not_fail_a_task_of_three_attempts(wait_until, local_cluster, tmp_path):
     cluster: LocalCluster = local_cluster(executors=1, executor_slots=1)
     stamps = tmp_path / "stamps"
     short_drain = ["--drain-timeout", "200ms"]
@@ -113,7 +102,9 @@ def test_three_executor_restarts_do_not_fail_a_task_of_three_attempts(local_clus
     assert [pid for _, pid in stamped(stamps)] == [e.pid for e in cluster.executors]
 
 
-def test_drain_executor_stops_new_work_across_a_leader_change_and_undrain_resumes_it(local_cluster, tmp_path):
+def test_drain_executor_stops_new_work_across_a_leader_change_and_undrain_resumes_it(
+    wait_until, local_cluster, tmp_path
+):
     cluster: LocalCluster = local_cluster(executors=2, executor_slots=1)
     e0, e1 = cluster.executors
     stamps = tmp_path / "stamps"

@@ -4,7 +4,6 @@ etcd quorum lost, a task that kills its executor (issue 4, promises 3-6)."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,6 @@ from rota.client.api import Client, NoMasterReachable
 from rota.devtools.localcluster import LocalCluster
 
 pytestmark = pytest.mark.etcd
-
-
-def wait_until(what: str, check, timeout: float = 30.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 def long_tasks(tmp: Path, n: int) -> dict:
@@ -43,7 +32,7 @@ def executor_id(c: Client, name: str) -> str:
     return next((e["id"] for e in c.list_executors() if e["name"] == name), "")
 
 
-def test_killed_executor_tasks_run_elsewhere_with_next_attempt(local_cluster, tmp_path):
+def test_killed_executor_tasks_run_elsewhere_with_next_attempt(wait_until, local_cluster, tmp_path):
     cluster: LocalCluster = local_cluster(executors=2, executor_slots=2)
     with cluster.client(timeout=10) as c:
         job_id = c.submit_job(long_tasks(tmp_path, 2))["id"]
@@ -66,7 +55,7 @@ def test_killed_executor_tasks_run_elsewhere_with_next_attempt(local_cluster, tm
         c.cancel_job(job_id)
 
 
-def test_frozen_executor_is_fenced_out_and_kills_its_task(local_cluster, tmp_path, pid_alive):
+def test_frozen_executor_is_fenced_out_and_kills_its_task(wait_until, local_cluster, tmp_path, pid_alive):
     cluster: LocalCluster = local_cluster(
         executors=2,
         executor_slots=2,
@@ -109,7 +98,7 @@ def test_frozen_executor_is_fenced_out_and_kills_its_task(local_cluster, tmp_pat
         c.cancel_job(job_id)
 
 
-def test_whole_cluster_restart_resumes_unfinished_jobs(local_cluster, tmp_path):
+def test_whole_cluster_restart_resumes_unfinished_jobs(wait_until, local_cluster, tmp_path):
     cluster: LocalCluster = local_cluster(executors=1, executor_slots=2)
     job = {"name": "resume", "task": [{"name": "s", "kind": "sleep", "seconds": 0.3, "count": 16}]}
     with cluster.client(timeout=10) as c:
@@ -151,7 +140,7 @@ def test_one_etcd_member_down_keeps_scheduling_and_quorum_loss_pauses_it(local_c
         assert c.cluster_status()["etcd"]["healthy"]
 
 
-def test_task_that_kills_its_executor_fails_instead_of_the_cluster(local_cluster):
+def test_task_that_kills_its_executor_fails_instead_of_the_cluster(wait_until, local_cluster):
     """Attempts lost with their executor do not use up max-attempts, but a task lost ten times
     (the floor of the bound) fails: one that kills every executor it runs on must end."""
     cluster: LocalCluster = local_cluster(executors=3, executor_slots=1)
