@@ -50,39 +50,35 @@ def test_tasks_do_not_see_the_executors_secrets(local_cluster, monkeypatch):
 ESCAPE = f"{sys.executable} -c 'import os, time; os.setsid(); time.sleep(300)' </dev/null >/dev/null 2>&1 & echo $!"
 
 
-def test_a_process_that_left_its_tasks_group_goes_with_the_task(local_cluster, pid_alive):
+def test_a_process_that_left_its_tasks_group_goes_with_the_task(local_cluster, pid_alive, wait_until):
     """setsid() takes a child out of the task's process group, which is what a kill aimed at; it
-    must not outlive the task, whether the task ends by itself or is cancelled."""
+    must not outlive the task, whether the task ends by itself or is cancelled. Each task lives a
+    second after starting its child: long enough for the child to have left the group."""
     import time
 
-    def gone(pid: int) -> bool:
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return not pid_alive(pid)
+    def printed(job_id: str) -> bytes:
+        """The task's stdout so far, from its executor."""
+        try:
+            return b"".join(d for s, d in c.task_logs(job_id, "t") if s == "stdout").strip()
+        except Exception:
+            return b""
 
     cluster = local_cluster(executors=1, executor_slots=2)
     with cluster.client(timeout=30) as c:
         ended = c.run_job(
-            {"name": "leaves", "task": [{"name": "t", "kind": "shell", "command": ESCAPE}]}, timeout=60
+            {"name": "leaves", "task": [{"name": "t", "kind": "shell", "command": f"{ESCAPE}; sleep 1"}]},
+            timeout=60,
         )
         running = c.submit_job(
             {"name": "cancelled", "task": [{"name": "t", "kind": "shell", "command": f"{ESCAPE}; sleep 300"}]}
         )["id"]
-        deadline, printed = time.monotonic() + 30, b""
-        while not printed.strip():  # the task's output so far, from its executor
-            assert time.monotonic() < deadline, "the task never printed its child's pid"
-            time.sleep(0.2)
-            try:
-                printed = b"".join(d for s, d in c.task_logs(running, "t") if s == "stdout")
-            except Exception:
-                printed = b""
-        escaped = int(printed.split()[0])
+        escaped = int(
+            wait_until("the task to print its child's pid", lambda: printed(running), every=0.2).split()[0]
+        )
         time.sleep(1)  # it has left the task's group by now
         assert pid_alive(escaped)
         c.cancel_job(running)
     assert ended["state"] == "SUCCEEDED"
-    assert gone(int(ended["tasks"][0]["result"]["stdout"].split()[0])), (
-        "a finished task's setsid child lives on"
-    )
-    assert gone(escaped), "a cancelled task's setsid child lives on"
+    finished_child = int(ended["tasks"][0]["result"]["stdout"].split()[0])
+    wait_until("a finished task's setsid child to go", lambda: not pid_alive(finished_child), timeout=10)
+    wait_until("a cancelled task's setsid child to go", lambda: not pid_alive(escaped), timeout=10)
