@@ -530,10 +530,10 @@ class Core:
         self._detailed.append(job)
         self._detailed_tasks += len(job.tasks)
 
-    def demote(self, keep: int | None = None) -> int:
-        """Hold all but the ``keep`` (default KEEP_DETAIL) most recently ended jobs as summaries, and
-        those too once they hold more than KEEP_DETAIL_TASKS tasks between them."""
-        keep = self.keep_detail if keep is None else keep
+    def demote(self) -> int:
+        """Hold all but the ``keep_detail`` most recently ended jobs as summaries, and those too once
+        they hold more than KEEP_DETAIL_TASKS tasks between them."""
+        keep = self.keep_detail
         n = 0
         detailed = self._detailed
         while detailed and (

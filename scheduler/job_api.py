@@ -182,7 +182,7 @@ class JobApi:
             return job_page_doc(job, offset, limit)
         total = job.task_count()
         if offset >= total:
-            return {**job_doc(job, with_tasks=False), "tasks": []}
+            return {**job_doc(job), "tasks": []}
         limit = min(limit, total - offset)
         try:
             spec, records = await self.store.read_tasks(job.id, offset, limit)

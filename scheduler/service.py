@@ -279,7 +279,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                         f"no job {request.before!r} to list from (before names a job list-jobs showed)",
                     )
             jobs, more = await rt.jobs.list_jobs(state, limit, before)
-            doc = [job_doc(j, with_tasks=False) for j in jobs]
+            doc = [job_doc(j) for j in jobs]
             return rota_pb2.ListJobsReply(json=json.dumps(doc).encode(), more=more)
 
         return await self._on_leader("ListJobs", request, context, local)
@@ -288,7 +288,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         """A summary while the job runs after ``hold`` seconds; once it ended, its first page of tasks."""
         job = await self._job_or_404(await rt.jobs.wait_job(job_id, hold), job_id, context, rt)
         if job.state is None:
-            return _json(job_doc(job, with_tasks=False))
+            return _json(job_doc(job))
         return await self._page(rt, job, 0, MAX_TASK_PAGE, context)
 
     async def _page(

@@ -35,7 +35,8 @@ def task_doc(task: Task) -> dict[str, Any]:
     }
 
 
-def job_doc(job: AnyJob, with_tasks: bool = True) -> dict[str, Any]:
+def job_doc(job: AnyJob) -> dict[str, Any]:
+    """The get-job document without ``tasks`` (list-jobs, a wait still running); pages add them."""
     doc: dict[str, Any] = {
         "id": job.id,
         "name": job.name,
@@ -43,8 +44,6 @@ def job_doc(job: AnyJob, with_tasks: bool = True) -> dict[str, Any]:
         "priority": job.priority,
         "counts": {s: job.counts[s] for s in TASK_STATES if job.counts[s]},
     }
-    if with_tasks and isinstance(job, Job):
-        doc["tasks"] = [task_doc(t) for t in job.tasks]
     return doc
 
 
@@ -70,7 +69,7 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
 
 def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
     """The get-job document with tasks ``[offset, offset + limit)`` only."""
-    doc = job_doc(job, with_tasks=False)
+    doc = job_doc(job)
     doc["tasks"] = [task_doc(t) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]]
     return doc
 
@@ -93,7 +92,7 @@ def stored_page_doc(
     job: EndedJob, spec: JobSpec, records: dict[int, dict[str, Any]], offset: int, limit: int
 ) -> dict[str, Any]:
     """``job_page_doc`` for an ended job held as a summary, from its spec and task records."""
-    doc = job_doc(job, with_tasks=False)
+    doc = job_doc(job)
     limit = min(limit, MAX_TASK_PAGE)
     tasks = []
     for i, name in enumerate(task_names(spec, offset, limit), offset):
