@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import re
@@ -19,9 +20,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from rota.client.errors import NoMasterReachable, OutOfSpace, RequestError
+from rota.client.errors import AccessDenied, NoMasterReachable, OutOfSpace, RequestError
 from rota.client.tasklogs import task_logs as stream_task_logs
-from rota.common import rpc
+from rota.common import rpc, tokens
 from rota.common.config import ConfigError, parse_address, split_list
 from rota.common.jobspec import MAX_JOB_BYTES, JobSpec, JobSpecError, load_job, validate_job_id
 from rota.common.paging import MAX_LIST_LIMIT, MAX_TASK_PAGE
@@ -35,8 +36,29 @@ CONNECT_TIMEOUT = 1.0
 PER_TRY_MIN = 3.0
 _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 #: Calls every master answers itself: no need to look for the leader first.
-_ANY_MASTER = {"GetMasterInfo", "GetClusterStatus"}
+_ANY_MASTER = {"GetMasterInfo", "GetClusterStatus", "WhoAmI", "CreateToken", "ListTokens", "RevokeToken"}
 T = TypeVar("T")
+#: A token for the calls made in this context instead of the client's own: the HTTP API passes on
+#: the bearer token of each request it serves this way.
+call_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_token", default=None)
+
+
+def resolve_token(token: str | None) -> str | None:
+    """The token to send: ``token``, else ``$ROTA_TOKEN``, else the file ``$ROTA_TOKEN_FILE`` names;
+    checked, so a typo is a clear error here rather than a refusal from the cluster."""
+    if token is None:
+        token = os.environ.get("ROTA_TOKEN") or None
+        if token is None and os.environ.get("ROTA_TOKEN_FILE"):
+            try:
+                return str(tokens.read_file(os.environ["ROTA_TOKEN_FILE"]))
+            except tokens.BadToken as e:
+                raise ConfigError(f"ROTA_TOKEN_FILE: {e}") from None
+    if not token:
+        return None
+    try:
+        return str(tokens.parse(token))
+    except tokens.BadToken as e:
+        raise ConfigError(f"token: {e}") from None
 
 
 #: Tasks per GetJob page: about 20 ms of the leader's time each (the masters allow twice that).
@@ -102,12 +124,21 @@ def info_to_dict(i: rota_pb2.MasterInfo) -> dict[str, Any]:
 
 
 class AsyncClient:
-    def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0, token: str | None = None
+    ) -> None:
+        """``token``: sent with every call when the cluster checks tokens (default ``$ROTA_TOKEN``,
+        then the file ``$ROTA_TOKEN_FILE`` names)."""
         self.addresses = resolve_addresses(addresses)
         self.timeout = timeout
+        self.token = resolve_token(token)
         self._channels = rpc.ChannelPool()
         self._preferred = 0
         self._leader_known = False
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        token = call_token.get() or self.token
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     def _stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
         return rota_pb2_grpc.MasterStub(self._channels.get(addr))
@@ -155,7 +186,7 @@ class AsyncClient:
                     per_try = (
                         remaining if n == 1 else min(remaining, hold + max(PER_TRY_MIN, self.timeout / n))
                     )
-                    result = await getattr(stub, method)(request, timeout=per_try)
+                    result = await getattr(stub, method)(request, timeout=per_try, metadata=self.metadata())
                     self._preferred = idx
                     return result
                 except grpc.aio.AioRpcError as e:
@@ -165,6 +196,10 @@ class AsyncClient:
                         ) from None
                     if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                         raise OutOfSpace(e.details() or "etcd is out of space") from None
+                    if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                        raise AccessDenied(
+                            e.details() or e.code().name, e.code() == grpc.StatusCode.UNAUTHENTICATED
+                        ) from None
                     if e.code() not in _RETRY:
                         raise
                     errors[addr] = e.details() or e.code().name
@@ -353,6 +388,22 @@ class AsyncClient:
 
         return stream_task_logs(self, job_id, task, follow, on_task)
 
+    async def whoami(self) -> dict[str, Any]:
+        """The caller's token as the cluster sees it: ``{"id", "role", "name"}``, or
+        ``{"tokens": False}`` when the cluster does not check tokens."""
+        return await self._json_call("WhoAmI", rota_pb2.WhoAmIRequest())  # type: ignore[no-any-return]
+
+    async def create_token(self, role: str, name: str) -> tuple[str, dict[str, Any]]:
+        """A new token of ``role`` (admin, submit, read, executor): its text, shown only now, and its record."""
+        reply = await self._call("CreateToken", rota_pb2.CreateTokenRequest(role=role, name=name))
+        return reply.token, json.loads(reply.json)
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        return await self._json_call("ListTokens", rota_pb2.ListTokensRequest())  # type: ignore[no-any-return]
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return await self._json_call("RevokeToken", rota_pb2.RevokeTokenRequest(id=token_id))  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         await self._channels.close()
 
@@ -366,9 +417,11 @@ class AsyncClient:
 class Client:
     """Blocking face of AsyncClient, running it on a private event loop."""
 
-    def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0, token: str | None = None
+    ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(addresses, timeout)
+        self._async = AsyncClient(addresses, timeout, token)
 
     @property
     def addresses(self) -> list[str]:
@@ -412,6 +465,18 @@ class Client:
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._run(lambda: self._async.cancel_job(job_id))
+
+    def whoami(self) -> dict[str, Any]:
+        return self._run(self._async.whoami)
+
+    def create_token(self, role: str, name: str) -> tuple[str, dict[str, Any]]:
+        return self._run(lambda: self._async.create_token(role, name))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self._run(self._async.list_tokens)
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._run(lambda: self._async.revoke_token(token_id))
 
     def list_executors(self) -> list[dict[str, Any]]:
         return self._run(self._async.list_executors)

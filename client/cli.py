@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -11,7 +12,9 @@ from typing import Any
 import click
 
 from rota.client.api import Client, NoMasterReachable, OutOfSpace, RequestError, resolve_addresses
+from rota.client.errors import AccessDenied
 from rota.common import config as cfg
+from rota.common import roles, tokens
 from rota.common.jobspec import JobSpecError
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import CANCELLED, FAILED, JOB_STATES, TERMINAL
@@ -23,16 +26,20 @@ MAX_TASK_ROWS = 20
 
 EXIT_NO_LEADER = 3
 EXIT_OUT_OF_SPACE = 4
+EXIT_ACCESS_DENIED = 5
 
 
 class Ctx:
-    def __init__(self, master_addr: str | None, as_json: bool, timeout: float) -> None:
+    def __init__(
+        self, master_addr: str | None, as_json: bool, timeout: float, token: str | None = None
+    ) -> None:
         self.master_addr = master_addr
         self.json = as_json
         self.timeout = timeout
+        self.token = token
 
     def client(self) -> Client:
-        return Client(self.master_addr, timeout=self.timeout)
+        return Client(self.master_addr, timeout=self.timeout, token=self.token)
 
 
 def emit(ctx: Ctx, doc: Any, human: str) -> None:
@@ -62,20 +69,35 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     show_default=True,
     help="Give up (exit 3) when no master answers within this time.",
 )
+@click.option(
+    "--token-file",
+    envvar="ROTA_TOKEN_FILE",
+    default=None,
+    metavar="FILE",
+    help="Send the token in FILE with every call, for a cluster that checks tokens; $ROTA_TOKEN may hold "
+    "the token itself instead [env: ROTA_TOKEN_FILE].",
+)
 @click.pass_context
-def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float) -> None:
+def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float, token_file: str | None) -> None:
     """Talk to a Rota cluster.
 
     \b
     Exit codes: 0 success; 1 the waited-for job ended FAILED or CANCELLED;
     2 bad usage or bad input (nothing was submitted); 3 no leader reachable;
-    4 etcd is out of space (nothing was changed, or the change is held until it has room).
+    4 etcd is out of space (nothing was changed, or the change is held until it has room);
+    5 refused: no token, an unknown or revoked one, or a role that does not allow the call.
     """
     try:
         resolve_addresses(master_addr)
     except cfg.ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--master-addr") from None
-    ctx.obj = Ctx(master_addr, as_json, timeout)
+    token = None
+    if token_file:
+        try:
+            token = str(tokens.read_file(token_file))
+        except tokens.BadToken as e:
+            raise click.BadParameter(str(e), param_hint="--token-file") from None
+    ctx.obj = Ctx(master_addr, as_json, timeout, token)
 
 
 @cli.command("cluster-status")
@@ -407,6 +429,75 @@ def logs(ctx: Ctx, job_id: str, task: str | None, follow: bool) -> None:
         emit(ctx, {**doc, **text, "notices": notices}, "")
 
 
+@cli.group("token")
+def token_group() -> None:
+    """Make, list and revoke API tokens (a cluster checks them once its masters have --admin-token-file).
+
+    \b
+    Roles: admin (everything), submit (submit, read, cancel its own jobs),
+    read (read only), executor (join the cluster as an executor).
+    """
+
+
+@token_group.command("generate")
+def token_generate() -> None:
+    """Print a new random token without asking any master: the bootstrap admin token for
+    --admin-token-file (every other token comes from 'token create')."""
+    click.echo(str(tokens.generate()))
+
+
+@token_group.command("create")
+@click.option("--role", required=True, type=click.Choice(list(roles.ROLES)), help="What the token may do.")
+@click.option("--name", required=True, help="Who or what it is for (1-64 of A-Z a-z 0-9 _ . @ -).")
+@click.pass_obj
+def token_create(ctx: Ctx, role: str, name: str) -> None:
+    """Make a token (needs an admin token). It is printed once: the cluster keeps only its hash."""
+    with ctx.client() as c:
+        text, rec = c.create_token(role, name)
+    emit(ctx, {**rec, "token": text}, text)
+    if not ctx.json:
+        click.echo(
+            f"token {rec['id']} ({rec['name']}, role {rec['role']}): keep it now, it is not shown again",
+            err=True,
+        )
+
+
+@token_group.command("list")
+@click.pass_obj
+def token_list(ctx: Ctx) -> None:
+    """Every token's id, role, name and creation time (never the tokens themselves)."""
+    with ctx.client() as c:
+        recs = c.list_tokens()
+    rows = [[r["id"], r["role"], r["name"], _when(r["created"]), r.get("by") or "-"] for r in recs]
+    emit(ctx, recs, table(["ID", "ROLE", "NAME", "CREATED", "BY"], rows))
+
+
+@token_group.command("revoke")
+@click.argument("token_id")
+@click.pass_obj
+def token_revoke(ctx: Ctx, token_id: str) -> None:
+    """Revoke a token by its id: every master refuses it from then on."""
+    with ctx.client() as c:
+        rec = c.revoke_token(token_id)
+    emit(ctx, rec, f"revoked token {rec['id']} ({rec['name']}, role {rec['role']})")
+
+
+@token_group.command("whoami")
+@click.pass_obj
+def token_whoami(ctx: Ctx) -> None:
+    """Show the role and name of the token this client sends."""
+    with ctx.client() as c:
+        who = c.whoami()
+    if "role" in who:
+        emit(ctx, who, f"token {who['id']} ({who['name']}), role {who['role']}")
+    else:
+        emit(ctx, who, "this cluster does not check tokens")
+
+
+def _when(t: float | None) -> str:
+    return datetime.datetime.fromtimestamp(t or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def main() -> None:
     try:
         cfg.run_command(cli, "master-client")
@@ -419,6 +510,9 @@ def main() -> None:
     except OutOfSpace as e:
         click.echo(f"master-client: error: {e}", err=True)
         sys.exit(EXIT_OUT_OF_SPACE)
+    except AccessDenied as e:
+        click.echo(f"master-client: refused: {e}", err=True)
+        sys.exit(EXIT_ACCESS_DENIED)
 
 
 if __name__ == "__main__":

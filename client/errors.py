@@ -15,3 +15,12 @@ class RequestError(Exception):
 
 class OutOfSpace(Exception):
     """etcd is out of space (its NOSPACE alarm): the cluster refused a change; try again later."""
+
+
+class AccessDenied(Exception):
+    """The cluster checks tokens and refused this call: no token or an unknown one
+    (``unauthenticated``), or a role that does not allow it."""
+
+    def __init__(self, message: str, unauthenticated: bool) -> None:
+        super().__init__(message)
+        self.unauthenticated = unauthenticated

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from rota.client.errors import RequestError
+from rota.client.errors import AccessDenied, RequestError
 from rota.common import rpc
 from rota.common.states import ACTIVE, TERMINAL
 from rota.protos import rota_pb2, rota_pb2_grpc
@@ -30,6 +30,8 @@ class Lookup(Protocol):
     ) -> dict[str, Any]: ...
 
     async def list_executors(self) -> list[dict[str, Any]]: ...
+
+    def metadata(self) -> tuple[tuple[str, str], ...]: ...
 
 
 #: A job with more tasks than this lists only the first ones in an error message.
@@ -119,7 +121,7 @@ async def task_logs(
             on_task({**t, "addr": ex["addr"]})
         sent = False
         try:
-            async for item in _read(ex, t, follow, client.timeout):
+            async for item in _read(ex, t, follow, client.timeout, client.metadata()):
                 sent = True
                 yield item
             return
@@ -145,7 +147,11 @@ async def _executor(client: Lookup, t: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _read(
-    ex: dict[str, Any], t: dict[str, Any], follow: bool, connect_timeout: float
+    ex: dict[str, Any],
+    t: dict[str, Any],
+    follow: bool,
+    connect_timeout: float,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> AsyncIterator[tuple[str, bytes]]:
     where = f"executor {ex['name']} at {ex['addr']}"
     job_id = t["id"].rsplit("/", 1)[0]
@@ -159,7 +165,7 @@ async def _read(
         request = rota_pb2.TaskLogsRequest(
             job_id=job_id, index=task_index(t), attempt=t["attempt"], follow=follow
         )
-        call = rota_pb2_grpc.ExecutorStub(channel).TaskLogs(request)
+        call = rota_pb2_grpc.ExecutorStub(channel).TaskLogs(request, metadata=metadata)
         try:
             async for chunk in call:
                 if chunk.notice:
@@ -171,6 +177,10 @@ async def _read(
                 raise _NotHere(e.details()) from None
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise RequestError(f"{where}: {e.details()}") from None
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise AccessDenied(
+                    f"{where}: {e.details()}", e.code() == grpc.StatusCode.UNAUTHENTICATED
+                ) from None
             raise RequestError(
                 f"lost {where} while reading {describe(t)}: {e.details() or e.code().name}"
             ) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rota.client.api import Client, NoMasterReachable
+from rota.common import tokens as token_text
 from rota.common.procs import die_with_parent, free_ports
 
 
@@ -100,9 +101,17 @@ class LocalCluster:
         executors: int = 0,
         executor_slots: int = 1,
         executor_args: Sequence[str] = (),
+        tokens: bool = False,
     ) -> None:
+        """``tokens``: masters check tokens (a fresh admin token in ``base_dir/admin.token``, which
+        ``client()`` sends), and executors join with an executor token made at start."""
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_token: str | None = None
+        self.executor_token_file: Path | None = None
+        if tokens:
+            self.admin_token = str(token_text.generate())
+            _secret_file(self.base_dir / "admin.token", self.admin_token)
         self.masters: list[MasterProcess] = []
         self.executors: list[Process] = []
         self._initial_executors = (executors, executor_slots, tuple(executor_args))
@@ -126,6 +135,8 @@ class LocalCluster:
                     "--initial-cluster", initial, "--etcd-heartbeat-interval", etcd_tuning[0],
                     "--etcd-election-timeout", etcd_tuning[1],
                 ]  # fmt: skip
+            if self.admin_token:
+                argv += ["--admin-token-file", str(self.base_dir / "admin.token")]
             argv += list(master_args)
             self.masters.append(
                 MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"http://{http_addr}")
@@ -143,8 +154,9 @@ class LocalCluster:
     def addresses(self) -> str:
         return ",".join(m.addr for m in self.masters)
 
-    def client(self, timeout: float = 10.0) -> Client:
-        return Client(self.addresses, timeout=timeout)
+    def client(self, timeout: float = 10.0, token: str | None = None) -> Client:
+        """A client of every master; with tokens on it sends ``token``, by default the admin token."""
+        return Client(self.addresses, timeout=timeout, token=token or self.admin_token or "")
 
     def master(self, name: str) -> MasterProcess:
         return next(m for m in self.masters if m.name == name)
@@ -155,6 +167,11 @@ class LocalCluster:
             for m in self.masters:
                 m.start()
             self.wait_for_leader(timeout=timeout, all_reachable=True)
+            if self.admin_token:
+                with self.client() as c:
+                    text, _ = c.create_token("executor", "local-executors")
+                self.executor_token_file = self.base_dir / "executor.token"
+                _secret_file(self.executor_token_file, text)
             count, slots, args = self._initial_executors
             for _ in range(count):
                 self.add_executor(slots=slots, args=args)
@@ -176,6 +193,8 @@ class LocalCluster:
             "--slots", str(slots), "--work-dir", str(work),
             *args,
         ]  # fmt: skip
+        if self.executor_token_file and "--token-file" not in args:
+            argv += ["--token-file", str(self.executor_token_file)]
         proc = Process(name, argv, self.base_dir / f"{name}.log", f"http://127.0.0.1:{http_port}")
         self.executors.append(proc)
         proc.start()
@@ -203,7 +222,7 @@ class LocalCluster:
         """Block until the cluster names a leader (other than ``exclude``); return its name."""
         deadline = time.monotonic() + timeout
         live = ",".join(m.addr for m in self.masters if m.alive())
-        with Client(live or self.addresses, timeout=2.0) as c:
+        with Client(live or self.addresses, timeout=2.0, token=self.admin_token or "") as c:
             while True:
                 for m in self.masters:
                     if m.proc is not None and not m.alive() and all_reachable:
@@ -252,3 +271,9 @@ class LocalCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _secret_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")

@@ -20,3 +20,6 @@ class AgentConfig:
     #: How long running tasks may take to finish once it drains (SIGTERM, or drain-executor
     #: without a timeout) before they are handed back.
     drain_timeout: float = 30.0
+    #: Sent with the hello (and checked by the masters) when the cluster checks tokens: an
+    #: executor or admin token.
+    token: str | None = None

@@ -47,6 +47,12 @@ WELCOME_TIMEOUT = 1.0
 SILENT_FOR = 1.5
 #: The shortest time between two report messages while reports keep coming.
 REPORT_GATHER = 0.005
+#: How a master turns away a hello it will never take: said loudly, then tried again with back-off.
+REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 #: One master's time to say how long a lease has left, when asked before fencing.
 LEASE_ASK_TIMEOUT = 0.5
 
@@ -153,7 +159,7 @@ class Link:
                     raise
                 redirect = None
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError) as e:
-                if isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() in REFUSALS:
                     log.warning("%s refused this executor: %s", addr, e.details())
                 else:
                     log.debug("attach to %s failed: %s", addr, e)
@@ -192,7 +198,8 @@ class Link:
             if not await rpc.ready(channel, 1.0):
                 self._silent[addr] = time.monotonic()
                 raise ConnectionError(f"{addr} does not answer")
-            call = rota_pb2_grpc.MasterStub(channel).Attach()
+            metadata = (("authorization", f"Bearer {self.conf.token}"),) if self.conf.token else ()
+            call = rota_pb2_grpc.MasterStub(channel).Attach(metadata=metadata)
             try:
                 hello_at = time.monotonic()
                 await call.write(rota_pb2.ExecutorMessage(hello=self._hello()))

@@ -17,10 +17,11 @@ from typing import Any
 import click
 from aiohttp import web
 
-from rota.common import admission, httpserver, rpc
+from rota.common import admission, httpserver, rpc, tokens
 from rota.common import config as cfg
 from rota.common.logs import setup_logging
 from rota.executor import tasklogs
+from rota.executor.access import ExecutorAccess, TokenCheck
 from rota.executor.agent import Agent
 from rota.executor.config import AgentConfig
 from rota.executor.kinds import base
@@ -65,7 +66,8 @@ async def serve(
         except httpserver.HttpServerError as e:
             log.error("%s", e)
             return 1
-    server = rpc.server()
+    checks = rpc.ChannelPool()
+    server = rpc.server([ExecutorAccess(TokenCheck(conf.join, checks))] if conf.token else [])
     rota_pb2_grpc.add_ExecutorServicer_to_server(ExecutorService(agent), server)
     if not server.add_insecure_port(listen):
         log.error("cannot listen on %s (address in use?)", listen)
@@ -107,6 +109,7 @@ async def serve(
         t.cancel()
     await asyncio.gather(runner, waiter, return_exceptions=True)
     await server.stop(grace=0.5)
+    await checks.close()
     if http is not None:
         await http.cleanup()
     for k in kinds.values():
@@ -223,6 +226,15 @@ flags given on the command line override this file.
     "once. Also how long a drain-executor without --timeout lets tasks run. At most 7 days.",
 )
 @click.option(
+    "--token-file",
+    envvar="ROTA_TOKEN_FILE",
+    default=None,
+    metavar="FILE",
+    help="For a cluster that checks tokens: FILE holds this executor's join token (role executor, "
+    "from 'master-client token create --role executor'). Its own port then serves task output "
+    "only to callers with a read token [env: ROTA_TOKEN_FILE].",
+)
+@click.option(
     "--http-addr",
     type=cfg.OPTIONAL_ADDRESS,
     default="127.0.0.1:10281",
@@ -280,8 +292,18 @@ def executor_command(**o: Any) -> int:
         work_dir=work_dir,
         prefetch=o["prefetch"],
         drain_timeout=drain_timeout,
+        token=_token(o["token_file"]),
     )
     return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))
+
+
+def _token(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return str(tokens.read_file(path))
+    except tokens.BadToken as e:
+        raise cfg.ConfigError(f"--token-file: {e}") from None
 
 
 def _this_command() -> click.Command:

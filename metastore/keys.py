@@ -30,6 +30,12 @@ JOBSPECS = ROOT + b"jobspec/"
 #: One key per task whose state changed since submission.
 TASKS = ROOT + b"tasks/"
 
+#: One record per API token: its role, name and the SHA-256 of its secret (never the secret).
+TOKENS = ROOT + b"tokens/"
+
+#: {"tokens": true} once a master started with token checks: masters without them then refuse to start.
+AUTH = ROOT + b"auth"
+
 
 def master(name: str) -> bytes:
     return MASTERS + name.encode()
@@ -80,3 +86,12 @@ def task_of(key: bytes) -> tuple[str, int]:
     """(job id, task index) of a TASKS key."""
     job_id, _, index = key[len(TASKS) :].decode().rpartition("/")
     return job_id, int(index)
+
+
+def token(token_id: str) -> bytes:
+    return TOKENS + token_id.encode()
+
+
+def token_id(key: bytes) -> str:
+    """The token id a TOKENS key names."""
+    return key[len(TOKENS) :].decode()

@@ -145,13 +145,16 @@ class Task:
 class Job:
     __slots__ = (
         "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
+        "owner",
     )  # fmt: skip
 
-    def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float) -> None:
+    def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float, owner: str = "") -> None:
         self.id = job_id
         self.spec = spec
         self.seq = seq
         self.created = created
+        #: The id of the token that submitted it ("" without tokens): a submit token cancels only its own.
+        self.owner = owner
         self.state: str | None = None  # set once the job has ended
         #: When it ended (Unix time): its retention counts from here.
         self.ended: float | None = None
@@ -196,6 +199,8 @@ class Job:
         An ended job's record carries its summary, so a new leader holds it as an EndedJob
         without reading its spec or its task records."""
         rec: dict[str, Any] = {"id": self.id, "created": self.created, "state": self.state}
+        if self.owner:
+            rec["owner"] = self.owner
         if self.ended is not None:
             rec["ended"] = self.ended
         if self.state is not None:
@@ -206,7 +211,7 @@ class Job:
         assert self.state is not None and self.ended is not None
         return EndedJob(
             self.id, self.seq, self.created, self.state, self.ended, self.spec.name, self.spec.priority,
-            Counter({s: n for s, n in self.counts.items() if n}), self.spec.retention,
+            Counter({s: n for s, n in self.counts.items() if n}), self.spec.retention, self.owner,
         )  # fmt: skip
 
 
@@ -215,11 +220,11 @@ class EndedJob:
     stay in etcd and are read from there when asked for, so the leader's memory and a new leader's
     rebuild cost a few hundred bytes per ended job, whatever its size."""
 
-    __slots__ = ("id", "seq", "created", "state", "ended", "name", "priority", "counts", "retention")
+    __slots__ = ("id", "seq", "created", "state", "ended", "name", "priority", "counts", "retention", "owner")
 
     def __init__(
         self, job_id: str, seq: int, created: float, state: str, ended: float, name: str, priority: int,
-        counts: Counter[str], retention: float | None,
+        counts: Counter[str], retention: float | None, owner: str = "",
     ) -> None:  # fmt: skip
         self.id = job_id
         self.seq = seq
@@ -230,6 +235,7 @@ class EndedJob:
         self.priority = priority
         self.counts = counts
         self.retention = retention
+        self.owner = owner
 
     def current_state(self) -> str:
         assert self.state is not None
@@ -256,6 +262,7 @@ class EndedJob:
         return EndedJob(
             job_id, seq, float(rec.get("created", 0.0)), str(rec["state"]), float(rec["ended"]), str(rec["name"]),
             int(rec.get("priority", 0)), counts, None if retention is None else float(retention),
+            str(rec.get("owner", "")),
         )  # fmt: skip
 
 

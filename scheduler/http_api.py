@@ -14,7 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from rota.client.api import AsyncClient, NoMasterReachable, OutOfSpace, RequestError
+from rota.client.api import AsyncClient, NoMasterReachable, OutOfSpace, RequestError, call_token
+from rota.client.errors import AccessDenied
+from rota.common import tokens
 from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.scheduler import http_guard
@@ -78,6 +80,27 @@ def guard(names: frozenset[str]) -> Any:
 
 
 @web.middleware
+async def _bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pass the request's bearer token on to the gRPC service, which checks it; without one the
+    call goes out with none (never with a token of the master's own)."""
+    header = request.headers.get("Authorization")
+    token = None
+    if header is not None:
+        scheme, _, text = header.partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise tokens.BadToken("the Authorization header must read 'Bearer <token>'")
+            token = str(tokens.parse(text))
+        except tokens.BadToken as e:
+            raise AccessDenied(str(e), unauthenticated=True) from None
+    reset = call_token.set(token)
+    try:
+        return await handler(request)
+    finally:
+        call_token.reset(reset)
+
+
+@web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map what the client layer raises to HTTP statuses, with the message as ``{"error": ...}``."""
     try:
@@ -92,6 +115,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(503, f"no leader reachable: {e}")
     except OutOfSpace as e:
         return error(507, str(e))
+    except AccessDenied as e:
+        if e.unauthenticated:
+            response = error(401, str(e))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="rota"'
+            return response
+        return error(403, str(e))
     except TimeoutError as e:
         return error(504, str(e) or "timed out")
     except web.HTTPException as e:
@@ -125,13 +154,14 @@ class HttpApi:
     def __init__(
         self, grpc_addr: str, name: str, names: frozenset[str] = frozenset(), timeout: float = 10.0
     ) -> None:
-        self.client = AsyncClient(grpc_addr, timeout=timeout)
+        self.client = AsyncClient(grpc_addr, timeout=timeout, token="")
         self.name = name
         self.names = names or http_guard.own_names()
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(guard(self.names))
         app.middlewares.append(_errors)
+        app.middlewares.append(_bearer)
         r = app.router
         r.add_get("/api/v1/cluster", self.cluster)
         r.add_get("/api/v1/executors", self.executors)

@@ -63,7 +63,7 @@ class JobApi:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._submitting: dict[str, asyncio.Task[None]] = {}
 
-    async def submit(self, job_id: str, spec: JobSpec) -> tuple[str, bool]:
+    async def submit(self, job_id: str, spec: JobSpec, owner: str = "") -> tuple[str, bool]:
         """Commit a job to etcd, then schedule it; created is False when the id exists.
 
         The commit runs as a task of its own: a client that gives up (deadline, cancel)
@@ -81,7 +81,7 @@ class JobApi:
         if self._known(job_id):
             # An expired job is not run again: a late retry of its submission finds it ended.
             return job_id, False
-        task = asyncio.create_task(self._create(job_id, spec))
+        task = asyncio.create_task(self._create(job_id, spec, owner))
         self._submitting[job_id] = task
         task.add_done_callback(lambda t: self._submitted(job_id, t))
         await asyncio.shield(task)
@@ -95,13 +95,13 @@ class JobApi:
         if not task.cancelled():
             task.exception()  # retrieved here; the callers that still wait see it too
 
-    async def _create(self, job_id: str, spec: JobSpec) -> None:
+    async def _create(self, job_id: str, spec: JobSpec, owner: str) -> None:
         created_at = time.time()
         if spec.task_count() > BIG_JOB:
             # Its task objects are built beside the event loop, which keeps answering meanwhile.
-            job = await asyncio.to_thread(Job, job_id, spec, 0, created_at)
+            job = await asyncio.to_thread(Job, job_id, spec, 0, created_at, owner)
         else:
-            job = Job(job_id, spec, 0, created_at)
+            job = Job(job_id, spec, 0, created_at, owner)
         async with self.pipeline.lock:
             self.check()
             if self.pipeline.out_of_space:
@@ -112,7 +112,9 @@ class JobApi:
             self.core.add_job(job)
             decisions = self.core.drain()
             try:
-                created = await self.store.create_job(job_id, spec, created_at, along=writes(decisions))
+                created = await self.store.create_job(
+                    job_id, spec, created_at, along=writes(decisions), owner=owner
+                )
             except NoSpace:
                 # Nothing of the job is in etcd (the store made sure): it leaves the core, and what
                 # else was drained with it waits in the pipeline for etcd to have room.

@@ -18,7 +18,7 @@ import grpc
 from aiohttp import web
 
 from rota.common import config as cfg
-from rota.common import httpserver, rpc
+from rota.common import httpserver, rpc, tokens
 from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
 from rota.metastore import keys
@@ -33,11 +33,13 @@ from rota.metastore.etcd_server import (
 )
 from rota.protos import rota_pb2_grpc
 from rota.scheduler import http_api, http_guard, upkeep
+from rota.scheduler.access import AccessInterceptor
 from rota.scheduler.core import DEFAULT_RETENTION
 from rota.scheduler.leader import LeaderRuntime
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.metrics import MasterMetrics
 from rota.scheduler.service import MasterService, Peers
+from rota.scheduler.token_store import TokenStore
 
 log = logging.getLogger("rota.master")
 
@@ -64,6 +66,8 @@ class MasterConfig:
     #: DNS names (besides this machine's, localhost and IP addresses) the HTTP port answers to.
     http_allowed_hosts: tuple[str, ...] = ()
     etcd_quota: int = upkeep.DEFAULT_EXTERNAL_QUOTA
+    #: The bootstrap admin token (--admin-token-file): given, every call needs a token.
+    admin_token: tokens.Token | None = None
 
 
 def _wildcard(host: str) -> bool:
@@ -163,7 +167,19 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         http_addr=o["http_addr"],
         http_allowed_hosts=tuple(cfg.split_list(o["http_allowed_hosts"] or "")),
         etcd_quota=quota,
+        admin_token=_admin_token(o.get("admin_token_file")),
     )
+
+
+def _admin_token(path: str | None) -> tokens.Token | None:
+    if not path:
+        return None
+    try:
+        return tokens.read_file(path)
+    except tokens.BadToken as e:
+        raise cfg.ConfigError(
+            f"--admin-token-file: {e} (make one with 'master-client token generate')"
+        ) from None
 
 
 class Master:
@@ -183,6 +199,7 @@ class Master:
             lambda: self.leadership, lambda: self.runtime.summary() if self.runtime else None, self.space
         )
         self.http: web.AppRunner | None = None
+        self.tokens: TokenStore | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -226,6 +243,9 @@ class Master:
         with contextlib.suppress(EtcdError):
             members = await self.client.member_client_urls()
             self.client.set_endpoints(conf.etcd_endpoints + members)
+        self.tokens = TokenStore(self.client, conf.admin_token)
+        await self._check_auth_mode()
+        await self.tokens.start()
         self.leadership = Leadership(
             self.client,
             conf.name,
@@ -234,10 +254,11 @@ class Master:
             on_elected=self._lead,
             on_deposed=self._stop_leading,
         )
-        self.server = rpc.server()
+        self.server = rpc.server(interceptors=[AccessInterceptor(self.tokens)] if self.tokens.enabled else [])
         service = MasterService(
-            conf.name, self.addr, self.client, self.leadership, self.peers, lambda: self.runtime, self.space
-        )
+            conf.name, self.addr, self.client, self.leadership, self.peers, lambda: self.runtime, self.space,
+            self.tokens,
+        )  # fmt: skip
         rota_pb2_grpc.add_MasterServicer_to_server(service, self.server)
         if not self.server.add_insecure_port(conf.master_addr.listen()):
             raise StartError(f"cannot listen on {conf.master_addr.listen()} (address in use?)")
@@ -254,6 +275,17 @@ class Master:
                 upkeep.space_loop(self.client, self.space, self._upkeep_role), name="etcd-space"
             )
         )
+
+    async def _check_auth_mode(self) -> None:
+        """Masters of one cluster all check tokens or none does: one that did not would let anyone in."""
+        assert self.client is not None
+        marked = await self.client.get(keys.AUTH) is not None
+        if marked and not self.conf.admin_token:
+            raise StartError(
+                "this cluster checks tokens (/rota/auth in etcd): start every master with --admin-token-file"
+            )
+        if self.conf.admin_token and not marked:
+            await self.client.put(keys.AUTH, json.dumps({"tokens": True}).encode())
 
     async def _register(self, registration: bytes) -> None:
         assert self.client is not None
@@ -316,6 +348,8 @@ class Master:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stop_leading()
+        if self.tokens:
+            await self.tokens.stop()
         if self.leadership:
             await self.leadership.stop()  # resign first: the next leader must not wait on HTTP
         if self.http:
@@ -465,6 +499,15 @@ and the same initial-cluster on all three.
     default="127.0.0.1:10280",
     show_default=True,
     help="HTTP listen address for the dashboard (/), the JSON API (/api/v1) and /metrics; 'off' for none.",
+)
+@click.option(
+    "--admin-token-file",
+    default=None,
+    metavar="FILE",
+    help="Check a token on every call: FILE holds the bootstrap admin token (make one with "
+    "'master-client token generate > FILE'; give every master the same). Other tokens are made with "
+    "'master-client token create'. Once one master of a cluster checks tokens, masters without this "
+    "flag refuse to start.",
 )
 @click.option(
     "--http-allowed-hosts",

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from rota.common import admission, rpc
+from rota.common import admission, roles, rpc
 from rota.common.config import MAX_DRAIN_TIMEOUT
 from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
@@ -19,10 +19,12 @@ from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, MemberStatus, NoSpace
 from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
+from rota.scheduler import access
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.pipeline import OutOfSpace
+from rota.scheduler.token_store import TokenError, TokenStore, TooManyTokens
 from rota.scheduler.upkeep import EtcdSpace
 from rota.scheduler.views import executor_doc, job_doc
 
@@ -72,6 +74,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         peers: Peers,
         runtime: Callable[[], LeaderRuntime | None],
         space: EtcdSpace | None = None,
+        tokens: TokenStore | None = None,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -80,6 +83,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         self.peers = peers
         self.runtime = runtime
         self.space = space or EtcdSpace(0)
+        self.tokens = tokens or TokenStore(client, None)
 
     def info(self) -> rota_pb2.MasterInfo:
         lead = self.leadership
@@ -212,7 +216,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         remaining = context.time_remaining()
         try:
             return await getattr(self.peers.stub(leader.addr), method)(
-                request, timeout=remaining if remaining is not None else 30.0
+                request,
+                timeout=remaining if remaining is not None else 30.0,
+                metadata=access.passed_on(context),
             )
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or "")
@@ -226,7 +232,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         async def local(rt: LeaderRuntime) -> rota_pb2.SubmitJobReply:
-            jid, created = await rt.jobs.submit(job_id, spec)
+            who = access.caller(self.tokens, context)
+            jid, created = await rt.jobs.submit(job_id, spec, who.id if who else "")
             if not wait:
                 return rota_pb2.SubmitJobReply(id=jid, created=created)
             doc = await self._waited(rt, jid, wait, context)
@@ -313,10 +320,59 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            who = access.caller(self.tokens, context)
+            if who is not None:
+                job = rt.jobs.job(request.id)
+                if job is not None and not roles.may_cancel(who.role, who.id, job.owner):
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"job {request.id} was submitted by another token; a {who.role} token cancels only "
+                        "its own jobs",
+                    )
             job = await self._job_or_404(await rt.jobs.cancel_job(request.id), request.id, context, rt)
             return await self._page(rt, job, 0, MAX_TASK_PAGE, context)
 
         return await self._on_leader("CancelJob", request, context, local)
+
+    async def WhoAmI(self, request: rota_pb2.WhoAmIRequest, context: Any) -> rota_pb2.JsonReply:
+        who = access.caller(self.tokens, context)
+        return _json(who.doc() if who else {"tokens": False})
+
+    async def CreateToken(
+        self, request: rota_pb2.CreateTokenRequest, context: Any
+    ) -> rota_pb2.CreateTokenReply:
+        who = access.caller(self.tokens, context)
+        try:
+            token, rec = await self.tokens.create(request.role, request.name, who.id if who else "")
+        except TokenError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except TooManyTokens as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except NoSpace as e:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcd is out of space (NOSPACE alarm): {e}"
+            )
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        log.info(
+            "token %s (%s, role %s) created by %s", rec["id"], rec["name"], rec["role"], rec["by"] or "-"
+        )
+        return rota_pb2.CreateTokenReply(token=str(token), json=json.dumps(rec).encode())
+
+    async def ListTokens(self, request: rota_pb2.ListTokensRequest, context: Any) -> rota_pb2.JsonReply:
+        return _json(self.tokens.list())
+
+    async def RevokeToken(self, request: rota_pb2.RevokeTokenRequest, context: Any) -> rota_pb2.JsonReply:
+        try:
+            rec = await self.tokens.revoke(request.id)
+        except TokenError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        if rec is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no token {request.id}")
+        log.info("token %s (%s) revoked", request.id, rec["name"] if rec else "")
+        return _json(rec)
 
     async def ListExecutors(self, request: rota_pb2.ListExecutorsRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:

@@ -181,7 +181,7 @@ class Store:
         return value_below(keys.WRITE_ORDER, order + b"\0"), put_op(keys.WRITE_ORDER, order)
 
     async def create_job(
-        self, job_id: str, spec: JobSpec, created: float, along: Sequence[Write] = ()
+        self, job_id: str, spec: JobSpec, created: float, along: Sequence[Write] = (), owner: str = ""
     ) -> int | None:
         """Write a job; return its record's create revision, None if it exists.
 
@@ -190,7 +190,9 @@ class Store:
         """
         blob = _dumps(spec.to_dict())
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
-        record = {"id": job_id, "created": created, "state": None}
+        record: dict[str, Any] = {"id": job_id, "created": created, "state": None}
+        if owner:
+            record["owner"] = owner
         deletes = [d for d in along if isinstance(d, DeleteJob)]
         extra = _ops(along)
         try:
@@ -388,6 +390,7 @@ class Store:
                     JobSpec.from_stored(json.loads(blob)),
                     kv.create_revision,
                     float(rec.get("created", 0.0)),
+                    str(rec.get("owner", "")),
                 )
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 # One unreadable record must not stop every leader from starting: leave it, loudly.

@@ -44,6 +44,8 @@ def job_doc(job: AnyJob) -> dict[str, Any]:
         "priority": job.priority,
         "counts": {s: job.counts[s] for s in TASK_STATES if job.counts[s]},
     }
+    if job.owner:
+        doc["owner"] = job.owner
     return doc
 
 

@@ -15,6 +15,9 @@ const newerPages = [];
 let olderCursor = null;
 let tasksFrom = 0;
 let executorNames = {};
+// The API token, for a cluster that checks tokens: asked for on the first 401 and kept in this
+// page's memory only (never a cookie, never storage), so closing or reloading the page forgets it.
+let token = null;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -29,9 +32,15 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-async function apiPage(path, options) {
-  const resp = await fetch("/api/v1" + path, options);
+async function apiPage(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const resp = await fetch("/api/v1" + path, { ...options, headers });
   const body = await resp.json().catch(() => ({ error: resp.statusText }));
+  if (resp.status === 401) {
+    $("#token-form").hidden = false;
+    throw new Error("this cluster needs a token: " + (body.error || resp.statusText));
+  }
   if (!resp.ok) throw new Error(body.error || resp.statusText);
   return { body, more: /rel="next"/.test(resp.headers.get("Link") || "") };
 }
@@ -265,5 +274,12 @@ $("#tasks-prev").addEventListener("click", () => { tasksFrom = Math.max(0, tasks
 $("#tasks-next").addEventListener("click", () => { tasksFrom += TASKS_PAGE; refresh(); });
 $("#log-close").addEventListener("click", () => { logTask = null; $("#log-panel").hidden = true; });
 $("#log-refresh").addEventListener("click", () => logTask && showLogs(logTask.jobId, logTask));
+$("#token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  token = $("#token-input").value.trim() || null;
+  $("#token-input").value = "";
+  $("#token-form").hidden = true;
+  refresh();
+});
 refresh();
 setInterval(refresh, REFRESH_MS);

@@ -1,0 +1,69 @@
+"""Who may do what: the roles a token carries and the calls each one allows.
+
+Every gRPC method and HTTP route is named here with the permission it needs; a method missing from
+the table is refused (a new call must be placed in the model before anyone can use it).
+"""
+
+from __future__ import annotations
+
+ADMIN = "admin"
+SUBMIT = "submit"
+READ = "read"
+EXECUTOR = "executor"
+ROLES = (ADMIN, SUBMIT, READ, EXECUTOR)
+
+#: What a call needs. OPEN calls carry nothing secret (a master's name and its leader, its lease
+#: status) and are what masters and executors use to find each other before they hold a token.
+OPEN = "open"
+READ_JOBS = "read"
+SUBMIT_JOBS = "submit"
+CANCEL_JOBS = "cancel"
+OPERATE = "operate"
+ATTACH = "attach"
+MANAGE_TOKENS = "tokens"
+WHO_AM_I = "whoami"
+
+_GRANTS: dict[str, frozenset[str]] = {
+    ADMIN: frozenset({READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, OPERATE, ATTACH, MANAGE_TOKENS, WHO_AM_I}),
+    SUBMIT: frozenset({READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, WHO_AM_I}),
+    READ: frozenset({READ_JOBS, WHO_AM_I}),
+    EXECUTOR: frozenset({ATTACH, WHO_AM_I}),
+}
+
+#: gRPC methods of the Master and Executor services, by name.
+METHODS: dict[str, str] = {
+    "GetMasterInfo": OPEN,
+    "LeaseStatus": OPEN,
+    "FollowLeader": OPEN,
+    "GetClusterStatus": READ_JOBS,
+    "SubmitJob": SUBMIT_JOBS,
+    "GetJob": READ_JOBS,
+    "ListJobs": READ_JOBS,
+    "WaitJob": READ_JOBS,
+    "CancelJob": CANCEL_JOBS,
+    "ListExecutors": READ_JOBS,
+    "DrainExecutor": OPERATE,
+    "UndrainExecutor": OPERATE,
+    "Attach": ATTACH,
+    "WhoAmI": WHO_AM_I,
+    "CreateToken": MANAGE_TOKENS,
+    "ListTokens": MANAGE_TOKENS,
+    "RevokeToken": MANAGE_TOKENS,
+    # The executor's own service: the leader probes GetStatus; task output is job data.
+    "GetStatus": OPEN,
+    "TaskLogs": READ_JOBS,
+}
+
+
+def allows(role: str, permission: str) -> bool:
+    return permission == OPEN or permission in _GRANTS.get(role, frozenset())
+
+
+def method_permission(full_method: str) -> str | None:
+    """The permission a gRPC method (``/rota.Master/SubmitJob``) needs; None for one not in the table."""
+    return METHODS.get(full_method.rsplit("/", 1)[-1])
+
+
+def may_cancel(role: str, caller: str, owner: str) -> bool:
+    """Admins cancel any job; a submit token only the jobs it submitted."""
+    return role == ADMIN or (allows(role, CANCEL_JOBS) and caller == owner)
