@@ -113,11 +113,17 @@ function renderExecutors(list) {
   );
 }
 
+// A refused action stays on screen a while, not only until the next refresh succeeds.
+let actionError = null;
+let actionErrorUntil = 0;
+
 async function cancelJob(id, button) {
   button.disabled = true;
   try {
     await api(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
   } catch (err) {
+    actionError = err;
+    actionErrorUntil = Date.now() + 5000;
     showError(err);
   }
   refresh();
@@ -258,7 +264,7 @@ async function refresh() {
     }
     renderJob(job);
     $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
-    showError(null);
+    showError(Date.now() < actionErrorUntil ? actionError : null);
   } catch (err) {
     showError(err);
   } finally {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -314,3 +315,52 @@ def test_a_master_without_tokens_may_not_join_a_cluster_that_checks_them(cluster
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode != 0 and "--admin-token-file" in r.stdout + r.stderr, r
+
+
+CHROMIUM = os.environ.get("ROTA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def page(cluster: LocalCluster):  # the cluster starts first: Playwright runs an event loop
+    assert os.path.exists(CHROMIUM), "Chromium is missing: apt-get install chromium (.ci/run does)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            pg = browser.new_page()
+            pg.set_default_timeout(30_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def http(cluster: LocalCluster, path: str, token: str, doc: dict | None = None) -> dict:
+    """The HTTP API with a token (no gRPC Client here: Playwright's sync API runs an event loop)."""
+    req = urllib.request.Request(cluster.masters[0].http_url + "/api/v1" + path,
+                                 data=json.dumps(doc).encode() if doc is not None else None,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def test_the_dashboard_asks_for_a_token_and_keeps_it_out_of_cookies_and_storage(cluster, made, page):
+    job = http(cluster, "/jobs", made["alice"], LONG)["id"]
+    try:
+        page.goto(cluster.masters[1].http_url + "/")
+        page.wait_for_selector("#token-form:not([hidden])")
+        assert "needs a token" in page.locator("#error").inner_text()
+        assert page.locator("#masters tbody tr").count() == 0
+        page.fill("#token-input", made["reader"])
+        page.click("#token-form button")
+        page.wait_for_selector(f'#jobs tr:has-text("{job}")')
+        assert page.locator("#masters tbody tr").count() == 3
+        assert page.locator("#token-form").is_hidden()
+        assert page.context.cookies() == []
+        assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+        # A read token may look, not cancel: the refusal is shown and the job keeps running.
+        page.locator(f'#jobs tr:has-text("{job}") button:has-text("Cancel")').click()
+        page.wait_for_function("document.querySelector('#error').textContent.includes('CancelJob')")
+        assert http(cluster, f"/jobs/{job}", made["reader"])["state"] in ("PENDING", "RUNNING")
+    finally:
+        http(cluster, f"/jobs/{job}/cancel", made["alice"], {})
