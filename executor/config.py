@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from rota.common.limits import Limits
 
 
 @dataclass
@@ -20,3 +22,7 @@ class AgentConfig:
     #: How long running tasks may take to finish once it drains (SIGTERM, or drain-executor
     #: without a timeout) before they are handed back.
     drain_timeout: float = 30.0
+    #: --task-default-limits: what bounds a task that asks nothing (its timeout included).
+    task_defaults: Limits = field(default_factory=Limits)
+    #: --task-max-limits: a task asking for more is refused; one asking nothing gets at most this.
+    task_maxima: Limits = field(default_factory=Limits)
