@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rota.common import ids
+from rota.common import limits as lim
 from rota.common.config import ConfigError, parse_duration
 
 if sys.version_info >= (3, 11):
@@ -51,7 +52,9 @@ MAX_DEPTH = 32
 RESERVED_ENV_PREFIX = "ROTA_"
 
 _JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "retention", "task")
-_COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "data")
+_COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data")
+#: Kinds that run no process of their own: a ``limits`` table would bound nothing.
+_UNLIMITED_KINDS = ("noop", "sleep")
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "noop": (),
     "sleep": ("seconds",),
@@ -88,6 +91,8 @@ class TaskTemplate:
     shards: int = 0
     timeout: float | None = None
     max_attempts: int | None = None
+    #: The task's own resource limits (its ``limits`` table); empty: the executor's defaults.
+    limits: lim.Limits = field(default_factory=lim.Limits)
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -108,6 +113,8 @@ class TaskTemplate:
             out["timeout"] = self.timeout
         if self.max_attempts is not None:
             out["max-attempts"] = self.max_attempts
+        if self.limits:
+            out["limits"] = self.limits.to_dict()
         return out
 
 
@@ -180,6 +187,7 @@ class JobSpec:
                 shards=int(t.get("shards", 0)),
                 timeout=t.get("timeout"),
                 max_attempts=t.get("max-attempts"),
+                limits=_stored_limits(t.get("limits")),
             )
             for t in data["task"]
         ]
@@ -192,6 +200,16 @@ class JobSpec:
             tasks=tasks,
             retention=data.get("retention"),
         )
+
+
+def _stored_limits(raw: Any) -> lim.Limits:
+    """Limits as ``to_dict`` stored them; unreadable ones count as none rather than stop a failover."""
+    if not isinstance(raw, Mapping):
+        return lim.Limits()
+    try:
+        return lim.parse_table(raw)
+    except ConfigError:
+        return lim.Limits()
 
 
 def validate_job_id(job_id: Any) -> str:
@@ -453,12 +471,32 @@ class _Parser:
         shards = self._int(table, "shards", f"{where}.shards", 1, 0)
         timeout = self._duration(table, "timeout", f"{where}.timeout")
         max_attempts = self._int(table, "max-attempts", f"{where}.max-attempts", 1, None, MAX_ATTEMPTS)
+        limits = self._limits(table, kind, where)
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
         else:
             params = getattr(self, f"_params_{kind}")(table, where)
-        return TaskTemplate(name, kind, params, count, shards, timeout, max_attempts)
+        return TaskTemplate(name, kind, params, count, shards, timeout, max_attempts, limits)
+
+    def _limits(self, table: dict[str, Any], kind: str, where: str) -> lim.Limits:
+        if "limits" not in table:
+            return lim.Limits()
+        raw, key = table["limits"], f"{where}.limits"
+        if not isinstance(raw, Mapping):
+            raise self.fail(key, f"expected a table like {{ memory = '512MiB' }}, got {_type_name(raw)}")
+        if kind in _UNLIMITED_KINDS:
+            raise self.fail(key, f"kind {kind!r} runs no process: limits would bound nothing")
+        for name in raw:
+            if not isinstance(name, str):
+                raise self.fail(key, f"key {name!r} is not a string")
+        try:
+            return lim.parse_table(self._present(raw, key))
+        except ConfigError as e:
+            name, sep, reason = str(e).partition(": ")
+            if sep and name in lim.TASK_KEYS:
+                raise self.fail(f"{key}.{name}", reason) from None
+            raise self.fail(key, str(e)) from None
 
     def _kind(self, table: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
         """The task's kind, expanding the ``data = "python:<code>"`` shorthand into kind and code."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from rota.common.limits import Limits
 
 
 @dataclass
@@ -23,3 +25,7 @@ class AgentConfig:
     #: Sent with the hello (and checked by the masters) when the cluster checks tokens: an
     #: executor or admin token.
     token: str | None = None
+    #: --task-default-limits: what bounds a task that asks nothing (its timeout included).
+    task_defaults: Limits = field(default_factory=Limits)
+    #: --task-max-limits: a task asking for more is refused; one asking nothing gets at most this.
+    task_maxima: Limits = field(default_factory=Limits)

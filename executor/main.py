@@ -19,8 +19,9 @@ from aiohttp import web
 
 from rota.common import admission, httpserver, rpc, tokens
 from rota.common import config as cfg
+from rota.common import limits as lim
 from rota.common.logs import setup_logging
-from rota.executor import tasklogs
+from rota.executor import confine, tasklogs
 from rota.executor.access import ExecutorAccess, TokenCheck
 from rota.executor.agent import Agent
 from rota.executor.config import AgentConfig
@@ -135,6 +136,9 @@ class _Prefetch(click.ParamType):
 
 
 PREFETCH = _Prefetch()
+LIMITS = cfg._ParseType("limits", lim.parse_flag)
+#: A day of wall clock and 4096 processes: a task that runs away stops, whatever its job file forgot.
+DEFAULT_LIMITS = "timeout=24h,processes=4096"
 
 SAMPLE_HEADER = """\
 Rota executor configuration. Every key is a flag of bin/executor of the same name;
@@ -235,6 +239,35 @@ flags given on the command line override this file.
     "only to callers with a read token [env: ROTA_TOKEN_FILE].",
 )
 @click.option(
+    "--task-default-limits",
+    type=LIMITS,
+    default=DEFAULT_LIMITS,
+    show_default=True,
+    metavar="K=V,...",
+    help="What bounds a task whose job file asks for less: cpu (CPU seconds per process, e.g. 10m), "
+    "memory (e.g. 2GiB), processes, file-size (the largest file it may write) and timeout (wall "
+    "clock). In TOML also a table. A task's own `limits` and `timeout` replace these.",
+)
+@click.option(
+    "--task-max-limits",
+    type=LIMITS,
+    default="",
+    metavar="K=V,...",
+    help="The most a task may ask for, same keys: a task asking for more fails at once (it is not "
+    "cut down); one asking nothing gets at most this. [default: none]",
+)
+@click.option(
+    "--cgroup",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|PATH",
+    help="Bound each task in a cgroup v2 of its own (memory, processes; killing it reaches every "
+    "child): 'auto' uses this executor's own cgroup when it may have children with the memory and "
+    "pids controllers (alone in its cgroup: a systemd unit with Delegate=yes), PATH a cgroup v2 "
+    "directory it may use. Without one, or with 'off', rlimits bound tasks instead (see "
+    "docs/security.md).",
+)
+@click.option(
     "--http-addr",
     type=cfg.OPTIONAL_ADDRESS,
     default="127.0.0.1:10281",
@@ -279,8 +312,14 @@ def executor_command(**o: Any) -> int:
         raise cfg.ConfigError("no task kind is available on this host (check --allow-kinds)")
     work_dir = o["work_dir"] or tempfile.mkdtemp(prefix=f"rota-executor-{o['name']}-")
     os.makedirs(work_dir, exist_ok=True)
+    defaults, maxima = o["task_default_limits"], o["task_max_limits"]
+    lim.check_executor(defaults, maxima)
     setup_logging(str(o["log_level"]), str(o["log_format"]), f"executor[{o['name']}]")
     undumpable()
+    mode = confine.setup(str(o["cgroup"]))
+    confine.set_mode(mode)
+    base.task_defaults(lim.effective(lim.Limits(), defaults, maxima))
+    log.info("tasks are bounded by %s; default limits %s", mode.describe(), defaults.describe() or "none")
     conf = AgentConfig(
         name=str(o["name"]),
         join=[a.dial() for a in o["join"]],
@@ -293,8 +332,14 @@ def executor_command(**o: Any) -> int:
         prefetch=o["prefetch"],
         drain_timeout=drain_timeout,
         token=_token(o["token_file"]),
+        task_defaults=defaults,
+        task_maxima=maxima,
     )
-    return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))
+    try:
+        return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))
+    finally:
+        if mode.cgroups is not None:
+            mode.cgroups.close()
 
 
 def _token(path: str | None) -> str | None:

@@ -18,10 +18,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from rota.common import logs, results
+from rota.common.limits import Limits, OverMaximum, effective
 from rota.common.states import HANDED_BACK, State
 from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
@@ -79,6 +80,9 @@ class Runner:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        plain = effective(Limits(), conf.task_defaults, conf.task_maxima)
+        #: The bounds of a task that asks for none, and its timeout: computed once, for the call hot path.
+        self.plain_limits, self._plain_timeout = replace(plain, timeout=None), plain.timeout
 
     def start(self, a: rota_pb2.TaskAssignment) -> None:
         key = (a.task.job_id, a.task.index)
@@ -147,9 +151,20 @@ class Runner:
         result: TaskResult | None = None
         started = 0.0
         ride: Ride | None = None
+        refused = ""
         try:
-            if kind is not None and kind.batch_size > 1 and kind.log_files is not True:
-                ride = Ride(self._spec(a, ref, ""))
+            limits, timeout = self._bounds(a)
+        except OverMaximum as e:
+            limits, timeout, kind = None, None, None
+            refused = f"limits: {e}"
+        try:
+            if (
+                kind is not None
+                and kind.batch_size > 1
+                and kind.log_files is not True
+                and limits is self.plain_limits
+            ):
+                ride = Ride(self._spec(a, ref, "", limits=limits, timeout=timeout))
             holds_slot = await self.gate.acquire(a.priority, ride) is None
             began = True
             current = self.running.get(key)
@@ -157,7 +172,9 @@ class Runner:
                 current.began = True
             log_prefix = self.logs.begin(log_key, files=kind.log_files if kind is not None else False)
             started = time.monotonic()
-            if kind is None:
+            if limits is None:
+                result = TaskResult(ok=False, error=refused)
+            elif kind is None:
                 result = TaskResult(ok=False, error=f"executor {self.conf.name} does not run kind {a.kind!r}")
             else:
                 announce = asyncio.get_running_loop().call_later(
@@ -177,7 +194,7 @@ class Runner:
                         work_dir = tempfile.mkdtemp(
                             prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir
                         )
-                    result = await kind.run(self._spec(a, ref, log_prefix, work_dir))
+                    result = await kind.run(self._spec(a, ref, log_prefix, work_dir, limits, timeout))
         except asyncio.CancelledError:
             if ride is not None:
                 ride.cancel()
@@ -224,8 +241,31 @@ class Runner:
         self.unacked[(ref.job_id, ref.index, ref.attempt)] = report
         self.reporter.send(report)
 
+    def _bounds(self, a: rota_pb2.TaskAssignment) -> tuple[Limits, float | None]:
+        """The attempt's limits and timeout: its own, else the executor's defaults (OverMaximum when
+        it asks for more than the executor allows)."""
+        if not a.timeout and not a.HasField("limits"):
+            return self.plain_limits, self._plain_timeout
+        own = a.limits
+        asked = Limits(
+            cpu=own.cpu or None,
+            memory=own.memory or None,
+            processes=own.processes or None,
+            file_size=own.file_size or None,
+            timeout=a.timeout or None,
+        )
+        bounds = effective(asked, self.conf.task_defaults, self.conf.task_maxima)
+        limits = replace(bounds, timeout=None)
+        return (self.plain_limits if limits == self.plain_limits else limits), bounds.timeout
+
     def _spec(
-        self, a: rota_pb2.TaskAssignment, ref: rota_pb2.TaskRef, log_prefix: str, work_dir: str = ""
+        self,
+        a: rota_pb2.TaskAssignment,
+        ref: rota_pb2.TaskRef,
+        log_prefix: str,
+        work_dir: str = "",
+        limits: Limits | None = None,
+        timeout: float | None = None,
     ) -> TaskSpec:
         return TaskSpec(
             job_id=ref.job_id,
@@ -234,9 +274,10 @@ class Runner:
             kind=a.kind,
             params=json.loads(a.params_json or b"{}"),
             env=dict(a.env),
-            timeout=a.timeout or None,
+            timeout=timeout,
             work_dir=work_dir or self.conf.work_dir,
             log_prefix=log_prefix,
+            limits=limits if limits is not None else self.plain_limits,
         )
 
     def _batch_limit(self, kind: Kind) -> int:

@@ -28,7 +28,7 @@ def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -
     if spec.shards:
         env["ROTA_SHARD_INDEX"] = str(task.copy)
         env["ROTA_SHARD_COUNT"] = str(spec.shards)
-    return rota_pb2.TaskAssignment(
+    msg = rota_pb2.TaskAssignment(
         task=rota_pb2.TaskRef(job_id=task.job.id, index=task.index, attempt=attempt),
         kind=spec.kind,
         params_json=params_json,
@@ -37,6 +37,13 @@ def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -
         priority=task.job.priority,
         retention=retention,
     )
+    if spec.limits:
+        lim = spec.limits
+        msg.limits.cpu = lim.cpu or 0.0
+        msg.limits.memory = lim.memory or 0
+        msg.limits.processes = lim.processes or 0
+        msg.limits.file_size = lim.file_size or 0
+    return msg
 
 
 def report(r: rota_pb2.TaskReport) -> Report:

@@ -8,11 +8,14 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rota.common.limits import Limits
 from rota.common.results import OUTPUT_CAP, TRUNCATED_MARK
+from rota.executor import confine
 
 #: A task's log file (``TaskSpec.log_prefix``) stops growing here: the disk is shared by every task.
 LOG_FILE_CAP = 16 * 1024 * 1024
@@ -42,6 +45,9 @@ class TaskSpec:
     #: When set, a kind that can stream what the task writes to ``<log_prefix>.out`` and ``.err`` as it
     #: arrives, for ``master-client logs`` (run_subprocess does); the result's capture is unaffected.
     log_prefix: str = ""
+    #: What bounds the attempt: the task's own limits, else the executor's defaults (all but the
+    #: wall clock, which is ``timeout``). Process kinds get them through run_subprocess.
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -164,6 +170,20 @@ def pass_env(names: Iterable[str]) -> None:
     """Let tasks inherit these variables of the executor too (its ``--pass-env``)."""
     global _passed
     _passed = tuple(names)
+
+
+_defaults = Limits()
+
+
+def task_defaults(limits: Limits) -> None:
+    """What bounds a task that asks for no limits of its own (the executor's --task-default-limits,
+    within its maxima): the call kind's warm workers run under these."""
+    global _defaults
+    _defaults = replace(limits, timeout=None)
+
+
+def default_limits() -> Limits:
+    return _defaults
 
 
 def inherited_env() -> dict[str, str]:
@@ -298,19 +318,38 @@ class _Capture:
 
 async def run_subprocess(argv: Sequence[str], spec: TaskSpec, env: Mapping[str, str]) -> TaskResult:
     """Run ``argv`` as the task: own session, cwd ``spec.work_dir``, output capped (and streamed to the
-    log files of ``spec.log_prefix``), timeout and cancellation enforced by killing the process group.
-    The task owns its group, so anything it leaves running after its main process exits is killed too."""
+    log files of ``spec.log_prefix``), timeout and cancellation enforced by killing the process group,
+    ``spec.limits`` by a cgroup or rlimits (``rota.executor.confine``). The task owns its group, so
+    anything it leaves running after its main process exits is killed too."""
+    bounds = _confinement(spec)
     logs = _open_logs(spec.log_prefix)
     try:
-        return await _run_process(argv, spec, env, logs)
+        return await _run_process(argv, spec, env, logs, bounds)
     finally:
         for f in logs:
             if f is not None:
                 f.close()
+        if bounds is not None and bounds.cgroup:
+            await asyncio.to_thread(bounds.close)
+
+
+def _confinement(spec: TaskSpec) -> confine.Confinement | None:
+    if not spec.limits:
+        return None
+    tree = confine.mode().cgroups
+    try:
+        return confine.Confinement(spec.limits, tree)
+    except OSError as exc:  # a cgroup that cannot be made must not fail every task: rlimits still bound it
+        log.warning("cannot make a cgroup for the task (%s); it runs under rlimits", exc)
+        return confine.Confinement(spec.limits, None)
 
 
 async def _run_process(
-    argv: Sequence[str], spec: TaskSpec, env: Mapping[str, str], logs: list[_LogFile | None]
+    argv: Sequence[str],
+    spec: TaskSpec,
+    env: Mapping[str, str],
+    logs: list[_LogFile | None],
+    bounds: confine.Confinement | None,
 ) -> TaskResult:
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -321,15 +360,25 @@ async def _run_process(
             cwd=spec.work_dir,
             env=dict(env),
             start_new_session=True,
+            preexec_fn=bounds.preexec() if bounds is not None else None,
         )
     except OSError as exc:
         return TaskResult(ok=False, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    except subprocess.SubprocessError as exc:  # the cgroup or an rlimit refused in the child
+        return TaskResult(ok=False, error=f"cannot start {argv[0]!r} in its limits: {exc}")
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Capture(proc.stdout, logs[0]), _Capture(proc.stderr, logs[1])
+    watchdog = None
+    if bounds is not None and bounds.watches_processes():
+        watchdog = asyncio.ensure_future(_watch_processes(proc.pid, bounds))
     try:
         expired = await _supervise(proc, [out.task, err.task], spec.timeout)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         kill_group(proc.pid)
+        if bounds is not None:
+            bounds.kill()
         await _settle(proc, [out.task, err.task])
         # What left the group (setsid, a daemon) goes too: a task leaves nothing running.
         await asyncio.to_thread(kill_marked, env)
@@ -346,8 +395,20 @@ async def _run_process(
     elif code is None:
         result.error = "process could not be reaped"
     elif code != 0:
-        result.error = describe_exit(code)
+        reason = bounds.verdict(code, result.stderr) if bounds is not None else ""
+        result.error = reason or describe_exit(code)
     return result
+
+
+async def _watch_processes(session: int, bounds: confine.Confinement) -> None:
+    """Rlimit mode's process cap: kill the task's group once its session holds too many processes."""
+    while True:
+        await asyncio.sleep(confine.PROCESS_POLL)
+        over = await asyncio.to_thread(bounds.count_over, session)
+        if over:
+            bounds.too_many = over
+            kill_group(session)
+            return
 
 
 async def _supervise(

@@ -9,6 +9,12 @@ file costs no directory per task) and ``sys.stdout``/``sys.stderr`` are captured
 to file descriptors 1 and 2, by C code or child processes, goes to the executor's own streams instead).
 Workers are daemonic so that they never outlive the executor; a function therefore cannot start a
 ``multiprocessing`` pool of its own.
+
+Limits: the warm workers run under the memory and file-size rlimits of the executor's default limits
+(not its CPU seconds, which a worker would add up over every task it serves). A call whose limits
+differ (its job file's ``limits``) runs alone in a fresh worker started under all of its rlimits
+(CPU seconds count the worker's start too), then retired; the batched path pays nothing for that.
+The process cap does not apply to calls.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ import io
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from rota.common.limits import Limits
+from rota.executor import confine
 from rota.executor.kinds.base import (
     OUTPUT_CAP,
     Kind,
@@ -37,6 +46,7 @@ from rota.executor.kinds.base import (
     TaskSpec,
     bad_params,
     cap_text,
+    default_limits,
     inherited_env,
     kill_group,
     param_env,
@@ -49,9 +59,11 @@ _EXIT_WAIT = 2.0
 
 
 class _Worker:
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, limits: Limits | None = None) -> None:
         self.process = process
         self.conn = conn
+        #: A task's own limits, for a worker started for that task alone; None for a pool worker.
+        self.limits = limits
         #: Where the pipe's reader (registered once) puts replies and the worker's death.
         self.events: asyncio.Queue[tuple[str, Any]] | None = None
         #: The executor's work dir, under which the worker keeps its scratch dir.
@@ -130,11 +142,19 @@ class CallKind(Kind):
         set as its call ends. A ride cancelled or timed out while running costs the worker (it is
         killed with what it started); the rides after it go to a fresh one."""
         todo: list[tuple[Ride, dict[str, Any]]] = []
+        pool_limits = default_limits()
         for ride in rides:
             try:
-                todo.append((ride, _request(ride.spec)))
+                request = _request(ride.spec)
             except ParamError as exc:
                 settle(ride, bad_params(ride.spec, exc))
+                continue
+            if ride.spec.limits == pool_limits:
+                todo.append((ride, request))
+            elif not self._closed:
+                await self._run_alone(ride, request)
+            else:
+                settle(ride, TaskResult(ok=False, error="call: the worker pool is closed"))
         while todo:
             if self._closed:
                 for ride, _ in todo:
@@ -159,6 +179,17 @@ class CallKind(Kind):
                     self._retire(worker)
                     if not self._closed:
                         self._idle.put_nowait(self._spawn())
+
+    async def _run_alone(self, ride: Ride, request: dict[str, Any]) -> None:
+        """A call with limits of its own: in a worker started under them, retired after it."""
+        worker = self._spawn(ride.spec.limits)
+        self._busy.add(worker)
+        try:
+            await self._on_worker(worker, [(ride, request)])
+        finally:
+            self._busy.discard(worker)
+            worker.events = None
+            self._retire(worker)
 
     async def _on_worker(
         self, worker: _Worker, todo: list[tuple[Ride, dict[str, Any]]]
@@ -202,7 +233,7 @@ class CallKind(Kind):
                     if i != current:
                         continue
                     if not body.get("skipped"):
-                        settle(batch[i], _result(body))
+                        settle(batch[i], _result(body, worker.limits))
                     current += 1
                     if timer is not None:
                         timer.cancel()
@@ -221,9 +252,16 @@ class CallKind(Kind):
                     return _rest(batch, current + 1, requests), False
                 elif what == "died":
                     code = await worker.exit_code()
+                    reason = (
+                        confine.Confinement(worker.limits, None).verdict(code, "") if worker.limits else ""
+                    )
                     settle(
                         batch[current],
-                        TaskResult(ok=False, exit_code=code, error=f"worker process died (exit code {code})"),
+                        TaskResult(
+                            ok=False,
+                            exit_code=code,
+                            error=reason or f"worker process died (exit code {code})",
+                        ),
                     )
                     return _rest(batch, current + 1, requests), False
             return [], True
@@ -255,11 +293,16 @@ class CallKind(Kind):
         if self._reapers:
             await asyncio.gather(*self._reapers)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, own: Limits | None = None) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
         environ = inherited_env()
+        pool = default_limits()
+        bounds = own if own is not None else Limits(memory=pool.memory, file_size=pool.file_size)
         process = self._ctx.Process(
-            target=_worker_main, args=(child_conn, environ), name="rota-call", daemon=True
+            target=_worker_main,
+            args=(child_conn, environ, confine.rlimits(bounds)),
+            name="rota-call",
+            daemon=True,
         )
         # The worker is a new program (spawn): it starts with the environment of this moment, which
         # /proc/<pid>/environ shows for its whole life. So it starts with the clean one.
@@ -272,7 +315,7 @@ class CallKind(Kind):
             os.environ.clear()
             os.environ.update(saved)
         child_conn.close()
-        worker = _Worker(process, parent_conn)
+        worker = _Worker(process, parent_conn, own)
         asyncio.get_running_loop().add_reader(parent_conn.fileno(), worker.readable)
         return worker
 
@@ -319,7 +362,11 @@ def _request(spec: TaskSpec) -> dict[str, Any]:
     }
 
 
-def _result(reply: dict[str, Any]) -> TaskResult:
+def _result(reply: dict[str, Any], limits: Limits | None = None) -> TaskResult:
+    if limits and not reply["ok"]:
+        reason = confine.Confinement(limits, None).verdict(1, reply["error"])
+        if reason:
+            reply = {**reply, "error": f"{reason}: {reply['error']}"}
     return TaskResult(
         seconds=reply.get("seconds"),
         ok=reply["ok"],
@@ -390,12 +437,19 @@ def _receive(conn: Connection) -> dict[str, Any]:
     return message
 
 
-def _worker_main(conn: Connection, environ: dict[str, str]) -> None:
+def _worker_main(
+    conn: Connection,
+    environ: dict[str, str],
+    limits: Sequence[tuple[int, tuple[int, int]]] = (),
+) -> None:
     """Serve batches until the executor closes its end of the pipe (or dies, which closes it too).
 
     Each call's reply goes back as soon as it ends. A ``skip`` notice that arrives while a batch
     runs withdraws a call not yet started. The worker keeps only what tasks inherit of the
-    executor's environment (``environ``): the functions it calls never see the executor's secrets."""
+    executor's environment (``environ``): the functions it calls never see the executor's secrets.
+    ``limits`` are the (resource, (soft, hard)) rlimits it runs under."""
+    for which, value in limits:
+        resource.setrlimit(which, value)
     os.environ.clear()
     os.environ.update(environ)
     with contextlib.suppress(OSError):
