@@ -89,7 +89,12 @@ def parse_duration(value: str | float | int) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"malformed duration {value!r}: expected e.g. 500ms, 3s, 1m")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ConfigError(
+                f"malformed duration: {len(str(abs(value)))} digits of seconds is too long"
+            ) from None
     else:
         text = value.strip()
         try:

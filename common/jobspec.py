@@ -299,10 +299,10 @@ def _oversize(source: str) -> JobSpecError:
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise JobSpecError(f"invalid TOML: {e}", source=source) from None
     except RecursionError:
         raise JobSpecError("invalid TOML: nested too deeply", source=source) from None
+    except ValueError as e:  # TOMLDecodeError, or an integer of more than 4300 digits
+        raise JobSpecError(f"invalid TOML: {e}", source=source) from None
 
 
 def parse_job_json(raw: bytes, source: str = REQUEST_SOURCE) -> JobSpec:
@@ -557,8 +557,10 @@ class _Parser:
         seconds = table["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise self.fail(key, f"expected a number of seconds, got {_type_name(seconds)}")
-        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-            raise self.fail(key, f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {seconds}")
+        if not 0 <= seconds <= MAX_SECONDS:  # also NaN; compared before float(), which overflows
+            raise self.fail(
+                key, f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {_number(seconds)}"
+            )
         return {"seconds": float(seconds)}
 
     def _params_shell(self, table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -707,6 +709,12 @@ class _Parser:
         if not math.isfinite(seconds) or not 0 < seconds <= longest:
             raise self.fail(full, f"expected a positive duration of at most {longest:g}s, got {value!r}")
         return seconds
+
+
+def _number(value: float) -> str:
+    """A number for a message: an integer of hundreds of digits is shown by its length."""
+    text = str(value)
+    return text if len(text) <= 24 else f"a {len(text)}-digit number"
 
 
 def _identifier(name: str) -> bool:

@@ -555,3 +555,29 @@ def test_a_stored_spec_is_read_back_without_todays_rules_or_plugins():
     assert spec.task_count() == 3 and spec.tasks[0].params == {"size": 3}
     ok = load_job(SPEC_EXAMPLE)
     assert JobSpec.from_stored(json.loads(json.dumps(ok.to_dict()))) == ok
+
+
+@pytest.mark.parametrize(
+    "job, key",
+    [
+        ({"name": "j", "timeout": 10**400, "task": [{"name": "a", "kind": "noop"}]}, "timeout"),
+        ({"name": "j", "retention": -(10**400), "task": [{"name": "a", "kind": "noop"}]}, "retention"),
+        ({"name": "j", "task": [{"name": "a", "kind": "sleep", "seconds": 10**400}]}, "task[0].seconds"),
+        ({"name": "j", "task": [{"name": "a", "kind": "noop", "timeout": 2**1024}]}, "task[0].timeout"),
+    ],
+)
+def test_an_integer_too_large_for_a_float_is_a_job_error_naming_the_key(
+    job: dict[str, Any], key: str
+) -> None:
+    """Found by fuzzing: float() of such an integer raised OverflowError, a 500 from the HTTP API."""
+    with pytest.raises(JobSpecError) as e:
+        JobSpec.from_dict(job)
+    assert e.value.key == key and "digit" in e.value.reason
+    with pytest.raises(JobSpecError):
+        js.parse_job_json(json.dumps(job).encode())
+
+
+def test_an_integer_of_more_than_4300_digits_in_toml_is_a_job_error() -> None:
+    """Found by fuzzing: tomllib raises a plain ValueError for it, not TOMLDecodeError."""
+    with pytest.raises(JobSpecError, match="invalid TOML: Exceeds the limit"):
+        js.parse_job_text('name = "j"\ntimeout = ' + "9" * 5000 + "\n")
