@@ -98,15 +98,18 @@ def fuzz(operation: Any, mode: GenerationMode, call: Callable[[Any], None], **gi
         pass  # nothing about this operation can be invalid (no parameters, or only free strings)
 
 
+@pytest.mark.parametrize("tokens", [False, True], ids=["open", "tokens"])
 def test_every_operation_answers_generated_requests_as_documented(
-    local_cluster: Callable[..., LocalCluster],
+    local_cluster: Callable[..., LocalCluster], tokens: bool
 ) -> None:
-    cluster = local_cluster(masters=1)  # no executor: no generated task ever runs
+    cluster = local_cluster(masters=1, tokens=tokens)  # no executor: no generated task ever runs
     base = cluster.masters[0].http_url
     assert cluster.client().list_jobs() == []
     created: set[str] = set()
     failures: dict[str, str] = {}
     session = requests.Session()
+    if tokens:
+        session.headers["Authorization"] = f"Bearer {cluster.admin_token}"
 
     for result in load_schema().get_all_operations():
         operation = result.ok()
