@@ -26,6 +26,7 @@ from rota.common.config import ConfigError, parse_address, split_list
 from rota.common.jobspec import MAX_JOB_BYTES, JobSpec, JobSpecError, load_job, validate_job_id
 from rota.common.paging import MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import TERMINAL
+from rota.common.tls import TlsFiles
 from rota.protos import rota_pb2, rota_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:10240"
@@ -102,10 +103,15 @@ def info_to_dict(i: rota_pb2.MasterInfo) -> dict[str, Any]:
 
 
 class AsyncClient:
-    def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
+    """``tls``: the CA, certificate and key to reach masters and executors over mutual TLS."""
+
+    def __init__(
+        self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0, tls: TlsFiles | None = None
+    ) -> None:
         self.addresses = resolve_addresses(addresses)
         self.timeout = timeout
-        self._channels = rpc.ChannelPool()
+        self.tls = tls
+        self._channels = rpc.ChannelPool(tls)
         self._preferred = 0
         self._leader_known = False
 
@@ -366,9 +372,11 @@ class AsyncClient:
 class Client:
     """Blocking face of AsyncClient, running it on a private event loop."""
 
-    def __init__(self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0, tls: TlsFiles | None = None
+    ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(addresses, timeout)
+        self._async = AsyncClient(addresses, timeout, tls)
 
     @property
     def addresses(self) -> list[str]:

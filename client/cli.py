@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from rota.client.api import Client, NoMasterReachable, OutOfSpace, RequestError, resolve_addresses
+from rota.common import certs, tls
 from rota.common import config as cfg
 from rota.common.jobspec import JobSpecError
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
@@ -26,13 +27,17 @@ EXIT_OUT_OF_SPACE = 4
 
 
 class Ctx:
-    def __init__(self, master_addr: str | None, as_json: bool, timeout: float) -> None:
+    def __init__(
+        self, master_addr: str | None, as_json: bool, timeout: float, tls_options: dict[str, Any]
+    ) -> None:
         self.master_addr = master_addr
         self.json = as_json
         self.timeout = timeout
+        self.tls_options = tls_options
 
     def client(self) -> Client:
-        return Client(self.master_addr, timeout=self.timeout)
+        # Checked here, not in the group: `certs create` needs no certificate to make the first ones.
+        return Client(self.master_addr, timeout=self.timeout, tls=tls.from_options(self.tls_options))
 
 
 def emit(ctx: Ctx, doc: Any, human: str) -> None:
@@ -62,8 +67,11 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     show_default=True,
     help="Give up (exit 3) when no master answers within this time.",
 )
+@tls.tls_options(env=True)
 @click.pass_context
-def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float) -> None:
+def cli(
+    ctx: click.Context, master_addr: str, as_json: bool, timeout: float, **tls_options: str | None
+) -> None:
     """Talk to a Rota cluster.
 
     \b
@@ -75,7 +83,7 @@ def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float) -> 
         resolve_addresses(master_addr)
     except cfg.ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--master-addr") from None
-    ctx.obj = Ctx(master_addr, as_json, timeout)
+    ctx.obj = Ctx(master_addr, as_json, timeout, tls_options)
 
 
 @cli.command("cluster-status")
@@ -405,6 +413,44 @@ def logs(ctx: Ctx, job_id: str, task: str | None, follow: bool) -> None:
         text = {k: b"".join(v).decode(errors="replace") for k, v in captured.items() if k != "notice"}
         notices = [n.decode(errors="replace") for n in captured["notice"]]
         emit(ctx, {**doc, **text, "notices": notices}, "")
+
+
+@cli.group("certs")
+def certs_group() -> None:
+    """Make certificates for mutual TLS between masters, executors and clients."""
+
+
+@certs_group.command("create")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option(
+    "--hosts",
+    required=True,
+    help="IP addresses and DNS names the node is reached at, a,b,c (e.g. 127.0.0.1,localhost,host-a,10.0.0.5).",
+)
+@click.option(
+    "--days", type=click.IntRange(1, certs.MAX_DAYS), default=certs.DEFAULT_DAYS, show_default=True,
+    help="How long the certificates are valid.",
+)  # fmt: skip
+@click.option(
+    "--ca-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Sign with the CA in this directory (ca.pem, ca-key.pem) instead of making a new one.",
+)
+@click.pass_obj
+def certs_create(ctx: Ctx, out: str, hosts: str, days: int, ca_dir: str | None) -> None:
+    """Write a CA (ca.pem, ca-key.pem) and one node certificate (node.pem, node-key.pem), good for
+    servers and clients alike, naming --hosts. Keys are written 0600; existing files are never
+    overwritten.
+
+    \b
+    Three hosts: make the CA and host-a's certificate once, then one per other host:
+      master-client certs create --out a --hosts 127.0.0.1,localhost,host-a,10.0.0.5
+      master-client certs create --ca-dir a --out b --hosts 127.0.0.1,localhost,host-b,10.0.0.6
+    and copy ca.pem, node.pem, node-key.pem to each host (ca-key.pem stays where it was made).
+    """
+    written = certs.create(out, certs.parse_hosts(hosts), days, ca_dir)
+    emit(ctx, {"written": written}, "\n".join(f"wrote {p}" for p in written))
 
 
 def main() -> None:

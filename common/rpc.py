@@ -11,6 +11,8 @@ import asyncio
 
 import grpc
 
+from rota.common.tls import TlsFiles, channel_credentials, server_credentials
+
 MAX_MESSAGE = 64 * 1024 * 1024
 
 CHANNEL_OPTIONS = [
@@ -37,12 +39,24 @@ SERVER_OPTIONS = [
 ]
 
 
-def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+def channel(addr: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A channel to ``addr``; with ``tls`` it shows our certificate and checks the peer's against
+    the CA and the dialled host."""
+    if tls is None:
+        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(addr, channel_credentials(tls), options=CHANNEL_OPTIONS)
 
 
 def server() -> grpc.aio.Server:
     return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+def add_port(server: grpc.aio.Server, listen: str, tls: TlsFiles | None = None) -> bool:
+    """Listen on ``listen`` (mTLS with ``tls``: clients without a certificate from the CA are
+    refused); False when the port cannot be bound."""
+    if tls is None:
+        return bool(server.add_insecure_port(listen))
+    return bool(server.add_secure_port(listen, server_credentials(tls)))
 
 
 async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
@@ -70,13 +84,14 @@ class ChannelPool:
     """One channel per address, opened on first use and kept: a channel owns its connection and its
     reconnect back-off, so opening one per call would pay a handshake each time."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = channel(addr)
+            ch = self._channels[addr] = channel(addr, self.tls)
         return ch
 
     async def close(self) -> None:

@@ -17,7 +17,26 @@ from pathlib import Path
 from types import TracebackType
 
 from rota.client.api import Client, NoMasterReachable
+from rota.common import certs
 from rota.common.procs import die_with_parent, free_ports
+from rota.common.tls import TlsFiles
+
+#: The names a LocalCluster's certificate is good for.
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "::1"]
+
+
+def make_tls(directory: Path) -> TlsFiles:
+    """A fresh CA and one certificate for every local process, in ``directory``."""
+    certs.create(str(directory), LOCAL_HOSTS, days=2)
+    return TlsFiles(
+        str(directory / certs.CA_FILES[0]),
+        str(directory / certs.NODE_FILES[0]),
+        str(directory / certs.NODE_FILES[1]),
+    )
+
+
+def tls_args(tls: TlsFiles | None) -> list[str]:
+    return ["--tls-ca", tls.ca, "--tls-cert", tls.cert, "--tls-key", tls.key] if tls else []
 
 
 class Process:
@@ -87,7 +106,11 @@ class MasterProcess(Process):
 
 
 class LocalCluster:
-    """``masters`` masters with embedded etcd (or ``etcd_endpoints``), under ``base_dir``."""
+    """``masters`` masters with embedded etcd (or ``etcd_endpoints``), under ``base_dir``.
+
+    ``tls=True`` makes a CA and a certificate under ``base_dir/tls`` (or give TlsFiles) and runs
+    every link over mutual TLS: masters, embedded etcd, executors and ``client()``.
+    """
 
     def __init__(
         self,
@@ -100,15 +123,20 @@ class LocalCluster:
         executors: int = 0,
         executor_slots: int = 1,
         executor_args: Sequence[str] = (),
+        tls: bool | TlsFiles = False,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.tls: TlsFiles | None = (
+            tls if isinstance(tls, TlsFiles) else make_tls(self.base_dir / "tls") if tls else None
+        )
+        scheme = "https" if self.tls else "http"
         self.masters: list[MasterProcess] = []
         self.executors: list[Process] = []
         self._initial_executors = (executors, executor_slots, tuple(executor_args))
         ports = free_ports(4 * masters)
         names = [f"m{i}" for i in range(masters)]
-        peers = [f"http://127.0.0.1:{ports[4 * i + 1]}" for i in range(masters)]
+        peers = [f"{scheme}://127.0.0.1:{ports[4 * i + 1]}" for i in range(masters)]
         initial = ",".join(f"{n}={p}" for n, p in zip(names, peers, strict=True))
         for i, name in enumerate(names):
             addr = f"127.0.0.1:{ports[4 * i]}"
@@ -122,13 +150,13 @@ class LocalCluster:
                 argv += ["--etcd-endpoints", ",".join(etcd_endpoints)]
             else:
                 argv += [
-                    "--peer-urls", peers[i], "--etcd-client-urls", f"http://127.0.0.1:{ports[4 * i + 2]}",
+                    "--peer-urls", peers[i], "--etcd-client-urls", f"{scheme}://127.0.0.1:{ports[4 * i + 2]}",
                     "--initial-cluster", initial, "--etcd-heartbeat-interval", etcd_tuning[0],
                     "--etcd-election-timeout", etcd_tuning[1],
                 ]  # fmt: skip
-            argv += list(master_args)
+            argv += tls_args(self.tls) + list(master_args)
             self.masters.append(
-                MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"http://{http_addr}")
+                MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"{scheme}://{http_addr}")
             )
 
     @property
@@ -144,7 +172,7 @@ class LocalCluster:
         return ",".join(m.addr for m in self.masters)
 
     def client(self, timeout: float = 10.0) -> Client:
-        return Client(self.addresses, timeout=timeout)
+        return Client(self.addresses, timeout=timeout, tls=self.tls)
 
     def master(self, name: str) -> MasterProcess:
         return next(m for m in self.masters if m.name == name)
@@ -174,9 +202,10 @@ class LocalCluster:
             sys.executable, "-m", "rota.executor.main", "--join", self.addresses, "--name", name,
             "--worker-addr", f"127.0.0.1:{worker_port}", "--http-addr", f"127.0.0.1:{http_port}",
             "--slots", str(slots), "--work-dir", str(work),
-            *args,
+            *tls_args(self.tls), *args,
         ]  # fmt: skip
-        proc = Process(name, argv, self.base_dir / f"{name}.log", f"http://127.0.0.1:{http_port}")
+        scheme = "https" if self.tls else "http"
+        proc = Process(name, argv, self.base_dir / f"{name}.log", f"{scheme}://127.0.0.1:{http_port}")
         self.executors.append(proc)
         proc.start()
         return proc
@@ -203,7 +232,7 @@ class LocalCluster:
         """Block until the cluster names a leader (other than ``exclude``); return its name."""
         deadline = time.monotonic() + timeout
         live = ",".join(m.addr for m in self.masters if m.alive())
-        with Client(live or self.addresses, timeout=2.0) as c:
+        with Client(live or self.addresses, timeout=2.0, tls=self.tls) as c:
             while True:
                 for m in self.masters:
                     if m.proc is not None and not m.alive() and all_reachable:

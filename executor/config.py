@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rota.common.tls import TlsFiles
+
 
 @dataclass
 class AgentConfig:
@@ -20,3 +22,5 @@ class AgentConfig:
     #: How long running tasks may take to finish once it drains (SIGTERM, or drain-executor
     #: without a timeout) before they are handed back.
     drain_timeout: float = 30.0
+    #: Mutual TLS to the masters and on its own gRPC port; None for plain channels.
+    tls: TlsFiles | None = None

@@ -66,7 +66,7 @@ class Link:
         self._session_task: asyncio.Task[str | None] | None = None
         #: The join list and every leader address learned since.
         self._targets = list(conf.join)
-        self._asks = rpc.ChannelPool()
+        self._asks = rpc.ChannelPool(conf.tls)
         #: Masters that left a hello unanswered, and when: a follower may still name one as leader.
         self._silent: dict[str, float] = {}
         #: Set by a welcome: the reconnect backoff starts again from its shortest pause.
@@ -188,7 +188,7 @@ class Link:
 
     async def _session(self, addr: str) -> str | None:
         """One Attach stream; returns the leader's address when ``addr`` is a follower."""
-        async with rpc.channel(addr) as channel:
+        async with rpc.channel(addr, self.conf.tls) as channel:
             if not await rpc.ready(channel, 1.0):
                 self._silent[addr] = time.monotonic()
                 raise ConnectionError(f"{addr} does not answer")

@@ -17,6 +17,7 @@ from aiohttp import web
 from rota.client.api import AsyncClient, NoMasterReachable, OutOfSpace, RequestError
 from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
+from rota.common.tls import TlsFiles
 from rota.scheduler import http_guard
 
 HERE = Path(__file__).parent
@@ -123,9 +124,14 @@ def parse_job_body(body: bytes, content_type: str) -> JobSpec:
 
 class HttpApi:
     def __init__(
-        self, grpc_addr: str, name: str, names: frozenset[str] = frozenset(), timeout: float = 10.0
+        self,
+        grpc_addr: str,
+        name: str,
+        names: frozenset[str] = frozenset(),
+        timeout: float = 10.0,
+        tls: TlsFiles | None = None,
     ) -> None:
-        self.client = AsyncClient(grpc_addr, timeout=timeout)
+        self.client = AsyncClient(grpc_addr, timeout=timeout, tls=tls)
         self.name = name
         self.names = names or http_guard.own_names()
 
@@ -224,5 +230,11 @@ class HttpApi:
         return web.FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def install(app: web.Application, grpc_addr: str, name: str, names: frozenset[str] = frozenset()) -> None:
-    HttpApi(grpc_addr, name, names).install(app)
+def install(
+    app: web.Application,
+    grpc_addr: str,
+    name: str,
+    names: frozenset[str] = frozenset(),
+    tls: TlsFiles | None = None,
+) -> None:
+    HttpApi(grpc_addr, name, names, tls=tls).install(app)
