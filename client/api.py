@@ -153,8 +153,9 @@ class AsyncClient:
                     f"no master reachable at {', '.join(self.addresses)} within {self.timeout:g}s ({detail})"
                 )
             stub = self._stub(addr)
-            if n > 1 and not await rpc.ready(self._channels.get(addr), min(remaining, CONNECT_TIMEOUT)):
-                errors[addr] = "not answering"
+            ch = self._channels.get(addr)
+            if n > 1 and not await rpc.ready(ch, min(remaining, CONNECT_TIMEOUT)):
+                errors[addr] = await rpc.failure(ch, self.tls)
             else:
                 try:
                     # Several masters: do not let one that stopped answering eat the whole timeout.
@@ -173,7 +174,7 @@ class AsyncClient:
                         raise OutOfSpace(e.details() or "etcd is out of space") from None
                     if e.code() not in _RETRY:
                         raise
-                    errors[addr] = e.details() or e.code().name
+                    errors[addr] = rpc.explain(e.details() or e.code().name, self.tls)
                     self._leader_known = False  # the leader may have moved: look again next time
             attempt += 1
             if attempt % n == 0:

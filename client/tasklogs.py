@@ -156,8 +156,8 @@ async def _read(
     try:
         if not await rpc.ready(channel, connect_timeout):
             raise RequestError(
-                f"{where}, which ran attempt {t['attempt']} of {describe(t)}, does not answer; "
-                "its logs are out of reach"
+                f"{where}, which ran attempt {t['attempt']} of {describe(t)}, does not answer "
+                f"({await rpc.failure(channel, tls)}); its logs are out of reach"
             )
         request = rota_pb2.TaskLogsRequest(
             job_id=job_id, index=task_index(t), attempt=t["attempt"], follow=follow

@@ -80,6 +80,38 @@ async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
     return True
 
 
+#: What gRPC says when a TLS handshake failed, or the peer closed the connection during one.
+_TLS_SIGNS = ("Socket closed", "handshake", "CERTIFICATE", "certificate", "SSL")
+
+
+async def failure(ch: grpc.aio.Channel, tls: TlsFiles | None) -> str:
+    """Why ``ch`` does not connect, for an error message: gRPC's own reason (refused, a failed TLS
+    handshake) when it has one, with a hint when TLS is the likely cause."""
+    if ch.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        return "not answering"
+    try:
+        # Any call on a channel that failed to connect fails at once, carrying the reason.
+        await ch.unary_unary("/rota.Probe/Why")(b"", timeout=1.0)
+    except grpc.aio.AioRpcError as e:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+            return explain(e.details() or e.code().name, tls)
+    except Exception:
+        pass
+    return "not answering"
+
+
+def explain(detail: str, tls: TlsFiles | None) -> str:
+    """``detail`` with a hint when it looks like a TLS mismatch (a closed socket, a failed handshake)."""
+    if not any(sign in detail for sign in _TLS_SIGNS):
+        return detail
+    if tls is None:
+        return f"{detail} (if the cluster uses TLS, give --tls-ca, --tls-cert and --tls-key)"
+    return (
+        f"{detail} (TLS: the peer refused this certificate, e.g. from another CA or expired, "
+        "or this side refused the peer's)"
+    )
+
+
 class ChannelPool:
     """One channel per address, opened on first use and kept: a channel owns its connection and its
     reconnect back-off, so opening one per call would pay a handshake each time."""

@@ -192,8 +192,11 @@ class LocalCluster:
             self.stop()
             raise
 
-    def add_executor(self, slots: int = 1, args: Sequence[str] = (), name: str | None = None) -> Process:
-        """Start one more executor process joining every master."""
+    def add_executor(
+        self, slots: int = 1, args: Sequence[str] = (), name: str | None = None, cluster_tls: bool = True
+    ) -> Process:
+        """Start one more executor process joining every master (without the cluster's certificate
+        when ``cluster_tls`` is false: ``args`` may give other --tls-* files)."""
         name = name or f"e{len(self.executors)}"
         work = self.base_dir / f"{name}-work"
         work.mkdir(exist_ok=True)
@@ -202,9 +205,9 @@ class LocalCluster:
             sys.executable, "-m", "rota.executor.main", "--join", self.addresses, "--name", name,
             "--worker-addr", f"127.0.0.1:{worker_port}", "--http-addr", f"127.0.0.1:{http_port}",
             "--slots", str(slots), "--work-dir", str(work),
-            *tls_args(self.tls), *args,
+            *tls_args(self.tls if cluster_tls else None), *args,
         ]  # fmt: skip
-        scheme = "https" if self.tls else "http"
+        scheme = "https" if self.tls and cluster_tls else "http"
         proc = Process(name, argv, self.base_dir / f"{name}.log", f"{scheme}://127.0.0.1:{http_port}")
         self.executors.append(proc)
         proc.start()

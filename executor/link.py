@@ -155,6 +155,9 @@ class Link:
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.warning("%s refused this executor: %s", addr, e.details())
+                elif failures + 1 == len(targets):
+                    # A whole round failed: say so once, or a refused certificate would go unnoticed.
+                    log.warning("no master took this executor's stream; still trying (last: %s)", e)
                 else:
                     log.debug("attach to %s failed: %s", addr, e)
                 redirect = None
@@ -191,7 +194,7 @@ class Link:
         async with rpc.channel(addr, self.conf.tls) as channel:
             if not await rpc.ready(channel, 1.0):
                 self._silent[addr] = time.monotonic()
-                raise ConnectionError(f"{addr} does not answer")
+                raise ConnectionError(f"{addr} does not answer: {await rpc.failure(channel, self.conf.tls)}")
             call = rota_pb2_grpc.MasterStub(channel).Attach()
             try:
                 hello_at = time.monotonic()
