@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from rota.common import certs, tls
+from rota.common import certs, rpc, tls
 from rota.common.config import ConfigError
 from rota.metastore.etcd_server import MemberConfig
 from rota.scheduler.master import build_config, master_command
@@ -173,3 +173,10 @@ def test_member_without_tls_has_no_tls_flags():
         client_urls=["http://h:2"], advertise_client_urls=["http://h:2"], initial_cluster="m0=http://h:1",
     )  # fmt: skip
     assert not any("cert" in a for a in conf.argv("etcd"))
+
+
+def test_a_refused_handshake_gets_a_hint_and_other_errors_do_not():
+    files = tls.TlsFiles("ca", "cert", "key")
+    assert rpc.explain("connection refused", None) == "connection refused"
+    assert "give --tls-ca" in rpc.explain("ipv4:127.0.0.1:1: Socket closed", None)
+    assert "refused this certificate" in rpc.explain("Tls handshake failed", files)
