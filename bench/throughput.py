@@ -4,7 +4,7 @@ Three masters with embedded etcd and two executors on this machine, with the exe
 flow control unless ``--prefetch N`` fixes it; prints tasks/s for each run and the median, and
 writes bench/results/throughput.json.
 
-    .venv/bin/python -m bench.throughput [--tasks 20000] [--runs 3] [--slots 1] [--kind call]
+    .venv/bin/python -m bench.throughput [--tasks 20000] [--runs 3] [--slots 1] [--kind call] [--tls]
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 
 from bench.results import CALL_TASK, NOOP_TASK, save
+from rota.common.tls import TlsFiles
 from rota.devtools.localcluster import LocalCluster
 from rota.metastore.client import EtcdClient, delete_op, put_op
 
 
-async def etcd_ceiling(endpoints: list[str], txns: int = 40, ops: int = 1000, in_flight: int = 4) -> float:
+async def etcd_ceiling(
+    endpoints: list[str], txns: int = 40, ops: int = 1000, in_flight: int = 4, tls: TlsFiles | None = None
+) -> float:
     """Keys/s that this etcd cluster commits in transactions of ``ops`` puts."""
     value = b"x" * 48
-    async with EtcdClient(endpoints, timeout=30, call_timeout=30) as client:
+    async with EtcdClient(endpoints, timeout=30, call_timeout=30, tls=tls) as client:
         sem = asyncio.Semaphore(in_flight)
 
         async def one(i: int) -> None:
@@ -51,13 +54,19 @@ def main() -> int:
     ap.add_argument(
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the etcd ceiling measurement"
     )
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
+    ap.add_argument("--tls", action="store_true", help="every link over mutual TLS (a fresh CA)")
+    ap.add_argument("--out", default=None, help="[default: results/throughput.json, -tls.json with --tls]")
     args = ap.parse_args()
+    out = args.out or str(Path(__file__).parent / "results" / f"throughput{'-tls' if args.tls else ''}.json")
     task = {"name": "t", **(CALL_TASK if args.kind == "call" else NOOP_TASK), "count": args.tasks}
     rates = []
     with tempfile.TemporaryDirectory(prefix="rota-throughput-") as tmp:
         cluster = LocalCluster(
-            tmp, executors=2, executor_slots=args.slots, executor_args=["--prefetch", str(args.prefetch)]
+            tmp,
+            executors=2,
+            executor_slots=args.slots,
+            executor_args=["--prefetch", str(args.prefetch)],
+            tls=args.tls,
         )
         with cluster, cluster.client(30) as c:
             writes_per_task = []
@@ -76,10 +85,12 @@ def main() -> int:
                     writes_per_task.append((after["etcd_writes"] - before["etcd_writes"]) / args.tasks)
                 print(f"run {run + 1}: {args.tasks} {args.kind} tasks in {elapsed:.2f}s "
                       f"(submit {submitted:.2f}s) = {rates[-1]:.0f} tasks/s", flush=True)  # fmt: skip
-            ceiling = asyncio.run(etcd_ceiling(cluster.etcd_endpoints)) if args.ceiling else None
+            ceiling = (
+                asyncio.run(etcd_ceiling(cluster.etcd_endpoints, tls=cluster.tls)) if args.ceiling else None
+            )
     result = {
         "tasks": args.tasks, "kind": args.kind, "executors": 2, "slots_per_executor": args.slots,
-        "prefetch": args.prefetch,
+        "prefetch": args.prefetch, "tls": args.tls,
         "runs_tasks_per_s": [round(r) for r in rates], "median_tasks_per_s": round(statistics.median(rates)),
         "etcd_writes_per_task": round(statistics.median(writes_per_task), 3) if writes_per_task else None,
     }  # fmt: skip
@@ -91,7 +102,7 @@ def main() -> int:
         result["fraction_of_ceiling"] = round(used / ceiling, 3)
         print(f"etcd ceiling (1000-put transactions, 4 in flight, same cluster): {ceiling:.0f} keys/s; "
               f"Rota used {used:.0f} writes/s = {used / ceiling:.0%} of it")  # fmt: skip
-    save(args.out, result)
+    save(out, result)
     return 0
 
 

@@ -27,6 +27,7 @@ from rota.common.config import ConfigError, parse_address, split_list
 from rota.common.jobspec import MAX_JOB_BYTES, JobSpec, JobSpecError, load_job, validate_job_id
 from rota.common.paging import MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import TERMINAL
+from rota.common.tls import TlsFiles
 from rota.protos import rota_pb2, rota_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:10240"
@@ -124,15 +125,22 @@ def info_to_dict(i: rota_pb2.MasterInfo) -> dict[str, Any]:
 
 
 class AsyncClient:
+    """``tls``: the CA, certificate and key to reach masters and executors over mutual TLS;
+    ``token``: sent with every call when the cluster checks tokens (default ``$ROTA_TOKEN``, then the
+    file ``$ROTA_TOKEN_FILE`` names; ``""`` sends none)."""
+
     def __init__(
-        self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0, token: str | None = None
+        self,
+        addresses: str | Sequence[str] | None = None,
+        timeout: float = 10.0,
+        token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        """``token``: sent with every call when the cluster checks tokens (default ``$ROTA_TOKEN``,
-        then the file ``$ROTA_TOKEN_FILE`` names)."""
         self.addresses = resolve_addresses(addresses)
         self.timeout = timeout
         self.token = resolve_token(token)
-        self._channels = rpc.ChannelPool()
+        self.tls = tls
+        self._channels = rpc.ChannelPool(tls)
         self._preferred = 0
         self._leader_known = False
 
@@ -178,8 +186,9 @@ class AsyncClient:
                     f"no master reachable at {', '.join(self.addresses)} within {self.timeout:g}s ({detail})"
                 )
             stub = self._stub(addr)
-            if n > 1 and not await rpc.ready(self._channels.get(addr), min(remaining, CONNECT_TIMEOUT)):
-                errors[addr] = "not answering"
+            ch = self._channels.get(addr)
+            if n > 1 and not await rpc.ready(ch, min(remaining, CONNECT_TIMEOUT)):
+                errors[addr] = await rpc.failure(ch, self.tls)
             else:
                 try:
                     # Several masters: do not let one that stopped answering eat the whole timeout.
@@ -202,7 +211,7 @@ class AsyncClient:
                         ) from None
                     if e.code() not in _RETRY:
                         raise
-                    errors[addr] = e.details() or e.code().name
+                    errors[addr] = rpc.explain(e.details() or e.code().name, self.tls)
                     self._leader_known = False  # the leader may have moved: look again next time
             attempt += 1
             if attempt % n == 0:
@@ -418,10 +427,14 @@ class Client:
     """Blocking face of AsyncClient, running it on a private event loop."""
 
     def __init__(
-        self, addresses: str | Sequence[str] | None = None, timeout: float = 10.0, token: str | None = None
+        self,
+        addresses: str | Sequence[str] | None = None,
+        timeout: float = 10.0,
+        token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(addresses, timeout, token)
+        self._async = AsyncClient(addresses, timeout, token, tls)
 
     @property
     def addresses(self) -> list[str]:

@@ -13,8 +13,8 @@ import click
 
 from rota.client.api import Client, NoMasterReachable, OutOfSpace, RequestError, resolve_addresses
 from rota.client.errors import AccessDenied
+from rota.common import certs, roles, tls, tokens
 from rota.common import config as cfg
-from rota.common import roles, tokens
 from rota.common.jobspec import JobSpecError
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import CANCELLED, FAILED, JOB_STATES, TERMINAL
@@ -31,15 +31,24 @@ EXIT_ACCESS_DENIED = 5
 
 class Ctx:
     def __init__(
-        self, master_addr: str | None, as_json: bool, timeout: float, token: str | None = None
+        self,
+        master_addr: str | None,
+        as_json: bool,
+        timeout: float,
+        tls_options: dict[str, Any],
+        token: str | None = None,
     ) -> None:
         self.master_addr = master_addr
         self.json = as_json
         self.timeout = timeout
+        self.tls_options = tls_options
         self.token = token
 
     def client(self) -> Client:
-        return Client(self.master_addr, timeout=self.timeout, token=self.token)
+        # Checked here, not in the group: `certs create` needs no certificate to make the first ones.
+        return Client(
+            self.master_addr, timeout=self.timeout, token=self.token, tls=tls.from_options(self.tls_options)
+        )
 
 
 def emit(ctx: Ctx, doc: Any, human: str) -> None:
@@ -77,8 +86,16 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     help="Send the token in FILE with every call, for a cluster that checks tokens; $ROTA_TOKEN may hold "
     "the token itself instead [env: ROTA_TOKEN_FILE].",
 )
+@tls.tls_options(env=True)
 @click.pass_context
-def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float, token_file: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    master_addr: str,
+    as_json: bool,
+    timeout: float,
+    token_file: str | None,
+    **tls_options: str | None,
+) -> None:
     """Talk to a Rota cluster.
 
     \b
@@ -97,7 +114,7 @@ def cli(ctx: click.Context, master_addr: str, as_json: bool, timeout: float, tok
             token = str(tokens.read_file(token_file))
         except tokens.BadToken as e:
             raise click.BadParameter(str(e), param_hint="--token-file") from None
-    ctx.obj = Ctx(master_addr, as_json, timeout, token)
+    ctx.obj = Ctx(master_addr, as_json, timeout, tls_options, token)
 
 
 @cli.command("cluster-status")
@@ -496,6 +513,44 @@ def token_whoami(ctx: Ctx) -> None:
 
 def _when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@cli.group("certs")
+def certs_group() -> None:
+    """Make certificates for mutual TLS between masters, executors and clients."""
+
+
+@certs_group.command("create")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option(
+    "--hosts",
+    required=True,
+    help="IP addresses and DNS names the node is reached at, a,b,c (e.g. 127.0.0.1,localhost,host-a,10.0.0.5).",
+)
+@click.option(
+    "--days", type=click.IntRange(1, certs.MAX_DAYS), default=certs.DEFAULT_DAYS, show_default=True,
+    help="How long the certificates are valid.",
+)  # fmt: skip
+@click.option(
+    "--ca-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Sign with the CA in this directory (ca.pem, ca-key.pem) instead of making a new one.",
+)
+@click.pass_obj
+def certs_create(ctx: Ctx, out: str, hosts: str, days: int, ca_dir: str | None) -> None:
+    """Write a CA (ca.pem, ca-key.pem) and one node certificate (node.pem, node-key.pem), good for
+    servers and clients alike, naming --hosts. Keys are written 0600; existing files are never
+    overwritten.
+
+    \b
+    Three hosts: make the CA and host-a's certificate once, then one per other host:
+      master-client certs create --out a --hosts 127.0.0.1,localhost,host-a,10.0.0.5
+      master-client certs create --ca-dir a --out b --hosts 127.0.0.1,localhost,host-b,10.0.0.6
+    and copy ca.pem, node.pem, node-key.pem to each host (ca-key.pem stays where it was made).
+    """
+    written = certs.create(out, certs.parse_hosts(hosts), days, ca_dir)
+    emit(ctx, {"written": written}, "\n".join(f"wrote {p}" for p in written))
 
 
 def main() -> None:

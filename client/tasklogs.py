@@ -17,6 +17,7 @@ import grpc
 from rota.client.errors import AccessDenied, RequestError
 from rota.common import rpc
 from rota.common.states import ACTIVE, TERMINAL
+from rota.common.tls import TlsFiles
 from rota.protos import rota_pb2, rota_pb2_grpc
 
 
@@ -24,6 +25,8 @@ class Lookup(Protocol):
     """What finding a task's executor needs of a client (AsyncClient has it)."""
 
     timeout: float
+    #: The certificate shown to executors (mutual TLS), or None for plain channels.
+    tls: TlsFiles | None
 
     async def get_job(
         self, job_id: str, tasks_from: int = 0, task_limit: int | None = None
@@ -121,7 +124,7 @@ async def task_logs(
             on_task({**t, "addr": ex["addr"]})
         sent = False
         try:
-            async for item in _read(ex, t, follow, client.timeout, client.metadata()):
+            async for item in _read(ex, t, follow, client.timeout, client.tls, client.metadata()):
                 sent = True
                 yield item
             return
@@ -151,16 +154,17 @@ async def _read(
     t: dict[str, Any],
     follow: bool,
     connect_timeout: float,
+    tls: TlsFiles | None = None,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> AsyncIterator[tuple[str, bytes]]:
     where = f"executor {ex['name']} at {ex['addr']}"
     job_id = t["id"].rsplit("/", 1)[0]
-    channel = rpc.channel(ex["addr"])
+    channel = rpc.channel(ex["addr"], tls)
     try:
         if not await rpc.ready(channel, connect_timeout):
             raise RequestError(
-                f"{where}, which ran attempt {t['attempt']} of {describe(t)}, does not answer; "
-                "its logs are out of reach"
+                f"{where}, which ran attempt {t['attempt']} of {describe(t)}, does not answer "
+                f"({await rpc.failure(channel, tls)}); its logs are out of reach"
             )
         request = rota_pb2.TaskLogsRequest(
             job_id=job_id, index=task_index(t), attempt=t["attempt"], follow=follow

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rota.common.config import Address
+from rota.common.tls import TlsFiles, server_context
 
 #: The largest request body accepted (a job file is capped at 8 MiB; JSON is a little larger).
 MAX_BODY = 16 * 1024 * 1024
@@ -31,12 +32,15 @@ class HttpServerError(Exception):
     """The HTTP port could not be opened."""
 
 
-async def start(app: web.Application, addr: Address) -> web.AppRunner:
-    """Serve ``app`` on ``addr``; stop it with ``await runner.cleanup()``."""
+async def start(app: web.Application, addr: Address, tls: TlsFiles | None = None) -> web.AppRunner:
+    """Serve ``app`` on ``addr`` (https with ``tls``); stop it with ``await runner.cleanup()``."""
+    ssl_context = server_context(tls) if tls is not None else None
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
-        await web.TCPSite(runner, addr.host or "0.0.0.0", addr.port, reuse_address=True).start()
+        await web.TCPSite(
+            runner, addr.host or "0.0.0.0", addr.port, reuse_address=True, ssl_context=ssl_context
+        ).start()
     except OSError as e:
         await runner.cleanup()
         raise HttpServerError(f"cannot serve HTTP on {addr}: {e.strerror or e}") from None

@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from rota.common.tls import TlsFiles, channel_credentials, server_credentials
+
 MAX_MESSAGE = 64 * 1024 * 1024
 
 CHANNEL_OPTIONS = [
@@ -39,8 +41,12 @@ SERVER_OPTIONS = [
 ]
 
 
-def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+def channel(addr: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A channel to ``addr``; with ``tls`` it shows our certificate and checks the peer's against
+    the CA and the dialled host."""
+    if tls is None:
+        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(addr, channel_credentials(tls), options=CHANNEL_OPTIONS)
 
 
 def server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
@@ -71,6 +77,14 @@ def refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     return grpc.unary_unary_rpc_method_handler(unary, **kw)
 
 
+def add_port(server: grpc.aio.Server, listen: str, tls: TlsFiles | None = None) -> bool:
+    """Listen on ``listen`` (mTLS with ``tls``: clients without a certificate from the CA are
+    refused); False when the port cannot be bound."""
+    if tls is None:
+        return bool(server.add_insecure_port(listen))
+    return bool(server.add_secure_port(listen, server_credentials(tls)))
+
+
 async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
     """True once ``ch`` is connected; False when it fails to connect or ``timeout`` passes first.
 
@@ -92,17 +106,50 @@ async def ready(ch: grpc.aio.Channel, timeout: float) -> bool:
     return True
 
 
+#: What gRPC says when a TLS handshake failed, or the peer closed the connection during one.
+_TLS_SIGNS = ("Socket closed", "handshake", "CERTIFICATE", "certificate", "SSL")
+
+
+async def failure(ch: grpc.aio.Channel, tls: TlsFiles | None) -> str:
+    """Why ``ch`` does not connect, for an error message: gRPC's own reason (refused, a failed TLS
+    handshake) when it has one, with a hint when TLS is the likely cause."""
+    if ch.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        return "not answering"
+    try:
+        # Any call on a channel that failed to connect fails at once, carrying the reason.
+        await ch.unary_unary("/rota.Probe/Why")(b"", timeout=1.0)
+    except grpc.aio.AioRpcError as e:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+            return explain(e.details() or e.code().name, tls)
+    except Exception:
+        pass
+    return "not answering"
+
+
+def explain(detail: str, tls: TlsFiles | None) -> str:
+    """``detail`` with a hint when it looks like a TLS mismatch (a closed socket, a failed handshake)."""
+    if not any(sign in detail for sign in _TLS_SIGNS):
+        return detail
+    if tls is None:
+        return f"{detail} (if the cluster uses TLS, give --tls-ca, --tls-cert and --tls-key)"
+    return (
+        f"{detail} (TLS: the peer refused this certificate, e.g. from another CA or expired, "
+        "or this side refused the peer's)"
+    )
+
+
 class ChannelPool:
     """One channel per address, opened on first use and kept: a channel owns its connection and its
     reconnect back-off, so opening one per call would pay a handshake each time."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = channel(addr)
+            ch = self._channels[addr] = channel(addr, self.tls)
         return ch
 
     async def close(self) -> None:

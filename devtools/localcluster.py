@@ -17,8 +17,27 @@ from pathlib import Path
 from types import TracebackType
 
 from rota.client.api import Client, NoMasterReachable
+from rota.common import certs
 from rota.common import tokens as token_text
 from rota.common.procs import die_with_parent, free_ports
+from rota.common.tls import TlsFiles
+
+#: The names a LocalCluster's certificate is good for.
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "::1"]
+
+
+def make_tls(directory: Path) -> TlsFiles:
+    """A fresh CA and one certificate for every local process, in ``directory``."""
+    certs.create(str(directory), LOCAL_HOSTS, days=2)
+    return TlsFiles(
+        str(directory / certs.CA_FILES[0]),
+        str(directory / certs.NODE_FILES[0]),
+        str(directory / certs.NODE_FILES[1]),
+    )
+
+
+def tls_args(tls: TlsFiles | None) -> list[str]:
+    return ["--tls-ca", tls.ca, "--tls-cert", tls.cert, "--tls-key", tls.key] if tls else []
 
 
 class Process:
@@ -88,7 +107,11 @@ class MasterProcess(Process):
 
 
 class LocalCluster:
-    """``masters`` masters with embedded etcd (or ``etcd_endpoints``), under ``base_dir``."""
+    """``masters`` masters with embedded etcd (or ``etcd_endpoints``), under ``base_dir``.
+
+    ``tls=True`` makes a CA and a certificate under ``base_dir/tls`` (or give TlsFiles) and runs
+    every link over mutual TLS: masters, embedded etcd, executors and ``client()``.
+    """
 
     def __init__(
         self,
@@ -102,6 +125,7 @@ class LocalCluster:
         executor_slots: int = 1,
         executor_args: Sequence[str] = (),
         tokens: bool = False,
+        tls: bool | TlsFiles = False,
     ) -> None:
         """``tokens``: masters check tokens (a fresh admin token in ``base_dir/admin.token``, which
         ``client()`` sends), and executors join with an executor token made at start."""
@@ -112,12 +136,16 @@ class LocalCluster:
         if tokens:
             self.admin_token = str(token_text.generate())
             _secret_file(self.base_dir / "admin.token", self.admin_token)
+        self.tls: TlsFiles | None = (
+            tls if isinstance(tls, TlsFiles) else make_tls(self.base_dir / "tls") if tls else None
+        )
+        scheme = "https" if self.tls else "http"
         self.masters: list[MasterProcess] = []
         self.executors: list[Process] = []
         self._initial_executors = (executors, executor_slots, tuple(executor_args))
         ports = free_ports(4 * masters)
         names = [f"m{i}" for i in range(masters)]
-        peers = [f"http://127.0.0.1:{ports[4 * i + 1]}" for i in range(masters)]
+        peers = [f"{scheme}://127.0.0.1:{ports[4 * i + 1]}" for i in range(masters)]
         initial = ",".join(f"{n}={p}" for n, p in zip(names, peers, strict=True))
         for i, name in enumerate(names):
             addr = f"127.0.0.1:{ports[4 * i]}"
@@ -131,15 +159,15 @@ class LocalCluster:
                 argv += ["--etcd-endpoints", ",".join(etcd_endpoints)]
             else:
                 argv += [
-                    "--peer-urls", peers[i], "--etcd-client-urls", f"http://127.0.0.1:{ports[4 * i + 2]}",
+                    "--peer-urls", peers[i], "--etcd-client-urls", f"{scheme}://127.0.0.1:{ports[4 * i + 2]}",
                     "--initial-cluster", initial, "--etcd-heartbeat-interval", etcd_tuning[0],
                     "--etcd-election-timeout", etcd_tuning[1],
                 ]  # fmt: skip
             if self.admin_token:
                 argv += ["--admin-token-file", str(self.base_dir / "admin.token")]
-            argv += list(master_args)
+            argv += tls_args(self.tls) + list(master_args)
             self.masters.append(
-                MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"http://{http_addr}")
+                MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"{scheme}://{http_addr}")
             )
 
     @property
@@ -156,7 +184,7 @@ class LocalCluster:
 
     def client(self, timeout: float = 10.0, token: str | None = None) -> Client:
         """A client of every master; with tokens on it sends ``token``, by default the admin token."""
-        return Client(self.addresses, timeout=timeout, token=token or self.admin_token or "")
+        return Client(self.addresses, timeout=timeout, token=token or self.admin_token or "", tls=self.tls)
 
     def master(self, name: str) -> MasterProcess:
         return next(m for m in self.masters if m.name == name)
@@ -181,8 +209,11 @@ class LocalCluster:
             self.stop()
             raise
 
-    def add_executor(self, slots: int = 1, args: Sequence[str] = (), name: str | None = None) -> Process:
-        """Start one more executor process joining every master."""
+    def add_executor(
+        self, slots: int = 1, args: Sequence[str] = (), name: str | None = None, cluster_tls: bool = True
+    ) -> Process:
+        """Start one more executor process joining every master (without the cluster's certificate
+        when ``cluster_tls`` is false: ``args`` may give other --tls-* files)."""
         name = name or f"e{len(self.executors)}"
         work = self.base_dir / f"{name}-work"
         work.mkdir(exist_ok=True)
@@ -191,11 +222,12 @@ class LocalCluster:
             sys.executable, "-m", "rota.executor.main", "--join", self.addresses, "--name", name,
             "--worker-addr", f"127.0.0.1:{worker_port}", "--http-addr", f"127.0.0.1:{http_port}",
             "--slots", str(slots), "--work-dir", str(work),
-            *args,
+            *tls_args(self.tls if cluster_tls else None), *args,
         ]  # fmt: skip
         if self.executor_token_file and "--token-file" not in args:
             argv += ["--token-file", str(self.executor_token_file)]
-        proc = Process(name, argv, self.base_dir / f"{name}.log", f"http://127.0.0.1:{http_port}")
+        scheme = "https" if self.tls and cluster_tls else "http"
+        proc = Process(name, argv, self.base_dir / f"{name}.log", f"{scheme}://127.0.0.1:{http_port}")
         self.executors.append(proc)
         proc.start()
         return proc
@@ -222,7 +254,7 @@ class LocalCluster:
         """Block until the cluster names a leader (other than ``exclude``); return its name."""
         deadline = time.monotonic() + timeout
         live = ",".join(m.addr for m in self.masters if m.alive())
-        with Client(live or self.addresses, timeout=2.0, token=self.admin_token or "") as c:
+        with Client(live or self.addresses, timeout=2.0, token=self.admin_token or "", tls=self.tls) as c:
             while True:
                 for m in self.masters:
                     if m.proc is not None and not m.alive() and all_reachable:

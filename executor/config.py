@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rota.common.limits import Limits
+from rota.common.tls import TlsFiles
 
 
 @dataclass
@@ -29,3 +30,5 @@ class AgentConfig:
     task_defaults: Limits = field(default_factory=Limits)
     #: --task-max-limits: a task asking for more is refused; one asking nothing gets at most this.
     task_maxima: Limits = field(default_factory=Limits)
+    #: Mutual TLS to the masters and on its own gRPC port; None for plain channels.
+    tls: TlsFiles | None = None

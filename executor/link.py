@@ -72,7 +72,7 @@ class Link:
         self._session_task: asyncio.Task[str | None] | None = None
         #: The join list and every leader address learned since.
         self._targets = list(conf.join)
-        self._asks = rpc.ChannelPool()
+        self._asks = rpc.ChannelPool(conf.tls)
         #: Masters that left a hello unanswered, and when: a follower may still name one as leader.
         self._silent: dict[str, float] = {}
         #: Set by a welcome: the reconnect backoff starts again from its shortest pause.
@@ -161,6 +161,9 @@ class Link:
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() in REFUSALS:
                     log.warning("%s refused this executor: %s", addr, e.details())
+                elif failures + 1 == len(targets):
+                    # A whole round failed: say so once, or a refused certificate would go unnoticed.
+                    log.warning("no master took this executor's stream; still trying (last: %s)", e)
                 else:
                     log.debug("attach to %s failed: %s", addr, e)
                 redirect = None
@@ -194,10 +197,10 @@ class Link:
 
     async def _session(self, addr: str) -> str | None:
         """One Attach stream; returns the leader's address when ``addr`` is a follower."""
-        async with rpc.channel(addr) as channel:
+        async with rpc.channel(addr, self.conf.tls) as channel:
             if not await rpc.ready(channel, 1.0):
                 self._silent[addr] = time.monotonic()
-                raise ConnectionError(f"{addr} does not answer")
+                raise ConnectionError(f"{addr} does not answer: {await rpc.failure(channel, self.conf.tls)}")
             metadata = (("authorization", f"Bearer {self.conf.token}"),) if self.conf.token else ()
             call = rota_pb2_grpc.MasterStub(channel).Attach(metadata=metadata)
             try:

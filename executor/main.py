@@ -17,7 +17,7 @@ from typing import Any
 import click
 from aiohttp import web
 
-from rota.common import admission, httpserver, rpc, tokens
+from rota.common import admission, httpserver, rpc, tls, tokens
 from rota.common import config as cfg
 from rota.common import limits as lim
 from rota.common.logs import setup_logging
@@ -63,14 +63,14 @@ async def serve(
     http: web.AppRunner | None = None
     if http_addr is not None:
         try:
-            http = await httpserver.start(httpserver.new_app(metrics.registry), http_addr)
+            http = await httpserver.start(httpserver.new_app(metrics.registry), http_addr, conf.tls)
         except httpserver.HttpServerError as e:
             log.error("%s", e)
             return 1
-    checks = rpc.ChannelPool()
+    checks = rpc.ChannelPool(conf.tls)
     server = rpc.server([ExecutorAccess(TokenCheck(conf.join, checks))] if conf.token else [])
     rota_pb2_grpc.add_ExecutorServicer_to_server(ExecutorService(agent), server)
-    if not server.add_insecure_port(listen):
+    if not rpc.add_port(server, listen, conf.tls):
         log.error("cannot listen on %s (address in use?)", listen)
         return 1
     await asyncio.gather(*(k.start() for k in kinds.values()))
@@ -274,6 +274,7 @@ flags given on the command line override this file.
     show_default=True,
     help="HTTP listen address for /metrics (Prometheus); 'off' for none.",
 )
+@tls.tls_options()
 @cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
 def executor_command(**o: Any) -> int:
@@ -284,6 +285,7 @@ def executor_command(**o: Any) -> int:
     """
     if not o["join"]:
         raise cfg.ConfigError("--join is required: give one or more master addresses host:port,...")
+    files = tls.from_options(o)
     ttl, interval = float(o["keepalive_ttl"]), float(o["keepalive_interval"])
     if not admission.MIN_TTL <= ttl <= admission.MAX_TTL:
         raise cfg.ConfigError(
@@ -334,6 +336,7 @@ def executor_command(**o: Any) -> int:
         token=_token(o["token_file"]),
         task_defaults=defaults,
         task_maxima=maxima,
+        tls=files,
     )
     try:
         return asyncio.run(serve(conf, worker.listen(), kinds, o["http_addr"]))

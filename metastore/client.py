@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from rota.common.tls import TlsFiles, channel_credentials
 from rota.metastore import keys
 
 log = logging.getLogger("rota.etcd")
@@ -182,12 +183,23 @@ class EtcdClient:
     deadline, the client moves to the next and retries until ``timeout`` runs out.
     Retried writes may have been applied once already: callers keep them idempotent
     (puts of whole values, compare-guarded creates).
+
+    An ``https://`` endpoint is dialled with TLS, showing ``tls``'s certificate (etcd started with
+    --client-cert-auth asks for one).
     """
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, call_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = 5.0,
+        call_timeout: float = 1.0,
+        tls: TlsFiles | None = None,
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
-        self.endpoints = [_target(e) for e in endpoints]
+        self.tls = tls
+        self._secure: set[str] = set()
+        self.endpoints = self._targets(endpoints)
         self.timeout = timeout
         self.call_timeout = call_timeout
         self._current = 0
@@ -203,10 +215,21 @@ class EtcdClient:
     def endpoint(self) -> str:
         return self.endpoints[self._current]
 
+    def _targets(self, endpoints: Sequence[str]) -> list[str]:
+        targets = [_target(e) for e in endpoints]
+        self._secure.update(t for e, t in zip(endpoints, targets, strict=True) if e.startswith("https://"))
+        return targets
+
     def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
         if ch is None:
-            ch = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            if target in self._secure:
+                creds = (
+                    channel_credentials(self.tls) if self.tls is not None else grpc.ssl_channel_credentials()
+                )
+                ch = grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+            else:
+                ch = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             self._channels[target] = ch
         return ch
 
@@ -217,7 +240,7 @@ class EtcdClient:
 
     def set_endpoints(self, endpoints: Sequence[str]) -> None:
         """Adopt the cluster's member list, keeping the current endpoint first."""
-        targets = [_target(e) for e in endpoints]
+        targets = self._targets(endpoints)
         if not targets:
             return
         current = self.endpoint
@@ -332,7 +355,7 @@ class EtcdClient:
     async def _call_at(self, endpoint: str, stub_cls: Any, method: str, request: Any, timeout: float) -> Any:
         """One call to one member, no failover: defragmentation and Status are about that member."""
         try:
-            fn = getattr(stub_cls(self._channel(_target(endpoint))), method)
+            fn = getattr(stub_cls(self._channel(self._targets([endpoint])[0])), method)
             return await fn(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             raise _error(method, e) from e
@@ -396,7 +419,7 @@ class EtcdClient:
         members = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
         for m in members.members:
             if m.ID == status.leader and m.clientURLs:
-                target = _target(m.clientURLs[0])
+                target = self._targets([m.clientURLs[0]])[0]
                 if target not in self.endpoints:
                     self.endpoints.append(target)
                 self._current = self.endpoints.index(target)

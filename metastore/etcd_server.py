@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from rota.common.procs import die_with_parent
+from rota.common.tls import TlsFiles, client_context
 
 log = logging.getLogger("rota.etcd")
 
@@ -127,6 +128,8 @@ class MemberConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     quota_backend_bytes: int = 8 * 1024**3
     extra_args: list[str] = field(default_factory=list)
+    #: Mutual TLS for clients and peers alike (https URLs); None serves plain http.
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         if self.initial_cluster_state not in ("new", "existing"):
@@ -160,7 +163,16 @@ class MemberConfig:
             ("--logger", "zap"),
             ("--log-outputs", log_path or "stderr"),
         ]
-        return [binary, *(part for flag in flags for part in flag), *self.extra_args]
+        switches: list[str] = []
+        if self.tls is not None:
+            t = self.tls
+            flags += [
+                ("--cert-file", t.cert), ("--key-file", t.key), ("--trusted-ca-file", t.ca),
+                ("--peer-cert-file", t.cert), ("--peer-key-file", t.key), ("--peer-trusted-ca-file", t.ca),
+            ]  # fmt: skip
+            # Go's flag package takes a boolean only as --flag=value.
+            switches = ["--client-cert-auth=true", "--peer-client-cert-auth=true"]
+        return [binary, *(part for flag in flags for part in flag), *switches, *self.extra_args]
 
 
 def _tail(path: str | None, lines: int = 5) -> str:
@@ -189,6 +201,12 @@ class EtcdMember:
         self.binary = find_etcd_binary(binary)
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
+        self._http = _http
+        if config.tls is not None:
+            self._http = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}),
+                urllib.request.HTTPSHandler(context=client_context(config.tls)),
+            )
 
     @property
     def pid(self) -> int | None:
@@ -243,7 +261,7 @@ class EtcdMember:
     def healthy(self, timeout: float = 0.2) -> bool:
         """One /health probe; a member of a multi-member cluster is healthy only while quorum exists."""
         try:
-            with _http.open(self.client_endpoints[0].rstrip("/") + "/health", timeout=timeout) as resp:
+            with self._http.open(self.client_endpoints[0].rstrip("/") + "/health", timeout=timeout) as resp:
                 return json.loads(resp.read()).get("health") == "true"
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -256,7 +274,7 @@ class EtcdMember:
             headers={"Content-Type": "application/json"},
         )
         try:
-            with _http.open(req, timeout=timeout) as resp:
+            with self._http.open(req, timeout=timeout) as resp:
                 status = json.loads(resp.read())
             return bool(status.get("leader")) and status.get("leader") == status["header"]["member_id"]
         except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from rota.common import logs, rpc
 from rota.common.states import ACTIVE
+from rota.common.tls import TlsFiles
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, NoSpace, WatchCompacted
 from rota.metastore.election import Fenced
@@ -68,7 +69,9 @@ class ExecutorRegistry:
         core: Core,
         kick: Callable[[], None],
         give_up: Callable[[], None],
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         self.client = client
         self.store = store
         self.core = core
@@ -251,7 +254,7 @@ class ExecutorRegistry:
         """Whether an executor's own gRPC port still takes connections."""
         if not addr:
             return False
-        async with rpc.channel(addr) as ch:
+        async with rpc.channel(addr, self.tls) as ch:
             return await rpc.ready(ch, PROBE_TIMEOUT)
 
     async def hold_leases(self, found: list[ExecutorSlot]) -> None:

@@ -19,6 +19,7 @@ from rota.client.errors import AccessDenied
 from rota.common import tokens
 from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
+from rota.common.tls import TlsFiles
 from rota.scheduler import http_guard
 
 HERE = Path(__file__).parent
@@ -152,9 +153,14 @@ def parse_job_body(body: bytes, content_type: str) -> JobSpec:
 
 class HttpApi:
     def __init__(
-        self, grpc_addr: str, name: str, names: frozenset[str] = frozenset(), timeout: float = 10.0
+        self,
+        grpc_addr: str,
+        name: str,
+        names: frozenset[str] = frozenset(),
+        timeout: float = 10.0,
+        tls: TlsFiles | None = None,
     ) -> None:
-        self.client = AsyncClient(grpc_addr, timeout=timeout, token="")
+        self.client = AsyncClient(grpc_addr, timeout=timeout, token="", tls=tls)
         self.name = name
         self.names = names or http_guard.own_names()
 
@@ -254,5 +260,11 @@ class HttpApi:
         return web.FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def install(app: web.Application, grpc_addr: str, name: str, names: frozenset[str] = frozenset()) -> None:
-    HttpApi(grpc_addr, name, names).install(app)
+def install(
+    app: web.Application,
+    grpc_addr: str,
+    name: str,
+    names: frozenset[str] = frozenset(),
+    tls: TlsFiles | None = None,
+) -> None:
+    HttpApi(grpc_addr, name, names, tls=tls).install(app)

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from rota.common.tls import TlsFiles
 from rota.metastore.client import EtcdClient, EtcdError
 from rota.metastore.election import Election
 from rota.scheduler import upkeep
@@ -57,6 +58,7 @@ class LeaderRuntime:
         observe_run: Observer = no_observer,
         retention: float = DEFAULT_RETENTION,
         alarm: Callable[[], bool] = lambda: False,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.client = client
         self.election = election
@@ -65,7 +67,9 @@ class LeaderRuntime:
         self.core = Core(observe_wait=observe_wait, observe_run=observe_run, retention=retention)
         self.store = Store(client, election)
         self.pipeline = CommitPipeline(self.core, self.store, self._route, self._give_up, alarm)
-        self.executors = ExecutorRegistry(client, self.store, self.core, self.pipeline.kick, self._give_up)
+        self.executors = ExecutorRegistry(
+            client, self.store, self.core, self.pipeline.kick, self._give_up, tls=tls
+        )
         self.jobs = JobApi(self.core, self.store, self.pipeline, self._route, self.check, self._give_up)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False

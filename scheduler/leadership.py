@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from rota.common import rpc
+from rota.common.tls import TlsFiles
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, NoSpace, put_op
 from rota.metastore.election import Election, Fenced, Leader, observe
@@ -46,7 +47,9 @@ class Leadership:
         lease_ttl: float,
         on_elected: Hook | None = None,
         on_deposed: Callable[[], Awaitable[None]] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         self.client = client
         self.name = name
         self.addr = addr
@@ -185,7 +188,7 @@ class Leadership:
 
     async def _watch_leader_process(self, leader: Leader) -> None:
         """Revoke the leader's lease once its process is provably gone."""
-        async with rpc.channel(leader.addr) as channel:
+        async with rpc.channel(leader.addr, self.tls) as channel:
             stub = rota_pb2_grpc.MasterStub(channel)
             while True:
                 started = time.monotonic()

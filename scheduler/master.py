@@ -18,9 +18,10 @@ import grpc
 from aiohttp import web
 
 from rota.common import config as cfg
-from rota.common import httpserver, rpc, tokens
+from rota.common import httpserver, rpc, tls, tokens
 from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
+from rota.common.tls import TlsFiles
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, NoSpace
 from rota.metastore.election import Election
@@ -68,6 +69,8 @@ class MasterConfig:
     etcd_quota: int = upkeep.DEFAULT_EXTERNAL_QUOTA
     #: The bootstrap admin token (--admin-token-file): given, every call needs a token.
     admin_token: tokens.Token | None = None
+    #: Mutual TLS on every port and link (gRPC, HTTP as https, embedded etcd); None for none.
+    tls: TlsFiles | None = None
 
 
 def _wildcard(host: str) -> bool:
@@ -93,8 +96,22 @@ def _replace_wildcard(urls: list[str], host: str) -> list[str]:
     return out
 
 
+DEFAULT_PEER_PORT = 8291
+DEFAULT_ETCD_CLIENT_PORT = 2379
+
+
+def _check_schemes(flag: str, urls: list[str], scheme: str) -> None:
+    """The embedded member serves one scheme: https with --tls-*, http without."""
+    wrong = [u for u in urls if not u.startswith(f"{scheme}://")]
+    if wrong:
+        why = "with --tls-* the embedded etcd serves https" if scheme == "https" else "https needs --tls-*"
+        raise cfg.ConfigError(f"{flag} {','.join(wrong)}: use {scheme}:// URLs ({why})")
+
+
 def build_config(o: dict[str, Any]) -> MasterConfig:
     """Turn parsed flags into a MasterConfig, checking what depends on several flags."""
+    files = tls.from_options(o)
+    scheme = "https" if files else "http"
     name = str(o["name"])
     if not _NAME_RE.match(name):
         raise cfg.ConfigError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -112,12 +129,22 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         quota = upkeep.DEFAULT_EXTERNAL_QUOTA if endpoints else MemberConfig.quota_backend_bytes
     if quota < MIN_QUOTA:
         raise cfg.ConfigError(f"--etcd-quota-backend-bytes must be at least {MIN_QUOTA // 1024**2}MiB")
+    if endpoints and files is None and any(e.startswith("https://") for e in endpoints):
+        raise cfg.ConfigError("--etcd-endpoints with https:// needs --tls-ca, --tls-cert and --tls-key")
     if not endpoints:
-        peer_urls: list[str] = o["peer_urls"]
-        client_urls: list[str] = o["etcd_client_urls"]
+        peer_urls: list[str] = o["peer_urls"] or [f"{scheme}://127.0.0.1:{DEFAULT_PEER_PORT}"]
+        client_urls: list[str] = o["etcd_client_urls"] or [f"{scheme}://127.0.0.1:{DEFAULT_ETCD_CLIENT_PORT}"]
         adv_peer = o["advertise_peer_urls"] or _replace_wildcard(peer_urls, advertise.host)
         adv_client = o["advertise_client_urls"] or _replace_wildcard(client_urls, advertise.host)
         initial: dict[str, str] = o["initial_cluster"] or {name: adv_peer[0]}
+        for flag, urls in (
+            ("--peer-urls", peer_urls),
+            ("--etcd-client-urls", client_urls),
+            ("--advertise-peer-urls", adv_peer),
+            ("--advertise-client-urls", adv_client),
+            ("--initial-cluster", list(initial.values())),
+        ):
+            _check_schemes(flag, urls, scheme)
         if name not in initial:
             raise cfg.ConfigError(
                 f"--initial-cluster does not list this master's --name {name!r} (it lists {', '.join(initial)})"
@@ -145,6 +172,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
             quota_backend_bytes=quota,
+            tls=files,
         )
         endpoints = list(member.advertise_client_urls)
     ttl = float(o["leader_lease_ttl"])
@@ -168,6 +196,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         http_allowed_hosts=tuple(cfg.split_list(o["http_allowed_hosts"] or "")),
         etcd_quota=quota,
         admin_token=_admin_token(o.get("admin_token_file")),
+        tls=files,
     )
 
 
@@ -193,7 +222,7 @@ class Master:
         self.server: grpc.aio.Server | None = None
         self.leadership: Leadership | None = None
         self.runtime: LeaderRuntime | None = None
-        self.peers = Peers()
+        self.peers = Peers(conf.tls)
         self.space = upkeep.EtcdSpace(conf.etcd_quota)
         self.metrics = MasterMetrics(
             lambda: self.leadership, lambda: self.runtime.summary() if self.runtime else None, self.space
@@ -225,19 +254,20 @@ class Master:
             names = http_guard.own_names(
                 [conf.advertise_addr.host, conf.http_addr.host, *conf.http_allowed_hosts]
             )
-            http_api.install(app, conf.master_addr.dial(), conf.name, names)
+            http_api.install(app, conf.master_addr.dial(), conf.name, names, conf.tls)
             try:
-                self.http = await httpserver.start(app, conf.http_addr)
+                self.http = await httpserver.start(app, conf.http_addr, conf.tls)
             except httpserver.HttpServerError as e:
                 raise StartError(str(e)) from None
-            log.info("HTTP API, dashboard and metrics on http://%s/", conf.http_addr.dial())
+            scheme = "https" if conf.tls else "http"
+            log.info("HTTP API, dashboard and metrics on %s://%s/", scheme, conf.http_addr.dial())
         if conf.member is not None:
             os.makedirs(conf.data_dir, exist_ok=True)
             self.member = EtcdMember(
                 conf.member, binary=conf.etcd_bin, log_path=os.path.join(conf.data_dir, "etcd.log")
             )
             self.member.start()
-        self.client = EtcdClient(conf.etcd_endpoints)
+        self.client = EtcdClient(conf.etcd_endpoints, tls=conf.tls)
         self.client.on_txn = self.metrics.on_txn
         await self._wait_for_etcd()
         with contextlib.suppress(EtcdError):
@@ -253,6 +283,7 @@ class Master:
             conf.leader_lease_ttl,
             on_elected=self._lead,
             on_deposed=self._stop_leading,
+            tls=conf.tls,
         )
         self.server = rpc.server(interceptors=[AccessInterceptor(self.tokens)] if self.tokens.enabled else [])
         service = MasterService(
@@ -260,7 +291,7 @@ class Master:
             self.tokens,
         )  # fmt: skip
         rota_pb2_grpc.add_MasterServicer_to_server(service, self.server)
-        if not self.server.add_insecure_port(conf.master_addr.listen()):
+        if not rpc.add_port(self.server, conf.master_addr.listen(), conf.tls):
             raise StartError(f"cannot listen on {conf.master_addr.listen()} (address in use?)")
         await self.server.start()
         registration = json.dumps({"name": conf.name, "addr": self.addr}).encode()
@@ -314,6 +345,7 @@ class Master:
             observe_run=self.metrics.task_run.observe,
             retention=self.conf.job_retention,
             alarm=lambda: self.space.nospace,
+            tls=self.conf.tls,
         )
         await runtime.start()
         self.runtime = runtime
@@ -406,8 +438,8 @@ and the same initial-cluster on all three.
 @click.option(
     "--peer-urls",
     type=cfg.URL_LIST,
-    default="http://127.0.0.1:8291",
-    show_default=True,
+    default=None,
+    show_default=f"http://127.0.0.1:{DEFAULT_PEER_PORT}, https:// with --tls-*",
     help="Embedded etcd: URLs to listen on for peer traffic.",
 )
 @click.option(
@@ -432,8 +464,8 @@ and the same initial-cluster on all three.
 @click.option(
     "--etcd-client-urls",
     type=cfg.URL_LIST,
-    default="http://127.0.0.1:2379",
-    show_default=True,
+    default=None,
+    show_default=f"http://127.0.0.1:{DEFAULT_ETCD_CLIENT_PORT}, https:// with --tls-*",
     help="Embedded etcd: URLs to listen on for clients.",
 )
 @click.option(
@@ -517,6 +549,7 @@ and the same initial-cluster on all three.
     "machine's own names (a,b,c). Requests naming any other Host are refused: a DNS-rebinding page "
     "cannot reach the API.",
 )
+@tls.tls_options()
 @cfg.log_options
 @cfg.sample_config_option(lambda: cfg.render_sample_config(_this_command(), SAMPLE_HEADER))
 def master_command(**options: Any) -> int:

@@ -15,6 +15,7 @@ from rota.common.config import MAX_DRAIN_TIMEOUT
 from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
+from rota.common.tls import TlsFiles
 from rota.metastore import keys
 from rota.metastore.client import EtcdClient, EtcdError, MemberStatus, NoSpace
 from rota.metastore.election import read_leader
@@ -39,8 +40,8 @@ MAX_HOLD = 300.0
 class Peers:
     """Stubs for the other masters, over one pooled channel each."""
 
-    def __init__(self) -> None:
-        self.pool = rpc.ChannelPool()
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self.pool = rpc.ChannelPool(tls)
 
     def stub(self, addr: str) -> rota_pb2_grpc.MasterStub:
         return rota_pb2_grpc.MasterStub(self.pool.get(addr))
