@@ -17,7 +17,7 @@ from typing import Any
 import click
 from aiohttp import web
 
-from rota.common import admission, httpserver, rpc, tls, tokens
+from rota.common import admission, exposure, httpserver, rpc, tls, tokens
 from rota.common import config as cfg
 from rota.common import limits as lim
 from rota.common.logs import setup_logging
@@ -230,6 +230,13 @@ flags given on the command line override this file.
     "once. Also how long a drain-executor without --timeout lets tasks run. At most 7 days.",
 )
 @click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Listen beyond loopback without TLS and a token anyway. Without it, an executor whose gRPC or "
+    "HTTP port is not on loopback refuses to start unless it has --tls-* and --token-file.",
+)
+@click.option(
     "--token-file",
     envvar="ROTA_TOKEN_FILE",
     default=None,
@@ -302,6 +309,11 @@ def executor_command(**o: Any) -> int:
     if drain_timeout > cfg.MAX_DRAIN_TIMEOUT:
         raise cfg.ConfigError(f"--drain-timeout must be at most {cfg.MAX_DRAIN_TIMEOUT / 86400:g} days")
     worker: cfg.Address = o["worker_addr"]
+    token = _token(o["token_file"])
+    listens = [("--worker-addr", worker.listen())]
+    if o["http_addr"] is not None:
+        listens.append(("--http-addr", o["http_addr"].listen()))
+    exposure.check(listens, files is not None, token is not None, bool(o["insecure"]), "--token-file")
     advertise: cfg.Address = o["advertise_addr"] or cfg.Address(
         worker.dial().rsplit(":", 1)[0].strip("[]"), worker.port
     )
@@ -333,7 +345,7 @@ def executor_command(**o: Any) -> int:
         work_dir=work_dir,
         prefetch=o["prefetch"],
         drain_timeout=drain_timeout,
-        token=_token(o["token_file"]),
+        token=token,
         task_defaults=defaults,
         task_maxima=maxima,
         tls=files,

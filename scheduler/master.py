@@ -18,7 +18,7 @@ import grpc
 from aiohttp import web
 
 from rota.common import config as cfg
-from rota.common import httpserver, rpc, tls, tokens
+from rota.common import exposure, httpserver, rpc, tls, tokens
 from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
 from rota.common.tls import TlsFiles
@@ -181,6 +181,16 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
     retention = float(o["job_retention"])
     if not 1 <= retention <= MAX_RETENTION:
         raise cfg.ConfigError(f"--job-retention must be from 1s to {MAX_RETENTION / 86400:g} days")
+    admin_token = _admin_token(o.get("admin_token_file"))
+    listens = [("--master-addr", str(master_addr.listen()))]
+    if o["http_addr"] is not None:
+        listens.append(("--http-addr", str(o["http_addr"].listen())))
+    if member is not None:
+        listens += [("--peer-urls", u) for u in member.peer_urls]
+        listens += [("--etcd-client-urls", u) for u in member.client_urls]
+    exposure.check(
+        listens, files is not None, admin_token is not None, bool(o.get("insecure")), "--admin-token-file"
+    )
     return MasterConfig(
         name=name,
         master_addr=master_addr,
@@ -195,7 +205,7 @@ def build_config(o: dict[str, Any]) -> MasterConfig:
         http_addr=o["http_addr"],
         http_allowed_hosts=tuple(cfg.split_list(o["http_allowed_hosts"] or "")),
         etcd_quota=quota,
-        admin_token=_admin_token(o.get("admin_token_file")),
+        admin_token=admin_token,
         tls=files,
     )
 
@@ -531,6 +541,14 @@ and the same initial-cluster on all three.
     default="127.0.0.1:10280",
     show_default=True,
     help="HTTP listen address for the dashboard (/), the JSON API (/api/v1) and /metrics; 'off' for none.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Listen beyond loopback without TLS and tokens anyway: anyone who can reach a port can then run "
+    "code on every executor. Without it, a master whose gRPC, HTTP or etcd ports are not on loopback "
+    "refuses to start unless it has --tls-* and --admin-token-file.",
 )
 @click.option(
     "--admin-token-file",

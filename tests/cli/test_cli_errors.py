@@ -193,3 +193,18 @@ def test_executor_flags_out_of_the_leaders_bounds_are_usage_errors(flag: str, va
     """The same bounds the leader holds a hello to: refused here, at start, not later at attach."""
     p = run("rota.executor.main", "--join", "127.0.0.1:1", flag, value)
     assert_usage_error(p, needle, needle)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "needles"),
+    [
+        ("rota.scheduler.master", ["--master-addr", "0.0.0.0:10240"],
+         ["--master-addr 0.0.0.0:10240", "without TLS", "--admin-token-file", "--insecure"]),
+        ("rota.scheduler.master", ["--http-addr", "10.0.0.1:10280"], ["--http-addr 10.0.0.1:10280"]),
+        ("rota.scheduler.master", ["--etcd-client-urls", "http://0.0.0.0:2379"], ["--etcd-client-urls"]),
+        ("rota.executor.main", ["--join", "127.0.0.1:1", "--worker-addr", ":10241"],
+         ["--worker-addr 0.0.0.0:10241", "--token-file", "--insecure"]),
+    ],
+)  # fmt: skip
+def test_listening_beyond_loopback_without_tls_and_tokens_needs_insecure(module, args, needles):
+    assert_usage_error(run(module, *args), *needles)

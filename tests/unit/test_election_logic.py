@@ -76,6 +76,7 @@ def test_master_wildcard_listen_advertises_a_real_host():
             peer_urls="http://0.0.0.0:8291",
             advertise_addr="10.1.2.3:10240",
             initial_cluster="m0=http://10.1.2.3:8291",
+            insecure=True,
         )
     )
     assert conf.member is not None
