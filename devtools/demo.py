@@ -1,7 +1,9 @@
 """``make demo``: a real local cluster runs sample jobs, survives a leader kill, and stops.
 
 Starts three masters (each with its embedded etcd member) and two executors on free
-loopback ports, prints ``cluster-status``, submits ``sample/jobs/hello.toml`` and the
+loopback ports, secured as a cluster beyond loopback must be: mutual TLS on every link (a fresh CA
+in ./demo-logs/tls/) and tokens (the admin token in ./demo-logs/admin.token). It prints
+``cluster-status``, shows a read token refused a submission, submits ``sample/jobs/hello.toml`` and the
 split job ``sample/jobs/split.toml`` and prints their results, SIGKILLs the leader,
 runs one more job on the new leader, and stops everything. Logs stay in ./demo-logs/.
 On the way it lists the masters' dashboard URLs and a few of the leader's metrics;
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -25,10 +28,24 @@ from rota.devtools.localcluster import LocalCluster
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def master_client(addresses: str, *args: str) -> None:
+#: What master-client is given to reach the demo cluster: set once, as a user would export them.
+CLIENT_ENV: dict[str, str] = {}
+
+
+def master_client(addresses: str, *args: str, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "rota.client.cli", "--master-addr", addresses, *args]
     print(f"\n$ bin/master-client {' '.join(args)}", flush=True)
-    subprocess.run(cmd, check=False)
+    subprocess.run(cmd, check=False, env={**os.environ, **CLIENT_ENV, **(env or {})})
+
+
+def client_env(cluster: LocalCluster) -> dict[str, str]:
+    assert cluster.tls is not None and cluster.admin_token is not None
+    return {
+        "ROTA_TLS_CA": cluster.tls.ca,
+        "ROTA_TLS_CERT": cluster.tls.cert,
+        "ROTA_TLS_KEY": cluster.tls.key,
+        "ROTA_TOKEN_FILE": str(cluster.base_dir / "admin.token"),
+    }
 
 
 def show_http(cluster: LocalCluster, leader_url: str) -> None:
@@ -36,8 +53,12 @@ def show_http(cluster: LocalCluster, leader_url: str) -> None:
     print("\nDashboard, HTTP API (/api/v1) and /metrics on every master:", flush=True)
     for m in cluster.masters:
         print(f"  {m.name}: {m.http_url}/")
-    print(f"\n$ curl -s {leader_url}/metrics | grep -E '^rota_(leader|executors|tasks|jobs)\\b'")
-    with urllib.request.urlopen(leader_url + "/metrics", timeout=10) as resp:
+    print(
+        f"\n$ curl -s --cacert {cluster.tls.ca if cluster.tls else ''} {leader_url}/metrics | grep -E '^rota_(leader|executors|tasks|jobs)\\b'"
+    )
+    assert cluster.tls is not None
+    https = ssl.create_default_context(cafile=cluster.tls.ca)
+    with urllib.request.urlopen(leader_url + "/metrics", timeout=10, context=https) as resp:
         for line in resp.read().decode().splitlines():
             if re.match(r"rota_(leader|executors|tasks|jobs)\b", line) and not line.endswith(" 0.0"):
                 print(line)
@@ -52,13 +73,30 @@ def main() -> int:
     shutil.rmtree(logs, ignore_errors=True)
     print(f"Starting three masters with embedded etcd and two executors (logs in {logs}/) ...", flush=True)
     t0 = time.monotonic()
-    with LocalCluster(logs, etcd_tuning=("50ms", "500ms"), executors=2, executor_slots=2) as cluster:
+    with LocalCluster(
+        logs, etcd_tuning=("50ms", "500ms"), executors=2, executor_slots=2, tls=True, tokens=True
+    ) as cluster:
+        CLIENT_ENV.update(client_env(cluster))
         print(
-            f"Cluster ready in {time.monotonic() - t0:.1f}s; ROTA_MASTER_ADDR={cluster.addresses}", flush=True
+            f"Cluster ready in {time.monotonic() - t0:.1f}s (mutual TLS and tokens on); "
+            f"ROTA_MASTER_ADDR={cluster.addresses}",
+            flush=True,
         )
+        print("The client's environment:", " ".join(f"{k}={v}" for k, v in CLIENT_ENV.items()), flush=True)
         addrs = cluster.addresses
         master_client(addrs, "cluster-status")
         master_client(addrs, "list-executors")
+        with cluster.client() as c:
+            reader, _ = c.create_token("read", "demo-reader")
+        master_client(addrs, "token", "list")
+        print("\nA read token may look but not submit (exit 5):", flush=True)
+        master_client(
+            addrs,
+            "submit-job",
+            "--config",
+            "sample/jobs/hello.toml",
+            env={"ROTA_TOKEN_FILE": "", "ROTA_TOKEN": reader},
+        )
         master_client(addrs, "submit-job", "--config", "sample/jobs/hello.toml", "--wait")
         master_client(addrs, "submit-job", "--config", "sample/jobs/split.toml", "--wait")
         leader = cluster.leader()
