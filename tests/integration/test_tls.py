@@ -219,3 +219,29 @@ def test_etcd_refuses_a_client_without_a_certificate(cluster: LocalCluster) -> N
         _open(f"{endpoints[0]}/health", client_context(ca=cluster.tls.ca))
     with _open(f"{endpoints[0]}/health", client_context(cluster.tls)) as r:
         assert json.loads(r.read())["health"] == "true"
+
+
+def test_mutual_tls_and_tokens_together(local_cluster) -> None:
+    """The secure mode as `make demo` runs it: TLS decides who may connect, tokens what they may do."""
+    from rota.client.errors import AccessDenied
+
+    secure = local_cluster(masters=3, executors=1, tls=True, tokens=True)
+    with secure.client() as admin:
+        doc = admin.run_job(ECHO_JOB, timeout=60)
+        assert doc["state"] == "SUCCEEDED" and doc["owner"], doc
+        reader, _ = admin.create_token("read", "tls-reader")
+        before = len(admin.list_jobs())
+    with secure.client(token=reader) as c:
+        out = b"".join(d for s, d in c.task_logs(doc["id"], "0") if s == "stdout")
+        assert b"over-tls" in out
+        with pytest.raises(AccessDenied, match="SubmitJob"):
+            c.submit_job(ECHO_JOB)
+    with Client(secure.addresses, timeout=10, token="", tls=secure.tls) as nobody:
+        with pytest.raises(AccessDenied, match="needs a token") as e:
+            nobody.list_jobs()
+        assert e.value.unauthenticated
+    with pytest.raises(NoMasterReachable):
+        with Client(secure.addresses, timeout=3, token=secure.admin_token) as plain:
+            plain.list_jobs()
+    with secure.client() as admin:
+        assert len(admin.list_jobs()) == before
