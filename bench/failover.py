@@ -26,7 +26,7 @@ from rota.devtools.localcluster import LocalCluster
 def one_trial(cluster: LocalCluster, sig: signal.Signals) -> float:
     leader = cluster.leader()
     survivors = ",".join(m.addr for m in cluster.masters if m is not leader)
-    with Client(survivors, timeout=2.0) as c:
+    with Client(survivors, timeout=2.0, token=cluster.admin_token or "", tls=cluster.tls) as c:
         c.cluster_status()  # warm the channels so the timing is the failover alone
         t0 = time.monotonic()
         leader.signal(sig)

@@ -21,7 +21,7 @@ from rota.common import admission, exposure, httpserver, rpc, tls, tokens
 from rota.common import config as cfg
 from rota.common import limits as lim
 from rota.common.logs import setup_logging
-from rota.executor import confine, tasklogs
+from rota.executor import confine, run_as, tasklogs
 from rota.executor.access import ExecutorAccess, TokenCheck
 from rota.executor.agent import Agent
 from rota.executor.config import AgentConfig
@@ -230,6 +230,14 @@ flags given on the command line override this file.
     "once. Also how long a drain-executor without --timeout lets tasks run. At most 7 days.",
 )
 @click.option(
+    "--run-as",
+    default=None,
+    metavar="USER",
+    help="Run every task as USER (a name or uid; the executor must run as root): a task then cannot "
+    "read the executor's files (token, TLS key, other tasks' logs) or signal it. Scratch dirs go to "
+    "<work-dir>/tasks, owned by USER. [default: the executor's own user]",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     default=False,
@@ -310,6 +318,7 @@ def executor_command(**o: Any) -> int:
         raise cfg.ConfigError(f"--drain-timeout must be at most {cfg.MAX_DRAIN_TIMEOUT / 86400:g} days")
     worker: cfg.Address = o["worker_addr"]
     token = _token(o["token_file"])
+    run_as.set_current(run_as.resolve(o["run_as"]) if o["run_as"] else None)
     listens = [("--worker-addr", worker.listen())]
     if o["http_addr"] is not None:
         listens.append(("--http-addr", o["http_addr"].listen()))
@@ -326,6 +335,7 @@ def executor_command(**o: Any) -> int:
         raise cfg.ConfigError("no task kind is available on this host (check --allow-kinds)")
     work_dir = o["work_dir"] or tempfile.mkdtemp(prefix=f"rota-executor-{o['name']}-")
     os.makedirs(work_dir, exist_ok=True)
+    run_as.check_reach(work_dir)
     defaults, maxima = o["task_default_limits"], o["task_max_limits"]
     lim.check_executor(defaults, maxima)
     setup_logging(str(o["log_level"]), str(o["log_format"]), f"executor[{o['name']}]")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from rota.common import logs, results
 from rota.common.limits import Limits, OverMaximum, effective
 from rota.common.states import HANDED_BACK, State
+from rota.executor import run_as
 from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
 from rota.executor.gate import PriorityGate
@@ -73,6 +74,8 @@ class Runner:
         self.unacked: dict[tuple[str, int, int], rota_pb2.TaskReport] = {}
         self.completed = 0
         self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
+        #: Where tasks' scratch dirs go: the work dir, or with --run-as a dir of that user's in it.
+        self.task_root = run_as.task_root(conf.work_dir)
         self._batches: set[asyncio.Task[None]] = set()
         #: Called as each attempt ends with (kind, outcome, seconds from its start to its end); for metrics.
         self.on_task_ended: Callable[[str, str, float], None] | None = None
@@ -191,9 +194,8 @@ class Runner:
                     result = await asyncio.shield(ride.result)
                 else:
                     if kind.needs_work_dir:
-                        work_dir = tempfile.mkdtemp(
-                            prefix=f"{ref.index}-a{ref.attempt}-", dir=self.conf.work_dir
-                        )
+                        work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.task_root)
+                        run_as.own(work_dir)
                     result = await kind.run(self._spec(a, ref, log_prefix, work_dir, limits, timeout))
         except asyncio.CancelledError:
             if ride is not None:
@@ -275,7 +277,7 @@ class Runner:
             params=json.loads(a.params_json or b"{}"),
             env=dict(a.env),
             timeout=timeout,
-            work_dir=work_dir or self.conf.work_dir,
+            work_dir=work_dir or self.task_root,
             log_prefix=log_prefix,
             limits=limits if limits is not None else self.plain_limits,
         )

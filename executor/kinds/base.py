@@ -15,7 +15,7 @@ from typing import Any
 
 from rota.common.limits import Limits
 from rota.common.results import OUTPUT_CAP, TRUNCATED_MARK
-from rota.executor import confine
+from rota.executor import confine, run_as
 
 #: A task's log file (``TaskSpec.log_prefix``) stops growing here: the disk is shared by every task.
 LOG_FILE_CAP = 16 * 1024 * 1024
@@ -358,9 +358,10 @@ async def _run_process(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=spec.work_dir,
-            env=dict(env),
+            env=run_as.task_env(env),
             start_new_session=True,
             preexec_fn=bounds.preexec() if bounds is not None else None,
+            **run_as.child_options(),
         )
     except OSError as exc:
         return TaskResult(ok=False, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")

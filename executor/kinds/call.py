@@ -36,7 +36,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from rota.common.limits import Limits
-from rota.executor import confine
+from rota.executor import confine, run_as
 from rota.executor.kinds.base import (
     OUTPUT_CAP,
     Kind,
@@ -295,12 +295,12 @@ class CallKind(Kind):
 
     def _spawn(self, own: Limits | None = None) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
-        environ = inherited_env()
+        environ = run_as.task_env(inherited_env())
         pool = default_limits()
         bounds = own if own is not None else Limits(memory=pool.memory, file_size=pool.file_size)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, environ, confine.rlimits(bounds)),
+            args=(child_conn, environ, confine.rlimits(bounds), run_as.current()),
             name="rota-call",
             daemon=True,
         )
@@ -441,15 +441,18 @@ def _worker_main(
     conn: Connection,
     environ: dict[str, str],
     limits: Sequence[tuple[int, tuple[int, int]]] = (),
+    identity: run_as.RunAs | None = None,
 ) -> None:
     """Serve batches until the executor closes its end of the pipe (or dies, which closes it too).
 
     Each call's reply goes back as soon as it ends. A ``skip`` notice that arrives while a batch
     runs withdraws a call not yet started. The worker keeps only what tasks inherit of the
     executor's environment (``environ``): the functions it calls never see the executor's secrets.
-    ``limits`` are the (resource, (soft, hard)) rlimits it runs under."""
+    ``limits`` are the (resource, (soft, hard)) rlimits it runs under; ``identity`` the user it
+    becomes first (--run-as)."""
     for which, value in limits:
         resource.setrlimit(which, value)
+    run_as.drop(identity)
     os.environ.clear()
     os.environ.update(environ)
     with contextlib.suppress(OSError):
