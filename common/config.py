@@ -202,7 +202,8 @@ def load_config_file(path: str, allowed: set[str]) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, ValueError) as e:
+        # tomllib raises a plain ValueError for an integer of more than 4300 digits.
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     for key in data:
         if key not in allowed:

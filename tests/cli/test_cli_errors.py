@@ -208,3 +208,9 @@ def test_executor_flags_out_of_the_leaders_bounds_are_usage_errors(flag: str, va
 )  # fmt: skip
 def test_listening_beyond_loopback_without_tls_and_tokens_needs_insecure(module, args, needles):
     assert_usage_error(run(module, *args), *needles)
+
+
+def test_a_config_file_with_a_4301_digit_number_is_a_config_error(tmp_path):
+    conf = tmp_path / "m.toml"
+    conf.write_text("job-retention = " + "9" * 4301 + "\n")
+    assert_usage_error(run("rota.scheduler.master", "--config", str(conf)), "invalid TOML")
