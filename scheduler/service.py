@@ -85,6 +85,16 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         self.runtime = runtime
         self.space = space or EtcdSpace(0)
         self.tokens = tokens or TokenStore(client, None)
+        #: Executor streams by the id of the token they attached with: a revoke closes them.
+        self._streams: dict[str, set[ExecutorLink]] = {}
+        self.tokens.on_revoke.append(self._close_streams)
+
+    def _close_streams(self, token_id: str) -> None:
+        for link in self._streams.pop(token_id, set()):
+            log.warning(
+                "executor %s: its token %s was revoked; closing its stream", link.executor_id, token_id
+            )
+            link.close()
 
     def info(self) -> rota_pb2.MasterInfo:
         lead = self.leadership
@@ -459,6 +469,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         except (NotReady, EtcdError) as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         reader = asyncio.create_task(self._read_executor(rt, link, request_iterator))
+        who = access.caller(self.tokens, context)
+        if who is not None:
+            self._streams.setdefault(who.id, set()).add(link)
         try:
             yield rota_pb2.LeaderMessage(
                 welcome=rota_pb2.Welcome(executor_id=link.executor_id, lease_id=link.lease_id, ttl=link.ttl)
@@ -469,6 +482,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                     break
                 yield msg
         finally:
+            if who is not None:
+                self._streams.get(who.id, set()).discard(link)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await rt.executors.detach(link)

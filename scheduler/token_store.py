@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ class TokenStore:
         self.records: dict[str, dict[str, Any]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._miss_window = (0.0, 0)
+        #: Called with a token's id when it is revoked (here or on another master).
+        self.on_revoke: list[Callable[[str], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +98,7 @@ class TokenStore:
                         tid = keys.token_id(e.kv.key)
                         if e.type == "delete":
                             self.records.pop(tid, None)
+                            self._revoked(tid)
                         else:
                             with contextlib.suppress(ValueError):
                                 self.records[tid] = json.loads(e.kv.value)
@@ -174,6 +178,10 @@ class TokenStore:
                 self.records[token.id] = rec
                 return token, public(rec)
 
+    def _revoked(self, token_id: str) -> None:
+        for hook in self.on_revoke:
+            hook(token_id)
+
     def list(self) -> list[dict[str, Any]]:
         return sorted((public(r) for r in self.records.values()), key=lambda r: (r["created"], r["id"]))
 
@@ -188,6 +196,7 @@ class TokenStore:
             return None
         await self.client.delete(keys.token(token_id))
         self.records.pop(token_id, None)
+        self._revoked(token_id)
         return public(json.loads(kv.value))
 
 

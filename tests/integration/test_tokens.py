@@ -364,3 +364,25 @@ def test_the_dashboard_asks_for_a_token_and_keeps_it_out_of_cookies_and_storage(
         assert http(cluster, f"/jobs/{job}", made["reader"])["state"] in ("PENDING", "RUNNING")
     finally:
         http(cluster, f"/jobs/{job}/cancel", made["alice"], {})
+
+
+def test_revoking_an_executors_token_closes_its_stream(cluster, wait_until):
+    with cluster.client() as admin:
+        text, rec = admin.create_token("executor", "to-revoke")
+    token_file = Path(cluster.base_dir) / "to-revoke.token"
+    token_file.write_text(text + "\n")
+    ex = cluster.add_executor(args=["--token-file", str(token_file)], name="revokee")
+    try:
+
+        def state() -> str | None:
+            with cluster.client() as c:
+                return next((e["state"] for e in c.list_executors() if e["name"] == "revokee"), None)
+
+        wait_until("the executor to attach", lambda: state() == "ready", 20)
+        with cluster.client() as admin:
+            admin.revoke_token(rec["id"])
+        wait_until("the revoked executor to lose its stream", lambda: state() != "ready", 10)
+        wait_until("the executor to be refused", lambda: "unknown or revoked" in ex.log_tail(50), 10)
+    finally:
+        ex.stop()
+        cluster.executors.remove(ex)
