@@ -377,10 +377,11 @@ class EtcdClient:
 
         return list(await asyncio.gather(*(one(m) for m in resp.members)))
 
-    async def alarms(self) -> list[Alarm]:
-        """The alarms raised in the cluster (etcd keeps them until they are disarmed)."""
+    async def alarms(self, timeout: float | None = None) -> list[Alarm]:
+        """The alarms raised in the cluster (etcd keeps them until they are disarmed). A raft
+        request: it waits for etcd to have a leader."""
         resp = await self._call(
-            rpc.MaintenanceStub, "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0)
+            rpc.MaintenanceStub, "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0), timeout
         )
         return [Alarm(int(a.memberID), rpc.AlarmType.Name(a.alarm)) for a in resp.alarms]
 

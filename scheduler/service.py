@@ -17,7 +17,7 @@ from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
 from rota.common.tls import TlsFiles
 from rota.metastore import keys
-from rota.metastore.client import EtcdClient, EtcdError, MemberStatus, NoSpace
+from rota.metastore.client import Alarm, EtcdClient, EtcdError, MemberStatus, NoSpace
 from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler import access
@@ -129,7 +129,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 self.client.get_prefix(keys.MASTERS, serializable=True),
                 self.client.count_prefix(keys.EXECUTORS, serializable=True),
                 self.client.member_statuses(timeout=PEER_TIMEOUT),
-                self.client.alarms(),
+                self._alarms(),
             )
             healthy = True
             masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
@@ -180,6 +180,15 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             ),
             executors=executors,
         )
+
+    async def _alarms(self) -> list[Alarm]:
+        """etcd's alarms, or the last ones seen when it cannot say at once: reading them is a raft
+        request, which waits out etcd's own election after its leader died (a second, with a dying
+        member), and the status view must not."""
+        try:
+            return await self.client.alarms(timeout=PEER_TIMEOUT)
+        except EtcdError:
+            return list(self.space.alarms)
 
     async def _reachable(self, name: str, addr: str) -> bool:
         if name == self.name:
