@@ -17,6 +17,7 @@ from rota.executor.fencing import Fence, Lease
 from rota.executor.kinds.base import Kind
 from rota.executor.link import Link
 from rota.executor.runner import Runner
+from rota.executor.task_calls import TaskCallServer
 
 log = logging.getLogger("rota.executor")
 
@@ -37,12 +38,18 @@ class Agent:
         self.runner.reporter = self.link
         self.link.on_drain = self._drain_requested
         self.fence = Fence(self.lease, self.link, self.runner, conf.keepalive_interval)
+        self.task_calls = TaskCallServer(conf.work_dir, self.runner.attempts, self.link.task_call)
         self.shutting_down = False
         #: The drain an operator asked for, while it runs.
         self._remote: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Stay attached to the current leader until stopped."""
+        """Stay attached to the current leader until stopped. Tasks' calls are taken from the
+        start (until ``stop``): those of an attempt that outlives a stream wait for the next."""
+        try:
+            await self.task_calls.start()
+        except OSError as e:  # tasks still run; their rota.task calls say they are not in a task
+            log.error("cannot listen for task calls on %s: %s", self.task_calls.path, e)
         watchdog = asyncio.create_task(self.fence.watch())
         upkeep = asyncio.create_task(self._expire_logs())
         try:
@@ -121,6 +128,7 @@ class Agent:
         if self._remote is not None:
             self._remote.cancel()
         await self.runner.kill_all()
+        await self.task_calls.close()
         await self.link.close()
 
     def status(self) -> dict[str, object]:

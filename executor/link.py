@@ -9,6 +9,7 @@ trying the next master, and unacknowledged results are sent again on the new str
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -55,6 +56,10 @@ REFUSALS = (
 )
 #: One master's time to say how long a lease has left, when asked before fencing.
 LEASE_ASK_TIMEOUT = 0.5
+#: A task's call (rota.task) waits this long for a stream to the leader, then this long for the
+#: leader's answer (sent again on the next stream if this one ends first).
+CALL_ATTACH_WAIT = 30.0
+CALL_REPLY_TIMEOUT = 30.0
 
 
 class Link:
@@ -82,6 +87,11 @@ class Link:
         #: What the leader hears of our draining: under an operator's drain, shutting down.
         self.drained = False
         self.leaving = False
+        #: Set while a stream is up (welcomed): task calls wait for it.
+        self._up = asyncio.Event()
+        #: Task calls sent and not yet answered, by call id: sent again on a new stream.
+        self._calls: dict[int, tuple[rota_pb2.TaskCall, asyncio.Future[rota_pb2.TaskCallReply]]] = {}
+        self._call_ids = itertools.count(1)
 
     @property
     def attached(self) -> bool:
@@ -94,6 +104,35 @@ class Link:
 
     def stop(self) -> None:
         self._stopping = True
+
+    async def task_call(self, call: rota_pb2.TaskCall) -> rota_pb2.TaskCallReply:
+        """Pass a task's call on to the leader and return its answer; a refusal (ok false) when
+        there is no leader to ask or it does not answer in time. Never blocks the loop: each call
+        waits on a future of its own, answered by ``_read``."""
+        if self._outbox is None:
+            try:
+                await asyncio.wait_for(self._up.wait(), CALL_ATTACH_WAIT)
+            except asyncio.TimeoutError:
+                return rota_pb2.TaskCallReply(
+                    ok=False, error=f"not connected to a leader (waited {CALL_ATTACH_WAIT:g}s)"
+                )
+        msg = rota_pb2.TaskCall()
+        msg.CopyFrom(call)
+        msg.call_id = next(self._call_ids)
+        answer: asyncio.Future[rota_pb2.TaskCallReply] = asyncio.get_running_loop().create_future()
+        self._calls[msg.call_id] = (msg, answer)
+        try:
+            if self._outbox is not None:
+                self._outbox.put_nowait(rota_pb2.ExecutorMessage(task_call=msg))
+            return await asyncio.wait_for(answer, CALL_REPLY_TIMEOUT)
+        except asyncio.TimeoutError:
+            return rota_pb2.TaskCallReply(
+                call_id=msg.call_id,
+                ok=False,
+                error=f"the leader did not answer within {CALL_REPLY_TIMEOUT:g}s",
+            )
+        finally:
+            self._calls.pop(msg.call_id, None)
 
     def beat_now(self) -> None:
         """Heartbeat at once: the leader learns without waiting that we are leaving."""
@@ -234,6 +273,10 @@ class Link:
             self._outbox = asyncio.Queue()
             for report in self.runner.unacked.values():
                 self._outbox.put_nowait(report)
+            for pending, answer in self._calls.values():
+                if not answer.done():
+                    self._outbox.put_nowait(rota_pb2.ExecutorMessage(task_call=pending))
+            self._up.set()
             workers = [asyncio.create_task(self._write(call)), asyncio.create_task(self._heartbeat())]
             try:
                 reader = asyncio.create_task(self._read(call))
@@ -245,6 +288,7 @@ class Link:
                     t.cancel()
                 await asyncio.gather(*workers, reader, return_exceptions=True)
                 call.cancel()
+                self._up.clear()
                 self._outbox = None
         return None
 
@@ -347,6 +391,10 @@ class Link:
                     runner.unacked.pop((ref.job_id, ref.index, ref.attempt), None)
             elif body == "heartbeat_ack":
                 self.lease.beat_acked()
+            elif body == "task_call_reply":
+                pending = self._calls.get(msg.task_call_reply.call_id)
+                if pending is not None and not pending[1].done():
+                    pending[1].set_result(msg.task_call_reply)
             elif body == "drain" and self.on_drain is not None:
                 d = msg.drain
                 self.on_drain(d.drain, d.timeout if d.HasField("timeout") else None)

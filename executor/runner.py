@@ -29,6 +29,7 @@ from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
 from rota.executor.gate import PriorityGate
 from rota.executor.kinds.base import Kind, Ride, TaskResult, TaskSpec, settle
+from rota.executor.task_calls import Attempts
 from rota.executor.tasklogs import LogStore
 from rota.protos import rota_pb2
 
@@ -76,6 +77,8 @@ class Runner:
         self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
         #: Where tasks' scratch dirs go: the work dir, or with --run-as a dir of that user's in it.
         self.task_root = run_as.task_root(conf.work_dir)
+        #: The secret each running attempt proves itself with when it calls (rota.task).
+        self.attempts = Attempts()
         self._batches: set[asyncio.Task[None]] = set()
         #: Called as each attempt ends with (kind, outcome, seconds from its start to its end); for metrics.
         self.on_task_ended: Callable[[str, str, float], None] | None = None
@@ -155,6 +158,7 @@ class Runner:
         started = 0.0
         ride: Ride | None = None
         refused = ""
+        secret, calls_env = self.attempts.add(ref)
         try:
             limits, timeout = self._bounds(a)
         except OverMaximum as e:
@@ -167,7 +171,7 @@ class Runner:
                 and kind.log_files is not True
                 and limits is self.plain_limits
             ):
-                ride = Ride(self._spec(a, ref, "", limits=limits, timeout=timeout))
+                ride = Ride(self._spec(a, ref, "", limits=limits, timeout=timeout, extra_env=calls_env))
             holds_slot = await self.gate.acquire(a.priority, ride) is None
             began = True
             current = self.running.get(key)
@@ -196,7 +200,9 @@ class Runner:
                     if kind.needs_work_dir:
                         work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.task_root)
                         run_as.own(work_dir)
-                    result = await kind.run(self._spec(a, ref, log_prefix, work_dir, limits, timeout))
+                    result = await kind.run(
+                        self._spec(a, ref, log_prefix, work_dir, limits, timeout, calls_env)
+                    )
         except asyncio.CancelledError:
             if ride is not None:
                 ride.cancel()
@@ -206,6 +212,7 @@ class Runner:
             log.exception("kind %s failed on %s/%d", a.kind, ref.job_id, ref.index, **self._ids(ref))
             result = TaskResult(ok=False, error=f"{type(e).__name__}: {e}")
         finally:
+            self.attempts.remove(secret)
             if announce is not None:
                 announce.cancel()
             if holds_slot:
@@ -268,14 +275,16 @@ class Runner:
         work_dir: str = "",
         limits: Limits | None = None,
         timeout: float | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> TaskSpec:
+        """``extra_env``: the attempt's own variables for its calls (ROTA_TASK_SOCKET, ...)."""
         return TaskSpec(
             job_id=ref.job_id,
             task_id=a.env.get("ROTA_TASK_ID", f"{ref.job_id}/{ref.index}"),
             attempt=ref.attempt,
             kind=a.kind,
             params=json.loads(a.params_json or b"{}"),
-            env=dict(a.env),
+            env={**a.env, **extra_env} if extra_env else dict(a.env),
             timeout=timeout,
             work_dir=work_dir or self.task_root,
             log_prefix=log_prefix,

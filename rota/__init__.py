@@ -2,7 +2,8 @@
 
 ``from rota import Client`` (blocking) or ``AsyncClient`` (awaitable) submits and watches jobs; the
 programs live in ``rota.scheduler`` (bin/master), ``rota.executor`` (bin/executor) and
-``rota.client`` (bin/master-client). Every part of Rota imports ``rota.common`` first (below), so the
+``rota.client`` (bin/master-client). Inside a running task, ``rota.task`` keeps a checkpoint and
+reports progress (standard library only). Every part of Rota imports ``rota.common`` first (below), so the
 process-wide gRPC settings hold in every program and in user code alike.
 """
 
@@ -29,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from rota.client import errors
 
         return getattr(errors, name)
+    if name == "task":
+        import importlib
+
+        return importlib.import_module("rota.task")
     raise AttributeError(f"module 'rota' has no attribute {name!r}")

@@ -1,0 +1,229 @@
+"""The task SDK: what a running task asks of Rota — keep a checkpoint, report progress.
+
+Inside a task (any kind), ``rota.task.checkpoint.save(blob)`` keeps up to 64 KiB for the task's
+next attempt, ``rota.task.checkpoint.load()`` returns the last blob saved (by this attempt or an
+earlier one; None when none was), ``rota.task.progress(0.5, "halfway")`` shows in get-job. Each call
+goes to the task's own executor over a Unix socket (``ROTA_TASK_SOCKET``), proved by the attempt's
+secret (``ROTA_TASK_SECRET``); the executor passes it on to the leader, which answers only the
+task's current attempt. Plain standard library, synchronous: usable from any Python code.
+
+The same as a program, for shell, Go and other tasks (``$ROTA_TASK_CLI`` or ``python -m rota.task``)::
+
+    rota-task checkpoint save FILE|-      # exit 0
+    rota-task checkpoint load [FILE]      # exit 1 when there is no checkpoint
+    rota-task progress FRACTION [MESSAGE]
+
+Exit 2 on bad usage, 3 when the call failed (refused, not inside a task, no leader).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+import socket
+import sys
+from typing import Any
+
+__all__ = ["CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "checkpoint", "main", "progress"]
+
+#: The largest checkpoint, in bytes.
+CHECKPOINT_MAX = 64 * 1024
+#: The longest progress message, in characters.
+MESSAGE_MAX = 256
+#: The longest request line the executor reads (a 64 KiB blob in base64 with room to spare), and
+#: the longest reply line a client reads.
+LINE_MAX = 96 * 1024
+#: How long a call may take in all: the executor waits up to 30 s for a leader and 30 s for its
+#: answer, and says why when either runs out.
+CALL_TIMEOUT = 75.0
+#: The ops a task may call.
+OPS = ("checkpoint.save", "checkpoint.load", "progress")
+
+SOCKET_ENV = "ROTA_TASK_SOCKET"
+SECRET_ENV = "ROTA_TASK_SECRET"
+
+
+class TaskCallError(Exception):
+    """A call that did not happen: refused by the executor or the leader, too large, or made
+    outside a Rota task."""
+
+
+def _request(op: str, **fields: Any) -> dict[str, Any]:
+    """One call, on a connection of its own. The variables are read at each call: a ``call``
+    task's worker gets them only while it runs that task."""
+    path, secret = os.environ.get(SOCKET_ENV), os.environ.get(SECRET_ENV)
+    if not path or not secret:
+        raise TaskCallError(f"not inside a Rota task: {SOCKET_ENV} and {SECRET_ENV} are not set")
+    line = json.dumps({"secret": secret, "op": op, **fields}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(CALL_TIMEOUT)
+            sock.connect(path)
+            sock.sendall(line)
+            reply = _read_line(sock)
+    except TimeoutError:
+        raise TaskCallError(f"{op}: no answer from the executor within {CALL_TIMEOUT:g}s") from None
+    except OSError as e:
+        raise TaskCallError(f"{op}: cannot reach the executor at {path}: {e.strerror or e}") from None
+    try:
+        answer = json.loads(reply)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise TaskCallError(f"{op}: the executor's answer is not a JSON object")
+    if answer.get("ok") is not True:
+        raise TaskCallError(f"{op}: {answer.get('error') or 'refused'}")
+    return answer
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    buf = bytearray()
+    while b"\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            if not buf:
+                raise OSError("the executor closed the connection without an answer")
+            break
+        buf += chunk
+        if len(buf) > LINE_MAX:
+            raise OSError(f"the executor's answer is longer than {LINE_MAX} bytes")
+    return bytes(buf.split(b"\n", 1)[0])
+
+
+class Checkpoint:
+    """The task's checkpoint: one blob of at most CHECKPOINT_MAX bytes, kept across attempts."""
+
+    def save(self, data: bytes) -> None:
+        """Keep ``data`` for this task's next attempt, in place of the one saved before. Only the
+        task's current attempt may save."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a checkpoint is bytes, not {type(data).__name__}")
+        blob = bytes(data)
+        if len(blob) > CHECKPOINT_MAX:
+            raise TaskCallError(
+                f"checkpoint.save: {len(blob)} bytes is over the checkpoint limit of {CHECKPOINT_MAX} bytes"
+            )
+        _request("checkpoint.save", data=base64.b64encode(blob).decode())
+
+    def load(self) -> bytes | None:
+        """The last checkpoint saved for this task (by this or an earlier attempt); None when none was."""
+        answer = _request("checkpoint.load")
+        if not answer.get("found"):
+            return None
+        try:
+            return base64.b64decode(answer.get("data") or "", validate=True)
+        except (binascii.Error, ValueError):
+            raise TaskCallError("checkpoint.load: the executor's answer holds no valid base64") from None
+
+
+checkpoint = Checkpoint()
+
+
+def progress(fraction: float, message: str = "") -> None:
+    """Say how far the task is, from 0.0 to 1.0, with a message of at most MESSAGE_MAX characters:
+    get-job shows the last one reported."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"progress fraction must be a number, not {type(fraction).__name__}")
+    if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+    if not isinstance(message, str):
+        raise TypeError(f"progress message must be a string, not {type(message).__name__}")
+    if len(message) > MESSAGE_MAX:
+        raise ValueError(f"progress message is {len(message)} characters, over the limit of {MESSAGE_MAX}")
+    _request("progress", fraction=float(fraction), message=message)
+
+
+USAGE = """usage: rota-task checkpoint save FILE|-
+       rota-task checkpoint load [FILE]
+       rota-task progress FRACTION [MESSAGE]
+
+Inside a Rota task: keep a checkpoint (at most 64 KiB) for the task's next attempt, read the last
+one back (exit 1 when there is none), or report progress (0 to 1) shown in get-job.
+Exit 2 on bad usage, 3 when the call failed."""
+
+
+class _Usage(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rota-task``: the SDK for tasks that are not Python (shell, Go, ...)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    try:
+        return _command(args)
+    except _Usage as e:
+        print(f"rota-task: {e}\n{USAGE}", file=sys.stderr)
+        return 2
+    except TaskCallError as e:
+        print(f"rota-task: {e}", file=sys.stderr)
+        return 3
+
+
+def _command(args: list[str]) -> int:
+    if args[:2] == ["checkpoint", "save"]:
+        if len(args) != 3:
+            raise _Usage("checkpoint save takes one FILE, or - for standard input")
+        data = _read_input(args[2])
+        checkpoint.save(data)
+        return 0
+    if args[:2] == ["checkpoint", "load"]:
+        if len(args) > 3:
+            raise _Usage("checkpoint load takes at most one FILE")
+        blob = checkpoint.load()
+        if blob is None:
+            return 1
+        _write_output(args[2] if len(args) == 3 else "-", blob)
+        return 0
+    if args[:1] == ["progress"]:
+        if len(args) not in (2, 3):
+            raise _Usage("progress takes a FRACTION and an optional MESSAGE")
+        try:
+            fraction = float(args[1])
+        except ValueError:
+            raise _Usage(f"progress FRACTION must be a number from 0 to 1, got {args[1]!r}") from None
+        try:
+            progress(fraction, args[2] if len(args) == 3 else "")
+        except ValueError as e:
+            raise _Usage(str(e)) from None
+        return 0
+    raise _Usage(f"unknown command {' '.join(args[:2])!r}" if args else "no command given")
+
+
+def _read_input(name: str) -> bytes:
+    """At most one byte past the limit is read, so the error names the limit without reading a huge file."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(CHECKPOINT_MAX + 1)
+        else:
+            with open(name, "rb") as f:
+                data = f.read(CHECKPOINT_MAX + 1)
+    except OSError as e:
+        raise _Usage(f"cannot read {name}: {e.strerror or e}") from None
+    if len(data) > CHECKPOINT_MAX:
+        raise TaskCallError(
+            f"checkpoint.save: {'standard input' if name == '-' else name} is over the checkpoint "
+            f"limit of {CHECKPOINT_MAX} bytes"
+        )
+    return data
+
+
+def _write_output(name: str, blob: bytes) -> None:
+    if name == "-":
+        sys.stdout.buffer.write(blob)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        with open(name, "wb") as f:
+            f.write(blob)
+    except OSError as e:
+        raise TaskCallError(f"checkpoint.load: cannot write {name}: {e.strerror or e}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
