@@ -30,6 +30,9 @@ JOBSPECS = ROOT + b"jobspec/"
 #: One key per task whose state changed since submission.
 TASKS = ROOT + b"tasks/"
 
+#: A task's last checkpoint (the task SDK): the blob its current attempt saved, read by the next.
+CHECKPOINTS = ROOT + b"checkpoints/"
+
 #: One record per API token: its role, name and the SHA-256 of its secret (never the secret).
 TOKENS = ROOT + b"tokens/"
 
@@ -86,6 +89,15 @@ def task_of(key: bytes) -> tuple[str, int]:
     """(job id, task index) of a TASKS key."""
     job_id, _, index = key[len(TASKS) :].decode().rpartition("/")
     return job_id, int(index)
+
+
+def checkpoint(job_id: str, index: int) -> bytes:
+    return CHECKPOINTS + f"{job_id}/{index:08d}".encode()
+
+
+def job_checkpoints(job_id: str) -> bytes:
+    """The prefix of every checkpoint of one job."""
+    return CHECKPOINTS + f"{job_id}/".encode()
 
 
 def token(token_id: str) -> bytes:

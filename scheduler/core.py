@@ -78,7 +78,7 @@ def retry_delay(attempt: int) -> float:
 class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
-        "failures", "lost", "deadline",
+        "failures", "lost", "deadline", "progress",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -101,6 +101,8 @@ class Task:
         self.since = 0.0
         #: Clock time past which the leader reclaims the current attempt (tasks with a timeout).
         self.deadline = 0.0
+        #: What the task last said of itself (the task SDK): (fraction done, message).
+        self.progress: tuple[float, str] | None = None
 
     @property
     def spec(self) -> TaskTemplate:
@@ -139,6 +141,8 @@ class Task:
             rec["l"] = self.lost
         if self.result is not None:
             rec["r"] = self.result
+        if self.progress is not None:
+            rec["p"] = list(self.progress)
         return rec
 
 
@@ -293,6 +297,9 @@ def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
     task.attempt = attempt
     task.executor = executor
     task.result = record.get("r")
+    progress = record.get("p")
+    if isinstance(progress, list) and len(progress) == 2:
+        task.progress = (float(progress[0]), str(progress[1]))
     task.lost = int(record.get("l", 0))
     task.failures = failures_of(record)
     if task.attempt:
@@ -371,7 +378,28 @@ class DeleteJob:
     job: Job | EndedJob
 
 
-Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded | DeleteJob
+@dataclass(slots=True)
+class PutCheckpoint:
+    """Persist a task's checkpoint (its current attempt saved it)."""
+
+    task: Task
+    data: bytes
+
+
+@dataclass(slots=True)
+class CallReply:
+    """The answer to a task's own call, sent to its executor once what it decided is committed."""
+
+    executor: str
+    call_id: int
+    error: str = ""
+
+
+Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded | DeleteJob | PutCheckpoint | CallReply
+
+#: The largest checkpoint a task may save, and the longest progress message it may give.
+MAX_CHECKPOINT = 64 * 1024
+MAX_PROGRESS_MESSAGE = 256
 
 
 @dataclass
@@ -800,6 +828,42 @@ class Core:
         if acks:
             self._out.append(Ack(executor_id, acks))
         self._schedule()
+
+    def call_refusal(self, executor_id: str, ref: TaskRef) -> str:
+        """Why a task's own call is refused ("" when it may be made): only the current attempt of a
+        task that runs on the executor passing the call on may make one."""
+        job = self.active.get(ref.job_id)
+        if job is None or not 0 <= ref.index < len(job.tasks):
+            return f"task {ref.job_id}/{ref.index} is not running"
+        task = job.tasks[ref.index]
+        if task.attempt != ref.attempt or task.state not in ACTIVE:
+            return f"attempt {ref.attempt} of task {task.id} is not its current one"
+        if task.executor != executor_id:
+            return f"task {task.id} does not run on this executor"
+        return ""
+
+    def save_checkpoint(self, executor_id: str, call_id: int, ref: TaskRef, data: bytes) -> None:
+        refused = self.call_refusal(executor_id, ref)
+        if not refused and len(data) > MAX_CHECKPOINT:
+            refused = f"a checkpoint is {MAX_CHECKPOINT // 1024} KiB at most, this one is {len(data)} bytes"
+        if not refused:
+            task = self.active[ref.job_id].tasks[ref.index]
+            self._out.append(PutCheckpoint(task, data))
+        self._out.append(CallReply(executor_id, call_id, refused))
+
+    def set_progress(
+        self, executor_id: str, call_id: int, ref: TaskRef, fraction: float, message: str
+    ) -> None:
+        refused = self.call_refusal(executor_id, ref)
+        if not refused and not 0.0 <= fraction <= 1.0:  # also false for NaN
+            refused = f"progress must be a fraction from 0 to 1, got {fraction}"
+        if not refused and len(message) > MAX_PROGRESS_MESSAGE:
+            refused = f"a progress message is {MAX_PROGRESS_MESSAGE} characters at most"
+        if not refused:
+            task = self.active[ref.job_id].tasks[ref.index]
+            task.progress = (fraction, message)
+            self._put(task)
+        self._out.append(CallReply(executor_id, call_id, refused))
 
     def cancel_job(self, job_id: str) -> AnyJob | None:
         job = self.active.get(job_id)

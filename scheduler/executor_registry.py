@@ -25,7 +25,7 @@ from rota.metastore.client import EtcdClient, EtcdError, NoSpace, WatchCompacted
 from rota.metastore.election import Fenced
 from rota.protos import rota_pb2
 from rota.scheduler import translate
-from rota.scheduler.core import Ack, CancelTasks, Core, Dispatch, Task
+from rota.scheduler.core import Ack, CallReply, CancelTasks, Core, Dispatch, Task, TaskRef
 from rota.scheduler.pipeline import NotReady
 from rota.scheduler.placement import ExecutorSlot
 from rota.scheduler.store import Store
@@ -77,6 +77,8 @@ class ExecutorRegistry:
         self.core = core
         self.kick = kick
         self.give_up = give_up
+        #: Checkpoint reads under way (kept so that none is collected before it answers).
+        self._loads: set[asyncio.Task[None]] = set()
         self.links: dict[str, ExecutorLink] = {}
         self.stopping = False
         self._params_cache: dict[tuple[str, int], bytes] = {}
@@ -158,6 +160,40 @@ class ExecutorRegistry:
                 self.core.set_credit(link.executor_id, msg.credit)
             self.core.report(link.executor_id, [translate.report(r) for r in msg.reports])
             self.kick()
+
+    def task_call(self, link: ExecutorLink, call: rota_pb2.TaskCall) -> None:
+        """A running task's own call, passed on by its executor (the task SDK)."""
+        if self.links.get(link.executor_id) is not link:
+            return
+        ref = TaskRef(call.task.job_id, call.task.index, call.task.attempt)
+        if call.op == "checkpoint.save":
+            self.core.save_checkpoint(link.executor_id, call.call_id, ref, call.data)
+            self.kick()
+        elif call.op == "progress":
+            self.core.set_progress(link.executor_id, call.call_id, ref, call.fraction, call.message)
+            self.kick()
+        elif call.op == "checkpoint.load":
+            refused = self.core.call_refusal(link.executor_id, ref)
+            if refused:
+                link.send(_call_reply(call.call_id, refused))
+            else:
+                task = asyncio.create_task(self._load_checkpoint(link, call.call_id, ref))
+                self._loads.add(task)
+                task.add_done_callback(self._loads.discard)
+        else:
+            link.send(_call_reply(call.call_id, f"unknown task call {call.op[:40]!r}"))
+
+    async def _load_checkpoint(self, link: ExecutorLink, call_id: int, ref: TaskRef) -> None:
+        try:
+            kv = await self.client.get(keys.checkpoint(ref.job_id, ref.index))
+        except EtcdError as e:
+            link.send(_call_reply(call_id, f"cannot read the checkpoint yet: {e}"))
+            return
+        reply = _call_reply(call_id, "")
+        if kv is not None:
+            reply.task_call_reply.found = True
+            reply.task_call_reply.data = kv.value
+        link.send(reply)
 
     def leaving(self, link: ExecutorLink, leaving: bool) -> None:
         if self.links.get(link.executor_id) is link:
@@ -322,7 +358,7 @@ class ExecutorRegistry:
             link.close()
         self.core.executor_lost(ex_id)
 
-    def send(self, d: Dispatch | CancelTasks | Ack) -> None:
+    def send(self, d: Dispatch | CancelTasks | Ack | CallReply) -> None:
         """Carry a committed Dispatch, CancelTasks or Ack to its executor, if it is still attached."""
         link = self.links.get(d.executor)
         if link is None:
@@ -339,6 +375,8 @@ class ExecutorRegistry:
             link.send(rota_pb2.LeaderMessage(cancel=rota_pb2.CancelTasks(tasks=translate.refs(d.refs))))
         elif isinstance(d, Ack):
             link.send(rota_pb2.LeaderMessage(acks=rota_pb2.Acks(tasks=translate.refs(d.refs))))
+        elif isinstance(d, CallReply):
+            link.send(_call_reply(d.call_id, d.error))
 
     def _params_json(self, task: Task) -> bytes:
         """A template's parameters, encoded once for all its copies rather than per dispatch."""
@@ -351,3 +389,9 @@ class ExecutorRegistry:
     def forget_job(self, job_id: str, templates: int) -> None:
         for i in range(templates):
             self._params_cache.pop((job_id, i), None)
+
+
+def _call_reply(call_id: int, error: str) -> rota_pb2.LeaderMessage:
+    return rota_pb2.LeaderMessage(
+        task_call_reply=rota_pb2.TaskCallReply(call_id=call_id, ok=not error, error=error)
+    )

@@ -22,6 +22,7 @@ from rota.scheduler import upkeep
 from rota.scheduler.core import (
     DEFAULT_RETENTION,
     Ack,
+    CallReply,
     CancelTasks,
     Core,
     Decision,
@@ -151,7 +152,7 @@ class LeaderRuntime:
                 self.core.end_committed(d.job)
                 self.executors.forget_job(d.job.id, len(d.job.spec.tasks))
                 self.jobs.ended(d.job)
-            elif isinstance(d, (Dispatch, CancelTasks, Ack)):
+            elif isinstance(d, (Dispatch, CancelTasks, Ack, CallReply)):
                 self.executors.send(d)
 
     async def _tick_loop(self) -> None:

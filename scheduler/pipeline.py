@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from rota.metastore.client import EtcdError, NoSpace, Refused
 from rota.metastore.election import Fenced
-from rota.scheduler.core import Core, Decision, DeleteJob, PutJob, PutTask
+from rota.scheduler.core import Core, Decision, DeleteJob, PutCheckpoint, PutJob, PutTask
 from rota.scheduler.store import Store
 
 log = logging.getLogger("rota.leader")
@@ -45,8 +45,8 @@ class OutOfSpace(Exception):
         )
 
 
-def writes(decisions: list[Decision]) -> list[PutTask | PutJob | DeleteJob]:
-    return [d for d in decisions if isinstance(d, (PutTask, PutJob, DeleteJob))]
+def writes(decisions: list[Decision]) -> list[PutTask | PutJob | DeleteJob | PutCheckpoint]:
+    return [d for d in decisions if isinstance(d, (PutTask, PutJob, DeleteJob, PutCheckpoint))]
 
 
 def held(decisions: Sequence[Decision]) -> list[Decision]:
@@ -60,7 +60,7 @@ def held(decisions: Sequence[Decision]) -> list[Decision]:
         for d in decisions
         if not isinstance(d, DeleteJob)
         and not (isinstance(d, PutJob) and d.job.id in gone)
-        and not (isinstance(d, PutTask) and d.task.job.id in gone)
+        and not (isinstance(d, (PutTask, PutCheckpoint)) and d.task.job.id in gone)
     ]
 
 
@@ -131,7 +131,9 @@ class CommitPipeline:
         self._full_until = time.monotonic() + HELD_RETRY
         self.kick()
 
-    async def _isolate(self, puts: list[PutTask | PutJob | DeleteJob], whole_refused: bool = True) -> None:
+    async def _isolate(
+        self, puts: list[PutTask | PutJob | DeleteJob | PutCheckpoint], whole_refused: bool = True
+    ) -> None:
         """Commit ``puts`` in halves, in order, down to the writes etcd refuses one by one (a batch
         etcd refused as a whole is split at once). A task record etcd refuses is written again
         without its result, which becomes an error saying why (in the core too); any other refused
@@ -164,7 +166,10 @@ class CommitPipeline:
                     continue
                 except Refused as e:
                     reason = str(e)
-            what = f"task {w.task.id}" if isinstance(w, PutTask) else f"{type(w).__name__} of job {w.job.id}"
+            if isinstance(w, (PutTask, PutCheckpoint)):
+                what = f"{'checkpoint of ' if isinstance(w, PutCheckpoint) else ''}task {w.task.id}"
+            else:
+                what = f"{type(w).__name__} of job {w.job.id}"
             log.error("etcd refused the write of %s for good; it is left out: %s", what, reason)
 
     async def run(self) -> None:

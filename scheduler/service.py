@@ -515,6 +515,8 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                         link.send(rota_pb2.LeaderMessage(heartbeat_ack=rota_pb2.HeartbeatAck(ttl=ttl)))
                 elif body == "reports":
                     rt.executors.reports(link, msg.reports)
+                elif body == "task_call":
+                    rt.executors.task_call(link, msg.task_call)
                 elif body == "leaving":
                     await rt.executors.leave(link)
                     break

@@ -42,7 +42,7 @@ from rota.metastore.client import (
     value_below,
 )
 from rota.metastore.election import Election, Fenced
-from rota.scheduler.core import AnyJob, DeleteJob, EndedJob, Job, PutJob, PutTask, restore_task
+from rota.scheduler.core import AnyJob, DeleteJob, EndedJob, Job, PutCheckpoint, PutJob, PutTask, restore_task
 from rota.scheduler.placement import ExecutorSlot
 
 log = logging.getLogger("rota.store")
@@ -65,7 +65,7 @@ def _dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-Write: TypeAlias = PutTask | PutJob | DeleteJob
+Write: TypeAlias = PutTask | PutJob | DeleteJob | PutCheckpoint
 #: Records a rebuild reads between two yields to the event loop (about 10 ms of work).
 LOAD_CHUNK = 2000
 #: Jobs to read whole above which a rebuild reads the spec and task prefixes in one go, not per job.
@@ -106,6 +106,8 @@ def _latest(decisions: Sequence[Write], skip: frozenset[str] = frozenset()) -> d
                 latest[keys.task(job_id, index)] = task_value(job_id, index, d.record)
         elif isinstance(d, PutJob) and d.job.id not in skip:
             latest[keys.job(d.job.id)] = _dumps(d.job.record())
+        elif isinstance(d, PutCheckpoint) and d.task.job.id not in skip:
+            latest[keys.checkpoint(d.task.job.id, d.task.index)] = d.data
     return latest
 
 
@@ -119,6 +121,7 @@ def _delete_ops(job_id: str) -> list[Any]:
         delete_op(keys.job(job_id)),
         delete_op(keys.job_specs(job_id), prefix=True),
         delete_op(keys.job_tasks(job_id), prefix=True),
+        delete_op(keys.job_checkpoints(job_id), prefix=True),
     ]
 
 

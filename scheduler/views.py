@@ -23,7 +23,7 @@ def result_doc(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def task_doc(task: Task) -> dict[str, Any]:
-    return {
+    doc = {
         "id": task.id,
         "name": task.name,
         "state": task.state,
@@ -33,6 +33,9 @@ def task_doc(task: Task) -> dict[str, Any]:
         "executor": task.executor or None,
         "result": result_doc(task.result),
     }
+    if task.progress is not None:
+        doc["progress"] = {"fraction": task.progress[0], "message": task.progress[1]}
+    return doc
 
 
 def job_doc(job: AnyJob) -> dict[str, Any]:
@@ -110,5 +113,8 @@ def stored_page_doc(
             "executor": rec.get("e") or None,
             "result": result_doc(rec.get("r")),
         })  # fmt: skip
+        p = rec.get("p")
+        if isinstance(p, list) and len(p) == 2:
+            tasks[-1]["progress"] = {"fraction": float(p[0]), "message": str(p[1])}
     doc["tasks"] = tasks
     return doc

@@ -199,7 +199,7 @@ function renderJob(job) {
         { "data-task-id": t.id, "data-state": t.state },
         el("td", { class: "muted" }, tasksFrom + i),
         el("td", {}, t.name),
-        el("td", {}, state(t.state)),
+        el("td", {}, state(t.state), t.progress ? el("span", { class: "progress muted", title: t.progress.message }, ` ${Math.round(t.progress.fraction * 100)}% ${t.progress.message}`) : ""),
         el("td", {}, t.attempt),
         el("td", {}, t.executor ? executorNames[t.executor] || t.executor : ""),
         el("td", {}, resultCell(t.result)),
