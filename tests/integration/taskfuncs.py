@@ -23,3 +23,17 @@ def environ_of(pid: str) -> str:
             return f.read().decode(errors="replace")
     except OSError as e:
         return f"unreadable: {e.strerror}"
+
+
+def resume(label: str) -> str:
+    """A ``call`` task that checkpoints (rota.task): its first attempt saves ``label`` and fails,
+    the next returns what it finds."""
+    import rota.task
+
+    old = rota.task.checkpoint.load()
+    if old is None:
+        rota.task.checkpoint.save(label.encode())
+        rota.task.progress(0.5, "saved, failing on purpose")
+        raise RuntimeError("failing on purpose after the checkpoint")
+    rota.task.progress(1.0, "resumed")
+    return f"resumed from {old.decode()} in attempt {os.environ['ROTA_ATTEMPT']}"

@@ -1,0 +1,111 @@
+"""Task calls on a real cluster (issue 14): a task's checkpoint survives into its next attempt,
+its progress shows in get-job, from python, shell and call tasks alike; limits are enforced."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.etcd
+
+PYTHON_RESUMES = """
+import os, sys, rota.task
+old = rota.task.checkpoint.load()
+if old is None:
+    rota.task.checkpoint.save(b"step 3 of 5")
+    sys.exit("failing on purpose after the checkpoint")
+print("resumed from", old.decode(), "in attempt", os.environ["ROTA_ATTEMPT"])
+"""
+
+SHELL_RESUMES = """
+if "$ROTA_TASK_CLI" checkpoint load state; then
+    echo "resumed from $(cat state) in attempt $ROTA_ATTEMPT"
+else
+    echo "shell step 2" | "$ROTA_TASK_CLI" checkpoint save -
+    exit 3
+fi
+"""
+
+TOO_BIG = """
+import rota.task
+try:
+    rota.task.checkpoint.save(b"x" * (64 * 1024 + 1))
+except rota.task.TaskCallError as e:
+    print("refused:", e)
+rota.task.checkpoint.save(b"x" * (64 * 1024))
+print("64 KiB:", len(rota.task.checkpoint.load()))
+"""
+
+
+@pytest.fixture
+def cluster_with_funcs(local_cluster, monkeypatch):
+    """One executor that can import tests/integration/taskfuncs.py (for call tasks)."""
+    cluster = local_cluster()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    cluster.add_executor(slots=4)
+    cluster.wait_for_executors(1)
+    return cluster
+
+
+def test_a_checkpoint_carries_a_task_over_to_its_next_attempt(cluster_with_funcs):
+    job = {
+        "name": "resume",
+        "max-attempts": 2,
+        "task": [
+            {"name": "py", "kind": "python", "code": PYTHON_RESUMES},
+            {"name": "sh", "kind": "shell", "command": SHELL_RESUMES},
+            {"name": "call", "kind": "call", "function": "taskfuncs:resume", "args": ["call step 9"]},
+            {"name": "big", "kind": "python", "code": TOO_BIG, "max-attempts": 1},
+            {
+                "name": "outside",
+                "kind": "shell",
+                "command": 'env -u ROTA_TASK_SOCKET "$ROTA_TASK_CLI" progress 1',
+            },
+        ],
+    }
+    with cluster_with_funcs.client(timeout=30) as c:
+        doc = c.run_job(job, timeout=120)
+    tasks = {t["name"]: t for t in doc["tasks"]}
+    assert tasks["py"]["state"] == "SUCCEEDED", tasks["py"]
+    assert tasks["py"]["attempt"] == 2
+    assert tasks["py"]["result"]["stdout"].strip() == "resumed from step 3 of 5 in attempt 2"
+    assert tasks["sh"]["result"]["stdout"].strip() == "resumed from shell step 2 in attempt 2", tasks["sh"]
+    assert tasks["call"]["result"]["value"] == "resumed from call step 9 in attempt 2", tasks["call"]
+    assert tasks["call"]["progress"] == {"fraction": 1.0, "message": "resumed"}
+    big = tasks["big"]["result"]["stdout"].splitlines()
+    assert big[0] == "refused: checkpoint.save: 65537 bytes is over the checkpoint limit of 65536 bytes", big
+    assert big[1] == "64 KiB: 65536"
+    outside = tasks["outside"]
+    assert outside["state"] == "FAILED" and outside["result"]["exit_code"] == 3
+    assert "not inside a Rota task" in outside["result"]["stderr"]
+    assert doc["state"] == "FAILED"  # only because of "outside"
+
+
+def test_progress_shows_in_get_job_while_the_task_runs(cluster_with_funcs, tmp_path, wait_until):
+    go = tmp_path / "go"
+    command = (
+        f'"$ROTA_TASK_CLI" progress 0.25 "a quarter, of 4 parts" && '
+        f"while [ ! -e {go} ]; do sleep 0.05; done; "
+        f'"$ROTA_TASK_CLI" progress 1 done'
+    )
+    with cluster_with_funcs.client(timeout=30) as c:
+        job_id = c.submit_job(
+            {"name": "progress", "task": [{"name": "t", "kind": "shell", "command": command}]}
+        )["id"]
+
+        def progress():
+            task = c.get_job(job_id)["tasks"][0]
+            return task.get("progress") if task["state"] == "RUNNING" else None
+
+        assert wait_until("progress in get-job", progress, every=0.1) == {
+            "fraction": 0.25,
+            "message": "a quarter, of 4 parts",
+        }
+        go.touch()
+        doc = c.wait_job(job_id, timeout=60)
+    assert doc["state"] == "SUCCEEDED", doc
+    assert doc["tasks"][0]["progress"] == {"fraction": 1.0, "message": "done"}
