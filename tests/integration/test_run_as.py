@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
+import sys
 import tempfile
 
 import pytest
@@ -35,13 +37,21 @@ def test_tasks_run_as_the_user_and_cannot_reach_the_executors_secrets(local_clus
         f"id -u; id -g; echo home=$HOME user=$USER; touch mine && echo wrote; "
         f"cat {secret} 2>&1 || echo secret-refused; "
         f"cat /proc/{ex.pid}/environ > /dev/null 2>&1 || echo environ-refused; "
-        f"kill -0 {ex.pid} 2>&1 || echo signal-refused"
+        f"kill -0 {ex.pid} 2>&1 || echo signal-refused; "
+        # its own calls (rota.task) reach the executor's socket through the 0711 work dir
+        '"$ROTA_TASK_CLI" progress 0.5 as-nobody && echo progress-ok || echo progress-failed'
     )
     job = {
         "name": "run-as",
         "task": [
             {"name": "sh", "kind": "shell", "command": script},
             {"name": "fn", "kind": "call", "function": "os:getuid"},
+            {
+                "name": "calls",
+                "kind": "call",
+                "function": "rota.task:progress",
+                "args": [1, "call as nobody"],
+            },
         ],
     }
     with cluster.client(30) as c:
@@ -52,15 +62,32 @@ def test_tasks_run_as_the_user_and_cannot_reach_the_executors_secrets(local_clus
     assert f"home={nobody.pw_dir}" in out and "user=nobody" in out and "wrote" in out, out
     assert "s3cret" not in out and "secret-refused" in out, out
     assert "environ-refused" in out and "signal-refused" in out, out
+    if others_can_run(sys.executable):  # not so with an interpreter under /root (pyenv)
+        assert "progress-ok" in out and doc["tasks"][0]["progress"] == {
+            "fraction": 0.5,
+            "message": "as-nobody",
+        }
+    assert doc["tasks"][2]["progress"] == {"fraction": 1.0, "message": "call as nobody"}, doc["tasks"][2]
     assert doc["tasks"][1]["result"]["value"] == nobody.pw_uid, doc["tasks"][1]
     tasks_root = os.path.join(work_dir, "tasks")
     assert os.stat(tasks_root).st_uid == nobody.pw_uid
     assert os.stat(work_dir).st_mode & 0o777 == 0o711
 
 
+def others_can_run(program: str) -> bool:
+    """Whether a user other than the owner may execute ``program`` (every folder above it passable)."""
+    path = os.path.realpath(program)
+    if not os.stat(path).st_mode & stat.S_IXOTH:
+        return False
+    while (parent := os.path.dirname(path)) != path:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return False
+        path = parent
+    return True
+
+
 def test_run_as_names_a_real_other_user_and_a_reachable_work_dir(tmp_path):
     import subprocess
-    import sys
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
