@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+SAMPLE = HERE.parent.parent / "sample" / "jobs" / "checkpoint.toml"
 
 pytestmark = pytest.mark.etcd
 
@@ -83,6 +84,15 @@ def test_a_checkpoint_carries_a_task_over_to_its_next_attempt(cluster_with_funcs
     assert outside["state"] == "FAILED" and outside["result"]["exit_code"] == 3
     assert "not inside a Rota task" in outside["result"]["stderr"]
     assert doc["state"] == "FAILED"  # only because of "outside"
+
+    with cluster_with_funcs.client(timeout=30) as c:
+        sample = c.run_job(SAMPLE, timeout=120)
+    assert sample["state"] == "SUCCEEDED", sample
+    python, shell = sample["tasks"]
+    assert python["result"]["stdout"].splitlines() == ["attempt 2 starts after step 3", "all 5 steps done"]
+    assert shell["result"]["stdout"].splitlines() == ["attempt 2 starts after part 2", "all 4 parts done"]
+    assert python["progress"] == {"fraction": 1.0, "message": "step 5 of 5"}
+    assert shell["progress"] == {"fraction": 1.0, "message": "part 4 of 4"}
 
 
 def test_progress_shows_in_get_job_while_the_task_runs(cluster_with_funcs, tmp_path, wait_until):
