@@ -158,7 +158,7 @@ class Runner:
         started = 0.0
         ride: Ride | None = None
         refused = ""
-        secret, calls_env = self.attempts.add(ref)
+        secret, calls_env = self.attempts.add(ref) if kind is not None and kind.task_calls else ("", {})
         try:
             limits, timeout = self._bounds(a)
         except OverMaximum as e:

@@ -102,6 +102,8 @@ class Kind(abc.ABC):
     log_files: bool | None = True
     #: More than 1 for a kind that runs several tasks back to back in one slot (``run_batch``).
     batch_size: int = 1
+    #: False for kinds that run no task code: their attempts get no secret for task calls (rota.task).
+    task_calls: bool = True
 
     def __init__(self, slots: int = 1) -> None:
         self.slots = max(1, slots)

@@ -8,6 +8,7 @@ from rota.executor.kinds.base import Kind, TaskResult, TaskSpec
 class NoopKind(Kind):
     name = "noop"
     needs_work_dir = False
+    task_calls = False
     log_files = False
 
     async def run(self, spec: TaskSpec) -> TaskResult:

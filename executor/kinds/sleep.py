@@ -10,6 +10,7 @@ from rota.executor.kinds.base import Kind, ParamError, TaskResult, TaskSpec, bad
 class SleepKind(Kind):
     name = "sleep"
     needs_work_dir = False
+    task_calls = False
     log_files = False
 
     async def run(self, spec: TaskSpec) -> TaskResult:
