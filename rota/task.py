@@ -136,7 +136,7 @@ def progress(fraction: float, message: str = "") -> None:
     _request("progress", fraction=float(fraction), message=message)
 
 
-USAGE = """usage: rota-task checkpoint save FILE|-
+USAGE = """Usage: rota-task checkpoint save FILE|-
        rota-task checkpoint load [FILE]
        rota-task progress FRACTION [MESSAGE]
 

@@ -39,7 +39,7 @@ DEV_VENV = ROOT / ".venv"
 DEV_PYTHON = DEV_VENV / "bin" / "python"
 # The repository's folders installed as rota.<name>: none may be importable under its own name.
 PARTS = ["scheduler", "executor", "metastore", "protos", "common", "client"]
-PROGRAMS = ["master", "executor", "master-client"]
+PROGRAMS = ["master", "executor", "master-client", "rota-task"]
 # What the wheel is built from: the checkout minus everything built, cached or installed.
 COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "bin", "*.egg-info", "__pycache__", ".*_cache", "demo-logs"

@@ -321,7 +321,7 @@ def test_the_program_saves_loads_and_reports(
     ):
         code, err = cli(usage, capsys)
         assert code == 2, usage
-        assert err.startswith("rota-task: ") and "usage: rota-task" in err
+        assert err.startswith("rota-task: ") and "Usage: rota-task" in err
     big = tmp_path / "big"
     big.write_bytes(b"x" * (sdk.CHECKPOINT_MAX + 1))
     code, err = cli(["checkpoint", "save", str(big)], capsys)
