@@ -11,6 +11,7 @@ anything that depends on them.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -78,7 +79,7 @@ def retry_delay(attempt: int) -> float:
 class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
-        "failures", "lost", "deadline", "progress",
+        "failures", "lost", "deadline", "progress", "progress_at",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -103,6 +104,8 @@ class Task:
         self.deadline = 0.0
         #: What the task last said of itself (the task SDK): (fraction done, message).
         self.progress: tuple[float, str] | None = None
+        #: Clock time its progress was last written to etcd (PROGRESS_WRITE_EVERY).
+        self.progress_at = -math.inf
 
     @property
     def spec(self) -> TaskTemplate:
@@ -400,6 +403,9 @@ Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded | DeleteJo
 #: The largest checkpoint a task may save, and the longest progress message it may give.
 MAX_CHECKPOINT = 64 * 1024
 MAX_PROGRESS_MESSAGE = 256
+#: A task's progress is written to etcd at most this often (seconds); get-job shows the latest at
+#: once. A task that reports in a tight loop costs one write a second, not one per call.
+PROGRESS_WRITE_EVERY = 1.0
 
 
 @dataclass
@@ -491,6 +497,8 @@ class Core:
         #: Expired job id -> (when it ended, its retention), oldest first, at most REMEMBER_EXPIRED.
         self.expired: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
         self._out: list[Decision] = []
+        #: Tasks whose latest progress is held back (PROGRESS_WRITE_EVERY), and when it is due.
+        self._progress_due: dict[Task, float] = {}
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
 
     # -- outputs -------------------------------------------------------------------------
@@ -862,8 +870,25 @@ class Core:
         if not refused:
             task = self.active[ref.job_id].tasks[ref.index]
             task.progress = (fraction, message)
-            self._put(task)
+            now = self.clock()
+            if now - task.progress_at >= PROGRESS_WRITE_EVERY:
+                task.progress_at = now
+                self._progress_due.pop(task, None)
+                self._put(task)
+            else:
+                self._progress_due.setdefault(task, task.progress_at + PROGRESS_WRITE_EVERY)
         self._out.append(CallReply(executor_id, call_id, refused))
+
+    def _write_progress(self, now: float) -> None:
+        """Write the progress held back by PROGRESS_WRITE_EVERY once its time has come; forget the
+        tasks that ended (their last record has it)."""
+        for task, due in list(self._progress_due.items()):
+            if task.state not in ACTIVE:
+                del self._progress_due[task]
+            elif due <= now:
+                del self._progress_due[task]
+                task.progress_at = now
+                self._put(task)
 
     def cancel_job(self, job_id: str) -> AnyJob | None:
         job = self.active.get(job_id)
@@ -918,6 +943,8 @@ class Core:
                 self._enqueue(task)
                 moved = True
         self._reclaim(now)
+        if self._progress_due:
+            self._write_progress(now)
         if moved:
             self._schedule()
         return self._delayed[0][0] if self._delayed else None

@@ -61,7 +61,11 @@ def test_progress_is_kept_in_the_task_record_and_document_and_survives_a_rebuild
     assert out[-1] == CallReply("e1", 3, "")
     task = h.core.jobs["j"].tasks[0]
     assert task_doc(task)["progress"] == {"fraction": 0.25, "message": "a quarter"}
-    for bad, needle in ((1.5, "fraction from 0 to 1"), (math.nan, "fraction from 0 to 1"), (-0.1, "fraction")):
+    for bad, needle in (
+        (1.5, "fraction from 0 to 1"),
+        (math.nan, "fraction from 0 to 1"),
+        (-0.1, "fraction"),
+    ):
         h.core.set_progress("e1", 4, ref, bad, "")
         (reply,) = h.drain()
         assert isinstance(reply, CallReply) and needle in reply.error
@@ -83,3 +87,23 @@ def test_a_task_without_progress_has_no_progress_field() -> None:
     h = Harness()
     running_task(h)
     assert "progress" not in task_doc(h.core.jobs["j"].tasks[0])
+
+
+def test_progress_in_a_tight_loop_is_written_once_a_second_and_the_last_one_is_kept() -> None:
+    h = Harness()
+    ref = running_task(h)
+    task = h.core.jobs["j"].tasks[0]
+    writes = []
+    for i in range(1, 6):
+        h.core.set_progress("e1", i, ref, i / 10, f"step {i}")
+        out = h.drain()
+        assert out[-1] == CallReply("e1", i, "")
+        writes += [d.record["p"] for d in out if isinstance(d, PutTask)]
+        assert task_doc(task)["progress"]["message"] == f"step {i}"  # shown at once
+        h.now[0] += 0.1
+    assert writes == [[0.1, "step 1"]]
+    h.now[0] += 1.0
+    h.core.tick()
+    assert [d.record["p"] for d in h.drain() if isinstance(d, PutTask)] == [[0.5, "step 5"]]
+    h.core.tick()
+    assert not [d for d in h.drain() if isinstance(d, PutTask)]
