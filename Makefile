@@ -91,6 +91,7 @@ bench: all
 	$(PY) -m bench.recovery
 	$(PY) -m bench.stall --trials 5
 	$(PY) -m bench.secure
+	$(PY) -m bench.task_calls
 	$(PY) -m bench.summary
 
 # Ray, Dask and Celery with a Redis server, in a virtualenv of their own; not part of `make test`.
