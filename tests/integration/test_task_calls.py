@@ -119,3 +119,45 @@ def test_progress_shows_in_get_job_while_the_task_runs(cluster_with_funcs, tmp_p
         doc = c.wait_job(job_id, timeout=60)
     assert doc["state"] == "SUCCEEDED", doc
     assert doc["tasks"][0]["progress"] == {"fraction": 1.0, "message": "done"}
+
+
+ACROSS_FAILOVER = """
+import os, sys, time, rota.task
+flags = {flags!r}
+old = rota.task.checkpoint.load()
+if old is not None:
+    print("attempt", os.environ["ROTA_ATTEMPT"], "resumed from", old.decode())
+    sys.exit(0)
+rota.task.checkpoint.save(b"saved before the failover")
+rota.task.progress(0.5, "before")
+open(os.path.join(flags, "saved"), "w").close()
+while not os.path.exists(os.path.join(flags, "go")):
+    time.sleep(0.05)
+rota.task.checkpoint.save(b"saved through the new leader")
+rota.task.progress(0.9, "after")
+sys.exit("failing on purpose after the failover")
+"""
+
+
+def test_checkpoints_and_progress_survive_a_leader_sigkill(local_cluster, tmp_path, wait_until):
+    import signal
+
+    cluster = local_cluster(executors=1)
+    job = {
+        "name": "failover-resume",
+        "max-attempts": 2,
+        "task": [{"name": "t", "kind": "python", "code": ACROSS_FAILOVER.format(flags=str(tmp_path))}],
+    }
+    with cluster.client(timeout=30) as c:
+        job_id = c.submit_job(job)["id"]
+        wait_until("the first checkpoint", lambda: (tmp_path / "saved").exists(), 60)
+        old = cluster.leader()
+        old.signal(signal.SIGKILL)
+        cluster.wait_for_leader(exclude=old.name, timeout=30)
+        (tmp_path / "go").touch()
+        doc = c.wait_job(job_id, timeout=120)
+    task = doc["tasks"][0]
+    assert doc["state"] == "SUCCEEDED", task
+    assert task["attempt"] == 2, task
+    assert task["result"]["stdout"].strip() == "attempt 2 resumed from saved through the new leader", task
+    assert task["progress"] == {"fraction": 0.9, "message": "after"}, task
