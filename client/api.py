@@ -199,7 +199,11 @@ class AsyncClient:
                     self._preferred = idx
                     return result
                 except grpc.aio.AioRpcError as e:
-                    if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                    if e.code() in (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        grpc.StatusCode.NOT_FOUND,
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                    ):
                         raise RequestError(
                             e.details() or "", not_found=e.code() == grpc.StatusCode.NOT_FOUND
                         ) from None

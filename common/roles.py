@@ -49,8 +49,8 @@ METHODS: dict[str, str] = {
     "CreateToken": MANAGE_TOKENS,
     "ListTokens": MANAGE_TOKENS,
     "RevokeToken": MANAGE_TOKENS,
-    # The executor's own service: the leader probes GetStatus; task output is job data.
-    "GetStatus": OPEN,
+    # The executor's own service: its status names the tasks it runs; task output is job data.
+    "GetStatus": READ_JOBS,
     "TaskLogs": READ_JOBS,
 }
 

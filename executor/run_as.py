@@ -52,16 +52,30 @@ def current() -> RunAs | None:
 
 
 def task_root(work_dir: str) -> str:
-    """Where tasks get their scratch dirs: the work dir itself, or with --run-as a dir in it owned
-    by that user (the work dir then lets others pass through, not list or read)."""
+    """Where tasks get their scratch dirs: the work dir itself, or with --run-as ``<work-dir>/tasks``,
+    root's, which the user may pass through but not change (so it cannot swap an entry the
+    executor is about to give it for a link elsewhere). The work dir, too, lets others pass only."""
     me = _current
     if me is None:
         return work_dir
     root = os.path.join(work_dir, "tasks")
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    os.chown(root, me.uid, me.gid)
+    os.makedirs(root, exist_ok=True)
+    if os.path.islink(root):
+        raise ConfigError(f"{root} is a symbolic link: the executor makes that folder itself")
+    os.chown(root, 0, 0)
+    os.chmod(root, 0o711)
     os.chmod(work_dir, 0o711)
+    for shared in ("shared", "go-cache"):
+        path = os.path.join(root, shared)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        own(path)
     return root
+
+
+def shared_root(work_dir: str) -> str:
+    """The folder of kinds that make no dir per attempt (``call`` workers keep theirs in it): with
+    --run-as the user's own, in ``task_root``."""
+    return work_dir if _current is None else os.path.join(work_dir, "tasks", "shared")
 
 
 def check_reach(work_dir: str) -> None:
@@ -91,9 +105,15 @@ def check_reach(work_dir: str) -> None:
 
 
 def own(path: str) -> None:
-    """Give a scratch dir made by the executor to the task's user."""
-    if _current is not None:
-        os.chown(path, _current.uid, _current.gid)
+    """Give a scratch dir made by the executor to the task's user: through a descriptor opened
+    without following links, so a link put in its place is never what changes hands."""
+    if _current is None:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, _current.uid, _current.gid)
+    finally:
+        os.close(fd)
 
 
 def child_options() -> dict[str, Any]:
@@ -119,4 +139,3 @@ def drop(identity: RunAs | None) -> None:
     os.setgroups(list(identity.groups))
     os.setgid(identity.gid)
     os.setuid(identity.uid)
-

@@ -77,6 +77,7 @@ class Runner:
         self.logs = LogStore(os.path.join(conf.work_dir, "logs"))
         #: Where tasks' scratch dirs go: the work dir, or with --run-as a dir of that user's in it.
         self.task_root = run_as.task_root(conf.work_dir)
+        self.shared_root = run_as.shared_root(conf.work_dir)
         #: The secret each running attempt proves itself with when it calls (rota.task).
         self.attempts = Attempts()
         self._batches: set[asyncio.Task[None]] = set()
@@ -286,7 +287,7 @@ class Runner:
             params=json.loads(a.params_json or b"{}"),
             env={**a.env, **extra_env} if extra_env else dict(a.env),
             timeout=timeout,
-            work_dir=work_dir or self.task_root,
+            work_dir=work_dir or self.shared_root,
             log_prefix=log_prefix,
             limits=limits if limits is not None else self.plain_limits,
         )

@@ -48,6 +48,8 @@ CLI_ENV = "ROTA_TASK_CLI"
 MAX_CONNECTIONS = 64
 #: A connection that sends no request for this long is closed.
 IDLE_TIMEOUT = 60.0
+#: How long a new connection may take to send its first request.
+FIRST_LINE_TIMEOUT = 5.0
 #: Calls of one attempt being answered at once (a task with threads); more are refused.
 MAX_IN_FLIGHT = 4
 #: A Unix socket path holds at most 107 bytes on Linux (fewer elsewhere): a longer work dir puts
@@ -115,8 +117,8 @@ def parse(line: bytes, attempts: Attempts) -> Request:
     """One request line, checked; Refused says what is wrong with it."""
     try:
         body = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        raise Refused("the request is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Refused("the request is not valid JSON (or nested too deep)") from None
     if not isinstance(body, dict):
         raise Refused("the request must be a JSON object")
     secret = body.get("secret")
@@ -151,6 +153,10 @@ def parse(line: bytes, attempts: Attempts) -> Request:
         message = body.get("message", "")
         if not isinstance(message, str):
             raise Refused("'message' must be a string")
+        try:
+            message.encode()
+        except UnicodeEncodeError:
+            raise Refused("'message' must be valid Unicode text (no lone surrogates)") from None
         if len(message) > MESSAGE_MAX:
             raise Refused(f"'message' is {len(message)} characters, over the limit of {MESSAGE_MAX}")
         return Request(ref, secret, op, fraction=float(fraction), message=message)
@@ -218,9 +224,14 @@ class TaskCallServer:
                 return
             if me is not None:
                 self._connections.add(me)
+            first = True
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT)
+                    # A connection that says nothing at first is not a task making a call: it must
+                    # not hold one of the few connections for a minute.
+                    wait = FIRST_LINE_TIMEOUT if first else IDLE_TIMEOUT
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), wait)
+                    first = False
                 except asyncio.LimitOverrunError:
                     await _send(
                         writer, {"ok": False, "error": f"the request is longer than {LINE_MAX} bytes"}
@@ -252,14 +263,14 @@ class TaskCallServer:
         if busy >= MAX_IN_FLIGHT:
             return {"ok": False, "error": f"this attempt has {busy} calls in flight already"}
         self._in_flight[request.secret] = busy + 1
-        call = rota_pb2.TaskCall(
-            task=request.ref,
-            op=request.op,
-            data=request.data,
-            fraction=request.fraction,
-            message=request.message,
-        )
         try:
+            call = rota_pb2.TaskCall(
+                task=request.ref,
+                op=request.op,
+                data=request.data,
+                fraction=request.fraction,
+                message=request.message,
+            )
             reply = await self.forward(call)
         except Exception as e:  # a broken forward must not take the executor down
             log.exception("task call %s of %s/%d failed", request.op, request.ref.job_id, request.ref.index)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import logging
 import os
@@ -86,6 +87,11 @@ class LogStore:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.root = Path(root)
+        # Only the executor reads task output (and serves it to those allowed): with --run-as, a
+        # task must not list or read other jobs' output through its way into the work dir.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
         self.keep_attempts = keep_attempts
         self.keep_bytes = keep_bytes
         self.wall = wall

@@ -79,7 +79,7 @@ def retry_delay(attempt: int) -> float:
 class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
-        "failures", "lost", "deadline", "progress", "progress_at",
+        "failures", "lost", "deadline", "progress", "progress_at", "ckpt_budget", "ckpt_time",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -106,6 +106,9 @@ class Task:
         self.progress: tuple[float, str] | None = None
         #: Clock time its progress was last written to etcd (PROGRESS_WRITE_EVERY).
         self.progress_at = -math.inf
+        #: Bytes of checkpoint it may write now, and when that was reckoned (CHECKPOINT_BURST).
+        self.ckpt_budget = float(CHECKPOINT_BURST)
+        self.ckpt_time = 0.0
 
     @property
     def spec(self) -> TaskTemplate:
@@ -406,6 +409,11 @@ MAX_PROGRESS_MESSAGE = 256
 #: A task's progress is written to etcd at most this often (seconds); get-job shows the latest at
 #: once. A task that reports in a tight loop costs one write a second, not one per call.
 PROGRESS_WRITE_EVERY = 1.0
+#: Checkpoint bytes a task may write at once, and per second after that: a task saving in a tight
+#: loop would otherwise fill etcd's history. A save past its budget waits (its answer too) until the
+#: budget has grown back; a newer save while one waits replaces it.
+CHECKPOINT_BURST = 256 * 1024
+CHECKPOINT_RATE = 64 * 1024
 
 
 @dataclass
@@ -499,6 +507,8 @@ class Core:
         self._out: list[Decision] = []
         #: Tasks whose latest progress is held back (PROGRESS_WRITE_EVERY), and when it is due.
         self._progress_due: dict[Task, float] = {}
+        #: Checkpoints held back by CHECKPOINT_RATE: task -> (attempt, data, callers, when due).
+        self._ckpt_held: dict[Task, tuple[int, bytes, list[tuple[str, int]], float]] = {}
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
 
     # -- outputs -------------------------------------------------------------------------
@@ -854,10 +864,45 @@ class Core:
         refused = self.call_refusal(executor_id, ref)
         if not refused and len(data) > MAX_CHECKPOINT:
             refused = f"a checkpoint is {MAX_CHECKPOINT // 1024} KiB at most, this one is {len(data)} bytes"
-        if not refused:
-            task = self.active[ref.job_id].tasks[ref.index]
+        if refused:
+            self._out.append(CallReply(executor_id, call_id, refused))
+            return
+        task = self.active[ref.job_id].tasks[ref.index]
+        now = self.clock()
+        held = self._ckpt_held.get(task)
+        if held is not None:
+            self._ckpt_held[task] = (ref.attempt, data, [*held[2], (executor_id, call_id)], held[3])
+            return
+        budget = self._ckpt_budget(task, now)
+        if budget >= len(data):
+            task.ckpt_budget = budget - len(data)
             self._out.append(PutCheckpoint(task, data))
-        self._out.append(CallReply(executor_id, call_id, refused))
+            self._out.append(CallReply(executor_id, call_id))
+        else:
+            due = now + (len(data) - budget) / CHECKPOINT_RATE
+            self._ckpt_held[task] = (ref.attempt, data, [(executor_id, call_id)], due)
+
+    @staticmethod
+    def _ckpt_budget(task: Task, now: float) -> float:
+        budget = min(CHECKPOINT_BURST, task.ckpt_budget + (now - task.ckpt_time) * CHECKPOINT_RATE)
+        task.ckpt_budget, task.ckpt_time = budget, now
+        return budget
+
+    def _write_checkpoints(self, now: float) -> None:
+        """Write the checkpoints held back once their budget has grown back; a held save whose
+        attempt ended meanwhile is refused (it is no longer the task's to write)."""
+        for task, (attempt, data, callers, due) in list(self._ckpt_held.items()):
+            if task.attempt != attempt or task.state not in ACTIVE:
+                del self._ckpt_held[task]
+                for executor_id, call_id in callers:
+                    self._out.append(
+                        CallReply(executor_id, call_id, f"attempt {attempt} of task {task.id} ended first")
+                    )
+            elif due <= now:
+                del self._ckpt_held[task]
+                task.ckpt_budget = max(0.0, self._ckpt_budget(task, now) - len(data))
+                self._out.append(PutCheckpoint(task, data))
+                self._out.extend(CallReply(executor_id, call_id) for executor_id, call_id in callers)
 
     def set_progress(
         self, executor_id: str, call_id: int, ref: TaskRef, fraction: float, message: str
@@ -945,6 +990,8 @@ class Core:
         self._reclaim(now)
         if self._progress_due:
             self._write_progress(now)
+        if self._ckpt_held:
+            self._write_checkpoints(now)
         if moved:
             self._schedule()
         return self._delayed[0][0] if self._delayed else None

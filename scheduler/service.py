@@ -25,7 +25,7 @@ from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.pipeline import OutOfSpace
-from rota.scheduler.token_store import TokenError, TokenStore, TooManyTokens
+from rota.scheduler.token_store import Identity, TokenError, TokenStore, TooManyTokens
 from rota.scheduler.upkeep import EtcdSpace
 from rota.scheduler.views import executor_doc, job_doc
 
@@ -252,7 +252,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         async def local(rt: LeaderRuntime) -> rota_pb2.SubmitJobReply:
-            who = access.caller(self.tokens, context)
+            who = await self._caller(context)
             jid, created = await rt.jobs.submit(job_id, spec, who.id if who else "")
             if not wait:
                 return rota_pb2.SubmitJobReply(id=jid, created=created)
@@ -340,7 +340,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def CancelJob(self, request: rota_pb2.CancelJobRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
-            who = access.caller(self.tokens, context)
+            who = await self._caller(context)
             if who is not None:
                 job = rt.jobs.job(request.id)
                 if job is not None and not roles.may_cancel(who.role, who.id, job.owner):
@@ -354,14 +354,32 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         return await self._on_leader("CancelJob", request, context, local)
 
-    async def WhoAmI(self, request: rota_pb2.WhoAmIRequest, context: Any) -> rota_pb2.JsonReply:
+    async def _caller(self, context: Any) -> Identity | None:
+        """Who makes this call: None when this master does not check tokens. A token that no
+        longer identifies (revoked since the check let the call in) ends the call, never passes as
+        "no tokens"."""
         who = access.caller(self.tokens, context)
+        if who is None and self.tokens.enabled:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")
+        return who
+
+    async def WhoAmI(self, request: rota_pb2.WhoAmIRequest, context: Any) -> rota_pb2.JsonReply:
+        who = await self._caller(context)
         return _json(who.doc() if who else {"tokens": False})
+
+    async def _need_tokens(self, context: Any) -> None:
+        if not self.tokens.enabled:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this cluster does not check tokens: start its masters with --admin-token-file first "
+                "(a token made while anyone may call would let anyone make an admin token)",
+            )
 
     async def CreateToken(
         self, request: rota_pb2.CreateTokenRequest, context: Any
     ) -> rota_pb2.CreateTokenReply:
-        who = access.caller(self.tokens, context)
+        await self._need_tokens(context)
+        who = await self._caller(context)
         try:
             token, rec = await self.tokens.create(request.role, request.name, who.id if who else "")
         except TokenError as e:
@@ -380,9 +398,11 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         return rota_pb2.CreateTokenReply(token=str(token), json=json.dumps(rec).encode())
 
     async def ListTokens(self, request: rota_pb2.ListTokensRequest, context: Any) -> rota_pb2.JsonReply:
+        await self._need_tokens(context)
         return _json(self.tokens.list())
 
     async def RevokeToken(self, request: rota_pb2.RevokeTokenRequest, context: Any) -> rota_pb2.JsonReply:
+        await self._need_tokens(context)
         try:
             rec = await self.tokens.revoke(request.id)
         except TokenError as e:
@@ -478,7 +498,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         except (NotReady, EtcdError) as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         reader = asyncio.create_task(self._read_executor(rt, link, request_iterator))
-        who = access.caller(self.tokens, context)
+        who = await self._caller(context)
         if who is not None:
             self._streams.setdefault(who.id, set()).add(link)
         try:

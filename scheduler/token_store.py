@@ -103,9 +103,13 @@ class TokenStore:
                             with contextlib.suppress(ValueError):
                                 self.records[tid] = json.loads(e.kv.value)
             except WatchCompacted:
+                before = set(self.records)
                 while True:
                     try:
                         start = await self._load()
+                        # Deletes in the compacted history were revokes too.
+                        for tid in before - set(self.records):
+                            self._revoked(tid)
                         break
                     except EtcdError as e:
                         log.warning("cannot list tokens yet: %s", e)

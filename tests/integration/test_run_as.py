@@ -70,8 +70,12 @@ def test_tasks_run_as_the_user_and_cannot_reach_the_executors_secrets(local_clus
     assert doc["tasks"][2]["progress"] == {"fraction": 1.0, "message": "call as nobody"}, doc["tasks"][2]
     assert doc["tasks"][1]["result"]["value"] == nobody.pw_uid, doc["tasks"][1]
     tasks_root = os.path.join(work_dir, "tasks")
-    assert os.stat(tasks_root).st_uid == nobody.pw_uid
+    # Root's, so the user cannot swap what the executor hands it for a link; its own folders inside.
+    assert os.stat(tasks_root).st_uid == 0 and os.stat(tasks_root).st_mode & 0o777 == 0o711
+    assert os.stat(os.path.join(tasks_root, "shared")).st_uid == nobody.pw_uid
     assert os.stat(work_dir).st_mode & 0o777 == 0o711
+    # Other jobs' output is the executor's alone.
+    assert os.stat(os.path.join(work_dir, "logs")).st_mode & 0o777 == 0o700
 
 
 def others_can_run(program: str) -> bool:

@@ -386,3 +386,19 @@ def test_revoking_an_executors_token_closes_its_stream(cluster, wait_until):
     finally:
         ex.stop()
         cluster.executors.remove(ex)
+
+
+def test_no_token_is_made_while_the_cluster_is_open(local_cluster):
+    """A token minted while anyone may call would still be good once tokens are turned on."""
+    from rota.client.errors import RequestError
+
+    open_cluster = local_cluster(masters=1)
+    with open_cluster.client() as c:
+        for call in (
+            lambda: c.create_token("admin", "early"),
+            c.list_tokens,
+            lambda: c.revoke_token("0" * 12),
+        ):
+            with pytest.raises(RequestError, match="does not check tokens"):
+                call()
+        assert c.whoami() == {"tokens": False}

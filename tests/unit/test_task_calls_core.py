@@ -107,3 +107,39 @@ def test_progress_in_a_tight_loop_is_written_once_a_second_and_the_last_one_is_k
     assert [d.record["p"] for d in h.drain() if isinstance(d, PutTask)] == [[0.5, "step 5"]]
     h.core.tick()
     assert not [d for d in h.drain() if isinstance(d, PutTask)]
+
+
+def test_checkpoints_past_their_byte_budget_wait_and_the_latest_one_is_written() -> None:
+    h = Harness()
+    ref = running_task(h)
+    blob = b"x" * MAX_CHECKPOINT
+    for i in range(4):  # the burst: 256 KiB at once
+        h.core.save_checkpoint("e1", i, ref, blob)
+        assert [type(d) for d in h.drain()] == [PutCheckpoint, CallReply]
+    h.core.save_checkpoint("e1", 10, ref, blob)
+    h.core.save_checkpoint("e1", 11, ref, b"newer")
+    assert h.drain() == []  # held, unanswered
+    h.now[0] += 0.5
+    h.core.tick()
+    assert h.drain() == []
+    h.now[0] += 0.6  # a second of budget has grown back
+    h.core.tick()
+    out = h.drain()
+    assert [d.data for d in out if isinstance(d, PutCheckpoint)] == [b"newer"]
+    assert [d for d in out if isinstance(d, CallReply)] == [CallReply("e1", 10, ""), CallReply("e1", 11, "")]
+
+
+def test_a_held_checkpoint_whose_attempt_ended_is_refused_not_written() -> None:
+    h = Harness()
+    ref = running_task(h)
+    for i in range(5):
+        h.core.save_checkpoint("e1", i, ref, b"x" * MAX_CHECKPOINT)
+    h.drain()
+    h.report("e1", ref, "FAILED", {"error": "boom"})
+    h.drain()
+    h.now[0] += 5
+    h.core.tick()
+    out = h.drain()
+    assert not [d for d in out if isinstance(d, PutCheckpoint)]
+    (reply,) = [d for d in out if isinstance(d, CallReply)]
+    assert reply.call_id == 4 and "ended first" in reply.error
