@@ -8,7 +8,7 @@ servers must then accept pings that often.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -51,6 +51,37 @@ def channel(addr: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
 
 def server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
     return grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors) or None)
+
+
+#: Why a call is turned away (a status and a message), or None to let it through.
+Refusal = Callable[[grpc.HandlerCallDetails], Awaitable[tuple[grpc.StatusCode, str] | None]]
+
+
+class Gate(grpc.aio.ServerInterceptor):
+    """Asks ``refusal`` about every call before its handler runs; a refused call gets only the
+    refusal (the masters' and the executors' token checks)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        refused = await self.refusal(details)
+        return handler if refused is None else refusing(handler, *refused)
+
+
+def header(metadata: Any, key: str) -> str | None:
+    """One value of a call's metadata (``authorization``, say), or None."""
+    for k, value in metadata or ():
+        if k == key:
+            return str(value)
+    return None
 
 
 def refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:

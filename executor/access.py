@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -61,28 +60,22 @@ class TokenCheck:
         return None, f"cannot check the token: {last}"
 
 
-class ExecutorAccess(grpc.aio.ServerInterceptor):
+def gate(check: TokenCheck) -> rpc.Gate:
+    """The interceptor of the executor's own port: task output and status need a read token."""
+    return rpc.Gate(ExecutorAccess(check).refusal)
+
+
+class ExecutorAccess:
     def __init__(self, check: TokenCheck) -> None:
         self.check = check
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        refused = await self._refusal(details)
-        return handler if refused is None else rpc.refusing(handler, *refused)
-
-    async def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+    async def refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
         permission = roles.method_permission(details.method)
         if permission is None:
             return grpc.StatusCode.PERMISSION_DENIED, f"{details.method} is not a call this executor allows"
         if permission == roles.OPEN:
             return None
-        header = next((str(v) for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        header = rpc.header(details.invocation_metadata, "authorization")
         if not header or len(header) > 256:
             return (
                 grpc.StatusCode.UNAUTHENTICATED,

@@ -21,8 +21,8 @@ from rota.common import admission, exposure, httpserver, rpc, tls, tokens
 from rota.common import config as cfg
 from rota.common import limits as lim
 from rota.common.logs import setup_logging
-from rota.executor import confine, run_as, tasklogs
-from rota.executor.access import ExecutorAccess, TokenCheck
+from rota.executor import access, confine, run_as, tasklogs
+from rota.executor.access import TokenCheck
 from rota.executor.agent import Agent
 from rota.executor.config import AgentConfig
 from rota.executor.kinds import base
@@ -68,7 +68,7 @@ async def serve(
             log.error("%s", e)
             return 1
     checks = rpc.ChannelPool(conf.tls)
-    server = rpc.server([ExecutorAccess(TokenCheck(conf.join, checks))] if conf.token else [])
+    server = rpc.server([access.gate(TokenCheck(conf.join, checks))] if conf.token else [])
     rota_pb2_grpc.add_ExecutorServicer_to_server(ExecutorService(agent), server)
     if not rpc.add_port(server, listen, conf.tls):
         log.error("cannot listen on %s (address in use?)", listen)

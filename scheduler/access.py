@@ -8,7 +8,6 @@ it was given, so it is checked here too.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,10 +19,7 @@ AUTHORIZATION = "authorization"
 
 
 def bearer(metadata: Any) -> str | None:
-    for key, value in metadata or ():
-        if key == AUTHORIZATION:
-            return str(value)
-    return None
+    return rpc.header(metadata, AUTHORIZATION)
 
 
 async def refusal(store: TokenStore, method: str, header: str | None) -> tuple[grpc.StatusCode, str] | None:
@@ -61,17 +57,10 @@ def passed_on(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, header),) if header else ()
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, store: TokenStore) -> None:
-        self.store = store
+def gate(store: TokenStore) -> rpc.Gate:
+    """The interceptor that checks every call's token against the role table."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        refused = await refusal(self.store, details.method, bearer(details.invocation_metadata))
-        return handler if refused is None else rpc.refusing(handler, *refused)
+    async def check(details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+        return await refusal(store, details.method, bearer(details.invocation_metadata))
+
+    return rpc.Gate(check)

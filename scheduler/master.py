@@ -33,8 +33,7 @@ from rota.metastore.etcd_server import (
     find_etcd_binary,
 )
 from rota.protos import rota_pb2_grpc
-from rota.scheduler import http_api, http_guard, upkeep
-from rota.scheduler.access import AccessInterceptor
+from rota.scheduler import access, http_api, http_guard, upkeep
 from rota.scheduler.core import DEFAULT_RETENTION
 from rota.scheduler.leader import LeaderRuntime
 from rota.scheduler.leadership import Leadership
@@ -295,7 +294,7 @@ class Master:
             on_deposed=self._stop_leading,
             tls=conf.tls,
         )
-        self.server = rpc.server(interceptors=[AccessInterceptor(self.tokens)] if self.tokens.enabled else [])
+        self.server = rpc.server(interceptors=[access.gate(self.tokens)] if self.tokens.enabled else [])
         service = MasterService(
             conf.name, self.addr, self.client, self.leadership, self.peers, lambda: self.runtime, self.space,
             self.tokens,
