@@ -99,9 +99,11 @@ def test_leader_frozen_within_its_lease_changes_nothing(local_cluster, tmp_path)
 
 @pytest.mark.timeout(240)
 def test_streams_broken_by_a_leader_stall_within_its_lease_cost_nothing(local_cluster, tmp_path):
-    """Frozen 3.5 s under a 5 s lease: the executors give up on their streams after 2 s and come
-    back to the same leader. A broken stream whose executor still answers keeps its tasks."""
-    cluster, doc, frozen, logs = freeze_leader_mid_job(local_cluster, tmp_path, seconds=3.5, lease="5s")
+    """Frozen 3.5 s under a 7 s lease: the executors give up on their streams after 2 s and come
+    back to the same leader. A broken stream whose executor still answers keeps its tasks. (The
+    lease is renewed every third of its TTL, so at the freeze it may have only two thirds left: 7 s
+    leaves 4.7 s, more than the freeze even when a renewal runs late; 5 s left too little.)"""
+    cluster, doc, frozen, logs = freeze_leader_mid_job(local_cluster, tmp_path, seconds=3.5, lease="7s")
     assert "stopped answering heartbeats" in logs, logs
     assert cluster.wait_for_leader() == frozen
     attempts = collections.Counter(t["attempt"] for t in doc["tasks"])
