@@ -14,23 +14,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A program run as a user would, without the TLS files or token of the shell that runs the tests."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ROTA_TLS_", "ROTA_TOKEN"))}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**clean, **(env or {})},
         timeout=60,
     )
 
 
-def assert_usage_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
+def assert_usage_error(p: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 2 with one line on stderr naming each of ``needles``; that line."""
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+    return lines[0]
 
 
 def test_master_unknown_flag():

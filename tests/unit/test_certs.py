@@ -11,21 +11,12 @@ import stat
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from test_election_logic import _options
 
 from rota.common import certs, rpc, tls
 from rota.common.config import ConfigError
 from rota.metastore.etcd_server import MemberConfig
-from rota.scheduler.master import build_config, master_command
-
-
-def _options(**over):
-    ctx = master_command.make_context("master", [], resilient_parsing=True)
-    opts = dict(ctx.params)
-    opts.update(over)
-    for p in master_command.params:
-        if p.name in opts and isinstance(opts[p.name], str) and p.type is not None:
-            opts[p.name] = p.type.convert(opts[p.name], p, ctx)
-    return opts
+from rota.scheduler.master import build_config
 
 
 def _write(tmp_path, ca: certs.KeyPair, node: certs.KeyPair) -> tls.TlsFiles:
