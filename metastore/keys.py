@@ -33,6 +33,12 @@ TASKS = ROOT + b"tasks/"
 #: A task's last checkpoint (the task SDK): the blob its current attempt saved, read by the next.
 CHECKPOINTS = ROOT + b"checkpoints/"
 
+#: Where a task's named port listens now (its current attempt published it): <job>/<task>.<port>.
+ENDPOINTS = ROOT + b"endpoints/"
+
+#: A job's barriers (the task SDK): who arrived, whether released.
+BARRIERS = ROOT + b"barriers/"
+
 #: One record per API token: its role, name and the SHA-256 of its secret (never the secret).
 TOKENS = ROOT + b"tokens/"
 
@@ -98,6 +104,24 @@ def checkpoint(job_id: str, index: int) -> bytes:
 def job_checkpoints(job_id: str) -> bytes:
     """The prefix of every checkpoint of one job."""
     return CHECKPOINTS + f"{job_id}/".encode()
+
+
+def endpoint(job_id: str, name: str) -> bytes:
+    return ENDPOINTS + f"{job_id}/{name}".encode()
+
+
+def job_endpoints(job_id: str) -> bytes:
+    """The prefix of every endpoint of one job."""
+    return ENDPOINTS + f"{job_id}/".encode()
+
+
+def barrier(job_id: str, name: str) -> bytes:
+    return BARRIERS + f"{job_id}/{name}".encode()
+
+
+def job_barriers(job_id: str) -> bytes:
+    """The prefix of every barrier of one job."""
+    return BARRIERS + f"{job_id}/".encode()
 
 
 def token(token_id: str) -> bytes:

@@ -393,6 +393,16 @@ class PutCheckpoint:
 
 
 @dataclass(slots=True)
+class PutRecord:
+    """Persist (or delete, when ``value`` is None) one of a job's own records beside its tasks: an
+    endpoint, a barrier. Dropped with the job when the job is deleted in the same commit."""
+
+    job: Job
+    key: bytes
+    value: bytes | None
+
+
+@dataclass(slots=True)
 class CallReply:
     """The answer to a task's own call, sent to its executor once what it decided is committed."""
 
@@ -401,7 +411,18 @@ class CallReply:
     error: str = ""
 
 
-Decision = PutTask | PutJob | Dispatch | CancelTasks | Ack | JobEnded | DeleteJob | PutCheckpoint | CallReply
+Decision = (
+    PutTask
+    | PutJob
+    | Dispatch
+    | CancelTasks
+    | Ack
+    | JobEnded
+    | DeleteJob
+    | PutCheckpoint
+    | PutRecord
+    | CallReply
+)
 
 #: The largest checkpoint a task may save, and the longest progress message it may give.
 MAX_CHECKPOINT = 64 * 1024

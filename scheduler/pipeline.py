@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 from rota.metastore.client import EtcdError, NoSpace, Refused
 from rota.metastore.election import Fenced
-from rota.scheduler.core import Core, Decision, DeleteJob, PutCheckpoint, PutJob, PutTask
-from rota.scheduler.store import Store
+from rota.scheduler.core import Core, Decision, DeleteJob, PutCheckpoint, PutJob, PutRecord, PutTask
+from rota.scheduler.store import Store, Write
 
 log = logging.getLogger("rota.leader")
 
@@ -45,8 +45,8 @@ class OutOfSpace(Exception):
         )
 
 
-def writes(decisions: list[Decision]) -> list[PutTask | PutJob | DeleteJob | PutCheckpoint]:
-    return [d for d in decisions if isinstance(d, (PutTask, PutJob, DeleteJob, PutCheckpoint))]
+def writes(decisions: list[Decision]) -> list[Write]:
+    return [d for d in decisions if isinstance(d, (PutTask, PutJob, DeleteJob, PutCheckpoint, PutRecord))]
 
 
 def held(decisions: Sequence[Decision]) -> list[Decision]:
@@ -59,7 +59,7 @@ def held(decisions: Sequence[Decision]) -> list[Decision]:
         d
         for d in decisions
         if not isinstance(d, DeleteJob)
-        and not (isinstance(d, PutJob) and d.job.id in gone)
+        and not (isinstance(d, (PutJob, PutRecord)) and d.job.id in gone)
         and not (isinstance(d, (PutTask, PutCheckpoint)) and d.task.job.id in gone)
     ]
 
@@ -131,9 +131,7 @@ class CommitPipeline:
         self._full_until = time.monotonic() + HELD_RETRY
         self.kick()
 
-    async def _isolate(
-        self, puts: list[PutTask | PutJob | DeleteJob | PutCheckpoint], whole_refused: bool = True
-    ) -> None:
+    async def _isolate(self, puts: list[Write], whole_refused: bool = True) -> None:
         """Commit ``puts`` in halves, in order, down to the writes etcd refuses one by one (a batch
         etcd refused as a whole is split at once). A task record etcd refuses is written again
         without its result, which becomes an error saying why (in the core too); any other refused

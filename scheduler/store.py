@@ -42,7 +42,17 @@ from rota.metastore.client import (
     value_below,
 )
 from rota.metastore.election import Election, Fenced
-from rota.scheduler.core import AnyJob, DeleteJob, EndedJob, Job, PutCheckpoint, PutJob, PutTask, restore_task
+from rota.scheduler.core import (
+    AnyJob,
+    DeleteJob,
+    EndedJob,
+    Job,
+    PutCheckpoint,
+    PutJob,
+    PutRecord,
+    PutTask,
+    restore_task,
+)
 from rota.scheduler.placement import ExecutorSlot
 
 log = logging.getLogger("rota.store")
@@ -65,13 +75,13 @@ def _dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-Write: TypeAlias = PutTask | PutJob | DeleteJob | PutCheckpoint
+Write: TypeAlias = PutTask | PutJob | DeleteJob | PutCheckpoint | PutRecord
 #: Records a rebuild reads between two yields to the event loop (about 10 ms of work).
 LOAD_CHUNK = 2000
 #: Jobs to read whole above which a rebuild reads the spec and task prefixes in one go, not per job.
 WHOLE_BY_PREFIX = 200
-#: Jobs deleted per transaction: three range deletes each.
-DELETES_PER_TXN = 300
+#: Jobs deleted per transaction: six range deletes and a delete each, within etcd's 1024 ops.
+DELETES_PER_TXN = 140
 
 
 #: The largest record sent: one over etcd's request limit would be refused on every retry, and
@@ -95,10 +105,10 @@ def task_value(job_id: str, index: int, record: dict[str, Any]) -> bytes:
     return _dumps({**record, "r": {"error": error, "truncated": True}})
 
 
-def _latest(decisions: Sequence[Write], skip: frozenset[str] = frozenset()) -> dict[bytes, bytes]:
-    """The last value of every key the decisions write (a txn may not name a key twice), leaving
-    out the jobs in ``skip`` (deleted in the same commit)."""
-    latest: dict[bytes, bytes] = {}
+def _latest(decisions: Sequence[Write], skip: frozenset[str] = frozenset()) -> dict[bytes, bytes | None]:
+    """The last value of every key the decisions write (a txn may not name a key twice; None
+    deletes it), leaving out the jobs in ``skip`` (deleted in the same commit)."""
+    latest: dict[bytes, bytes | None] = {}
     for d in decisions:
         if isinstance(d, PutTask):
             job_id, index = d.task.job.id, d.task.index
@@ -108,11 +118,13 @@ def _latest(decisions: Sequence[Write], skip: frozenset[str] = frozenset()) -> d
             latest[keys.job(d.job.id)] = _dumps(d.job.record())
         elif isinstance(d, PutCheckpoint) and d.task.job.id not in skip:
             latest[keys.checkpoint(d.task.job.id, d.task.index)] = d.data
+        elif isinstance(d, PutRecord) and d.job.id not in skip:
+            latest[d.key] = d.value
     return latest
 
 
 def _ops(decisions: Sequence[Write]) -> list[Any]:
-    return [put_op(k, v) for k, v in _latest(decisions).items()]
+    return [put_op(k, v) if v is not None else delete_op(k) for k, v in _latest(decisions).items()]
 
 
 def _delete_ops(job_id: str) -> list[Any]:
@@ -122,6 +134,8 @@ def _delete_ops(job_id: str) -> list[Any]:
         delete_op(keys.job_specs(job_id), prefix=True),
         delete_op(keys.job_tasks(job_id), prefix=True),
         delete_op(keys.job_checkpoints(job_id), prefix=True),
+        delete_op(keys.job_endpoints(job_id), prefix=True),
+        delete_op(keys.job_barriers(job_id), prefix=True),
     ]
 
 
@@ -295,17 +309,18 @@ class Store:
             self.txns += 1
             self.deleted += len(batch)
 
-    async def _put(self, latest: dict[bytes, bytes]) -> None:
+    async def _put(self, latest: dict[bytes, bytes | None]) -> None:
         if not latest:
             return
         batches: list[list[Any]] = [[]]
         size = 0
         for key, value in latest.items():
-            if len(batches[-1]) >= MAX_OPS - 1 or size + len(key) + len(value) > MAX_TXN_BYTES:
+            vlen = len(value) if value is not None else 0
+            if len(batches[-1]) >= MAX_OPS - 1 or size + len(key) + vlen > MAX_TXN_BYTES:
                 batches.append([])
                 size = 0
-            batches[-1].append(put_op(key, value))
-            size += len(key) + len(value) + 16
+            batches[-1].append(put_op(key, value) if value is not None else delete_op(key))
+            size += len(key) + vlen + 16
         order = self._next_write()
         for i in range(0, len(batches), PARALLEL_TXNS):
             await asyncio.gather(*(self._txn(b, order) for b in batches[i : i + PARALLEL_TXNS]))
