@@ -409,6 +409,10 @@ class CallReply:
     executor: str
     call_id: int
     error: str = ""
+    #: Waiting calls (endpoint, barrier): False when the leader's longest wait passed first.
+    ready: bool = True
+    #: endpoint: where it listens (host:port).
+    addr: str = ""
 
 
 Decision = (

@@ -376,7 +376,10 @@ class ExecutorRegistry:
         elif isinstance(d, Ack):
             link.send(rota_pb2.LeaderMessage(acks=rota_pb2.Acks(tasks=translate.refs(d.refs))))
         elif isinstance(d, CallReply):
-            link.send(_call_reply(d.call_id, d.error))
+            reply = _call_reply(d.call_id, d.error)
+            reply.task_call_reply.ready = d.ready and not d.error
+            reply.task_call_reply.addr = d.addr
+            link.send(reply)
 
     def _params_json(self, task: Task) -> bytes:
         """A template's parameters, encoded once for all its copies rather than per dispatch."""
