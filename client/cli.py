@@ -184,6 +184,8 @@ def job_text(doc: dict[str, Any], tasks_from: int = 0) -> str:
         f"priority: {doc['priority']}",
         f"tasks:    {_counts(doc)}",
     ]
+    if doc.get("type"):
+        lines.insert(1, f"type:     {doc['type']}")
     tasks = doc.get("tasks")
     if tasks:
         rows = [

@@ -8,7 +8,6 @@ Every error names its source (a file path, ``<text>`` or ``<request>``) and the 
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import json
 import keyword
@@ -23,6 +22,9 @@ from typing import Any
 from rota.common import ids
 from rota.common import limits as lim
 from rota.common.config import ConfigError, parse_duration
+from rota.jobtypes import GROUP as JOB_TYPE_GROUP
+from rota.jobtypes import JobTypeError
+from rota.jobtypes import unknown_key as _unknown_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +53,9 @@ MAX_DEPTH = 32
 #: Environment names the executor sets itself; a task must not override them.
 RESERVED_ENV_PREFIX = "ROTA_"
 
-_JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "retention", "task")
+_JOB_KEYS = ("name", "type", "id", "priority", "max-attempts", "timeout", "retention", "task")
+#: The job keys a job type's plug-in does not see: they pass to its result unless it sets them.
+_PASSED_KEYS = tuple(k for k in _JOB_KEYS if k not in ("type", "task"))
 _COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data")
 #: Kinds that run no process of their own: a ``limits`` table would bound nothing.
 _UNLIMITED_KINDS = ("noop", "sleep")
@@ -141,6 +145,8 @@ class JobSpec:
     tasks: list[TaskTemplate] = field(default_factory=list)
     #: How long the job is kept once ended; None: the masters' --job-retention.
     retention: float | None = None
+    #: The job type (a ``rota.jobs`` plug-in) it was written for; its tasks are already expanded.
+    type: str | None = None
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
@@ -155,6 +161,8 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON-able form; ``from_dict`` turns it back into an equal spec."""
         out: dict[str, Any] = {"name": self.name}
+        if self.type is not None:
+            out["type"] = self.type
         if self.id is not None:
             out["id"] = self.id
         out["priority"] = self.priority
@@ -199,6 +207,7 @@ class JobSpec:
             timeout=data.get("timeout"),
             tasks=tasks,
             retention=data.get("retention"),
+            type=data.get("type"),
         )
 
 
@@ -332,15 +341,14 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _unknown_key(key: str, known: tuple[str, ...] | list[str], what: str = "") -> str:
-    hint = difflib.get_close_matches(key, known, n=1)
-    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-    return f"unknown key {key!r}{what} (known: {', '.join(known)}){suggestion}"
-
-
 def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
     """The ``rota.kinds`` entry points, looked up per job so kinds installed later count."""
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=KIND_GROUP)}
+
+
+def _job_types() -> dict[str, importlib.metadata.EntryPoint]:
+    """The ``rota.jobs`` entry points, looked up per job like the kinds."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=JOB_TYPE_GROUP)}
 
 
 class _Parser:
@@ -364,6 +372,8 @@ class _Parser:
         if not isinstance(data, Mapping):
             raise self.fail(None, f"expected a table of job keys, got {_type_name(data)}")
         data = self._present(data, None)
+        if "type" in data:
+            return self._typed_job(data)
         if not data:
             raise self.fail(None, "no tasks: the job is empty")
         for key in data:
@@ -387,6 +397,63 @@ class _Parser:
         retention = self._duration(data, "retention", "retention", MAX_RETENTION)
         tasks = self._tasks(data.get("task"))
         return JobSpec(name, job_id, priority, max_attempts, timeout, tasks, retention)
+
+    def _typed_job(self, data: dict[str, Any]) -> JobSpec:
+        """A job of a plug-in type: its plug-in expands it into a built-in job, validated as usual.
+
+        A typed job with ``task`` tables is one already expanded (what ``to_dict`` gives, what the
+        client sends), so a master validates it without the plug-in; ``type`` is then a label.
+        """
+        name = data.pop("type")
+        if not isinstance(name, str):
+            raise self.fail("type", f"expected the name of a job type, got {_type_name(name)}")
+        if "task" in data:
+            label = self._name({"type": name}, "type")
+            try:
+                spec = self.job(data)
+            except JobSpecError as e:
+                if e.key is None and e.reason.startswith("unknown key"):
+                    note = f"; a job with [[task]] tables is not expanded by its type {name!r}"
+                    raise self.fail(None, e.reason + note) from None
+                raise
+            spec.type = label
+            return spec
+        plugin = self._job_type(name)
+        own = {k: v for k, v in data.items() if k not in _PASSED_KEYS}
+        try:
+            out = plugin.expand(own)
+        except JobTypeError as e:
+            raise self.fail(str(e.key), str(e.reason)) from None
+        except (Exception, SystemExit) as e:
+            raise self.fail("type", f"job type {name!r} failed: {type(e).__name__}: {e}") from None
+        if not isinstance(out, Mapping):
+            raise self.fail("type", f"job type {name!r} returned {_type_name(out)}, not a job table")
+        if "type" in out:
+            raise self.fail("type", f"job type {name!r} returned a job with a type of its own")
+        if "task" not in out:
+            raise self.fail("type", f"job type {name!r} returned a job without tasks")
+        passed = {k: data[k] for k in _PASSED_KEYS if k in data and k not in out}
+        try:
+            spec = self.job({**passed, **out})
+        except JobSpecError as e:
+            if e.key in passed:
+                raise
+            raise self.fail(e.key, f"{e.reason} (in the job that type {name!r} made)") from None
+        spec.type = name
+        return spec
+
+    def _job_type(self, name: str) -> Any:
+        types = _job_types()
+        if name not in types:
+            installed = ", ".join(sorted(types)) or "none"
+            raise self.fail("type", f"unknown job type {name!r} (installed: {installed})")
+        try:
+            plugin = types[name].load()
+        except Exception as e:
+            raise self.fail("type", f"cannot load job type {name!r}: {type(e).__name__}: {e}") from None
+        if not callable(getattr(plugin, "expand", None)):
+            raise self.fail("type", f"job type {name!r} has no expand(table) method")
+        return plugin
 
     def _present(self, table: Mapping[str, Any], where: str | None) -> dict[str, Any]:
         """Keys with a null value count as absent: TOML has no null, JSON callers may send one."""

@@ -203,6 +203,10 @@ class Job:
     def retention(self) -> float | None:
         return self.spec.retention
 
+    @property
+    def type(self) -> str | None:
+        return self.spec.type
+
     def record(self) -> dict[str, Any]:
         """What etcd keeps of the job (its order is the record's create revision, not stored).
 
@@ -222,6 +226,7 @@ class Job:
         return EndedJob(
             self.id, self.seq, self.created, self.state, self.ended, self.spec.name, self.spec.priority,
             Counter({s: n for s, n in self.counts.items() if n}), self.spec.retention, self.owner,
+            self.spec.type,
         )  # fmt: skip
 
 
@@ -230,11 +235,13 @@ class EndedJob:
     stay in etcd and are read from there when asked for, so the leader's memory and a new leader's
     rebuild cost a few hundred bytes per ended job, whatever its size."""
 
-    __slots__ = ("id", "seq", "created", "state", "ended", "name", "priority", "counts", "retention", "owner")
+    __slots__ = (
+        "id", "seq", "created", "state", "ended", "name", "priority", "counts", "retention", "owner", "type",
+    )  # fmt: skip
 
     def __init__(
         self, job_id: str, seq: int, created: float, state: str, ended: float, name: str, priority: int,
-        counts: Counter[str], retention: float | None, owner: str = "",
+        counts: Counter[str], retention: float | None, owner: str = "", job_type: str | None = None,
     ) -> None:  # fmt: skip
         self.id = job_id
         self.seq = seq
@@ -246,6 +253,8 @@ class EndedJob:
         self.counts = counts
         self.retention = retention
         self.owner = owner
+        #: The job type it was written for (``JobSpec.type``), None for a plain job.
+        self.type = job_type
 
     def current_state(self) -> str:
         assert self.state is not None
@@ -259,6 +268,8 @@ class EndedJob:
         rec: dict[str, Any] = {"name": self.name, "priority": self.priority, "counts": dict(self.counts)}
         if self.retention is not None:
             rec["retention"] = self.retention
+        if self.type is not None:
+            rec["type"] = self.type
         return rec
 
     @staticmethod
@@ -272,7 +283,7 @@ class EndedJob:
         return EndedJob(
             job_id, seq, float(rec.get("created", 0.0)), str(rec["state"]), float(rec["ended"]), str(rec["name"]),
             int(rec.get("priority", 0)), counts, None if retention is None else float(retention),
-            str(rec.get("owner", "")),
+            str(rec.get("owner", "")), None if rec.get("type") is None else str(rec["type"]),
         )  # fmt: skip
 
 

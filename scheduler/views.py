@@ -49,6 +49,8 @@ def job_doc(job: AnyJob) -> dict[str, Any]:
     }
     if job.owner:
         doc["owner"] = job.owner
+    if job.type is not None:
+        doc["type"] = job.type
     return doc
 
 
