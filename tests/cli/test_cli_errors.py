@@ -218,3 +218,21 @@ def test_a_config_file_with_a_4301_digit_number_is_a_config_error(tmp_path):
     conf = tmp_path / "m.toml"
     conf.write_text("job-retention = " + "9" * 4301 + "\n")
     assert_usage_error(run("rota.scheduler.master", "--config", str(conf)), "invalid TOML")
+
+
+def test_submit_job_of_a_job_type_with_a_bad_key(tmp_path):
+    """The fanout job type, found through its real entry point, names the key it does not know."""
+    f = tmp_path / "fanout.toml"
+    f.write_text('type = "fanout"\nname = "f"\ncommand = "true"\nitems = ["a"]\nparalel = 2\n')
+    line = assert_usage_error(
+        run("rota.client.cli", "--master-addr", "127.0.0.1:1", "submit-job", "--config", str(f), "--wait"),
+        f"{f}: paralel: unknown key 'paralel'",
+        "did you mean 'parallel'?",
+    )
+    assert "known: command, items, parallel, env" in line
+    f.write_text('type = "fanuot"\nname = "f"\n')
+    assert_usage_error(
+        run("rota.client.cli", "--master-addr", "127.0.0.1:1", "submit-job", "--config", str(f)),
+        "type: unknown job type 'fanuot' (installed: ",
+        "fanout",
+    )
