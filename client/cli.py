@@ -246,7 +246,12 @@ def wait_and_print(ctx: Ctx, wait: Callable[[Progress | None], dict[str, Any]]) 
 @click.option("--id", "job_id", default=None, help="Job id; submitting an existing id returns that job.")
 @click.pass_obj
 def submit_job(ctx: Ctx, path: str, wait: bool, job_id: str | None) -> None:
-    """Submit a job file; it is acknowledged once committed to etcd."""
+    """Submit a job file; it is acknowledged once committed to etcd.
+
+    \b
+    A file with `type = "NAME"` is expanded by the job type NAME (a rota.jobs plug-in):
+      master-client submit-job --config sample/jobs/fanout.toml --wait
+    """
     with ctx.client() as c:
         if wait:
             # One call submits and waits: a short job costs one round trip.

@@ -65,7 +65,9 @@ def test_fanout_job_runs_each_item_once_and_keeps_its_type_across_a_failover(loc
         'items = ["a", "b", "c"]\nmax-attempts = 1\n',
     )
     assert status == 201, reply
-    status, bad = post_toml(cluster.masters[1].http_url, 'type = "fanout"\nname = "x"\ncommand = "true"\nitems = "a"\n')
+    status, bad = post_toml(
+        cluster.masters[1].http_url, 'type = "fanout"\nname = "x"\ncommand = "true"\nitems = "a"\n'
+    )
     assert status == 400 and "items: expected an array of strings" in json.dumps(bad), bad
 
     with cluster.client(timeout=20) as c:
