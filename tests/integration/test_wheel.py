@@ -196,8 +196,8 @@ def check_wheel(wheel: Path, src: Path) -> None:
     eps.optionxform = str  # type: ignore[assignment,method-assign]
     eps.read_string(entry_points)
     assert sorted(eps["console_scripts"]) == sorted(PROGRAMS), dict(eps["console_scripts"])
-    assert len(eps["rota.kinds"]) > 0, entry_points
-    for group in ("console_scripts", "rota.kinds"):
+    assert len(eps["rota.kinds"]) > 0 and "fanout" in eps["rota.jobs"], entry_points
+    for group in ("console_scripts", "rota.kinds", "rota.jobs"):
         for name, target in eps[group].items():
             module = target.split(":")[0].strip()
             assert module.startswith("rota."), f"{group} {name} = {target} points outside rota"
