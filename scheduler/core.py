@@ -770,7 +770,7 @@ class Core:
                 return
             now = self.clock()
             if job.gangs is not None:
-                gangs.settle(job.gangs)
+                self._explain_gangs(job.gangs)
             if job.started:  # rebuilt: tasks placed before and pending again are queued one by one
                 for task in job.tasks:
                     if task.state == PENDING and task.attempt:
@@ -1183,6 +1183,16 @@ class Core:
         for heap, entry in aside:
             heapq.heappush(heap, entry)
         self._overtake()
+
+    def _explain_gangs(self, job_gangs: list[gangs.Gang | None]) -> None:
+        """A job comes in: the reason of each gang that cannot fit now, even one that ``_schedule``
+        never reaches (no free executor offers its kind, or the cluster is full)."""
+        gangs.settle(job_gangs)
+        executors = list(self.executors.values())
+        for gang in dict.fromkeys(job_gangs):
+            if gang is not None and not gang.placed:
+                pending = [t for t in gang.members if t.state == PENDING]
+                gang.reason = gangs.shortfall(gang, pending, executors)
 
     @staticmethod
     def _waiting_gang(task: Task) -> gangs.Gang | None:

@@ -82,6 +82,10 @@ def plan(
 
     The kinds with the least room to spare are placed first, so that a member of a scarce kind is
     not crowded out by one that could have gone elsewhere (a greedy choice, not an exhaustive one)."""
+    executors = list(executors)
+    why = shortfall(gang, pending, executors)
+    if why:
+        return [], why
     free = [ex for ex in executors if ex.free_slots > 0]
     held = {ex.id: len(ex.running) for ex in free}
     room = {ex.id: ex.free_slots for ex in free}
@@ -113,6 +117,16 @@ def plan(
     return placed, ""
 
 
+def shortfall(gang: Gang, pending: Sequence[Any], executors: Sequence[ExecutorSlot]) -> str:
+    """Why the gang cannot fit, when some kind has fewer free slots in all than members ("" when
+    each has enough, which ``plan`` then checks member by member). Cheap: kinds x executors."""
+    needs = Counter(t.spec.kind for t in pending)
+    for kind, n in needs.items():
+        if sum(ex.free_slots for ex in executors if kind in ex.kinds) < n:
+            return _reason(gang, pending, kind, executors)
+    return ""
+
+
 def _reason(gang: Gang, pending: Sequence[Any], short_kind: str, executors: Iterable[ExecutorSlot]) -> str:
     """What the gang needs and what the cluster has for the kind it fell short of."""
     needs = Counter(t.spec.kind for t in pending)
@@ -125,5 +139,5 @@ def _reason(gang: Gang, pending: Sequence[Any], short_kind: str, executors: Iter
     where = f"for kind {short_kind!r} " if len(needs) > 1 else ""
     return (
         f"gang {gang.name!r} of {len(pending)} tasks needs {wanted}; the cluster has {free} free {where}"
-        f"on {len(offering)} executor{'s' if len(offering) != 1 else ''} ({slots} slots in all)"
+        f"on {len(offering)} executor{'s' if len(offering) != 1 else ''} ({slots} slot{'s' if slots != 1 else ''} in all)"
     )

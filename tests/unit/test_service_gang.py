@@ -277,7 +277,7 @@ def test_a_gang_of_mixed_kinds_needs_room_for_each_kind() -> None:
     reason = job_doc(gang)["pending_reason"]
     assert reason == (
         "gang 'mix' of 5 tasks needs 3 free slots for kind 'noop' and 2 for kind 'sleep'; "
-        "the cluster has 1 free for kind 'sleep' on 1 executor (1 slots in all)"
+        "the cluster has 1 free for kind 'sleep' on 1 executor (1 slot in all)"
     )
     h.attach("s2", slots=1, kinds=["sleep"])
     h.drain()
@@ -323,3 +323,20 @@ def test_a_rebuilt_gang_with_a_placed_member_counts_as_placed() -> None:
     h.core.add_job(job)
     h.drain()
     assert states(job) == [ASSIGNED] * 3
+
+
+def test_a_gang_gets_its_reason_on_arrival_even_when_no_round_reaches_it() -> None:
+    h = Harness()
+    h.attach("a", slots=1)
+    h.add_job("busy", tmpl())  # the only slot is taken: no placement round looks at the gang
+    h.drain()
+    full = h.add_job("g", {**tmpl("w", count=2), "gang": "pair"})
+    nowhere = h.add_job("go", {**tmpl("w", "go"), "gang": "solo"})
+    h.drain()
+    assert job_doc(full)["pending_reason"] == (
+        "gang 'pair' of 2 tasks needs 2 free slots for kind 'noop'; the cluster has 0 free on 1 executor "
+        "(1 slot in all)"
+    )
+    assert job_doc(nowhere)["pending_reason"].endswith(
+        "the cluster has 0 free on 0 executors (0 slots in all)"
+    )
