@@ -53,10 +53,18 @@ MAX_DEPTH = 32
 #: Environment names the executor sets itself; a task must not override them.
 RESERVED_ENV_PREFIX = "ROTA_"
 
-_JOB_KEYS = ("name", "type", "id", "priority", "max-attempts", "timeout", "retention", "task")
+_JOB_KEYS = ("name", "type", "id", "priority", "max-attempts", "timeout", "retention", "gang", "task")
 #: The job keys a job type's plug-in does not see: they pass to its result unless it sets them.
 _PASSED_KEYS = tuple(k for k in _JOB_KEYS if k not in ("type", "task"))
 _COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data")
+#: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
+_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang")
+#: A service task's default restart budget: restarts after a failure within the window.
+DEFAULT_RESTARTS = 10
+MAX_RESTARTS = 1000
+DEFAULT_RESTART_WINDOW = 3600.0
+#: A gang's name (the task key ``gang``).
+GANG_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Kinds that run no process of their own: a ``limits`` table would bound nothing.
 _UNLIMITED_KINDS = ("noop", "sleep")
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -97,6 +105,12 @@ class TaskTemplate:
     max_attempts: int | None = None
     #: The task's own resource limits (its ``limits`` table); empty: the executor's defaults.
     limits: lim.Limits = field(default_factory=lim.Limits)
+    #: A service task: restarted after a failure or a loss while within its restart budget.
+    service: bool = False
+    restarts: int = DEFAULT_RESTARTS
+    restart_window: float = DEFAULT_RESTART_WINDOW
+    #: The named gang its tasks belong to (placed all at once with the other members), or None.
+    gang: str | None = None
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -119,6 +133,12 @@ class TaskTemplate:
             out["max-attempts"] = self.max_attempts
         if self.limits:
             out["limits"] = self.limits.to_dict()
+        if self.service:
+            out["service"] = True
+            out["restarts"] = self.restarts
+            out["restart-window"] = self.restart_window
+        if self.gang is not None:
+            out["gang"] = self.gang
         return out
 
 
@@ -147,6 +167,8 @@ class JobSpec:
     retention: float | None = None
     #: The job type (a ``rota.jobs`` plug-in) it was written for; its tasks are already expanded.
     type: str | None = None
+    #: All its tasks form one gang (placed all at once or not at all).
+    gang: bool = False
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
@@ -171,6 +193,8 @@ class JobSpec:
             out["timeout"] = self.timeout
         if self.retention is not None:
             out["retention"] = self.retention
+        if self.gang:
+            out["gang"] = True
         out["task"] = [t.to_dict() for t in self.tasks]
         return out
 
@@ -190,12 +214,20 @@ class JobSpec:
             TaskTemplate(
                 name=t["name"],
                 kind=t["kind"],
-                params={k: v for k, v in t.items() if k not in _COMMON_TASK_KEYS},
+                params={
+                    k: v
+                    for k, v in t.items()
+                    if k not in _COMMON_TASK_KEYS and k not in _SCHEDULING_TASK_KEYS
+                },
                 count=int(t.get("count", 1)),
                 shards=int(t.get("shards", 0)),
                 timeout=t.get("timeout"),
                 max_attempts=t.get("max-attempts"),
                 limits=_stored_limits(t.get("limits")),
+                service=bool(t.get("service", False)),
+                restarts=int(t.get("restarts", DEFAULT_RESTARTS)),
+                restart_window=float(t.get("restart-window", DEFAULT_RESTART_WINDOW)),
+                gang=t.get("gang"),
             )
             for t in data["task"]
         ]
@@ -208,6 +240,7 @@ class JobSpec:
             tasks=tasks,
             retention=data.get("retention"),
             type=data.get("type"),
+            gang=bool(data.get("gang", False)),
         )
 
 
@@ -395,8 +428,17 @@ class _Parser:
         max_attempts = self._int(data, "max-attempts", "max-attempts", 1, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS)
         timeout = self._duration(data, "timeout", "timeout")
         retention = self._duration(data, "retention", "retention", MAX_RETENTION)
+        gang = self._bool(data, "gang", "gang")
         tasks = self._tasks(data.get("task"))
-        return JobSpec(name, job_id, priority, max_attempts, timeout, tasks, retention)
+        if gang:
+            for i, task in enumerate(tasks):
+                if task.gang is not None:
+                    raise self.fail(
+                        f"task[{i}].gang",
+                        "the job's gang = true makes all its tasks one gang: give the job's gang or "
+                        "the tasks' gang groups, not both",
+                    )
+        return JobSpec(name, job_id, priority, max_attempts, timeout, tasks, retention, gang=gang)
 
     def _typed_job(self, data: dict[str, Any]) -> JobSpec:
         """A job of a plug-in type: its plug-in expands it into a built-in job, validated as usual.
@@ -523,14 +565,16 @@ class _Parser:
         known = _KIND_KEYS.get(kind)
         plugin_keys = []
         for key in table:
-            if key in _COMMON_TASK_KEYS:
+            if key in _COMMON_TASK_KEYS or key in _SCHEDULING_TASK_KEYS:
                 continue
             if known is None:
                 plugin_keys.append(key)
             elif key not in known:
                 raise self.fail(
                     f"{where}.{key}",
-                    _unknown_key(key, list(_COMMON_TASK_KEYS) + list(known), f" for kind {kind!r}"),
+                    _unknown_key(
+                        key, [*_COMMON_TASK_KEYS, *_SCHEDULING_TASK_KEYS, *known], f" for kind {kind!r}"
+                    ),
                 )
         if "count" in table and "shards" in table:
             raise self.fail(f"{where}.shards", "give count (batch) or shards (split), not both")
@@ -539,12 +583,43 @@ class _Parser:
         timeout = self._duration(table, "timeout", f"{where}.timeout")
         max_attempts = self._int(table, "max-attempts", f"{where}.max-attempts", 1, None, MAX_ATTEMPTS)
         limits = self._limits(table, kind, where)
+        service = self._bool(table, "service", f"{where}.service")
+        restarts = self._int(table, "restarts", f"{where}.restarts", 0, DEFAULT_RESTARTS, MAX_RESTARTS)
+        window = self._duration(table, "restart-window", f"{where}.restart-window")
+        for key in ("restarts", "restart-window"):
+            if key in table and not service:
+                raise self.fail(f"{where}.{key}", "only for service tasks (service = true)")
+        gang = self._gang(table, where)
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
         else:
             params = getattr(self, f"_params_{kind}")(table, where)
-        return TaskTemplate(name, kind, params, count, shards, timeout, max_attempts, limits)
+        return TaskTemplate(
+            name, kind, params, count, shards, timeout, max_attempts, limits, service, restarts,
+            DEFAULT_RESTART_WINDOW if window is None else window, gang,
+        )  # fmt: skip
+
+    def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(full, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def _gang(self, table: dict[str, Any], where: str) -> str | None:
+        if "gang" not in table:
+            return None
+        value, key = table["gang"], f"{where}.gang"
+        if not isinstance(value, str):
+            raise self.fail(
+                key,
+                f"expected a group name (a string; the job's gang = true makes one of all), got {_type_name(value)}",
+            )
+        if not GANG_RE.fullmatch(value):
+            raise self.fail(
+                key, f"malformed group name {value[:70]!r}: expected 1 to 64 of A-Z a-z 0-9 . _ -"
+            )
+        return value
 
     def _limits(self, table: dict[str, Any], kind: str, where: str) -> lim.Limits:
         if "limits" not in table:

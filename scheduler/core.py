@@ -33,7 +33,9 @@ from rota.common.states import (
     TASK_STATES,
     TERMINAL,
 )
+from rota.scheduler import gang as gangs
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
+from rota.scheduler.restarts import Budget
 
 RETRY_BASE = 0.5
 RETRY_CAP = 10.0
@@ -79,7 +81,7 @@ def retry_delay(attempt: int) -> float:
 class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
-        "failures", "lost", "deadline", "progress", "progress_at", "ckpt_budget", "ckpt_time",
+        "failures", "lost", "deadline", "progress", "progress_at", "ckpt_budget", "ckpt_time", "budget",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -109,6 +111,8 @@ class Task:
         #: Bytes of checkpoint it may write now, and when that was reckoned (CHECKPOINT_BURST).
         self.ckpt_budget = float(CHECKPOINT_BURST)
         self.ckpt_time = 0.0
+        #: A service task's recent failures and losses (in memory only: a new leader starts afresh).
+        self.budget: Budget | None = None
 
     @property
     def spec(self) -> TaskTemplate:
@@ -128,7 +132,9 @@ class Task:
 
     @property
     def timeout(self) -> float | None:
-        return self.spec.timeout if self.spec.timeout is not None else self.job.spec.timeout
+        """Its own timeout, else the job's; a service task runs until it ends, so only its own."""
+        spec = self.spec
+        return spec.timeout if spec.timeout is not None or spec.service else self.job.spec.timeout
 
     def __lt__(self, other: Task) -> bool:
         return False
@@ -155,7 +161,7 @@ class Task:
 class Job:
     __slots__ = (
         "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
-        "owner",
+        "owner", "gangs",
     )  # fmt: skip
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float, owner: str = "") -> None:
@@ -178,6 +184,8 @@ class Job:
         self.counts[PENDING] = len(self.tasks)
         #: Per template: whether its tasks are known to be short (see SHORT_RUN).
         self.short = [False] * len(spec.tasks)
+        #: Per template, the gang its tasks belong to; None for a job without gangs (most).
+        self.gangs = gangs.build(spec, self.tasks)
 
     @property
     def priority(self) -> int:
@@ -299,6 +307,17 @@ def failures_of(record: dict[str, Any]) -> int:
     state, attempt = record.get("s", PENDING), int(record.get("a", 0))
     unfinished = state in ACTIVE or state in (SUCCEEDED, CANCELLED)
     return max(0, attempt - (1 if unfinished else 0) - int(record.get("l", 0)))
+
+
+def _given_up(result: dict[str, Any] | None, why: str) -> dict[str, Any]:
+    """The result of a service task's last attempt, its error saying the budget is spent."""
+    result = dict(result or {})
+    error = result.get("error")
+    if not error:
+        code = result.get("exit_code")
+        error = f"exited with code {code}" if code is not None else "failed"
+    result["error"] = f"{error}; {why}"
+    return result
 
 
 def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
@@ -675,10 +694,24 @@ class Core:
         """An attempt failed by itself: run again after a backoff, or fail for good once
         ``max_attempts`` attempts have failed."""
         task.failures += 1
-        if task.failures >= task.max_attempts:
+        if task.spec.service:
+            why = self._budget(task).failed(self.clock())
+            if why:
+                self._finish(task, FAILED, _given_up(result, why))
+            else:
+                self._requeue(task, result, backoff=True)
+        elif task.failures >= task.max_attempts:
             self._finish(task, FAILED, result)
         else:
             self._requeue(task, result, backoff=True)
+
+    @staticmethod
+    def _budget(task: Task) -> Budget:
+        """A service task's restart budget, made when it is first needed."""
+        if task.budget is None:
+            spec = task.spec
+            task.budget = Budget(spec.restarts, lost_limit(task.max_attempts), spec.restart_window)
+        return task.budget
 
     def _lost(self, task: Task, result: dict[str, Any]) -> None:
         """An attempt ended with its executor (lost, gone, or handed back while draining): not the
@@ -686,7 +719,14 @@ class Core:
         more often than ``lost_limit`` allows fails, as one that may be killing its executors."""
         task.lost += 1
         limit = lost_limit(task.max_attempts)
-        if task.lost >= limit:
+        if task.spec.service:
+            # A year-old service must not die of old losses: only those within its window count.
+            why = self._budget(task).lost(self.clock())
+            if why:
+                self._finish(task, FAILED, _given_up(result, why))
+            else:
+                self._requeue(task, result, backoff=False)
+        elif task.lost >= limit:
             error = result.get("error") or "lost"
             result = {
                 **result,
@@ -704,7 +744,8 @@ class Core:
         task.result = result
         now = self.clock()
         task.since = now
-        task.ready_at = now + retry_delay(task.failures) if backoff else 0.0
+        failures = task.failures if task.budget is None else task.budget.recent_failures(now)
+        task.ready_at = now + retry_delay(failures) if backoff else 0.0
         self.stats.requeued += 1
         if not backoff:
             self.stats.requeued_lost += 1
@@ -739,6 +780,8 @@ class Core:
                 self._end_job(job)
                 return
             now = self.clock()
+            if job.gangs is not None:
+                self._explain_gangs(job.gangs)
             if job.started:  # rebuilt: tasks placed before and pending again are queued one by one
                 for task in job.tasks:
                     if task.state == PENDING and task.attempt:
@@ -1116,6 +1159,9 @@ class Core:
         free = [ex for ex in self.executors.values() if ex.free > 0]
         #: Kinds whose best task has no room anywhere this round (its template is not known short).
         stuck: set[str] = set()
+        #: Queue entries of gangs that do not fit this round, and those gangs: put back at the end.
+        aside: list[tuple[list[tuple[int, int, int, Task | Run]], tuple[int, int, int, Task | Run]]] = []
+        blocked: set[gangs.Gang] = set()
         while free:
             best: tuple[int, int, int] | None = None
             best_heap: list[tuple[int, int, int, Task | Run]] | None = None
@@ -1129,6 +1175,13 @@ class Core:
             if best_heap is None or best_task is None:
                 break
             task = best_task
+            if task.job.gangs is not None and (gang := self._waiting_gang(task)) is not None:
+                if gang not in blocked and self._place_gang(gang, best_heap[0][3]):
+                    free = [ex for ex in free if ex.free > 0]
+                else:
+                    blocked.add(gang)
+                    aside.append((best_heap, heapq.heappop(best_heap)))
+                continue
             short = task.job.short[task.template]
             ex = choose_executor(task.spec.kind, free if short else [e for e in free if e.free_slots > 0])
             if ex is None:
@@ -1138,7 +1191,40 @@ class Core:
             self._assign(task, ex)
             if ex.free == 0:
                 free.remove(ex)
+        for heap, entry in aside:
+            heapq.heappush(heap, entry)
         self._overtake()
+
+    def _explain_gangs(self, job_gangs: list[gangs.Gang | None]) -> None:
+        """A job comes in: the reason of each gang that cannot fit now, even one that ``_schedule``
+        never reaches (no free executor offers its kind, or the cluster is full)."""
+        gangs.settle(job_gangs)
+        executors = list(self.executors.values())
+        for gang in dict.fromkeys(job_gangs):
+            if gang is not None and not gang.placed:
+                pending = [t for t in gang.members if t.state == PENDING]
+                gang.reason = gangs.shortfall(gang, pending, executors)
+
+    @staticmethod
+    def _waiting_gang(task: Task) -> gangs.Gang | None:
+        """The gang ``task`` belongs to, while that gang waits to be placed."""
+        job_gangs = task.job.gangs
+        gang = job_gangs[task.template] if job_gangs is not None else None
+        return gang if gang is not None and not gang.placed else None
+
+    def _place_gang(self, gang: gangs.Gang, entry: Task | Run) -> bool:
+        """Place every pending member of ``gang`` now, on free slots; or none, saying why."""
+        pending = [t for t in gang.members if t.state == PENDING and not t.attempt]
+        placements, why = gangs.plan(gang, pending, self.executors.values())
+        gang.reason = why
+        if why:
+            return False
+        gang.placed = True
+        since = entry.since if isinstance(entry, Run) else self.clock()
+        for task, ex in placements:
+            task.since = task.since or since
+            self._assign(task, ex)
+        return True
 
     def _overtake(self) -> None:
         """A pending task more urgent than work queued (not yet running) on a busy executor goes
@@ -1149,6 +1235,8 @@ class Core:
             return
         for kind, heap in self._pending.items():
             while (task := self._peek(heap)) is not None:
+                if task.job.gangs is not None and self._waiting_gang(task) is not None:
+                    break  # a gang goes on free slots only, all at once (_schedule)
                 priority = task.job.priority
                 targets = [ex for ex in queued if kind in ex.kinds and ex.can_be_overtaken_by(priority)]
                 if not targets:

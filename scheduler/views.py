@@ -7,6 +7,7 @@ from typing import Any
 from rota.common.jobspec import JobSpec
 from rota.common.paging import MAX_TASK_PAGE
 from rota.common.states import TASK_STATES
+from rota.scheduler import gang
 from rota.scheduler.core import AnyJob, EndedJob, Job, Task, failures_of
 from rota.scheduler.placement import ExecutorSlot
 
@@ -35,6 +36,9 @@ def task_doc(task: Task) -> dict[str, Any]:
     }
     if task.progress is not None:
         doc["progress"] = {"fraction": task.progress[0], "message": task.progress[1]}
+    if task.spec.service:
+        doc["service"] = True
+        doc["restarts"] = task.failures + task.lost
     return doc
 
 
@@ -51,6 +55,10 @@ def job_doc(job: AnyJob) -> dict[str, Any]:
         doc["owner"] = job.owner
     if job.type is not None:
         doc["type"] = job.type
+    if isinstance(job, Job) and job.gangs is not None and job.state is None:
+        reason = gang.pending_reason(job.gangs)
+        if reason:
+            doc["pending_reason"] = reason
     return doc
 
 
@@ -83,16 +91,21 @@ def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
 
 def task_names(spec: JobSpec, offset: int, limit: int) -> list[str]:
     """The names of tasks ``[offset, offset + limit)`` of a job, without building its tasks."""
-    names: list[str] = []
+    return [name for name, _ in _named(spec, offset, limit)]
+
+
+def _named(spec: JobSpec, offset: int, limit: int) -> list[tuple[str, bool]]:
+    """(name, whether a service task) of tasks ``[offset, offset + limit)`` of a job."""
+    out: list[tuple[str, bool]] = []
     start = 0
     for tmpl in spec.tasks:
         end = start + tmpl.copies()
         lo, hi = max(offset, start), min(offset + limit, end)
-        names.extend(tmpl.copy_name(i - start) for i in range(lo, hi))
+        out.extend((tmpl.copy_name(i - start), tmpl.service) for i in range(lo, hi))
         start = end
         if start >= offset + limit:
             break
-    return names
+    return out
 
 
 def stored_page_doc(
@@ -102,7 +115,7 @@ def stored_page_doc(
     doc = job_doc(job)
     limit = min(limit, MAX_TASK_PAGE)
     tasks = []
-    for i, name in enumerate(task_names(spec, offset, limit), offset):
+    for i, (name, service) in enumerate(_named(spec, offset, limit), offset):
         rec = records.get(i, {})
         attempt = int(rec.get("a", 0))
         tasks.append({
@@ -118,5 +131,8 @@ def stored_page_doc(
         p = rec.get("p")
         if isinstance(p, list) and len(p) == 2:
             tasks[-1]["progress"] = {"fraction": float(p[0]), "message": str(p[1])}
+        if service:
+            tasks[-1]["service"] = True
+            tasks[-1]["restarts"] = tasks[-1]["failures"] + tasks[-1]["lost"]
     doc["tasks"] = tasks
     return doc

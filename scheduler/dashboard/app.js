@@ -190,6 +190,9 @@ function renderJob(job) {
   const st = $("#detail-state");
   st.textContent = job.state;
   st.className = "state " + job.state;
+  const reason = $("#detail-reason");
+  reason.textContent = job.pending_reason || "";
+  reason.hidden = !job.pending_reason;
   const total = Object.values(job.counts).reduce((a, b) => a + b, 0);
   fill(
     $("#tasks tbody"),
@@ -200,7 +203,7 @@ function renderJob(job) {
         el("td", { class: "muted" }, tasksFrom + i),
         el("td", {}, t.name),
         el("td", {}, state(t.state), t.progress ? el("span", { class: "progress muted", title: t.progress.message }, ` ${Math.round(t.progress.fraction * 100)}% ${t.progress.message}`) : ""),
-        el("td", {}, t.attempt),
+        el("td", {}, t.attempt, t.service ? el("span", { class: "restarts muted", title: "service task: failures and losses, each restarted" }, ` (service, ${t.restarts} restarts)`) : ""),
         el("td", {}, t.executor ? executorNames[t.executor] || t.executor : ""),
         el("td", {}, resultCell(t.result)),
         el("td", {}, t.attempt ? el("button", { class: "logs", "data-task-id": t.id, onclick: () => showLogs(job.id, t) }, "Logs") : ""),
