@@ -253,8 +253,9 @@ class Runner:
 
     def _bounds(self, a: rota_pb2.TaskAssignment) -> tuple[Limits, float | None]:
         """The attempt's limits and timeout: its own, else the executor's defaults (OverMaximum when
-        it asks for more than the executor allows)."""
-        if not a.timeout and not a.HasField("limits"):
+        it asks for more than the executor allows). A service task runs until it ends: the
+        executor's default timeout does not apply to it, only its own and the maximum."""
+        if not a.timeout and not a.HasField("limits") and not a.service:
             return self.plain_limits, self._plain_timeout
         own = a.limits
         asked = Limits(
@@ -264,7 +265,8 @@ class Runner:
             file_size=own.file_size or None,
             timeout=a.timeout or None,
         )
-        bounds = effective(asked, self.conf.task_defaults, self.conf.task_maxima)
+        defaults = replace(self.conf.task_defaults, timeout=None) if a.service else self.conf.task_defaults
+        bounds = effective(asked, defaults, self.conf.task_maxima)
         limits = replace(bounds, timeout=None)
         return (self.plain_limits if limits == self.plain_limits else limits), bounds.timeout
 
