@@ -52,9 +52,17 @@ MAX_DEPTH = 32
 RESERVED_ENV_PREFIX = "ROTA_"
 
 _JOB_KEYS = ("name", "id", "priority", "max-attempts", "timeout", "retention", "task")
-_COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data")
+_COMMON_TASK_KEYS = (
+    "name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data",
+    "ports",
+)  # fmt: skip
 #: Kinds that run no process of their own: a ``limits`` table would bound nothing.
 _UNLIMITED_KINDS = ("noop", "sleep")
+#: Kinds whose task cannot listen on a port of its own (``call`` runs in a shared worker).
+_PORTLESS_KINDS = ("noop", "sleep", "call")
+#: A port's name becomes part of ROTA_PORT_<NAME> and of an endpoint's ``task.port`` name.
+PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+MAX_PORTS = 8
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "noop": (),
     "sleep": ("seconds",),
@@ -93,6 +101,8 @@ class TaskTemplate:
     max_attempts: int | None = None
     #: The task's own resource limits (its ``limits`` table); empty: the executor's defaults.
     limits: lim.Limits = field(default_factory=lim.Limits)
+    #: Named ports its executor picks for each attempt (ROTA_PORT_<NAME>), published as endpoints.
+    ports: tuple[str, ...] = ()
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -115,6 +125,8 @@ class TaskTemplate:
             out["max-attempts"] = self.max_attempts
         if self.limits:
             out["limits"] = self.limits.to_dict()
+        if self.ports:
+            out["ports"] = list(self.ports)
         return out
 
 
@@ -188,6 +200,7 @@ class JobSpec:
                 timeout=t.get("timeout"),
                 max_attempts=t.get("max-attempts"),
                 limits=_stored_limits(t.get("limits")),
+                ports=tuple(str(p) for p in t.get("ports", ())),
             )
             for t in data["task"]
         ]
@@ -472,12 +485,38 @@ class _Parser:
         timeout = self._duration(table, "timeout", f"{where}.timeout")
         max_attempts = self._int(table, "max-attempts", f"{where}.max-attempts", 1, None, MAX_ATTEMPTS)
         limits = self._limits(table, kind, where)
+        ports = self._ports(table, kind, where)
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
         else:
             params = getattr(self, f"_params_{kind}")(table, where)
-        return TaskTemplate(name, kind, params, count, shards, timeout, max_attempts, limits)
+        return TaskTemplate(name, kind, params, count, shards, timeout, max_attempts, limits, ports)
+
+    def _ports(self, table: dict[str, Any], kind: str, where: str) -> tuple[str, ...]:
+        if "ports" not in table:
+            return ()
+        raw, key = table["ports"], f"{where}.ports"
+        if kind in _PORTLESS_KINDS:
+            raise self.fail(key, f"kind {kind!r} runs no process of its own that could listen on a port")
+        if not isinstance(raw, list):
+            raise self.fail(key, f"expected an array of port names like ['feed'], got {_type_name(raw)}")
+        if len(raw) > MAX_PORTS:
+            raise self.fail(key, f"at most {MAX_PORTS} ports per task (MAX_PORTS), got {len(raw)}")
+        seen: set[str] = set()
+        for i, name in enumerate(raw):
+            if not isinstance(name, str):
+                raise self.fail(f"{key}[{i}]", f"expected a port name (a string), got {_type_name(name)}")
+            if not PORT_NAME_RE.fullmatch(name):
+                raise self.fail(
+                    f"{key}[{i}]",
+                    f"malformed port name {name[:40]!r}: expected 1-31 characters of a-z 0-9 _ starting "
+                    "with a letter",
+                )
+            if name in seen:
+                raise self.fail(f"{key}[{i}]", f"duplicate port name {name!r}")
+            seen.add(name)
+        return tuple(raw)
 
     def _limits(self, table: dict[str, Any], kind: str, where: str) -> lim.Limits:
         if "limits" not in table:

@@ -36,6 +36,7 @@ def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -
         timeout=task.timeout or 0.0,
         priority=task.job.priority,
         retention=retention,
+        ports=spec.ports,
     )
     if spec.limits:
         lim = spec.limits
