@@ -114,3 +114,57 @@ async def stored(cluster, job_id: str) -> dict[str, object]:
     async with EtcdClient(cluster.etcd_endpoints, timeout=20) as client:
         kvs, _ = await client.get_prefix(keys.job_endpoints(job_id))
     return {keys.endpoint_of(kv.key)[1]: json.loads(kv.value) for kv in kvs}
+
+
+LATE_CLIENT = """
+import os, socket, time, rota.task
+go = {go!r}
+while not os.path.exists(go):
+    time.sleep(0.05)
+addr = rota.task.endpoint("server.feed", timeout=30)
+with socket.create_connection(tuple(addr.rsplit(":", 1)), timeout=10) as s, s.makefile("rw") as f:
+    f.write("after the failover\\n")
+    f.flush()
+    print(f.readline().strip())
+"""
+
+
+def test_an_endpoint_survives_a_leader_sigkill(local_cluster, tmp_path, wait_until):
+    """The new leader rebuilds the endpoint from etcd: a client that asks only then finds it."""
+    import signal
+
+    cluster = local_cluster(executors=1, executor_slots=2)
+    stop, go = tmp_path / "stop", tmp_path / "go"
+    job = {
+        "name": "endpoints-failover",
+        "max-attempts": 1,
+        "task": [
+            {"name": "server", "kind": "python", "code": SERVER.format(stop=str(stop)), "ports": ["feed"]},
+            {"name": "client", "kind": "python", "code": LATE_CLIENT.format(go=str(go))},
+        ],
+    }
+    with cluster.client(timeout=30) as c:
+        job_id = c.submit_job(job)["id"]
+        addr = wait_until(
+            "the endpoint in get-job",
+            lambda: c.get_job(job_id)["tasks"][0].get("endpoints", {}).get("feed"),
+            60,
+        )
+        old = cluster.leader()
+        old.signal(signal.SIGKILL)
+        cluster.wait_for_leader(exclude=old.name, timeout=30)
+        assert c.get_job(job_id)["tasks"][0]["endpoints"] == {"feed": addr}
+        go.touch()
+        client = wait_until(
+            "the client to end",
+            lambda: (t := c.get_job(job_id)["tasks"][1])["state"] in ("SUCCEEDED", "FAILED") and t,
+            60,
+            every=0.1,
+        )
+        assert client["state"] == "SUCCEEDED", client
+        assert client["result"]["stdout"] == "echo: AFTER THE FAILOVER\n"
+        stop.touch()
+        assert c.wait_job(job_id, timeout=60)["state"] == "SUCCEEDED"
+    assert wait_until(
+        "the endpoint withdrawn from etcd", lambda: asyncio.run(stored(cluster, job_id)) == {}, 20
+    )
