@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from rota.metastore import keys
 from rota.metastore.client import EtcdClient
 
 pytestmark = pytest.mark.etcd
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample" / "jobs" / "endpoints.toml"
 
 SERVER = """
 import os, socket, time
@@ -168,3 +171,16 @@ def test_an_endpoint_survives_a_leader_sigkill(local_cluster, tmp_path, wait_unt
     assert wait_until(
         "the endpoint withdrawn from etcd", lambda: asyncio.run(stored(cluster, job_id)) == {}, 20
     )
+
+
+def test_the_sample_job_runs(local_cluster):
+    cluster = local_cluster(executors=1, executor_slots=3)
+    with cluster.client(timeout=30) as c:
+        doc = c.run_job(SAMPLE, timeout=60)
+    assert doc["state"] == "SUCCEEDED", doc
+    out = {t["name"]: t["result"]["stdout"] for t in doc["tasks"]}
+    assert out == {
+        "server": "served 2 clients\n",
+        "python-client": "HELLO FROM PYTHON\n",
+        "shell-client": "HELLO FROM THE SHELL\n",
+    }
