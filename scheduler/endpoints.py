@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -218,11 +218,6 @@ class Endpoints:
         for name, pub in self._published.get(job_id, {}).items():
             out.setdefault(pub.index, {})[name.rpartition(".")[2]] = pub.addr
         return out
-
-    def records(self) -> Iterator[tuple[str, str, Published]]:
-        for job_id, names in self._published.items():
-            for name, pub in names.items():
-                yield job_id, name, pub
 
 
 def _remove(index: dict[Any, list[Waiter]], key: Any, w: Waiter) -> None:
