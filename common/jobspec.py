@@ -56,7 +56,10 @@ RESERVED_ENV_PREFIX = "ROTA_"
 _JOB_KEYS = ("name", "type", "id", "priority", "max-attempts", "timeout", "retention", "gang", "task")
 #: The job keys a job type's plug-in does not see: they pass to its result unless it sets them.
 _PASSED_KEYS = tuple(k for k in _JOB_KEYS if k not in ("type", "task"))
-_COMMON_TASK_KEYS = ("name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data")
+_COMMON_TASK_KEYS = (
+    "name", "kind", "count", "shards", "timeout", "max-attempts", "limits", "data",
+    "ports",
+)  # fmt: skip
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
 _SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang")
 #: A service task's default restart budget: restarts after a failure within the window.
@@ -67,6 +70,11 @@ DEFAULT_RESTART_WINDOW = 3600.0
 GANG_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Kinds that run no process of their own: a ``limits`` table would bound nothing.
 _UNLIMITED_KINDS = ("noop", "sleep")
+#: Kinds whose task cannot listen on a port of its own (``call`` runs in a shared worker).
+_PORTLESS_KINDS = ("noop", "sleep", "call")
+#: A port's name becomes part of ROTA_PORT_<NAME> and of an endpoint's ``task.port`` name.
+PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+MAX_PORTS = 8
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "noop": (),
     "sleep": ("seconds",),
@@ -111,6 +119,8 @@ class TaskTemplate:
     restart_window: float = DEFAULT_RESTART_WINDOW
     #: The named gang its tasks belong to (placed all at once with the other members), or None.
     gang: str | None = None
+    #: Named ports its executor picks for each attempt (ROTA_PORT_<NAME>), published as endpoints.
+    ports: tuple[str, ...] = ()
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -139,6 +149,8 @@ class TaskTemplate:
             out["restart-window"] = self.restart_window
         if self.gang is not None:
             out["gang"] = self.gang
+        if self.ports:
+            out["ports"] = list(self.ports)
         return out
 
 
@@ -228,6 +240,7 @@ class JobSpec:
                 restarts=int(t.get("restarts", DEFAULT_RESTARTS)),
                 restart_window=float(t.get("restart-window", DEFAULT_RESTART_WINDOW)),
                 gang=t.get("gang"),
+                ports=tuple(str(p) for p in t.get("ports", ())),
             )
             for t in data["task"]
         ]
@@ -590,14 +603,16 @@ class _Parser:
             if key in table and not service:
                 raise self.fail(f"{where}.{key}", "only for service tasks (service = true)")
         gang = self._gang(table, where)
+        ports = self._ports(table, kind, where)
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
         else:
             params = getattr(self, f"_params_{kind}")(table, where)
         return TaskTemplate(
-            name, kind, params, count, shards, timeout, max_attempts, limits, service, restarts,
-            DEFAULT_RESTART_WINDOW if window is None else window, gang,
+            name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
+            restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
+            gang=gang, ports=ports,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:
@@ -620,6 +635,31 @@ class _Parser:
                 key, f"malformed group name {value[:70]!r}: expected 1 to 64 of A-Z a-z 0-9 . _ -"
             )
         return value
+
+    def _ports(self, table: dict[str, Any], kind: str, where: str) -> tuple[str, ...]:
+        if "ports" not in table:
+            return ()
+        raw, key = table["ports"], f"{where}.ports"
+        if kind in _PORTLESS_KINDS:
+            raise self.fail(key, f"kind {kind!r} runs no process of its own that could listen on a port")
+        if not isinstance(raw, list):
+            raise self.fail(key, f"expected an array of port names like ['feed'], got {_type_name(raw)}")
+        if len(raw) > MAX_PORTS:
+            raise self.fail(key, f"at most {MAX_PORTS} ports per task (MAX_PORTS), got {len(raw)}")
+        seen: set[str] = set()
+        for i, name in enumerate(raw):
+            if not isinstance(name, str):
+                raise self.fail(f"{key}[{i}]", f"expected a port name (a string), got {_type_name(name)}")
+            if not PORT_NAME_RE.fullmatch(name):
+                raise self.fail(
+                    f"{key}[{i}]",
+                    f"malformed port name {name[:40]!r}: expected 1-31 characters of a-z 0-9 _ starting "
+                    "with a letter",
+                )
+            if name in seen:
+                raise self.fail(f"{key}[{i}]", f"duplicate port name {name!r}")
+            seen.add(name)
+        return tuple(raw)
 
     def _limits(self, table: dict[str, Any], kind: str, where: str) -> lim.Limits:
         if "limits" not in table:

@@ -36,6 +36,7 @@ class Agent:
         self.lease = Lease(conf.keepalive_ttl)
         self.link = Link(conf, self.runner, self.lease)
         self.runner.reporter = self.link
+        self.runner.ports.call = self.link.task_call
         self.link.on_drain = self._drain_requested
         self.fence = Fence(self.lease, self.link, self.runner, conf.keepalive_interval)
         self.task_calls = TaskCallServer(conf.work_dir, self.runner.attempts, self.link.task_call)

@@ -29,6 +29,7 @@ from rota.executor.config import AgentConfig
 from rota.executor.flow import Credit
 from rota.executor.gate import PriorityGate
 from rota.executor.kinds.base import Kind, Ride, TaskResult, TaskSpec, settle
+from rota.executor.ports import Ports
 from rota.executor.task_calls import Attempts
 from rota.executor.tasklogs import LogStore
 from rota.protos import rota_pb2
@@ -80,6 +81,8 @@ class Runner:
         self.shared_root = run_as.shared_root(conf.work_dir)
         #: The secret each running attempt proves itself with when it calls (rota.task).
         self.attempts = Attempts()
+        #: Tasks' named ports; the Agent points its publishes at the link to the leader.
+        self.ports = Ports(conf.addr, _no_leader)
         self._batches: set[asyncio.Task[None]] = set()
         #: Called as each attempt ends with (kind, outcome, seconds from its start to its end); for metrics.
         self.on_task_ended: Callable[[str, str, float], None] | None = None
@@ -158,6 +161,8 @@ class Runner:
         result: TaskResult | None = None
         started = 0.0
         ride: Ride | None = None
+        ports: dict[str, int] = {}
+        watcher: asyncio.Task[None] | None = None
         refused = ""
         secret, calls_env = self.attempts.add(ref) if kind is not None and kind.task_calls else ("", {})
         try:
@@ -171,6 +176,7 @@ class Runner:
                 and kind.batch_size > 1
                 and kind.log_files is not True
                 and limits is self.plain_limits
+                and not a.ports
             ):
                 ride = Ride(self._spec(a, ref, "", limits=limits, timeout=timeout, extra_env=calls_env))
             holds_slot = await self.gate.acquire(a.priority, ride) is None
@@ -201,9 +207,15 @@ class Runner:
                     if kind.needs_work_dir:
                         work_dir = tempfile.mkdtemp(prefix=f"{ref.index}-a{ref.attempt}-", dir=self.task_root)
                         run_as.own(work_dir)
-                    result = await kind.run(
-                        self._spec(a, ref, log_prefix, work_dir, limits, timeout, calls_env)
-                    )
+                    env = calls_env
+                    if a.ports:
+                        ports = self.ports.allocate(a.ports)
+                        env = {**calls_env, **self.ports.env(ports)}
+                        watcher = asyncio.create_task(
+                            self.ports.publish_when_listening(ref, ports),
+                            name=f"ports-{ref.job_id}/{ref.index}",
+                        )
+                    result = await kind.run(self._spec(a, ref, log_prefix, work_dir, limits, timeout, env))
         except asyncio.CancelledError:
             if ride is not None:
                 ride.cancel()
@@ -214,6 +226,9 @@ class Runner:
             result = TaskResult(ok=False, error=f"{type(e).__name__}: {e}")
         finally:
             self.attempts.remove(secret)
+            if watcher is not None:
+                watcher.cancel()
+            self.ports.release(ports)
             if announce is not None:
                 announce.cancel()
             if holds_slot:
@@ -340,6 +355,10 @@ class Runner:
         """The attempt of the task this executor holds, queued or running; 0 when none."""
         r = self.running.get((job_id, index))
         return r.ref.attempt if r is not None else 0
+
+
+async def _no_leader(call: rota_pb2.TaskCall) -> rota_pb2.TaskCallReply:
+    return rota_pb2.TaskCallReply(ok=False, error="no link to a leader")
 
 
 def _same_kind(kind: str) -> Callable[[Any], bool]:

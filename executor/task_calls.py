@@ -13,6 +13,7 @@ The protocol is one JSON object per line each way::
     {"secret": "...", "op": "checkpoint.save", "data": "<base64>"}   ->  {"ok": true}
     {"secret": "...", "op": "checkpoint.load"}                        ->  {"ok": true, "found": true, "data": "<base64>"}
     {"secret": "...", "op": "progress", "fraction": 0.5, "message": "..."}  ->  {"ok": true}
+    {"secret": "...", "op": "endpoint", "name": "server.feed"}       ->  {"ok": true, "ready": true, "addr": "host:port"}
     anything refused                                                  ->  {"ok": false, "error": "..."}
 
 Everything is bounded (line length, connections, idle time, calls in flight per attempt) and a
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rota.protos import rota_pb2
-from rota.task import CHECKPOINT_MAX, LINE_MAX, MESSAGE_MAX, OPS, SECRET_ENV, SOCKET_ENV
+from rota.task import CHECKPOINT_MAX, ENDPOINT_NAME_MAX, LINE_MAX, MESSAGE_MAX, OPS, SECRET_ENV, SOCKET_ENV
 
 log = logging.getLogger("rota.executor")
 
@@ -60,6 +61,7 @@ _FIELDS = {
     "checkpoint.save": ("data",),
     "checkpoint.load": (),
     "progress": ("fraction", "message"),
+    "endpoint": ("name",),
 }
 
 
@@ -75,6 +77,7 @@ class Request:
     data: bytes = b""
     fraction: float = 0.0
     message: str = ""
+    name: str = ""
 
 
 class Attempts:
@@ -160,6 +163,13 @@ def parse(line: bytes, attempts: Attempts) -> Request:
         if len(message) > MESSAGE_MAX:
             raise Refused(f"'message' is {len(message)} characters, over the limit of {MESSAGE_MAX}")
         return Request(ref, secret, op, fraction=float(fraction), message=message)
+    if op == "endpoint":
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise Refused("endpoint needs 'name': 'task.port', or 'task' when it has one port")
+        if len(name) > ENDPOINT_NAME_MAX or not name.isprintable():
+            raise Refused(f"'name' must be at most {ENDPOINT_NAME_MAX} printable characters")
+        return Request(ref, secret, op, name=name)
     return Request(ref, secret, op)
 
 
@@ -167,6 +177,8 @@ def reply_for(op: str, reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
     """The leader's answer, as the task gets it."""
     if not reply.ok:
         return {"ok": False, "error": reply.error or "refused by the leader"}
+    if op == "endpoint":
+        return {"ok": True, "ready": reply.ready, "addr": reply.addr}
     if op != "checkpoint.load":
         return {"ok": True}
     if not reply.found:
@@ -270,6 +282,7 @@ class TaskCallServer:
                 data=request.data,
                 fraction=request.fraction,
                 message=request.message,
+                name=request.name,
             )
             reply = await self.forward(call)
         except Exception as e:  # a broken forward must not take the executor down

@@ -115,6 +115,12 @@ def job_endpoints(job_id: str) -> bytes:
     return ENDPOINTS + f"{job_id}/".encode()
 
 
+def endpoint_of(key: bytes) -> tuple[str, str]:
+    """(job id, endpoint name) of an ENDPOINTS key (a job id has no '/')."""
+    job_id, _, name = key[len(ENDPOINTS) :].decode().partition("/")
+    return job_id, name
+
+
 def barrier(job_id: str, name: str) -> bytes:
     return BARRIERS + f"{job_id}/{name}".encode()
 

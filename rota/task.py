@@ -1,8 +1,13 @@
-"""The task SDK: what a running task asks of Rota — keep a checkpoint, report progress.
+"""The task SDK: what a running task asks of Rota — keep a checkpoint, report progress, find where
+another task of its job listens.
 
 Inside a task (any kind), ``rota.task.checkpoint.save(blob)`` keeps up to 64 KiB for the task's
 next attempt, ``rota.task.checkpoint.load()`` returns the last blob saved (by this attempt or an
-earlier one; None when none was), ``rota.task.progress(0.5, "halfway")`` shows in get-job. Each call
+earlier one; None when none was), ``rota.task.progress(0.5, "halfway")`` shows in get-job, and
+``rota.task.endpoint("server.feed")`` returns ``host:port`` where the task ``server`` of the same
+job listens on its port ``feed`` now, waiting until it does. An address can go stale (the task
+moved): a client that loses its connection asks again rather than reconnecting to the old one,
+which stays published until the leader learns that attempt ended. Each call
 goes to the task's own executor over a Unix socket (``ROTA_TASK_SOCKET``), proved by the attempt's
 secret (``ROTA_TASK_SECRET``); the executor passes it on to the leader, which answers only the
 task's current attempt. Plain standard library, synchronous: usable from any Python code.
@@ -12,6 +17,7 @@ The same as a program, for shell, Go and other tasks (``$ROTA_TASK_CLI`` or ``py
     rota-task checkpoint save FILE|-      # exit 0
     rota-task checkpoint load [FILE]      # exit 1 when there is no checkpoint
     rota-task progress FRACTION [MESSAGE]
+    rota-task endpoint NAME [--timeout SECONDS]   # prints host:port
 
 Exit 2 on bad usage, 3 when the call failed (refused, not inside a task, no leader).
 """
@@ -25,9 +31,10 @@ import math
 import os
 import socket
 import sys
+import time
 from typing import Any
 
-__all__ = ["CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "checkpoint", "main", "progress"]
+__all__ = ["CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "checkpoint", "endpoint", "main", "progress"]
 
 #: The largest checkpoint, in bytes.
 CHECKPOINT_MAX = 64 * 1024
@@ -40,7 +47,11 @@ LINE_MAX = 96 * 1024
 #: answer, and says why when either runs out.
 CALL_TIMEOUT = 75.0
 #: The ops a task may call.
-OPS = ("checkpoint.save", "checkpoint.load", "progress")
+OPS = ("checkpoint.save", "checkpoint.load", "progress", "endpoint")
+#: The longest endpoint name (``task.port``) a task may ask for.
+ENDPOINT_NAME_MAX = 300
+#: How long ``endpoint`` waits by default for the endpoint to be up.
+ENDPOINT_TIMEOUT = 60.0
 
 SOCKET_ENV = "ROTA_TASK_SOCKET"
 SECRET_ENV = "ROTA_TASK_SECRET"
@@ -51,7 +62,11 @@ class TaskCallError(Exception):
     outside a Rota task."""
 
 
-def _request(op: str, **fields: Any) -> dict[str, Any]:
+class _NoAnswer(TaskCallError):
+    pass
+
+
+def _request(op: str, timeout: float = CALL_TIMEOUT, **fields: Any) -> dict[str, Any]:
     """One call, on a connection of its own. The variables are read at each call: a ``call``
     task's worker gets them only while it runs that task."""
     path, secret = os.environ.get(SOCKET_ENV), os.environ.get(SECRET_ENV)
@@ -60,12 +75,12 @@ def _request(op: str, **fields: Any) -> dict[str, Any]:
     line = json.dumps({"secret": secret, "op": op, **fields}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(CALL_TIMEOUT)
+            sock.settimeout(timeout)
             sock.connect(path)
             sock.sendall(line)
             reply = _read_line(sock)
     except TimeoutError:
-        raise TaskCallError(f"{op}: no answer from the executor within {CALL_TIMEOUT:g}s") from None
+        raise _NoAnswer(f"{op}: no answer from the executor within {timeout:g}s") from None
     except OSError as e:
         raise TaskCallError(f"{op}: cannot reach the executor at {path}: {e.strerror or e}") from None
     try:
@@ -136,13 +151,52 @@ def progress(fraction: float, message: str = "") -> None:
     _request("progress", fraction=float(fraction), message=message)
 
 
+def endpoint(name: str, timeout: float = ENDPOINT_TIMEOUT) -> str:
+    """Where another task of this job listens now: ``host:port`` of its port, named
+    ``task.port`` (``server.feed``, ``server-2.feed`` for a copy), or just ``task`` when that task
+    declares one port. Waits until the port is up (published by the task's executor once it
+    listens), for at most ``timeout`` seconds; then TaskCallError says it is not up. A name the
+    job has no task or port for is refused at once.
+
+    The address follows the task when it moves: after a connection error, call this again (the
+    old address stays published until the leader learns that its attempt ended)."""
+    if not isinstance(name, str):
+        raise TypeError(f"an endpoint name is a string, not {type(name).__name__}")
+    if not name or len(name) > ENDPOINT_NAME_MAX:
+        raise ValueError(f"an endpoint name is 1 to {ENDPOINT_NAME_MAX} characters, like 'server.feed'")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"endpoint timeout must be a number of seconds >= 0, got {timeout!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        asked = time.monotonic()
+        left = deadline - asked
+        try:
+            # Bounded by what is left: the leader may hold the call for up to 20 s.
+            answer = _request("endpoint", timeout=max(0.1, min(CALL_TIMEOUT, left)), name=name)
+        except _NoAnswer:
+            answer = {}
+            if time.monotonic() < deadline:
+                raise
+        addr = answer.get("addr")
+        if answer.get("ready") and isinstance(addr, str) and addr:
+            return addr
+        if time.monotonic() >= deadline:
+            raise TaskCallError(f"endpoint {name}: not up within {timeout:g}s")
+        if time.monotonic() - asked < 0.5:  # answered "not ready" at once: do not spin
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
 USAGE = """Usage: rota-task checkpoint save FILE|-
        rota-task checkpoint load [FILE]
        rota-task progress FRACTION [MESSAGE]
+       rota-task endpoint NAME [--timeout SECONDS]
 
 Inside a Rota task: keep a checkpoint (at most 64 KiB) for the task's next attempt, read the last
-one back (exit 1 when there is none), or report progress (0 to 1) shown in get-job.
-Exit 2 on bad usage, 3 when the call failed."""
+one back (exit 1 when there is none), report progress (0 to 1) shown in get-job, or print
+host:port where another task of the job listens (NAME is task.port, or task when it has one
+port), waiting until it is up (default 60 s). After a connection error, ask again: the task may
+have moved.
+Exit 2 on bad usage, 3 when the call failed (or the endpoint is not up in time)."""
 
 
 class _Usage(Exception):
@@ -189,6 +243,27 @@ def _command(args: list[str]) -> int:
             raise _Usage(f"progress FRACTION must be a number from 0 to 1, got {args[1]!r}") from None
         try:
             progress(fraction, args[2] if len(args) == 3 else "")
+        except ValueError as e:
+            raise _Usage(str(e)) from None
+        return 0
+    if args[:1] == ["endpoint"]:
+        rest = args[1:]
+        timeout = ENDPOINT_TIMEOUT
+        if len(rest) == 3 and rest[1] == "--timeout":
+            rest, raw = rest[:1], rest[2]
+        elif len(rest) == 2 and rest[1].startswith("--timeout="):
+            rest, raw = rest[:1], rest[1].partition("=")[2]
+        else:
+            raw = ""
+        if len(rest) != 1 or rest[0].startswith("-"):
+            raise _Usage("endpoint takes a NAME (task.port) and an optional --timeout SECONDS")
+        if raw:
+            try:
+                timeout = float(raw)
+            except ValueError:
+                raise _Usage(f"--timeout must be a number of seconds, got {raw!r}") from None
+        try:
+            print(endpoint(rest[0], timeout))
         except ValueError as e:
             raise _Usage(str(e)) from None
         return 0

@@ -33,6 +33,8 @@ from rota.common.states import (
     TASK_STATES,
     TERMINAL,
 )
+from rota.metastore import keys
+from rota.scheduler import endpoints as ep
 from rota.scheduler import gang as gangs
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
 from rota.scheduler.restarts import Budget
@@ -565,6 +567,8 @@ class Core:
         #: Checkpoints held back by CHECKPOINT_RATE: task -> (attempt, data, callers, when due).
         self._ckpt_held: dict[Task, tuple[int, bytes, list[tuple[str, int]], float]] = {}
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
+        #: Where tasks' named ports listen now, and the calls waiting for one (scheduler.endpoints).
+        self.endpoints = ep.Endpoints()
 
     # -- outputs -------------------------------------------------------------------------
 
@@ -689,6 +693,8 @@ class Core:
             self.observe_run(ran)
             if ran < SHORT_RUN:
                 task.job.short[task.template] = True
+        if task.spec.ports or self.endpoints.any_parked():
+            self._endpoints_ended(task)
 
     def _failed(self, task: Task, result: dict[str, Any] | None) -> None:
         """An attempt failed by itself: run again after a backoff, or fail for good once
@@ -1014,6 +1020,81 @@ class Core:
                 task.progress_at = now
                 self._put(task)
 
+    def publish_endpoint(self, executor_id: str, call_id: int, ref: TaskRef, port: str, addr: str) -> None:
+        """The executor saw the attempt's port listen: keep the endpoint (in etcd too), answer the
+        calls that waited for it. The answers go out once the record is committed."""
+        refused = self.call_refusal(executor_id, ref)
+        if not refused:
+            task = self.active[ref.job_id].tasks[ref.index]
+            refused = ep.publish_refusal(task, port, addr)
+        if refused:
+            self._out.append(CallReply(executor_id, call_id, refused))
+            return
+        job = task.job
+        name = ep.full_name(task, port)
+        pub = ep.Published(addr, task.index, task.attempt)
+        if self.endpoints.lookup(job.id, name) != pub:  # a publish sent again is written once
+            waiters = self.endpoints.publish(job.id, name, pub)
+            self._out.append(PutRecord(job, keys.endpoint(job.id, name), pub.encode()))
+            self._out.extend(CallReply(w.executor, w.call_id, addr=addr) for w in waiters)
+        self._out.append(CallReply(executor_id, call_id))
+
+    def find_endpoint(self, executor_id: str, call_id: int, ref: TaskRef, name: str) -> None:
+        """Where another task of the caller's job listens: answered now, or once it is published
+        (parked at most ep.WAIT_MAX, then answered not ready: the task asks again)."""
+        refused = self.call_refusal(executor_id, ref)
+        if not refused:
+            job = self.active[ref.job_id]
+            found = ep.resolve(job, name)
+            if isinstance(found, str):
+                refused = found
+            elif found[0].state in TERMINAL:
+                refused = f"task {found[0].name!r} has ended ({found[0].state}): its endpoint is gone"
+        if refused:
+            self._out.append(CallReply(executor_id, call_id, refused))
+            return
+        task, port = found
+        full = ep.full_name(task, port)
+        pub = self.endpoints.lookup(job.id, full)
+        if pub is not None:
+            self._out.append(CallReply(executor_id, call_id, addr=pub.addr))
+        else:
+            caller = (ref.job_id, ref.index, ref.attempt)
+            due = self.clock() + ep.WAIT_MAX
+            self.endpoints.park(ep.Waiter(executor_id, call_id, caller, job.id, full, due))
+
+    def restore_endpoints(self, found: Iterable[tuple[str, str, bytes]]) -> None:
+        """After a rebuild (before ``adopt_running``): keep the stored endpoints (job id, name,
+        record) whose attempt is still the task's active one; delete the others."""
+        for job_id, name, value in found:
+            job = self.jobs.get(job_id)
+            if not isinstance(job, Job):
+                continue  # ended and held as a summary: its records go with it
+            pub = ep.Published.decode(value)
+            task = job.tasks[pub.index] if pub is not None and 0 <= pub.index < len(job.tasks) else None
+            live = (
+                pub is not None
+                and task is not None
+                and job.id in self.active
+                and task.state in ACTIVE
+                and task.attempt == pub.attempt
+                and any(name == ep.full_name(task, p) for p in task.spec.ports)
+            )
+            if live and pub is not None:
+                self.endpoints.publish(job.id, name, pub)
+            else:
+                self._out.append(PutRecord(job, keys.endpoint(job.id, name), None))
+
+    def _endpoints_ended(self, task: Task) -> None:
+        """An attempt ended: its endpoints are withdrawn, its parked endpoint calls refused."""
+        job = task.job
+        names = (ep.full_name(task, p) for p in task.spec.ports)
+        for name in self.endpoints.withdraw(job.id, task.index, task.attempt, names):
+            self._out.append(PutRecord(job, keys.endpoint(job.id, name), None))
+        for w in self.endpoints.caller_ended(task.ref()):
+            error = f"attempt {task.attempt} of task {task.id} ended while it waited for {w.name}"
+            self._out.append(CallReply(w.executor, w.call_id, error))
+
     def cancel_job(self, job_id: str) -> AnyJob | None:
         job = self.active.get(job_id)
         if job is None:
@@ -1071,6 +1152,8 @@ class Core:
             self._write_progress(now)
         if self._ckpt_held:
             self._write_checkpoints(now)
+        for w in self.endpoints.expired(now):
+            self._out.append(CallReply(w.executor, w.call_id, ready=False))
         if moved:
             self._schedule()
         return self._delayed[0][0] if self._delayed else None

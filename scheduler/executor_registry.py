@@ -172,6 +172,12 @@ class ExecutorRegistry:
         elif call.op == "progress":
             self.core.set_progress(link.executor_id, call.call_id, ref, call.fraction, call.message)
             self.kick()
+        elif call.op == "endpoint.publish":
+            self.core.publish_endpoint(link.executor_id, call.call_id, ref, call.name, call.addr)
+            self.kick()
+        elif call.op == "endpoint":
+            self.core.find_endpoint(link.executor_id, call.call_id, ref, call.name)
+            self.kick()
         elif call.op == "checkpoint.load":
             refused = self.core.call_refusal(link.executor_id, ref)
             if refused:

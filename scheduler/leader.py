@@ -95,6 +95,7 @@ class LeaderRuntime:
                 if n % REBUILD_CHUNK == 0:
                     await asyncio.sleep(0)  # keeps the leader's lease alive through a long history
                 self.core.add_job(job)
+            self.core.restore_endpoints(snap.endpoints)
             self.core.adopt_running()
         finally:
             if collecting:

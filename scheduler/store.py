@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from rota.common.jobspec import JobSpec
@@ -160,6 +160,8 @@ class Snapshot:
     jobs: list[AnyJob]
     executors: list[ExecutorSlot]
     revision: int
+    #: The endpoints of running jobs: (job id, endpoint name, record), for Core.restore_endpoints.
+    endpoints: list[tuple[str, str, bytes]] = field(default_factory=list)
 
 
 class Store:
@@ -435,7 +437,21 @@ class Store:
             await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])
         executors = [_executor(json.loads(kv.value), kv.lease) for kv in ex_kvs]
         ordered: list[AnyJob] = sorted([*jobs.values(), *summaries], key=lambda j: j.seq)
-        return Snapshot(ordered, executors, rev)
+        return Snapshot(ordered, executors, rev, await self._endpoints(jobs, rev))
+
+    async def _endpoints(self, jobs: dict[str, Job], rev: int) -> list[tuple[str, str, bytes]]:
+        """The endpoint records of the jobs still running (those of ended jobs were withdrawn, or
+        go with the job)."""
+        running = {job_id for job_id, job in jobs.items() if job.state is None}
+        if not running:
+            return []
+        kvs, _ = await self.client.get_prefix(keys.ENDPOINTS, revision=rev)
+        found = []
+        for kv in kvs:
+            job_id, name = keys.endpoint_of(kv.key)
+            if job_id in running:
+                found.append((job_id, name, kv.value))
+        return found
 
     async def read_tasks(
         self, job_id: str, offset: int, limit: int

@@ -37,6 +37,7 @@ def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -
         priority=task.job.priority,
         retention=retention,
         service=spec.service,
+        ports=spec.ports,
     )
     if spec.limits:
         lim = spec.limits

@@ -23,7 +23,8 @@ def result_doc(result: dict[str, Any] | None) -> dict[str, Any] | None:
     return doc
 
 
-def task_doc(task: Task) -> dict[str, Any]:
+def task_doc(task: Task, endpoints: dict[str, str] | None = None) -> dict[str, Any]:
+    """``endpoints``: port -> host:port of the task's published endpoints."""
     doc = {
         "id": task.id,
         "name": task.name,
@@ -39,6 +40,8 @@ def task_doc(task: Task) -> dict[str, Any]:
     if task.spec.service:
         doc["service"] = True
         doc["restarts"] = task.failures + task.lost
+    if endpoints:
+        doc["endpoints"] = dict(sorted(endpoints.items()))
     return doc
 
 
@@ -82,10 +85,16 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
     }
 
 
-def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
-    """The get-job document with tasks ``[offset, offset + limit)`` only."""
+def job_page_doc(
+    job: Job, offset: int, limit: int, endpoints: dict[int, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The get-job document with tasks ``[offset, offset + limit)`` only; ``endpoints``: by task
+    index, the ports published now (Endpoints.of_job)."""
     doc = job_doc(job)
-    doc["tasks"] = [task_doc(t) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]]
+    shown = endpoints or {}
+    doc["tasks"] = [
+        task_doc(t, shown.get(t.index)) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]
+    ]
     return doc
 
 

@@ -201,7 +201,7 @@ function renderJob(job) {
         "tr",
         { "data-task-id": t.id, "data-state": t.state },
         el("td", { class: "muted" }, tasksFrom + i),
-        el("td", {}, t.name),
+        el("td", {}, t.name, t.endpoints ? el("span", { class: "endpoints muted", title: "endpoints: where its ports listen" }, ` ${Object.entries(t.endpoints).map(([port, addr]) => `${port} ${addr}`).join(", ")}`) : ""),
         el("td", {}, state(t.state), t.progress ? el("span", { class: "progress muted", title: t.progress.message }, ` ${Math.round(t.progress.fraction * 100)}% ${t.progress.message}`) : ""),
         el("td", {}, t.attempt, t.service ? el("span", { class: "restarts muted", title: "service task: failures and losses, each restarted" }, ` (service, ${t.restarts} restarts)`) : ""),
         el("td", {}, t.executor ? executorNames[t.executor] || t.executor : ""),
