@@ -33,6 +33,7 @@ from rota.common.states import (
     TASK_STATES,
     TERMINAL,
 )
+from rota.scheduler.barriers import WAIT_MAX, Barriers, Parked
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
 
 RETRY_BASE = 0.5
@@ -411,7 +412,7 @@ class CallReply:
     error: str = ""
     #: Waiting calls (endpoint, barrier): False when the leader's longest wait passed first.
     ready: bool = True
-    #: endpoint: where it listens (host:port).
+    #: endpoint: where it listens (host:port); barrier, not ready: "arrived/parties".
     addr: str = ""
 
 
@@ -535,6 +536,7 @@ class Core:
         #: Checkpoints held back by CHECKPOINT_RATE: task -> (attempt, data, callers, when due).
         self._ckpt_held: dict[Task, tuple[int, bytes, list[tuple[str, int]], float]] = {}
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
+        self.barriers = Barriers()
 
     # -- outputs -------------------------------------------------------------------------
 
@@ -581,6 +583,7 @@ class Core:
             self._end_job(job)
 
     def _end_job(self, job: Job) -> None:
+        self._answer_gone(self.barriers.forget(job.id), job, "its job ended")
         if job.cancelled:
             job.state = CANCELLED
         else:
@@ -659,6 +662,8 @@ class Core:
             self.observe_run(ran)
             if ran < SHORT_RUN:
                 task.job.short[task.template] = True
+        if task.job.id in self.barriers.jobs:
+            self._answer_gone(self.barriers.attempt_ended(task.job.id, task.index, task.attempt), task.job)
 
     def _failed(self, task: Task, result: dict[str, Any] | None) -> None:
         """An attempt failed by itself: run again after a backoff, or fail for good once
@@ -960,6 +965,37 @@ class Core:
                 task.progress_at = now
                 self._put(task)
 
+    def barrier(self, executor_id: str, call_id: int, ref: TaskRef, name: str, parties: int) -> None:
+        """A task reaches a barrier (scheduler.barriers): its call waits until the barrier is
+        released, answered after the release is committed, or WAIT_MAX, answered not ready."""
+        refused = self.call_refusal(executor_id, ref)
+        if refused:
+            self._out.append(CallReply(executor_id, call_id, refused))
+            return
+        job = self.active[ref.job_id]
+        call = Parked(ref.index, ref.attempt, executor_id, call_id, self.clock() + WAIT_MAX)
+        arrival = self.barriers.arrive(job.id, len(job.tasks), call, name, parties)
+        if arrival.error:
+            self._out.append(CallReply(executor_id, call_id, arrival.error))
+            return
+        if arrival.write is not None:
+            self._out.append(PutRecord(job, *arrival.write))
+        for p in arrival.ready:
+            task = job.tasks[p.index]
+            if task.attempt == p.attempt and task.state in ACTIVE:
+                self._out.append(CallReply(p.executor, p.call_id))
+
+    def restore_barrier(self, job_id: str, name: str, record: dict[str, Any]) -> None:
+        """A barrier read back from etcd by a new leader, for a job still running (else ignored)."""
+        job = self.active.get(job_id)
+        if job is not None:
+            self.barriers.restore(job_id, name, record, len(job.tasks))
+
+    def _answer_gone(self, calls: list[Parked], job: Job, why: str = "") -> None:
+        for p in calls:
+            error = why or f"attempt {p.attempt} of task {job.id}/{p.index} ended"
+            self._out.append(CallReply(p.executor, p.call_id, f"{error} while it waited at a barrier"))
+
     def cancel_job(self, job_id: str) -> AnyJob | None:
         job = self.active.get(job_id)
         if job is None:
@@ -1017,6 +1053,9 @@ class Core:
             self._write_progress(now)
         if self._ckpt_held:
             self._write_checkpoints(now)
+        if self.barriers.waiting:
+            for p, where in self.barriers.expire(now):
+                self._out.append(CallReply(p.executor, p.call_id, ready=False, addr=where))
         if moved:
             self._schedule()
         return self._delayed[0][0] if self._delayed else None

@@ -172,6 +172,9 @@ class ExecutorRegistry:
         elif call.op == "progress":
             self.core.set_progress(link.executor_id, call.call_id, ref, call.fraction, call.message)
             self.kick()
+        elif call.op == "barrier":
+            self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties)
+            self.kick()
         elif call.op == "checkpoint.load":
             refused = self.core.call_refusal(link.executor_id, ref)
             if refused:

@@ -72,9 +72,14 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
     }
 
 
-def job_page_doc(job: Job, offset: int, limit: int) -> dict[str, Any]:
-    """The get-job document with tasks ``[offset, offset + limit)`` only."""
+def job_page_doc(
+    job: Job, offset: int, limit: int, barriers: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The get-job document with tasks ``[offset, offset + limit)`` only, and a running job's
+    barriers when it has any."""
     doc = job_doc(job)
+    if barriers:
+        doc["barriers"] = barriers
     doc["tasks"] = [task_doc(t) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]]
     return doc
 
