@@ -1,4 +1,6 @@
-"""Barriers: the pure state (scheduler.barriers) and what the core decides with it. No I/O."""
+"""Barriers: the pure state (scheduler.barriers) and what the core decides with it. No I/O.
+
+(tests/integration/test_barriers.py runs them on a real cluster.)"""
 
 from __future__ import annotations
 
