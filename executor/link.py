@@ -60,6 +60,9 @@ LEASE_ASK_TIMEOUT = 0.5
 #: leader's answer (sent again on the next stream if this one ends first).
 CALL_ATTACH_WAIT = 30.0
 CALL_REPLY_TIMEOUT = 30.0
+#: Calls that wait for something (a barrier's release): when no leader answers in time, they are
+#: answered not ready instead of refused, and the task asks again (a leader change is not an error).
+WAITING_OPS = frozenset({"barrier", "endpoint"})
 
 
 class Link:
@@ -113,6 +116,8 @@ class Link:
             try:
                 await asyncio.wait_for(self._up.wait(), CALL_ATTACH_WAIT)
             except asyncio.TimeoutError:
+                if call.op in WAITING_OPS:
+                    return rota_pb2.TaskCallReply(ok=True, ready=False)
                 return rota_pb2.TaskCallReply(
                     ok=False, error=f"not connected to a leader (waited {CALL_ATTACH_WAIT:g}s)"
                 )
@@ -126,6 +131,8 @@ class Link:
                 self._outbox.put_nowait(rota_pb2.ExecutorMessage(task_call=msg))
             return await asyncio.wait_for(answer, CALL_REPLY_TIMEOUT)
         except asyncio.TimeoutError:
+            if call.op in WAITING_OPS:
+                return rota_pb2.TaskCallReply(call_id=msg.call_id, ok=True, ready=False)
             return rota_pb2.TaskCallReply(
                 call_id=msg.call_id,
                 ok=False,

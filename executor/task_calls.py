@@ -14,6 +14,8 @@ The protocol is one JSON object per line each way::
     {"secret": "...", "op": "checkpoint.load"}                        ->  {"ok": true, "found": true, "data": "<base64>"}
     {"secret": "...", "op": "progress", "fraction": 0.5, "message": "..."}  ->  {"ok": true}
     {"secret": "...", "op": "endpoint", "name": "server.feed"}       ->  {"ok": true, "ready": true, "addr": "host:port"}
+    {"secret": "...", "op": "barrier", "name": "start", "parties": 5}  ->  {"ok": true, "ready": true}
+                                         (not yet released: {"ok": true, "ready": false, "arrived": 3, "parties": 5})
     anything refused                                                  ->  {"ok": false, "error": "..."}
 
 Everything is bounded (line length, connections, idle time, calls in flight per attempt) and a
@@ -39,7 +41,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from rota.protos import rota_pb2
-from rota.task import CHECKPOINT_MAX, ENDPOINT_NAME_MAX, LINE_MAX, MESSAGE_MAX, OPS, SECRET_ENV, SOCKET_ENV
+from rota.task import (
+    BARRIER_NAME_MAX,
+    CHECKPOINT_MAX,
+    ENDPOINT_NAME_MAX,
+    LINE_MAX,
+    MESSAGE_MAX,
+    OPS,
+    SECRET_ENV,
+    SOCKET_ENV,
+)
 
 log = logging.getLogger("rota.executor")
 
@@ -62,7 +73,10 @@ _FIELDS = {
     "checkpoint.load": (),
     "progress": ("fraction", "message"),
     "endpoint": ("name",),
+    "barrier": ("name", "parties"),
 }
+#: The most parties a barrier call may name here (the leader bounds it by the job's task count).
+PARTIES_MAX = 2**31 - 1
 
 
 class Refused(Exception):
@@ -78,6 +92,7 @@ class Request:
     fraction: float = 0.0
     message: str = ""
     name: str = ""
+    parties: int = 0
 
 
 class Attempts:
@@ -170,7 +185,21 @@ def parse(line: bytes, attempts: Attempts) -> Request:
         if len(name) > ENDPOINT_NAME_MAX or not name.isprintable():
             raise Refused(f"'name' must be at most {ENDPOINT_NAME_MAX} printable characters")
         return Request(ref, secret, op, name=name)
+    if op == "barrier":
+        return _barrier(ref, secret, body)
     return Request(ref, secret, op)
+
+
+def _barrier(ref: rota_pb2.TaskRef, secret: str, body: dict[str, Any]) -> Request:
+    """A barrier call's fields, checked for type and size (the leader checks the rest)."""
+    name, parties = body.get("name"), body.get("parties")
+    if not isinstance(name, str) or not name:
+        raise Refused("barrier needs 'name', a string")
+    if len(name) > BARRIER_NAME_MAX:
+        raise Refused(f"'name' is {len(name)} characters, over the limit of {BARRIER_NAME_MAX}")
+    if isinstance(parties, bool) or not isinstance(parties, int) or not 1 <= parties <= PARTIES_MAX:
+        raise Refused(f"barrier needs 'parties', a whole number of tasks from 1, got {parties!r}")
+    return Request(ref, secret, "barrier", name=name, parties=parties)
 
 
 def reply_for(op: str, reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
@@ -179,11 +208,21 @@ def reply_for(op: str, reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
         return {"ok": False, "error": reply.error or "refused by the leader"}
     if op == "endpoint":
         return {"ok": True, "ready": reply.ready, "addr": reply.addr}
+    if op == "barrier":
+        return _barrier_reply(reply)
     if op != "checkpoint.load":
         return {"ok": True}
     if not reply.found:
         return {"ok": True, "found": False}
     return {"ok": True, "found": True, "data": base64.b64encode(reply.data).decode()}
+
+
+def _barrier_reply(reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
+    answer: dict[str, Any] = {"ok": True, "ready": reply.ready}
+    arrived, _, parties = reply.addr.partition("/")
+    if not reply.ready and arrived.isdigit() and parties.isdigit():
+        answer["arrived"], answer["parties"] = int(arrived), int(parties)
+    return answer
 
 
 Forward = Callable[[rota_pb2.TaskCall], Awaitable[rota_pb2.TaskCallReply]]
@@ -283,6 +322,7 @@ class TaskCallServer:
                 fraction=request.fraction,
                 message=request.message,
                 name=request.name,
+                parties=request.parties,
             )
             reply = await self.forward(call)
         except Exception as e:  # a broken forward must not take the executor down

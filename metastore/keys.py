@@ -130,6 +130,12 @@ def job_barriers(job_id: str) -> bytes:
     return BARRIERS + f"{job_id}/".encode()
 
 
+def barrier_of(key: bytes) -> tuple[str, str]:
+    """(job id, barrier name) of a BARRIERS key."""
+    job_id, _, name = key[len(BARRIERS) :].decode().rpartition("/")
+    return job_id, name
+
+
 def token(token_id: str) -> bytes:
     return TOKENS + token_id.encode()
 

@@ -1,13 +1,14 @@
 """The task SDK: what a running task asks of Rota — keep a checkpoint, report progress, find where
-another task of its job listens.
+another task of its job listens, wait at a barrier.
 
 Inside a task (any kind), ``rota.task.checkpoint.save(blob)`` keeps up to 64 KiB for the task's
 next attempt, ``rota.task.checkpoint.load()`` returns the last blob saved (by this attempt or an
-earlier one; None when none was), ``rota.task.progress(0.5, "halfway")`` shows in get-job, and
+earlier one; None when none was), ``rota.task.progress(0.5, "halfway")`` shows in get-job,
 ``rota.task.endpoint("server.feed")`` returns ``host:port`` where the task ``server`` of the same
-job listens on its port ``feed`` now, waiting until it does. An address can go stale (the task
-moved): a client that loses its connection asks again rather than reconnecting to the old one,
-which stays published until the leader learns that attempt ended. Each call
+job listens on its port ``feed`` now, waiting until it does (an address can go stale when the task
+moves: a client that loses its connection asks again rather than reconnecting to the old one,
+which stays published until the leader learns that attempt ended), and
+``rota.task.barrier("start", 5)`` waits until 5 tasks of the job have reached barrier "start". Each call
 goes to the task's own executor over a Unix socket (``ROTA_TASK_SOCKET``), proved by the attempt's
 secret (``ROTA_TASK_SECRET``); the executor passes it on to the leader, which answers only the
 task's current attempt. Plain standard library, synchronous: usable from any Python code.
@@ -18,8 +19,9 @@ The same as a program, for shell, Go and other tasks (``$ROTA_TASK_CLI`` or ``py
     rota-task checkpoint load [FILE]      # exit 1 when there is no checkpoint
     rota-task progress FRACTION [MESSAGE]
     rota-task endpoint NAME [--timeout SECONDS]   # prints host:port
+    rota-task barrier NAME PARTIES [--timeout S]   # exit 0 once released
 
-Exit 2 on bad usage, 3 when the call failed (refused, not inside a task, no leader).
+Exit 2 on bad usage, 3 when the call failed (refused, not inside a task, no leader, timed out).
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import binascii
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
 from typing import Any
 
-__all__ = ["CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "checkpoint", "endpoint", "main", "progress"]
+__all__ = [
+    "CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "barrier", "checkpoint", "endpoint", "main", "progress",
+]  # fmt: skip
 
 #: The largest checkpoint, in bytes.
 CHECKPOINT_MAX = 64 * 1024
@@ -46,8 +51,11 @@ LINE_MAX = 96 * 1024
 #: How long a call may take in all: the executor waits up to 30 s for a leader and 30 s for its
 #: answer, and says why when either runs out.
 CALL_TIMEOUT = 75.0
+#: The longest barrier name; a name is made of letters, digits, ".", "_" and "-".
+BARRIER_NAME_MAX = 64
+_BARRIER_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{BARRIER_NAME_MAX}}}")
 #: The ops a task may call.
-OPS = ("checkpoint.save", "checkpoint.load", "progress", "endpoint")
+OPS = ("checkpoint.save", "checkpoint.load", "progress", "endpoint", "barrier")
 #: The longest endpoint name (``task.port``) a task may ask for.
 ENDPOINT_NAME_MAX = 300
 #: How long ``endpoint`` waits by default for the endpoint to be up.
@@ -58,29 +66,29 @@ SECRET_ENV = "ROTA_TASK_SECRET"
 
 
 class TaskCallError(Exception):
-    """A call that did not happen: refused by the executor or the leader, too large, or made
-    outside a Rota task."""
+    """A call that did not happen: refused by the executor or the leader, too large, made
+    outside a Rota task, or (a barrier) not done within its timeout."""
 
 
 class _NoAnswer(TaskCallError):
     pass
 
 
-def _request(op: str, timeout: float = CALL_TIMEOUT, **fields: Any) -> dict[str, Any]:
-    """One call, on a connection of its own. The variables are read at each call: a ``call``
-    task's worker gets them only while it runs that task."""
+def _request(op: str, wait: float = CALL_TIMEOUT, **fields: Any) -> dict[str, Any]:
+    """One call, on a connection of its own, answered within ``wait`` seconds. The variables are
+    read at each call: a ``call`` task's worker gets them only while it runs that task."""
     path, secret = os.environ.get(SOCKET_ENV), os.environ.get(SECRET_ENV)
     if not path or not secret:
         raise TaskCallError(f"not inside a Rota task: {SOCKET_ENV} and {SECRET_ENV} are not set")
     line = json.dumps({"secret": secret, "op": op, **fields}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
+            sock.settimeout(wait)
             sock.connect(path)
             sock.sendall(line)
             reply = _read_line(sock)
     except TimeoutError:
-        raise _NoAnswer(f"{op}: no answer from the executor within {timeout:g}s") from None
+        raise _NoAnswer(f"{op}: no answer from the executor within {wait:g}s") from None
     except OSError as e:
         raise TaskCallError(f"{op}: cannot reach the executor at {path}: {e.strerror or e}") from None
     try:
@@ -172,7 +180,7 @@ def endpoint(name: str, timeout: float = ENDPOINT_TIMEOUT) -> str:
         left = deadline - asked
         try:
             # Bounded by what is left: the leader may hold the call for up to 20 s.
-            answer = _request("endpoint", timeout=max(0.1, min(CALL_TIMEOUT, left)), name=name)
+            answer = _request("endpoint", wait=max(0.1, min(CALL_TIMEOUT, left)), name=name)
         except _NoAnswer:
             answer = {}
             if time.monotonic() < deadline:
@@ -186,17 +194,62 @@ def endpoint(name: str, timeout: float = ENDPOINT_TIMEOUT) -> str:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
+def barrier(name: str, parties: int, timeout: float | None = None) -> None:
+    """Wait until ``parties`` tasks of this job (this one included) have reached barrier ``name``.
+
+    Arrivals count by task, not attempt: a task that arrived, failed and runs again rejoins without
+    counting twice, and passes at once once the barrier was released. Every task naming a barrier
+    must give the same ``parties`` (1 to the job's task count); a job has at most 64 barriers.
+    With ``timeout`` (seconds), TaskCallError when it is not released by then (the arrival stays
+    counted)."""
+    if not isinstance(name, str) or not _BARRIER_NAME.fullmatch(name):
+        raise ValueError(
+            f"a barrier name is 1 to {BARRIER_NAME_MAX} characters of A-Z a-z 0-9 . _ -, got {name!r}"
+        )
+    if isinstance(parties, bool) or not isinstance(parties, int):
+        raise TypeError(f"barrier parties must be a whole number, not {type(parties).__name__}")
+    if parties < 1:
+        raise ValueError(f"barrier parties must be at least 1, got {parties}")
+    if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
+        raise ValueError(f"barrier timeout must be a number of seconds from 0, got {timeout!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    arrived = ""
+    first = True
+    while True:
+        wait = CALL_TIMEOUT
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        try:
+            if wait <= 0 and not first:
+                raise _NoAnswer("")
+            first, wait = False, max(wait, 0.05)
+            answer = _request("barrier", wait=wait, name=name, parties=parties)
+        except _NoAnswer:
+            if deadline is None:
+                raise
+            raise TaskCallError(
+                f"barrier {name!r}: not released within {timeout:g}s{arrived or f' ({parties} parties)'}"
+            ) from None
+        if answer.get("ready"):
+            return
+        if isinstance(answer.get("arrived"), int) and isinstance(answer.get("parties"), int):
+            arrived = f" ({answer['arrived']} of {answer['parties']} tasks arrived)"
+
+
 USAGE = """Usage: rota-task checkpoint save FILE|-
        rota-task checkpoint load [FILE]
        rota-task progress FRACTION [MESSAGE]
        rota-task endpoint NAME [--timeout SECONDS]
+       rota-task barrier NAME PARTIES [--timeout S]
 
 Inside a Rota task: keep a checkpoint (at most 64 KiB) for the task's next attempt, read the last
-one back (exit 1 when there is none), report progress (0 to 1) shown in get-job, or print
+one back (exit 1 when there is none), report progress (0 to 1) shown in get-job, print
 host:port where another task of the job listens (NAME is task.port, or task when it has one
-port), waiting until it is up (default 60 s). After a connection error, ask again: the task may
-have moved.
-Exit 2 on bad usage, 3 when the call failed (or the endpoint is not up in time)."""
+port), waiting until it is up (default 60 s; after a connection error, ask again: the task may
+have moved), or wait until PARTIES tasks of the job have reached barrier NAME (exit 0 once
+released; a task run again rejoins without counting twice).
+Exit 2 on bad usage, 3 when the call failed (the endpoint is not up in time, or the barrier was
+not released within --timeout)."""
 
 
 class _Usage(Exception):
@@ -267,7 +320,33 @@ def _command(args: list[str]) -> int:
         except ValueError as e:
             raise _Usage(str(e)) from None
         return 0
+    if args[:1] == ["barrier"]:
+        _barrier_command(args[1:])
+        return 0
     raise _Usage(f"unknown command {' '.join(args[:2])!r}" if args else "no command given")
+
+
+def _barrier_command(args: list[str]) -> None:
+    timeout = None
+    if "--timeout" in args:
+        at = args.index("--timeout")
+        if at + 1 >= len(args):
+            raise _Usage("--timeout takes a number of seconds")
+        try:
+            timeout = float(args[at + 1])
+        except ValueError:
+            raise _Usage(f"--timeout must be a number of seconds, got {args[at + 1]!r}") from None
+        args = args[:at] + args[at + 2 :]
+    if len(args) != 2:
+        raise _Usage("barrier takes a NAME and a number of PARTIES")
+    try:
+        parties = int(args[1])
+    except ValueError:
+        raise _Usage(f"barrier PARTIES must be a whole number, got {args[1]!r}") from None
+    try:
+        barrier(args[0], parties, timeout)
+    except ValueError as e:
+        raise _Usage(str(e)) from None
 
 
 def _read_input(name: str) -> bytes:

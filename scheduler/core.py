@@ -36,6 +36,7 @@ from rota.common.states import (
 from rota.metastore import keys
 from rota.scheduler import endpoints as ep
 from rota.scheduler import gang as gangs
+from rota.scheduler.barriers import WAIT_MAX, Barriers, Parked
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
 from rota.scheduler.restarts import Budget
 
@@ -443,7 +444,7 @@ class CallReply:
     error: str = ""
     #: Waiting calls (endpoint, barrier): False when the leader's longest wait passed first.
     ready: bool = True
-    #: endpoint: where it listens (host:port).
+    #: endpoint: where it listens (host:port); barrier, not ready: "arrived/parties".
     addr: str = ""
 
 
@@ -569,6 +570,7 @@ class Core:
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
         #: Where tasks' named ports listen now, and the calls waiting for one (scheduler.endpoints).
         self.endpoints = ep.Endpoints()
+        self.barriers = Barriers()
 
     # -- outputs -------------------------------------------------------------------------
 
@@ -615,6 +617,7 @@ class Core:
             self._end_job(job)
 
     def _end_job(self, job: Job) -> None:
+        self._answer_gone(self.barriers.forget(job.id), job, "its job ended")
         if job.cancelled:
             job.state = CANCELLED
         else:
@@ -695,6 +698,8 @@ class Core:
                 task.job.short[task.template] = True
         if task.spec.ports or self.endpoints.any_parked():
             self._endpoints_ended(task)
+        if task.job.id in self.barriers.jobs:
+            self._answer_gone(self.barriers.attempt_ended(task.job.id, task.index, task.attempt), task.job)
 
     def _failed(self, task: Task, result: dict[str, Any] | None) -> None:
         """An attempt failed by itself: run again after a backoff, or fail for good once
@@ -1095,6 +1100,37 @@ class Core:
             error = f"attempt {task.attempt} of task {task.id} ended while it waited for {w.name}"
             self._out.append(CallReply(w.executor, w.call_id, error))
 
+    def barrier(self, executor_id: str, call_id: int, ref: TaskRef, name: str, parties: int) -> None:
+        """A task reaches a barrier (scheduler.barriers): its call waits until the barrier is
+        released, answered after the release is committed, or WAIT_MAX, answered not ready."""
+        refused = self.call_refusal(executor_id, ref)
+        if refused:
+            self._out.append(CallReply(executor_id, call_id, refused))
+            return
+        job = self.active[ref.job_id]
+        call = Parked(ref.index, ref.attempt, executor_id, call_id, self.clock() + WAIT_MAX)
+        arrival = self.barriers.arrive(job.id, len(job.tasks), call, name, parties)
+        if arrival.error:
+            self._out.append(CallReply(executor_id, call_id, arrival.error))
+            return
+        if arrival.write is not None:
+            self._out.append(PutRecord(job, *arrival.write))
+        for p in arrival.ready:
+            task = job.tasks[p.index]
+            if task.attempt == p.attempt and task.state in ACTIVE:
+                self._out.append(CallReply(p.executor, p.call_id))
+
+    def restore_barrier(self, job_id: str, name: str, record: dict[str, Any]) -> None:
+        """A barrier read back from etcd by a new leader, for a job still running (else ignored)."""
+        job = self.active.get(job_id)
+        if job is not None:
+            self.barriers.restore(job_id, name, record, len(job.tasks))
+
+    def _answer_gone(self, calls: list[Parked], job: Job, why: str = "") -> None:
+        for p in calls:
+            error = why or f"attempt {p.attempt} of task {job.id}/{p.index} ended"
+            self._out.append(CallReply(p.executor, p.call_id, f"{error} while it waited at a barrier"))
+
     def cancel_job(self, job_id: str) -> AnyJob | None:
         job = self.active.get(job_id)
         if job is None:
@@ -1154,6 +1190,9 @@ class Core:
             self._write_checkpoints(now)
         for w in self.endpoints.expired(now):
             self._out.append(CallReply(w.executor, w.call_id, ready=False))
+        if self.barriers.waiting:
+            for p, where in self.barriers.expire(now):
+                self._out.append(CallReply(p.executor, p.call_id, ready=False, addr=where))
         if moved:
             self._schedule()
         return self._delayed[0][0] if self._delayed else None

@@ -177,6 +177,8 @@ class ExecutorRegistry:
             self.kick()
         elif call.op == "endpoint":
             self.core.find_endpoint(link.executor_id, call.call_id, ref, call.name)
+        elif call.op == "barrier":
+            self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties)
             self.kick()
         elif call.op == "checkpoint.load":
             refused = self.core.call_refusal(link.executor_id, ref)

@@ -181,7 +181,9 @@ class JobApi:
         ended job held as a summary, from etcd (a spec and a range of task records); None when
         that job has just expired."""
         if isinstance(job, Job):
-            return job_page_doc(job, offset, limit, self.core.endpoints.of_job(job.id))
+            return job_page_doc(
+                job, offset, limit, self.core.endpoints.of_job(job.id), self.core.barriers.docs(job.id)
+            )
         total = job.task_count()
         if offset >= total:
             return {**job_doc(job), "tasks": []}

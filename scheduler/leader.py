@@ -96,6 +96,11 @@ class LeaderRuntime:
                     await asyncio.sleep(0)  # keeps the leader's lease alive through a long history
                 self.core.add_job(job)
             self.core.restore_endpoints(snap.endpoints)
+            for job_id, name, record in snap.barriers:
+                try:
+                    self.core.restore_barrier(job_id, name, record)
+                except ValueError as e:
+                    log.error("%s: skipped", e)
             self.core.adopt_running()
         finally:
             if collecting:

@@ -162,6 +162,8 @@ class Snapshot:
     revision: int
     #: The endpoints of running jobs: (job id, endpoint name, record), for Core.restore_endpoints.
     endpoints: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: (job id, barrier name, record) of the running jobs' barriers.
+    barriers: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
 class Store:
@@ -437,7 +439,9 @@ class Store:
             await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])
         executors = [_executor(json.loads(kv.value), kv.lease) for kv in ex_kvs]
         ordered: list[AnyJob] = sorted([*jobs.values(), *summaries], key=lambda j: j.seq)
-        return Snapshot(ordered, executors, rev, await self._endpoints(jobs, rev))
+        return Snapshot(
+            ordered, executors, rev, await self._endpoints(jobs, rev), await self._barriers(jobs, rev)
+        )
 
     async def _endpoints(self, jobs: dict[str, Job], rev: int) -> list[tuple[str, str, bytes]]:
         """The endpoint records of the jobs still running (those of ended jobs were withdrawn, or
@@ -452,6 +456,32 @@ class Store:
             if job_id in running:
                 found.append((job_id, name, kv.value))
         return found
+
+    async def _barriers(self, jobs: dict[str, Job], rev: int) -> list[tuple[str, str, dict[str, Any]]]:
+        """The barriers of the jobs still running (those of ended jobs wait for their retention)."""
+        running = [job_id for job_id, job in jobs.items() if job.state is None]
+        if not running:
+            return []
+        if len(running) > WHOLE_BY_PREFIX:
+            kvs, _ = await self.client.get_prefix(keys.BARRIERS, revision=rev)
+        else:
+            kvs = []
+            for job_id in running:
+                kvs += (await self.client.get_prefix(keys.job_barriers(job_id), revision=rev))[0]
+        out = []
+        for kv in kvs:
+            job_id, name = keys.barrier_of(kv.key)
+            if job_id not in jobs or jobs[job_id].state is not None:
+                continue
+            try:
+                record = json.loads(kv.value)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                log.error("barrier %s of job %s cannot be read from etcd and is skipped: %r", name, job_id, e)
+                continue
+            out.append((job_id, name, record))
+        return out
 
     async def read_tasks(
         self, job_id: str, offset: int, limit: int

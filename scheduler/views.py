@@ -86,11 +86,17 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
 
 
 def job_page_doc(
-    job: Job, offset: int, limit: int, endpoints: dict[int, dict[str, str]] | None = None
+    job: Job,
+    offset: int,
+    limit: int,
+    endpoints: dict[int, dict[str, str]] | None = None,
+    barriers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The get-job document with tasks ``[offset, offset + limit)`` only; ``endpoints``: by task
-    index, the ports published now (Endpoints.of_job)."""
+    index, the ports published now (Endpoints.of_job); a running job's barriers when it has any."""
     doc = job_doc(job)
+    if barriers:
+        doc["barriers"] = barriers
     shown = endpoints or {}
     doc["tasks"] = [
         task_doc(t, shown.get(t.index)) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]

@@ -121,6 +121,8 @@ class FakeLeader:
         self.progress: tuple[float, str] | None = None
         self.refuse = ""
         self.hold: asyncio.Event | None = None
+        #: Answers to barrier calls, in turn; ready once they run out.
+        self.barrier_replies: list[rota_pb2.TaskCallReply] = []
 
     async def forward(self, call: rota_pb2.TaskCall) -> rota_pb2.TaskCallReply:
         self.calls.append(call)
@@ -134,6 +136,12 @@ class FakeLeader:
             self.checkpoint = call.data
         elif call.op == "progress":
             self.progress = (call.fraction, call.message)
+        elif call.op == "barrier":
+            return (
+                self.barrier_replies.pop(0)
+                if self.barrier_replies
+                else rota_pb2.TaskCallReply(ok=True, ready=True)
+            )
         elif self.checkpoint is not None:
             return rota_pb2.TaskCallReply(ok=True, found=True, data=self.checkpoint)
         return rota_pb2.TaskCallReply(ok=True)
@@ -464,5 +472,72 @@ def test_the_link_passes_a_call_on_and_matches_its_answer(
         monkeypatch.setattr(link_mod, "CALL_REPLY_TIMEOUT", 0.05)
         unanswered = await link.task_call(rota_pb2.TaskCall(task=REF, op="progress"))
         assert not unanswered.ok and "did not answer" in unanswered.error and not link._calls
+        # A barrier is not refused for want of an answer: the task asks again.
+        waiting = await link.task_call(rota_pb2.TaskCall(task=REF, op="barrier", name="b", parties=2))
+        assert waiting.ok and not waiting.ready and not link._calls
+        link._outbox = None
+        link._up.clear()
+        lonely = await link.task_call(rota_pb2.TaskCall(task=REF, op="barrier", name="b", parties=2))
+        assert lonely.ok and not lonely.ready
 
     asyncio.run(check())
+
+
+# -- barriers ---------------------------------------------------------------------------------------
+
+
+def test_barrier_requests_are_checked() -> None:
+    held: list[str] = []
+    attempts = attempts_with(held)
+    s = held[0]
+    req = parse(line(secret=s, op="barrier", name="start", parties=5), attempts)
+    assert (req.op, req.name, req.parties) == ("barrier", "start", 5)
+    for body, needle in (
+        ({"parties": 2}, "needs 'name'"),
+        ({"name": "", "parties": 2}, "needs 'name'"),
+        ({"name": "x" * 65, "parties": 2}, "65 characters, over the limit of 64"),
+        ({"name": "a"}, "needs 'parties'"),
+        ({"name": "a", "parties": True}, "needs 'parties'"),
+        ({"name": "a", "parties": 0}, "needs 'parties'"),
+        ({"name": "a", "parties": 2**31}, "needs 'parties'"),
+        ({"name": "a", "parties": 2, "data": ""}, "barrier takes no field 'data'"),
+    ):
+        with pytest.raises(Refused, match=needle):
+            parse(line(secret=s, op="barrier", **body), attempts)
+
+
+def test_the_sdk_waits_at_a_barrier_asking_again_until_released(served: Served, capsys) -> None:
+    not_yet = rota_pb2.TaskCallReply(ok=True, ready=False, addr="2/3")
+    served.leader.barrier_replies = [not_yet, not_yet]
+    sdk.barrier("start", 3)
+    calls = [c for c in served.leader.calls if c.op == "barrier"]
+    assert [(c.name, c.parties) for c in calls] == [("start", 3)] * 3
+    assert task_calls.reply_for("barrier", not_yet) == {
+        "ok": True,
+        "ready": False,
+        "arrived": 2,
+        "parties": 3,
+    }
+    served.leader.barrier_replies = [not_yet] * 100_000
+    with pytest.raises(
+        sdk.TaskCallError, match=r"barrier 'start': not released within 0.2s \(2 of 3 tasks arrived\)"
+    ):
+        sdk.barrier("start", 3, timeout=0.2)
+    assert cli(["barrier", "start", "3", "--timeout", "0.1"], capsys)[0] == 3
+    served.leader.barrier_replies = []
+    assert cli(["barrier", "start", "3"], capsys) == (0, "")
+    assert cli(["barrier", "start", "--timeout", "1", "3"], capsys) == (0, "")
+    for args in (
+        ["barrier", "start"],
+        ["barrier", "a/b", "2"],
+        ["barrier", "a", "x"],
+        ["barrier", "a", "2", "--timeout"],
+    ):
+        assert cli(args, capsys)[0] == 2, args
+    served.leader.refuse = "barrier 'start' has 3 parties (set by its first arrival); this call says 4"
+    code, err = cli(["barrier", "start", "4"], capsys)
+    assert code == 3 and "has 3 parties" in err
+    with pytest.raises(ValueError, match="1 to 64 characters"):
+        sdk.barrier("", 2)
+    with pytest.raises(TypeError, match="whole number"):
+        sdk.barrier("a", 2.0)  # type: ignore[arg-type]

@@ -1,0 +1,187 @@
+"""Barriers (``rota.task.barrier(name, parties)``): a task waits until ``parties`` tasks of its job
+have reached the same named barrier. Pure state, owned by the scheduling core; no I/O.
+
+Arrivals count by task index, not attempt: a task that arrived, was rescheduled and calls again is
+counted once, and once the barrier is released its later calls pass at once. Who arrived and
+whether the barrier is released is persisted (one record per barrier, ``keys.barrier``) so that a
+new leader rebuilds it; the calls waiting (parked) are not, since executors send unanswered calls
+again to the next leader, which parks them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from rota.metastore import keys
+
+#: A barrier's name: 1 to NAME_MAX characters of [A-Za-z0-9._-].
+NAME_MAX = 64
+#: Barriers one job may have.
+MAX_PER_JOB = 64
+#: The longest a call waits on the leader before it is answered not ready (the SDK asks again):
+#: below the executor's own 30 s wait for an answer.
+WAIT_MAX = 20.0
+
+_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{NAME_MAX}}}")
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A call waiting for its barrier's release."""
+
+    index: int
+    attempt: int
+    executor: str
+    call_id: int
+    due: float
+
+
+@dataclass(slots=True)
+class Barrier:
+    parties: int
+    arrived: set[int] = field(default_factory=set)
+    released: bool = False
+    parked: list[Parked] = field(default_factory=list)
+
+    def record(self) -> bytes:
+        """What etcd keeps of it."""
+        body = {"parties": self.parties, "arrived": sorted(self.arrived), "released": self.released}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def doc(self, name: str) -> dict[str, Any]:
+        """Its entry in get-job."""
+        return {
+            "name": name,
+            "parties": self.parties,
+            "arrived": len(self.arrived),
+            "released": self.released,
+        }
+
+
+@dataclass(slots=True)
+class Arrival:
+    """What one call decided: an error, or the record to write (when it changed) and the calls to
+    answer ready (the caller's own when the barrier is released; every parked one on release)."""
+
+    error: str = ""
+    write: tuple[bytes, bytes] | None = None
+    ready: list[Parked] = field(default_factory=list)
+
+
+def invalid(name: str, parties: int, tasks: int) -> str:
+    """What is wrong with a barrier call of a job of ``tasks`` tasks ("" when nothing)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = name[:NAME_MAX] + "..." if isinstance(name, str) and len(name) > NAME_MAX else name
+        return f"a barrier name is 1 to {NAME_MAX} characters of A-Z a-z 0-9 . _ -, got {shown!r}"
+    if isinstance(parties, bool) or not isinstance(parties, int) or not 1 <= parties <= tasks:
+        return f"barrier {name!r}: parties must be from 1 to {tasks} (the job's task count), got {parties!r}"
+    return ""
+
+
+class Barriers:
+    """Every barrier of every running job, and the calls waiting on them."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Barrier]] = {}
+        #: Calls parked in all, and the earliest time one of them is due (a bound, not exact).
+        self.waiting = 0
+        self._next_due = math.inf
+
+    def arrive(self, job_id: str, tasks: int, call: Parked, name: str, parties: int) -> Arrival:
+        """Task ``call.index`` (its current attempt, checked by the caller) reaches barrier ``name``."""
+        error = invalid(name, parties, tasks)
+        if error:
+            return Arrival(error)
+        barriers = self.jobs.setdefault(job_id, {})
+        barrier = barriers.get(name)
+        if barrier is None:
+            if len(barriers) >= MAX_PER_JOB:
+                return Arrival(f"a job has at most {MAX_PER_JOB} barriers: {name!r} would be one more")
+            barrier = barriers[name] = Barrier(parties)
+        elif barrier.parties != parties:
+            return Arrival(
+                f"barrier {name!r} has {barrier.parties} parties (set by its first arrival); "
+                f"this call says {parties}"
+            )
+        if barrier.released:
+            return Arrival(ready=[call])
+        write = None
+        if call.index not in barrier.arrived:
+            barrier.arrived.add(call.index)
+            if len(barrier.arrived) >= barrier.parties:
+                barrier.released = True
+            write = (keys.barrier(job_id, name), barrier.record())
+        if not barrier.released:
+            barrier.parked.append(call)
+            self.waiting += 1
+            self._next_due = min(self._next_due, call.due)
+            return Arrival(write=write)
+        ready = [*barrier.parked, call]
+        self.waiting -= len(barrier.parked)
+        barrier.parked = []
+        return Arrival(write=write, ready=ready)
+
+    def attempt_ended(self, job_id: str, index: int, attempt: int) -> list[Parked]:
+        """The calls an attempt that ended had waiting: no longer waited on (the caller answers them)."""
+        gone: list[Parked] = []
+        for barrier in self.jobs.get(job_id, {}).values():
+            if barrier.parked:
+                kept: list[Parked] = []
+                for p in barrier.parked:
+                    (gone if p.index == index and p.attempt <= attempt else kept).append(p)
+                barrier.parked = kept
+        self.waiting -= len(gone)
+        return gone
+
+    def expire(self, now: float) -> list[tuple[Parked, str]]:
+        """The calls that waited WAIT_MAX, no longer parked: each with how far its barrier is
+        ("arrived/parties"), which its not-ready answer carries."""
+        if self._next_due > now:
+            return []
+        due: list[tuple[Parked, str]] = []
+        next_due = math.inf
+        for barriers in self.jobs.values():
+            for barrier in barriers.values():
+                if barrier.parked:
+                    kept: list[Parked] = []
+                    for p in barrier.parked:
+                        if p.due <= now:
+                            due.append((p, f"{len(barrier.arrived)}/{barrier.parties}"))
+                        else:
+                            kept.append(p)
+                            next_due = min(next_due, p.due)
+                    barrier.parked = kept
+        self.waiting -= len(due)
+        self._next_due = next_due
+        return due
+
+    def forget(self, job_id: str) -> list[Parked]:
+        """A job ended: its barriers go, and any call still parked on them is returned."""
+        barriers = self.jobs.pop(job_id, None) or {}
+        left = [p for b in barriers.values() for p in b.parked]
+        self.waiting -= len(left)
+        return left
+
+    def restore(self, job_id: str, name: str, record: dict[str, Any], tasks: int) -> None:
+        """A barrier read back from etcd by a new leader; ValueError when the record is not one."""
+        parties = record.get("parties")
+        error = invalid(name, parties, tasks) if isinstance(parties, int) else "no parties"
+        arrived = record.get("arrived")
+        released = record.get("released")
+        if error or not isinstance(arrived, list) or not isinstance(released, bool):
+            raise ValueError(f"barrier {name!r} of job {job_id}: not a barrier record ({error or 'fields'})")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < tasks for i in arrived):
+            raise ValueError(f"barrier {name!r} of job {job_id}: an arrival is not a task of the job")
+        barriers = self.jobs.setdefault(job_id, {})
+        if name not in barriers and len(barriers) >= MAX_PER_JOB:
+            raise ValueError(f"job {job_id} has more than {MAX_PER_JOB} barriers")
+        assert isinstance(parties, int)
+        barriers[name] = Barrier(parties, set(arrived), released or len(set(arrived)) >= parties)
+
+    def docs(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's barriers as get-job shows them, by name."""
+        return [b.doc(name) for name, b in sorted(self.jobs.get(job_id, {}).items())]

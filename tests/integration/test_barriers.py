@@ -1,0 +1,130 @@
+"""Barriers on a real cluster (issue 14): five tasks meet at rota.task.barrier("start", 5); a task
+that fails before arriving, or gives up after arriving, runs again and rejoins counted once; the
+arrivals survive a leader SIGKILL, and a task run again after the release passes straight through."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.etcd
+
+#: Each task appends "before <i>", waits at the barrier, appends "after <i>".
+PRELUDE = """
+import os, sys, time, rota.task
+i = int(os.environ["ROTA_TASK_ID"].rsplit("/", 1)[1])
+attempt = int(os.environ["ROTA_ATTEMPT"])
+log = {log!r}
+go = {go!r}
+
+def line(text):
+    with open(log, "a") as f:
+        f.write(text + "\\n")
+
+def wait_for(check):
+    while not check():
+        time.sleep(0.05)
+
+"""
+
+RESCHEDULED = """
+if i == 4 and attempt == 1:
+    line("crash 4")
+    sys.exit("failing on purpose before the barrier")
+if i == 4:  # the second attempt arrives last, once task 3 gave up after arriving and came back
+    wait_for(lambda: open(log).read().splitlines().count("before 3") == 2)
+    time.sleep(1)  # for task 3's second call to reach the leader
+line(f"before {i}")
+try:
+    rota.task.barrier("start", 5, timeout=1.5 if i == 3 and attempt == 1 else None)
+except rota.task.TaskCallError as e:
+    line("gave up 3")
+    sys.exit(f"gave up: {e}")
+line(f"after {i}")
+"""
+
+ACROSS_FAILOVER = """
+if i == 3 and attempt == 1:
+    line("before 3")
+    try:
+        rota.task.barrier("start", 5, timeout=1)
+    except rota.task.TaskCallError:
+        line("gave up 3")
+        sys.exit(1)
+if i == 3:  # run again: calls only once the barrier is released, which needs its first arrival
+    line("rejoining 3")
+    wait_for(lambda: any(x.startswith("after") for x in open(log).read().splitlines()))
+    rota.task.barrier("start", 5)
+    line("after 3")
+    sys.exit(0)
+if i == 4:
+    wait_for(lambda: os.path.exists(go))
+line(f"before {i}")
+rota.task.barrier("start", 5)
+line(f"after {i}")
+"""
+
+
+def job(code: str, tmp_path: Path) -> dict:
+    log, go = tmp_path / "log", tmp_path / "go"
+    log.touch()
+    source = PRELUDE.format(log=str(log), go=str(go)) + code
+    return {
+        "name": "meet",
+        "max-attempts": 2,
+        "task": [{"name": "t", "kind": "python", "count": 5, "code": source}],
+    }
+
+
+def lines(tmp_path: Path) -> list[str]:
+    return (tmp_path / "log").read_text().splitlines()
+
+
+def check_order(log: list[str]) -> None:
+    """Every "after" comes after the first "before" of every task: no task passed early."""
+    afters = [n for n, x in enumerate(log) if x.startswith("after")]
+    assert sorted(log[n] for n in afters) == [f"after {i}" for i in range(5)], log
+    last_before = max(log.index(f"before {i}") for i in range(5))
+    assert min(afters) > last_before, log
+
+
+def test_five_tasks_meet_and_rescheduled_ones_rejoin_counted_once(local_cluster, tmp_path):
+    cluster = local_cluster(executors=1, executor_slots=6)
+    with cluster.client(timeout=30) as c:
+        doc = c.run_job(job(RESCHEDULED, tmp_path), timeout=120)
+    log = lines(tmp_path)
+    assert doc["state"] == "SUCCEEDED", (doc, log)
+    attempts = [t["attempt"] for t in doc["tasks"]]
+    assert attempts == [1, 1, 1, 2, 2], (attempts, log)
+    check_order(log)
+    # Task 3's second arrival did not count again: had it, the barrier would have opened before task 4.
+    assert log.index("gave up 3") < log.index("before 4") < min(log.index(f"after {i}") for i in range(5))
+    assert log.count("before 3") == 2
+
+
+def test_a_barrier_survives_a_leader_sigkill(local_cluster, tmp_path, wait_until):
+    cluster = local_cluster(executors=1, executor_slots=6)
+    with cluster.client(timeout=30) as c:
+        job_id = c.submit_job(job(ACROSS_FAILOVER, tmp_path))["id"]
+
+        def four_arrived():
+            doc = c.get_job(job_id)
+            return doc.get("barriers") == [
+                {"name": "start", "parties": 5, "arrived": 4, "released": False}
+            ] and ("rejoining 3" in lines(tmp_path))
+
+        wait_until("tasks 0-3 at the barrier, task 3 run again", four_arrived, 60, every=0.1)
+        old = cluster.leader()
+        old.signal(signal.SIGKILL)
+        cluster.wait_for_leader(exclude=old.name, timeout=30)
+        # Task 3's arrival is only in etcd now (its attempt ended): the new leader has it.
+        wait_until("the new leader's barrier", four_arrived, 60, every=0.1)
+        (tmp_path / "go").touch()
+        doc = c.wait_job(job_id, timeout=120)
+    log = lines(tmp_path)
+    assert doc["state"] == "SUCCEEDED", (doc, log)
+    assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 1, 2, 1], log
+    check_order(log)
+    assert log.index("rejoining 3") < log.index("before 4")

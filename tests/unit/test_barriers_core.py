@@ -1,0 +1,233 @@
+"""Barriers: the pure state (scheduler.barriers) and what the core decides with it. No I/O.
+
+(tests/integration/test_barriers.py runs them on a real cluster.)"""
+
+from __future__ import annotations
+
+import json
+
+from test_core import Harness, tmpl
+
+from rota.common.states import RUNNING
+from rota.metastore import keys
+from rota.scheduler.barriers import MAX_PER_JOB, NAME_MAX, WAIT_MAX, Barriers, Parked, invalid
+from rota.scheduler.core import CallReply, Job, PutRecord, TaskRef
+from rota.scheduler.views import job_page_doc
+
+
+def parked(index: int, attempt: int = 1, call_id: int = 0, due: float = 100.0) -> Parked:
+    return Parked(index, attempt, "e1", call_id or index + 1, due)
+
+
+def test_the_nth_party_releases_every_parked_call_and_each_arrival_is_written() -> None:
+    b = Barriers()
+    for i in range(2):
+        a = b.arrive("j", 5, parked(i), "start", 3)
+        assert not a.error and not a.ready
+        assert a.write is not None and a.write[0] == keys.barrier("j", "start")
+        assert json.loads(a.write[1]) == {"parties": 3, "arrived": list(range(i + 1)), "released": False}
+    assert b.waiting == 2
+    a = b.arrive("j", 5, parked(4), "start", 3)
+    assert a.write is not None
+    assert json.loads(a.write[1]) == {"parties": 3, "arrived": [0, 1, 4], "released": True}
+    assert [p.index for p in a.ready] == [0, 1, 4]
+    assert b.waiting == 0
+    # Released: any later call passes at once, with nothing written.
+    late = b.arrive("j", 5, parked(3), "start", 3)
+    assert late.ready == [parked(3)] and late.write is None
+    assert b.docs("j") == [{"name": "start", "parties": 3, "arrived": 3, "released": True}]
+
+
+def test_a_task_counts_once_however_many_attempts_arrive() -> None:
+    b = Barriers()
+    assert b.arrive("j", 3, parked(0, attempt=1), "x", 2).write is not None
+    assert b.attempt_ended("j", 0, 1) == [parked(0, attempt=1)]
+    again = b.arrive("j", 3, parked(0, attempt=2), "x", 2)
+    assert again.write is None and not again.ready  # counted already: parked, nothing new to write
+    assert b.docs("j")[0]["arrived"] == 1
+    done = b.arrive("j", 3, parked(1), "x", 2)
+    assert [(p.index, p.attempt) for p in done.ready] == [(0, 2), (1, 1)]
+
+
+def test_bad_names_parties_and_too_many_barriers_are_refused() -> None:
+    assert invalid("a.b_c-9", 1, 1) == ""
+    assert "1 to 64 characters" in invalid("", 1, 3)
+    assert "1 to 64 characters" in invalid("a/b", 1, 3)
+    assert "1 to 64 characters" in invalid("x" * (NAME_MAX + 1), 1, 3)
+    assert "from 1 to 3" in invalid("a", 0, 3)
+    assert "from 1 to 3" in invalid("a", 4, 3)
+    assert "from 1 to 3" in invalid("a", True, 3)
+    b = Barriers()
+    for i in range(MAX_PER_JOB):
+        assert not b.arrive("j", 2, parked(0), f"b{i}", 2).error
+    assert "at most 64 barriers" in b.arrive("j", 2, parked(0), "one-more", 2).error
+    assert not b.arrive("j", 2, parked(1), "b0", 2).error  # an existing one is fine
+    assert "from 1 to 2" in b.arrive("k", 2, parked(0), "a", 3).error
+    assert "k" not in b.jobs
+
+
+def test_a_different_parties_count_is_refused_and_changes_nothing() -> None:
+    b = Barriers()
+    b.arrive("j", 5, parked(0), "x", 3)
+    a = b.arrive("j", 5, parked(1), "x", 4)
+    assert "has 3 parties" in a.error and "says 4" in a.error
+    assert b.docs("j")[0]["arrived"] == 1 and b.waiting == 1
+
+
+def test_parked_calls_expire_after_the_longest_wait() -> None:
+    b = Barriers()
+    b.arrive("j", 3, parked(0, due=10.0), "x", 3)
+    b.arrive("j", 3, parked(1, due=15.0), "x", 3)
+    assert b.expire(9.0) == []
+    assert b.expire(12.0) == [(parked(0, due=10.0), "2/3")]
+    assert b.expire(14.0) == []
+    assert b.expire(15.0) == [(parked(1, due=15.0), "2/3")]
+    assert b.waiting == 0
+    assert b.docs("j")[0]["arrived"] == 2  # the arrivals stay
+
+
+def test_restore_reads_records_back_and_refuses_what_is_not_one() -> None:
+    b = Barriers()
+    b.restore("j", "x", {"parties": 3, "arrived": [0, 2], "released": False}, 4)
+    assert b.docs("j") == [{"name": "x", "parties": 3, "arrived": 2, "released": False}]
+    a = b.arrive("j", 4, parked(2, attempt=5), "x", 3)
+    assert a.write is None and not a.ready  # task 2 arrived before the failover
+    assert len(b.arrive("j", 4, parked(3), "x", 3).ready) == 2
+    for bad in (
+        {"parties": 9, "arrived": [], "released": False},
+        {"parties": 2, "arrived": [7], "released": False},
+        {"parties": 2, "arrived": "0", "released": False},
+        {"arrived": [], "released": False},
+        {"parties": 2, "arrived": []},
+    ):
+        try:
+            b.restore("j", "y", bad, 4)
+        except ValueError:
+            continue
+        raise AssertionError(f"restored {bad}")
+
+
+# -- in the core ----------------------------------------------------------------------
+
+
+def running_job(h: Harness, n: int = 3, max_attempts: int = 3) -> Job:
+    job = h.add_job("j", tmpl(count=n, max_attempts=max_attempts))
+    h.attach("e1", slots=n)
+    h.drain()
+    for t in job.tasks:
+        h.report("e1", t.ref(), RUNNING)
+    h.drain()
+    return job
+
+
+def replies(out: list) -> list[CallReply]:
+    return [d for d in out if isinstance(d, CallReply)]
+
+
+def test_the_core_writes_each_arrival_and_answers_everyone_after_the_release() -> None:
+    h = Harness()
+    job = running_job(h)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 2)
+    out = h.drain()
+    assert [type(d) for d in out] == [PutRecord]
+    h.core.barrier("e1", 2, job.tasks[2].ref(), "go", 2)
+    out = h.drain()
+    assert isinstance(out[0], PutRecord) and json.loads(out[0].value or b"")["released"] is True
+    assert replies(out) == [CallReply("e1", 1), CallReply("e1", 2)]  # after the write, in the same drain
+    h.core.barrier("e1", 3, job.tasks[1].ref(), "go", 2)
+    assert h.drain() == [CallReply("e1", 3)]
+    assert job_page_doc(job, 0, 1, barriers=h.core.barriers.docs("j"))["barriers"] == [
+        {"name": "go", "parties": 2, "arrived": 2, "released": True}
+    ]
+
+
+def test_a_rescheduled_task_rejoins_and_its_old_call_is_answered_with_an_error() -> None:
+    h = Harness()
+    job = running_job(h, n=2)
+    task = job.tasks[1]
+    h.core.barrier("e1", 1, task.ref(), "go", 2)
+    h.drain()
+    old = task.ref()
+    h.report("e1", old, "FAILED", {"error": "boom"})
+    (gone,) = replies(h.drain())
+    assert gone.call_id == 1 and "ended while it waited at a barrier" in gone.error
+    # The old attempt may no longer call.
+    h.core.barrier("e1", 2, old, "go", 2)
+    (stale,) = h.drain()
+    assert "not its current one" in stale.error
+    h.now[0] += 10
+    h.core.tick()
+    h.drain()
+    h.report("e1", task.ref(), RUNNING)
+    h.drain()
+    assert task.attempt == 2
+    h.core.barrier("e1", 3, task.ref(), "go", 2)
+    assert h.drain() == []  # counted already: parked, nothing written
+    h.core.barrier("e1", 4, job.tasks[0].ref(), "go", 2)
+    out = h.drain()
+    assert replies(out) == [CallReply("e1", 3), CallReply("e1", 4)]
+
+
+def test_a_parked_call_is_answered_not_ready_after_the_longest_wait() -> None:
+    h = Harness()
+    job = running_job(h)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 3)
+    h.drain()
+    h.now[0] += WAIT_MAX - 1
+    h.core.tick()
+    assert replies(h.drain()) == []
+    h.now[0] += 1
+    h.core.tick()
+    assert replies(h.drain()) == [CallReply("e1", 1, ready=False, addr="1/3")]
+    # Asking again parks it again, counted once.
+    h.core.barrier("e1", 2, job.tasks[0].ref(), "go", 3)
+    assert h.drain() == []
+
+
+def test_refusals_in_the_core() -> None:
+    h = Harness()
+    job = running_job(h)
+    ref = job.tasks[0].ref()
+    for ex, r, name, parties, needle in (
+        ("e2", ref, "go", 2, "does not run on this executor"),
+        ("e1", TaskRef("j", 0, ref.attempt + 1), "go", 2, "not its current one"),
+        ("e1", ref, "no/slash", 2, "1 to 64 characters"),
+        ("e1", ref, "go", 4, "from 1 to 3"),
+    ):
+        h.core.barrier(ex, 9, r, name, parties)
+        (reply,) = h.drain()
+        assert isinstance(reply, CallReply) and needle in reply.error, reply
+
+
+def test_a_new_leader_rebuilds_barriers_and_parks_resent_calls_again() -> None:
+    h = Harness()
+    job = running_job(h)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 3)
+    h.core.barrier("e1", 2, job.tasks[1].ref(), "go", 3)
+    (record,) = [d for d in h.drain() if isinstance(d, PutRecord)][-1:]
+    # The new leader: the same job and task records, and the barrier's record.
+    h2 = Harness()
+    job2 = running_job(h2)
+    h2.core.restore_barrier("j", "go", json.loads(record.value or b""))
+    h2.core.barrier("e1", 11, job2.tasks[0].ref(), "go", 3)
+    h2.core.barrier("e1", 12, job2.tasks[1].ref(), "go", 3)
+    assert h2.drain() == []  # re-sent calls: parked, counted once
+    h2.core.barrier("e1", 13, job2.tasks[2].ref(), "go", 3)
+    assert [r.call_id for r in replies(h2.drain())] == [11, 12, 13]
+    # A released barrier passes at once after a rebuild too.
+    h3 = Harness()
+    job3 = running_job(h3)
+    h3.core.restore_barrier("j", "go", {"parties": 3, "arrived": [0, 1, 2], "released": True})
+    h3.core.barrier("e1", 21, job3.tasks[1].ref(), "go", 3)
+    assert h3.drain() == [CallReply("e1", 21)]
+
+
+def test_a_job_that_ends_drops_its_barriers() -> None:
+    h = Harness()
+    job = running_job(h, n=2, max_attempts=1)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 2)
+    h.drain()
+    h.core.cancel_job("j")
+    (reply,) = replies(h.drain())
+    assert reply.call_id == 1 and reply.error
+    assert "j" not in h.core.barriers.jobs and h.core.barriers.waiting == 0
