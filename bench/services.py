@@ -55,7 +55,8 @@ def trials(n: int, ttl: str) -> list[float]:
                 time.sleep(0.05)
             for i in range(n):
                 task = c.get_job(job_id)["tasks"][0]
-                victim = next(p for p in cluster.executors if p.name == task["executor"] and p.alive())
+                name = next(e["name"] for e in c.list_executors() if e["id"] == task["executor"])
+                victim = next(p for p in cluster.executors if p.name == name)
                 t0 = time.monotonic()
                 victim.signal(signal.SIGKILL)
                 attempt += 1
