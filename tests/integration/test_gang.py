@@ -4,6 +4,8 @@ without failing its job."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 pytestmark = pytest.mark.etcd
@@ -14,7 +16,10 @@ REASON = (
 )
 
 
-def test_a_gang_waits_with_its_reason_until_a_third_executor_joins(local_cluster, wait_until):
+@pytest.mark.parametrize("leader_kill", [False, True], ids=["steady", "leader-sigkill"])
+def test_a_gang_waits_with_its_reason_until_a_third_executor_joins(local_cluster, wait_until, leader_kill):
+    """With ``leader_kill``, the leader is SIGKILLed while the gang waits: the new leader, rebuilt
+    from etcd, gives the same reason and places the gang all at once just the same."""
     cluster = local_cluster(executors=2, executor_slots=2)
     job = {
         "name": "pipeline",
@@ -32,6 +37,13 @@ def test_a_gang_waits_with_its_reason_until_a_third_executor_joins(local_cluster
         small = c.run_job({"name": "small", "task": [{"name": "n", "kind": "noop", "count": 2}]}, timeout=30)
         assert small["state"] == "SUCCEEDED"
         assert c.get_job(job_id)["counts"] == {"PENDING": 6}
+        if leader_kill:
+            old = cluster.leader()
+            old.signal(signal.SIGKILL)
+            cluster.wait_for_leader(exclude=old.name, timeout=30)
+            cluster.wait_for_executors(2)
+            wait_until("the new leader's reason", lambda: c.get_job(job_id).get("pending_reason") == REASON)
+            assert c.get_job(job_id)["counts"] == {"PENDING": 6}
 
         cluster.add_executor(slots=2)
         placed = wait_until(
