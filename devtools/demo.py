@@ -3,8 +3,9 @@
 Starts three masters (each with its embedded etcd member) and two executors on free
 loopback ports, secured as a cluster beyond loopback must be: mutual TLS on every link (a fresh CA
 in ./demo-logs/tls/) and tokens (the admin token in ./demo-logs/admin.token). It prints
-``cluster-status``, shows a read token refused a submission, submits ``sample/jobs/hello.toml`` and the
-split job ``sample/jobs/split.toml`` and prints their results, SIGKILLs the leader,
+``cluster-status``, shows a read token refused a submission, submits ``sample/jobs/hello.toml``, the
+split job ``sample/jobs/split.toml`` and the service pair ``sample/jobs/echo-service.toml`` and
+prints their results, SIGKILLs the leader,
 runs one more job on the new leader, and stops everything. Logs stay in ./demo-logs/.
 On the way it lists the masters' dashboard URLs and a few of the leader's metrics;
 ``ROTA_DEMO_HOLD=60 make demo`` keeps the cluster up a minute to look at them.
@@ -99,6 +100,8 @@ def main() -> int:
         )
         master_client(addrs, "submit-job", "--config", "sample/jobs/hello.toml", "--wait")
         master_client(addrs, "submit-job", "--config", "sample/jobs/split.toml", "--wait")
+        print("\nA service and its client, which finds it by name (rota.task.endpoint):", flush=True)
+        master_client(addrs, "submit-job", "--config", "sample/jobs/echo-service.toml", "--wait")
         leader = cluster.leader()
         show_http(cluster, leader.http_url)
         print(f"\nSIGKILL the leader {leader.name} (pid {leader.pid}) ...", flush=True)
