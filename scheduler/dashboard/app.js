@@ -203,7 +203,7 @@ function renderJob(job) {
         el("td", { class: "muted" }, tasksFrom + i),
         el("td", {}, t.name, t.endpoints ? el("span", { class: "endpoints muted", title: "endpoints: where its ports listen" }, ` ${Object.entries(t.endpoints).map(([port, addr]) => `${port} ${addr}`).join(", ")}`) : ""),
         el("td", {}, state(t.state), t.progress ? el("span", { class: "progress muted", title: t.progress.message }, ` ${Math.round(t.progress.fraction * 100)}% ${t.progress.message}`) : ""),
-        el("td", {}, t.attempt, t.service ? el("span", { class: "restarts muted", title: "service task: failures and losses, each restarted" }, ` (service, ${t.restarts} restarts)`) : ""),
+        el("td", {}, t.attempt, t.service ? el("span", { class: "restarts muted", title: "service task: failures and losses, each restarted" }, ` (service, ${t.restarts} restart${t.restarts === 1 ? "" : "s"})`) : ""),
         el("td", {}, t.executor ? executorNames[t.executor] || t.executor : ""),
         el("td", {}, resultCell(t.result)),
         el("td", {}, t.attempt ? el("button", { class: "logs", "data-task-id": t.id, onclick: () => showLogs(job.id, t) }, "Logs") : ""),

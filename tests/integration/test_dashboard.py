@@ -53,8 +53,10 @@ def page(cluster: LocalCluster):
 
 def api(url: str, path: str, doc: dict | None = None):
     """The cluster's HTTP API. (Playwright's sync API runs an event loop, so no sync gRPC Client here.)"""
-    req = urllib.request.Request(url + "/api/v1" + path, data=json.dumps(doc).encode() if doc else None)
-    if doc:
+    req = urllib.request.Request(
+        url + "/api/v1" + path, data=json.dumps(doc).encode() if doc is not None else None
+    )
+    if doc is not None:
         req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
@@ -143,3 +145,54 @@ def test_dashboard_pages_through_jobs_and_tasks(cluster: LocalCluster, page) -> 
     page.wait_for_selector(f'#tasks tr[data-task-id="{many}/5"]')
     assert page.locator(f'#tasks tr[data-task-id="{many}/0"]').count() == 0
     page.screenshot(path=str(SHOTS / "paging.png"), full_page=True)
+
+
+SERVICE = """
+import os, socket, sys, time, rota.task
+if os.environ["ROTA_ATTEMPT"] == "1":
+    sys.exit(3)
+srv = socket.create_server((os.environ["ROTA_HOST"], int(os.environ["ROTA_PORT_FEED"])))
+rota.task.progress(0.5, "serving")
+while not os.path.exists({done!r}):
+    time.sleep(0.1)
+"""
+
+
+def test_dashboard_shows_a_services_endpoint_progress_restarts_and_a_gangs_reason(
+    cluster: LocalCluster, page, tmp_path: Path
+) -> None:
+    """Issue 14's fields on the job page: where a service listens, its progress and its restarts;
+    and why a gang too large for the cluster waits."""
+    url = cluster.masters[0].http_url
+    done = tmp_path / "done"
+    task = {
+        "name": "svc",
+        "kind": "python",
+        "service": True,
+        "ports": ["feed"],
+        "code": SERVICE.format(done=str(done)),
+    }
+    job = api(url, "/jobs", {"name": "dash-service", "task": [task]})["id"]
+    page.goto(url + "/")
+    page.locator(f'#jobs tr[data-job-id="{job}"]').click()
+    row = f'#tasks tr[data-task-id="{job}/0"]'
+    page.wait_for_selector(f"{row} .endpoints")
+    page.wait_for_selector(f"{row} .progress")
+    endpoint = api(url, f"/jobs/{job}")["tasks"][0]["endpoints"]["feed"]
+    assert page.locator(f"{row} .endpoints").inner_text().strip() == f"feed {endpoint}"
+    assert page.locator(f"{row} .progress").inner_text().strip() == "50% serving"
+    assert page.locator(f"{row} .restarts").inner_text().strip() == "(service, 1 restart)"
+    page.screenshot(path=str(SHOTS / "service.png"), full_page=True)
+    done.touch()
+
+    gang = {
+        "name": "dash-gang",
+        "gang": True,
+        "task": [{"name": "g", "kind": "sleep", "seconds": 1, "count": 9}],
+    }
+    waiting = api(url, "/jobs", gang)["id"]
+    page.locator(f'#jobs tr[data-job-id="{waiting}"]').click()
+    page.wait_for_selector(f'#job-detail[data-job-id="{waiting}"] #detail-reason:not([hidden])')
+    reason = page.locator("#detail-reason").inner_text()
+    assert reason.startswith("gang 'dash-gang' of 9 tasks needs 9 free slots for kind 'sleep'"), reason
+    api(url, f"/jobs/{waiting}/cancel", {})
