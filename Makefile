@@ -92,6 +92,8 @@ bench: all
 	$(PY) -m bench.stall --trials 5
 	$(PY) -m bench.secure
 	$(PY) -m bench.task_calls
+	$(PY) -m bench.barriers
+	$(PY) -m bench.services
 	$(PY) -m bench.summary
 
 # Ray, Dask and Celery with a Redis server, in a virtualenv of their own; not part of `make test`.

@@ -60,6 +60,17 @@ def rows() -> list[tuple[str, str, str]]:
     if t := load("recovery"):
         for name, r in t.items():
             out.append((name, f"median {r['median_s']} s, worst {r['worst_s']} s", ""))
+    if t := load("task_calls"):
+        for op in ("checkpoint.save", "checkpoint.load", "progress"):
+            if op in t:
+                out.append((f"task call {op} p50 / p99", f"{t[op]['p50_ms']} / {t[op]['p99_ms']} ms", ""))
+    if t := load("barriers"):
+        out.append((f"barrier release, {t['parties']} parties (first / median / last party)",
+                    f"{t['fastest_ms']} / {t['median_ms']} / {t['slowest_ms']} ms", ""))  # fmt: skip
+    if t := load("services"):
+        for ttl, r in t.items():
+            out.append((f"service's executor SIGKILL to new endpoint, {ttl}",
+                        f"median {r['median_s']} s, worst {r['worst_s']} s", ""))  # fmt: skip
     return out
 
 
