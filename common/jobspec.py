@@ -61,7 +61,7 @@ _COMMON_TASK_KEYS = (
     "ports",
 )  # fmt: skip
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
-_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang")
+_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang", "report")
 #: A service task's default restart budget: restarts after a failure within the window.
 DEFAULT_RESTARTS = 10
 MAX_RESTARTS = 1000
@@ -121,6 +121,8 @@ class TaskTemplate:
     gang: str | None = None
     #: Named ports its executor picks for each attempt (ROTA_PORT_<NAME>), published as endpoints.
     ports: tuple[str, ...] = ()
+    #: Its result's value (or last stdout line, a JSON object) is the job's report (one task at most).
+    report: bool = False
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -151,6 +153,8 @@ class TaskTemplate:
             out["gang"] = self.gang
         if self.ports:
             out["ports"] = list(self.ports)
+        if self.report:
+            out["report"] = True
         return out
 
 
@@ -184,6 +188,15 @@ class JobSpec:
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
+
+    def report_index(self) -> int | None:
+        """The index of the task whose result is the job's report (``report = true``), if any."""
+        start = 0
+        for t in self.tasks:
+            if t.report:
+                return start
+            start += t.copies()
+        return None
 
     def expand(self) -> Iterator[ExpandedTask]:
         """Yield tasks lazily: a job may hold up to ``MAX_TASKS`` of them."""
@@ -241,6 +254,7 @@ class JobSpec:
                 restart_window=float(t.get("restart-window", DEFAULT_RESTART_WINDOW)),
                 gang=t.get("gang"),
                 ports=tuple(str(p) for p in t.get("ports", ())),
+                report=t.get("report") is True,
             )
             for t in data["task"]
         ]
@@ -527,6 +541,7 @@ class _Parser:
             raise self.fail("task", f"expected an array of tables ([[task]]), got {_type_name(raw)}")
         tasks: list[TaskTemplate] = []
         seen: dict[str, int] = {}
+        report: int | None = None
         total = 0
         for i, table in enumerate(raw):
             where = f"task[{i}]"
@@ -538,6 +553,13 @@ class _Parser:
                     f"{where}.name", f"duplicate task name {task.name!r} (also task[{seen[task.name]}])"
                 )
             seen[task.name] = i
+            if task.report:
+                if report is not None:
+                    raise self.fail(
+                        f"{where}.report",
+                        f"a job has at most one report task (task[{report}] is one already)",
+                    )
+                report = i
             total += task.copies()
             if total > MAX_TASKS:
                 key = f"{where}.shards" if task.shards else f"{where}.count"
@@ -604,6 +626,11 @@ class _Parser:
                 raise self.fail(f"{where}.{key}", "only for service tasks (service = true)")
         gang = self._gang(table, where)
         ports = self._ports(table, kind, where)
+        report = self._bool(table, "report", f"{where}.report")
+        if report and (count > 1 or shards > 1):
+            raise self.fail(
+                f"{where}.report", "the report task is one task: it cannot have count or shards above 1"
+            )
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
@@ -612,7 +639,7 @@ class _Parser:
         return TaskTemplate(
             name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
             restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
-            gang=gang, ports=ports,
+            gang=gang, ports=ports, report=report,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:
