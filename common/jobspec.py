@@ -434,6 +434,10 @@ class _Parser:
         data = self._present(data, None)
         if "type" in data:
             return self._typed_job(data)
+        if "task" not in data:
+            claimed = self._claimed_by(data)
+            if claimed is not None:
+                return self._typed_job({**data, "type": claimed})
         if not data:
             raise self.fail(None, "no tasks: the job is empty")
         for key in data:
@@ -510,6 +514,32 @@ class _Parser:
             raise self.fail(e.key, f"{e.reason} (in the job that type {name!r} made)") from None
         spec.type = name
         return spec
+
+    def _claimed_by(self, data: dict[str, Any]) -> str | None:
+        """The first installed job type (by name) whose ``claims(table)`` says yes to a job table
+        with neither ``type`` nor ``task``; None when none does (or none has ``claims``)."""
+        types = _job_types()
+        for name in sorted(types):
+            try:
+                plugin = types[name].load()
+            except Exception as e:
+                raise self.fail(None, f"cannot load job type {name!r}: {type(e).__name__}: {e}") from None
+            claims = getattr(plugin, "claims", None)
+            if not callable(claims):
+                continue
+            try:
+                answer = claims(dict(data))
+            except (Exception, SystemExit) as e:
+                raise self.fail(
+                    None, f"job type {name!r} failed in claims(): {type(e).__name__}: {e}"
+                ) from None
+            if not isinstance(answer, bool):
+                raise self.fail(
+                    None, f"job type {name!r}: claims() returned {_type_name(answer)}, not true or false"
+                )
+            if answer:
+                return name
+        return None
 
     def _job_type(self, name: str) -> Any:
         types = _job_types()
