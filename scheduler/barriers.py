@@ -97,6 +97,8 @@ class Arrival:
     ready: list[Parked] = field(default_factory=list)
     #: Calls parked for a later round that turned out wrong once their round came (other parties).
     refused: list[tuple[Parked, str]] = field(default_factory=list)
+    #: Calls of later rounds taken off a released round, still to count (``arrive`` empties it).
+    requeued: list[Parked] = field(default_factory=list)
 
 
 def invalid(name: str, parties: int, tasks: int, round: int | None = None) -> str:
@@ -145,11 +147,17 @@ class Barriers:
         call = Parked(call.index, call.attempt, call.executor, call.call_id, call.due, round, parties)
         out = Arrival()
         out.error = self._arrive(job_id, name, barrier, call, out)
+        while out.requeued:  # calls of later rounds, their turn now: in order of round
+            out.requeued.sort(key=lambda p: p.round or 0)
+            later = out.requeued.pop(0)
+            error = self._arrive(job_id, name, barrier, later, out)
+            if error:
+                out.refused.append((later, error))
         return out
 
     def _arrive(self, job_id: str, name: str, barrier: Barrier, call: Parked, out: Arrival) -> str:
         """Count ``call`` into ``out``; what is wrong with it (its parties) when it cannot count, with
-        nothing changed."""
+        nothing changed. On a release, the calls parked for later rounds go to ``out.requeued``."""
         if call.round is not None and barrier.round is not None:
             if call.round < barrier.round or (call.round == barrier.round and barrier.released):
                 out.ready.append(call)
@@ -177,15 +185,11 @@ class Barriers:
         if not barrier.released:
             self._park(barrier, call)
             return ""
-        current = [p for p in barrier.parked if p.round == barrier.round]
-        later = sorted((p for p in barrier.parked if p.round != barrier.round), key=lambda p: p.round or 0)
         self.waiting -= len(barrier.parked)
+        out.ready.extend(p for p in barrier.parked if p.round == barrier.round)
+        out.ready.append(call)
+        out.requeued.extend(p for p in barrier.parked if p.round != barrier.round)
         barrier.parked = []
-        out.ready.extend([*current, call])
-        for p in later:  # their turn: the first starts its round, the rest count in it or wait again
-            error = self._arrive(job_id, name, barrier, p, out)
-            if error:
-                out.refused.append((p, error))
         return ""
 
     def _park(self, barrier: Barrier, call: Parked) -> None:

@@ -343,3 +343,14 @@ def test_the_core_passes_rounds_and_answers_refused_later_calls() -> None:
     h2.core.restore_barrier("j", "r", records[-1])
     h2.core.barrier("e1", 11, job2.tasks[1].ref(), "r", 2, round=0)
     assert h2.drain() == [CallReply("e1", 11)]
+
+
+def test_rounds_parked_ahead_release_one_after_another_in_order() -> None:
+    b = Barriers()
+    b.arrive("j", 3, parked(0, call_id=1), "r", 2, round=0)
+    for index, call_id, r in ((0, 21, 2), (1, 11, 1), (1, 22, 2), (2, 12, 1)):
+        assert not b.arrive("j", 3, parked(index, call_id=call_id), "r", 2, round=r).ready
+    a = b.arrive("j", 3, parked(2, call_id=3), "r", 2, round=0)
+    assert [p.call_id for p in a.ready] == [1, 3, 11, 12, 21, 22]
+    assert record_of(a) == {"parties": 2, "arrived": [0, 1], "released": True, "round": 2}
+    assert b.waiting == 0 and not a.refused
