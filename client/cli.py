@@ -199,7 +199,30 @@ def job_text(doc: dict[str, Any], tasks_from: int = 0) -> str:
             lines.append(
                 f"... and {more} more tasks (--tasks-from {shown_to} shows the next; --json shows all)"
             )
+    if isinstance(doc.get("report"), dict):
+        lines += ["", "report:", *report_lines(doc["report"])]
     return "\n".join(lines)
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """A job's report as ``key: value`` lines; a nested object on one line as ``key=value`` pairs."""
+    width = max((len(str(k)) for k in report), default=0) + 1
+    out = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            text = "  ".join(f"{k}={_report_value(v)}" for k, v in value.items())
+        else:
+            text = _report_value(value)
+        out.append(f"  {str(key) + ':':<{width}} {text}")
+    return out
+
+
+def _report_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _exit_for(doc: dict[str, Any]) -> None:

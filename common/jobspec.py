@@ -61,7 +61,7 @@ _COMMON_TASK_KEYS = (
     "ports",
 )  # fmt: skip
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
-_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang")
+_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang", "report")
 #: A service task's default restart budget: restarts after a failure within the window.
 DEFAULT_RESTARTS = 10
 MAX_RESTARTS = 1000
@@ -121,6 +121,8 @@ class TaskTemplate:
     gang: str | None = None
     #: Named ports its executor picks for each attempt (ROTA_PORT_<NAME>), published as endpoints.
     ports: tuple[str, ...] = ()
+    #: Its result's value (or last stdout line, a JSON object) is the job's report (one task at most).
+    report: bool = False
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -151,6 +153,8 @@ class TaskTemplate:
             out["gang"] = self.gang
         if self.ports:
             out["ports"] = list(self.ports)
+        if self.report:
+            out["report"] = True
         return out
 
 
@@ -184,6 +188,15 @@ class JobSpec:
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
+
+    def report_index(self) -> int | None:
+        """The index of the task whose result is the job's report (``report = true``), if any."""
+        start = 0
+        for t in self.tasks:
+            if t.report:
+                return start
+            start += t.copies()
+        return None
 
     def expand(self) -> Iterator[ExpandedTask]:
         """Yield tasks lazily: a job may hold up to ``MAX_TASKS`` of them."""
@@ -241,6 +254,7 @@ class JobSpec:
                 restart_window=float(t.get("restart-window", DEFAULT_RESTART_WINDOW)),
                 gang=t.get("gang"),
                 ports=tuple(str(p) for p in t.get("ports", ())),
+                report=t.get("report") is True,
             )
             for t in data["task"]
         ]
@@ -420,6 +434,10 @@ class _Parser:
         data = self._present(data, None)
         if "type" in data:
             return self._typed_job(data)
+        if "task" not in data:
+            claimed = self._claimed_by(data)
+            if claimed is not None:
+                return self._typed_job({**data, "type": claimed})
         if not data:
             raise self.fail(None, "no tasks: the job is empty")
         for key in data:
@@ -497,6 +515,32 @@ class _Parser:
         spec.type = name
         return spec
 
+    def _claimed_by(self, data: dict[str, Any]) -> str | None:
+        """The first installed job type (by name) whose ``claims(table)`` says yes to a job table
+        with neither ``type`` nor ``task``; None when none does (or none has ``claims``)."""
+        types = _job_types()
+        for name in sorted(types):
+            try:
+                plugin = types[name].load()
+            except Exception as e:
+                raise self.fail(None, f"cannot load job type {name!r}: {type(e).__name__}: {e}") from None
+            claims = getattr(plugin, "claims", None)
+            if not callable(claims):
+                continue
+            try:
+                answer = claims(dict(data))
+            except (Exception, SystemExit) as e:
+                raise self.fail(
+                    None, f"job type {name!r} failed in claims(): {type(e).__name__}: {e}"
+                ) from None
+            if not isinstance(answer, bool):
+                raise self.fail(
+                    None, f"job type {name!r}: claims() returned {_type_name(answer)}, not true or false"
+                )
+            if answer:
+                return name
+        return None
+
     def _job_type(self, name: str) -> Any:
         types = _job_types()
         if name not in types:
@@ -527,6 +571,7 @@ class _Parser:
             raise self.fail("task", f"expected an array of tables ([[task]]), got {_type_name(raw)}")
         tasks: list[TaskTemplate] = []
         seen: dict[str, int] = {}
+        report: int | None = None
         total = 0
         for i, table in enumerate(raw):
             where = f"task[{i}]"
@@ -538,6 +583,13 @@ class _Parser:
                     f"{where}.name", f"duplicate task name {task.name!r} (also task[{seen[task.name]}])"
                 )
             seen[task.name] = i
+            if task.report:
+                if report is not None:
+                    raise self.fail(
+                        f"{where}.report",
+                        f"a job has at most one report task (task[{report}] is one already)",
+                    )
+                report = i
             total += task.copies()
             if total > MAX_TASKS:
                 key = f"{where}.shards" if task.shards else f"{where}.count"
@@ -604,6 +656,11 @@ class _Parser:
                 raise self.fail(f"{where}.{key}", "only for service tasks (service = true)")
         gang = self._gang(table, where)
         ports = self._ports(table, kind, where)
+        report = self._bool(table, "report", f"{where}.report")
+        if report and (count > 1 or shards > 1):
+            raise self.fail(
+                f"{where}.report", "the report task is one task: it cannot have count or shards above 1"
+            )
         if known is None:
             params = {k: self._json(table[k], f"{where}.{k}") for k in plugin_keys}
             self._plugin_validate(kind, params, where)
@@ -612,7 +669,7 @@ class _Parser:
         return TaskTemplate(
             name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
             restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
-            gang=gang, ports=ports,
+            gang=gang, ports=ports, report=report,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:

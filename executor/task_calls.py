@@ -15,6 +15,7 @@ The protocol is one JSON object per line each way::
     {"secret": "...", "op": "progress", "fraction": 0.5, "message": "..."}  ->  {"ok": true}
     {"secret": "...", "op": "endpoint", "name": "server.feed"}       ->  {"ok": true, "ready": true, "addr": "host:port"}
     {"secret": "...", "op": "barrier", "name": "start", "parties": 5}  ->  {"ok": true, "ready": true}
+    {"secret": "...", "op": "barrier", "name": "ddl-3", "parties": 2, "round": 7}  (a cyclic barrier's round)
                                          (not yet released: {"ok": true, "ready": false, "arrived": 3, "parties": 5})
     anything refused                                                  ->  {"ok": false, "error": "..."}
 
@@ -48,6 +49,7 @@ from rota.task import (
     LINE_MAX,
     MESSAGE_MAX,
     OPS,
+    ROUND_MAX,
     SECRET_ENV,
     SOCKET_ENV,
 )
@@ -73,7 +75,7 @@ _FIELDS = {
     "checkpoint.load": (),
     "progress": ("fraction", "message"),
     "endpoint": ("name",),
-    "barrier": ("name", "parties"),
+    "barrier": ("name", "parties", "round"),
 }
 #: The most parties a barrier call may name here (the leader bounds it by the job's task count).
 PARTIES_MAX = 2**31 - 1
@@ -93,6 +95,8 @@ class Request:
     message: str = ""
     name: str = ""
     parties: int = 0
+    #: barrier: a cyclic barrier's round; None for a plain one.
+    round: int | None = None
 
 
 class Attempts:
@@ -199,7 +203,12 @@ def _barrier(ref: rota_pb2.TaskRef, secret: str, body: dict[str, Any]) -> Reques
         raise Refused(f"'name' is {len(name)} characters, over the limit of {BARRIER_NAME_MAX}")
     if isinstance(parties, bool) or not isinstance(parties, int) or not 1 <= parties <= PARTIES_MAX:
         raise Refused(f"barrier needs 'parties', a whole number of tasks from 1, got {parties!r}")
-    return Request(ref, secret, "barrier", name=name, parties=parties)
+    round = body.get("round")
+    if round is not None and (
+        isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= ROUND_MAX
+    ):
+        raise Refused(f"'round' must be a whole number from 0 to {ROUND_MAX}, got {round!r}")
+    return Request(ref, secret, "barrier", name=name, parties=parties, round=round)
 
 
 def reply_for(op: str, reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
@@ -323,6 +332,7 @@ class TaskCallServer:
                 message=request.message,
                 name=request.name,
                 parties=request.parties,
+                round=request.round,
             )
             reply = await self.forward(call)
         except Exception as e:  # a broken forward must not take the executor down

@@ -12,6 +12,13 @@ unless it sets them) and returns a built-in job table (``task`` tables and so on
 validated like any job file. It reports a bad key with ``JobTypeError(key, reason)``; ``check_keys``
 refuses keys it does not know. It runs where jobs are validated (the client and the masters), so it
 must be quick, deterministic and free of I/O. Standard library only, like ``rota.task``.
+
+A job type may also have ``claims(table: dict) -> bool``: a job table with neither ``type`` nor
+``task`` tables is offered to each installed job type that has one, in the order of their names,
+and the first that returns True expands it as if ``type`` named it (the job records that type).
+That lets a file in the type's own format be submitted without a ``type`` line; claim only tables
+with a key no other format uses. ``claims`` gets a copy of the whole table (the built-in job keys
+too); one that raises, or returns anything but a bool, refuses the job naming the plug-in.
 """
 
 from __future__ import annotations

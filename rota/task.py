@@ -8,7 +8,8 @@ earlier one; None when none was), ``rota.task.progress(0.5, "halfway")`` shows i
 job listens on its port ``feed`` now, waiting until it does (an address can go stale when the task
 moves: a client that loses its connection asks again rather than reconnecting to the old one,
 which stays published until the leader learns that attempt ended), and
-``rota.task.barrier("start", 5)`` waits until 5 tasks of the job have reached barrier "start". Each call
+``rota.task.barrier("start", 5)`` waits until 5 tasks of the job have reached barrier "start"
+(``round=N`` makes it cyclic: rounds 0, 1, 2, ... of one name, released in order). Each call
 goes to the task's own executor over a Unix socket (``ROTA_TASK_SOCKET``), proved by the attempt's
 secret (``ROTA_TASK_SECRET``); the executor passes it on to the leader, which answers only the
 task's current attempt. Plain standard library, synchronous: usable from any Python code.
@@ -19,7 +20,7 @@ The same as a program, for shell, Go and other tasks (``$ROTA_TASK_CLI`` or ``py
     rota-task checkpoint load [FILE]      # exit 1 when there is no checkpoint
     rota-task progress FRACTION [MESSAGE]
     rota-task endpoint NAME [--timeout SECONDS]   # prints host:port
-    rota-task barrier NAME PARTIES [--timeout S]   # exit 0 once released
+    rota-task barrier NAME PARTIES [--round N] [--timeout S]   # exit 0 once released
 
 Exit 2 on bad usage, 3 when the call failed (refused, not inside a task, no leader, timed out).
 """
@@ -53,6 +54,8 @@ LINE_MAX = 96 * 1024
 CALL_TIMEOUT = 75.0
 #: The longest barrier name; a name is made of letters, digits, ".", "_" and "-".
 BARRIER_NAME_MAX = 64
+#: The highest round of a cyclic barrier.
+ROUND_MAX = 2**62
 _BARRIER_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{BARRIER_NAME_MAX}}}")
 #: The ops a task may call.
 OPS = ("checkpoint.save", "checkpoint.load", "progress", "endpoint", "barrier")
@@ -194,14 +197,21 @@ def endpoint(name: str, timeout: float = ENDPOINT_TIMEOUT) -> str:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def barrier(name: str, parties: int, timeout: float | None = None) -> None:
+def barrier(name: str, parties: int, timeout: float | None = None, round: int | None = None) -> None:
     """Wait until ``parties`` tasks of this job (this one included) have reached barrier ``name``.
 
     Arrivals count by task, not attempt: a task that arrived, failed and runs again rejoins without
     counting twice, and passes at once once the barrier was released. Every task naming a barrier
     must give the same ``parties`` (1 to the job's task count); a job has at most 64 barriers.
     With ``timeout`` (seconds), TaskCallError when it is not released by then (the arrival stays
-    counted)."""
+    counted).
+
+    With ``round`` (0 and up) the barrier is cyclic: its rounds are released in order and only the
+    current one is kept, so a barrier used once per step of an endless loop stays small. A call for
+    a round already released (or skipped: releasing round N releases every round below) passes at
+    once; a call for a later round waits until the current round is released, then counts for its
+    own. ``parties`` must agree within a round; a name is either cyclic or not (its first call
+    decides)."""
     if not isinstance(name, str) or not _BARRIER_NAME.fullmatch(name):
         raise ValueError(
             f"a barrier name is 1 to {BARRIER_NAME_MAX} characters of A-Z a-z 0-9 . _ -, got {name!r}"
@@ -212,6 +222,14 @@ def barrier(name: str, parties: int, timeout: float | None = None) -> None:
         raise ValueError(f"barrier parties must be at least 1, got {parties}")
     if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
         raise ValueError(f"barrier timeout must be a number of seconds from 0, got {timeout!r}")
+    if round is not None and (isinstance(round, bool) or not isinstance(round, int)):
+        raise TypeError(f"barrier round must be a whole number, not {type(round).__name__}")
+    if round is not None and not 0 <= round <= ROUND_MAX:
+        raise ValueError(f"barrier round must be from 0 to {ROUND_MAX}, got {round}")
+    fields: dict[str, Any] = {"name": name, "parties": parties}
+    if round is not None:
+        fields["round"] = round
+    shown = repr(name) if round is None else f"{name!r} round {round}"
     deadline = None if timeout is None else time.monotonic() + timeout
     arrived = ""
     first = True
@@ -223,12 +241,12 @@ def barrier(name: str, parties: int, timeout: float | None = None) -> None:
             if wait <= 0 and not first:
                 raise _NoAnswer("")
             first, wait = False, max(wait, 0.05)
-            answer = _request("barrier", wait=wait, name=name, parties=parties)
+            answer = _request("barrier", wait=wait, **fields)
         except _NoAnswer:
             if deadline is None:
                 raise
             raise TaskCallError(
-                f"barrier {name!r}: not released within {timeout:g}s{arrived or f' ({parties} parties)'}"
+                f"barrier {shown}: not released within {timeout:g}s{arrived or f' ({parties} parties)'}"
             ) from None
         if answer.get("ready"):
             return
@@ -240,14 +258,15 @@ USAGE = """Usage: rota-task checkpoint save FILE|-
        rota-task checkpoint load [FILE]
        rota-task progress FRACTION [MESSAGE]
        rota-task endpoint NAME [--timeout SECONDS]
-       rota-task barrier NAME PARTIES [--timeout S]
+       rota-task barrier NAME PARTIES [--round N] [--timeout S]
 
 Inside a Rota task: keep a checkpoint (at most 64 KiB) for the task's next attempt, read the last
 one back (exit 1 when there is none), report progress (0 to 1) shown in get-job, print
 host:port where another task of the job listens (NAME is task.port, or task when it has one
 port), waiting until it is up (default 60 s; after a connection error, ask again: the task may
 have moved), or wait until PARTIES tasks of the job have reached barrier NAME (exit 0 once
-released; a task run again rejoins without counting twice).
+released; a task run again rejoins without counting twice; --round N: round N of a cyclic
+barrier, whose rounds are released in order, exit 0 at once for a round already released).
 Exit 2 on bad usage, 3 when the call failed (the endpoint is not up in time, or the barrier was
 not released within --timeout)."""
 
@@ -327,7 +346,16 @@ def _command(args: list[str]) -> int:
 
 
 def _barrier_command(args: list[str]) -> None:
-    timeout = None
+    timeout = round = None
+    if "--round" in args:
+        at = args.index("--round")
+        if at + 1 >= len(args):
+            raise _Usage("--round takes a whole number from 0")
+        try:
+            round = int(args[at + 1])
+        except ValueError:
+            raise _Usage(f"--round must be a whole number from 0, got {args[at + 1]!r}") from None
+        args = args[:at] + args[at + 2 :]
     if "--timeout" in args:
         at = args.index("--timeout")
         if at + 1 >= len(args):
@@ -344,7 +372,7 @@ def _barrier_command(args: list[str]) -> None:
     except ValueError:
         raise _Usage(f"barrier PARTIES must be a whole number, got {args[1]!r}") from None
     try:
-        barrier(args[0], parties, timeout)
+        barrier(args[0], parties, timeout, round)
     except ValueError as e:
         raise _Usage(str(e)) from None
 

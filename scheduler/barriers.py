@@ -6,6 +6,13 @@ counted once, and once the barrier is released its later calls pass at once. Who
 whether the barrier is released is persisted (one record per barrier, ``keys.barrier``) so that a
 new leader rebuilds it; the calls waiting (parked) are not, since executors send unanswered calls
 again to the next leader, which parks them again.
+
+A call with a ``round`` (``barrier(name, parties, round=N)``) makes the barrier cyclic: its rounds
+are released in order and only the current round is kept (in memory and in the record, which gains
+``"round"``), so an endless flow does not grow state. A call for a round below the current one, or
+for the current one once released, passes at once; a call for a later round starts that round when
+the current one is released (skipped rounds count as released) and otherwise waits parked until it
+is, then counts for its own round. ``parties`` must agree within a round, not across rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ MAX_PER_JOB = 64
 #: below the executor's own 30 s wait for an answer.
 WAIT_MAX = 20.0
 
+#: The highest round a cyclic barrier call may name (an int64 on the wire).
+ROUND_MAX = 2**62
+
 _NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{NAME_MAX}}}")
 
 
@@ -38,6 +48,10 @@ class Parked:
     executor: str
     call_id: int
     due: float
+    #: A cyclic barrier's round the call is for; None for a plain barrier.
+    round: int | None = field(default=None, compare=False)
+    #: What the call said, checked against its round once that round is current.
+    parties: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
@@ -46,20 +60,31 @@ class Barrier:
     arrived: set[int] = field(default_factory=set)
     released: bool = False
     parked: list[Parked] = field(default_factory=list)
+    #: A cyclic barrier's current round; None for a plain barrier.
+    round: int | None = None
 
     def record(self) -> bytes:
         """What etcd keeps of it."""
-        body = {"parties": self.parties, "arrived": sorted(self.arrived), "released": self.released}
+        body: dict[str, Any] = {
+            "parties": self.parties,
+            "arrived": sorted(self.arrived),
+            "released": self.released,
+        }
+        if self.round is not None:
+            body["round"] = self.round
         return json.dumps(body, separators=(",", ":")).encode()
 
     def doc(self, name: str) -> dict[str, Any]:
         """Its entry in get-job."""
-        return {
+        doc: dict[str, Any] = {
             "name": name,
             "parties": self.parties,
             "arrived": len(self.arrived),
             "released": self.released,
         }
+        if self.round is not None:
+            doc["round"] = self.round
+        return doc
 
 
 @dataclass(slots=True)
@@ -70,15 +95,23 @@ class Arrival:
     error: str = ""
     write: tuple[bytes, bytes] | None = None
     ready: list[Parked] = field(default_factory=list)
+    #: Calls parked for a later round that turned out wrong once their round came (other parties).
+    refused: list[tuple[Parked, str]] = field(default_factory=list)
+    #: Calls of later rounds taken off a released round, still to count (``arrive`` empties it).
+    requeued: list[Parked] = field(default_factory=list)
 
 
-def invalid(name: str, parties: int, tasks: int) -> str:
+def invalid(name: str, parties: int, tasks: int, round: int | None = None) -> str:
     """What is wrong with a barrier call of a job of ``tasks`` tasks ("" when nothing)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = name[:NAME_MAX] + "..." if isinstance(name, str) and len(name) > NAME_MAX else name
         return f"a barrier name is 1 to {NAME_MAX} characters of A-Z a-z 0-9 . _ -, got {shown!r}"
     if isinstance(parties, bool) or not isinstance(parties, int) or not 1 <= parties <= tasks:
         return f"barrier {name!r}: parties must be from 1 to {tasks} (the job's task count), got {parties!r}"
+    if round is not None and (
+        isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= ROUND_MAX
+    ):
+        return f"barrier {name!r}: round must be a whole number from 0 to {ROUND_MAX}, got {round!r}"
     return ""
 
 
@@ -91,9 +124,12 @@ class Barriers:
         self.waiting = 0
         self._next_due = math.inf
 
-    def arrive(self, job_id: str, tasks: int, call: Parked, name: str, parties: int) -> Arrival:
-        """Task ``call.index`` (its current attempt, checked by the caller) reaches barrier ``name``."""
-        error = invalid(name, parties, tasks)
+    def arrive(
+        self, job_id: str, tasks: int, call: Parked, name: str, parties: int, round: int | None = None
+    ) -> Arrival:
+        """Task ``call.index`` (its current attempt, checked by the caller) reaches barrier ``name``
+        (its round ``round`` when cyclic)."""
+        error = invalid(name, parties, tasks, round)
         if error:
             return Arrival(error)
         barriers = self.jobs.setdefault(job_id, {})
@@ -101,29 +137,65 @@ class Barriers:
         if barrier is None:
             if len(barriers) >= MAX_PER_JOB:
                 return Arrival(f"a job has at most {MAX_PER_JOB} barriers: {name!r} would be one more")
-            barrier = barriers[name] = Barrier(parties)
-        elif barrier.parties != parties:
-            return Arrival(
-                f"barrier {name!r} has {barrier.parties} parties (set by its first arrival); "
-                f"this call says {parties}"
+            barrier = barriers[name] = Barrier(parties, round=round)
+        elif (barrier.round is None) != (round is None):
+            if barrier.round is None:
+                return Arrival(
+                    f"barrier {name!r} is not cyclic (its first call gave no round); this call gives one"
+                )
+            return Arrival(f"barrier {name!r} is cyclic (its first call gave a round); this call gives none")
+        call = Parked(call.index, call.attempt, call.executor, call.call_id, call.due, round, parties)
+        out = Arrival()
+        out.error = self._arrive(job_id, name, barrier, call, out)
+        while out.requeued:  # calls of later rounds, their turn now: in order of round
+            out.requeued.sort(key=lambda p: p.round or 0)
+            later = out.requeued.pop(0)
+            error = self._arrive(job_id, name, barrier, later, out)
+            if error:
+                out.refused.append((later, error))
+        return out
+
+    def _arrive(self, job_id: str, name: str, barrier: Barrier, call: Parked, out: Arrival) -> str:
+        """Count ``call`` into ``out``; what is wrong with it (its parties) when it cannot count, with
+        nothing changed. On a release, the calls parked for later rounds go to ``out.requeued``."""
+        if call.round is not None and barrier.round is not None:
+            if call.round < barrier.round or (call.round == barrier.round and barrier.released):
+                out.ready.append(call)
+                return ""
+            if call.round > barrier.round:
+                if not barrier.released:
+                    self._park(barrier, call)
+                    return ""
+                barrier.round, barrier.parties, barrier.arrived = call.round, call.parties, set()
+                barrier.released = False
+                out.write = (keys.barrier(job_id, name), barrier.record())
+        if barrier.parties != call.parties:
+            return (
+                f"barrier {name!r} has {barrier.parties} parties (set by its first arrival"
+                f"{'' if barrier.round is None else f' in round {barrier.round}'}); this call says {call.parties}"
             )
         if barrier.released:
-            return Arrival(ready=[call])
-        write = None
+            out.ready.append(call)
+            return ""
         if call.index not in barrier.arrived:
             barrier.arrived.add(call.index)
             if len(barrier.arrived) >= barrier.parties:
                 barrier.released = True
-            write = (keys.barrier(job_id, name), barrier.record())
+            out.write = (keys.barrier(job_id, name), barrier.record())
         if not barrier.released:
-            barrier.parked.append(call)
-            self.waiting += 1
-            self._next_due = min(self._next_due, call.due)
-            return Arrival(write=write)
-        ready = [*barrier.parked, call]
+            self._park(barrier, call)
+            return ""
         self.waiting -= len(barrier.parked)
+        out.ready.extend(p for p in barrier.parked if p.round == barrier.round)
+        out.ready.append(call)
+        out.requeued.extend(p for p in barrier.parked if p.round != barrier.round)
         barrier.parked = []
-        return Arrival(write=write, ready=ready)
+        return ""
+
+    def _park(self, barrier: Barrier, call: Parked) -> None:
+        barrier.parked.append(call)
+        self.waiting += 1
+        self._next_due = min(self._next_due, call.due)
 
     def attempt_ended(self, job_id: str, index: int, attempt: int) -> list[Parked]:
         """The calls an attempt that ended had waiting: no longer waited on (the caller answers them)."""
@@ -168,8 +240,8 @@ class Barriers:
 
     def restore(self, job_id: str, name: str, record: dict[str, Any], tasks: int) -> None:
         """A barrier read back from etcd by a new leader; ValueError when the record is not one."""
-        parties = record.get("parties")
-        error = invalid(name, parties, tasks) if isinstance(parties, int) else "no parties"
+        parties, round = record.get("parties"), record.get("round")
+        error = invalid(name, parties, tasks, round) if isinstance(parties, int) else "no parties"
         arrived = record.get("arrived")
         released = record.get("released")
         if error or not isinstance(arrived, list) or not isinstance(released, bool):
@@ -180,7 +252,7 @@ class Barriers:
         if name not in barriers and len(barriers) >= MAX_PER_JOB:
             raise ValueError(f"job {job_id} has more than {MAX_PER_JOB} barriers")
         assert isinstance(parties, int)
-        barriers[name] = Barrier(parties, set(arrived), released or len(set(arrived)) >= parties)
+        barriers[name] = Barrier(parties, set(arrived), released or len(set(arrived)) >= parties, round=round)
 
     def docs(self, job_id: str) -> list[dict[str, Any]]:
         """A job's barriers as get-job shows them, by name."""

@@ -1100,16 +1100,19 @@ class Core:
             error = f"attempt {task.attempt} of task {task.id} ended while it waited for {w.name}"
             self._out.append(CallReply(w.executor, w.call_id, error))
 
-    def barrier(self, executor_id: str, call_id: int, ref: TaskRef, name: str, parties: int) -> None:
-        """A task reaches a barrier (scheduler.barriers): its call waits until the barrier is
-        released, answered after the release is committed, or WAIT_MAX, answered not ready."""
+    def barrier(
+        self, executor_id: str, call_id: int, ref: TaskRef, name: str, parties: int, round: int | None = None
+    ) -> None:
+        """A task reaches a barrier (scheduler.barriers), one round of it when ``round`` is given: its
+        call waits until the barrier (round) is released, answered after the release is committed, or
+        WAIT_MAX, answered not ready."""
         refused = self.call_refusal(executor_id, ref)
         if refused:
             self._out.append(CallReply(executor_id, call_id, refused))
             return
         job = self.active[ref.job_id]
         call = Parked(ref.index, ref.attempt, executor_id, call_id, self.clock() + WAIT_MAX)
-        arrival = self.barriers.arrive(job.id, len(job.tasks), call, name, parties)
+        arrival = self.barriers.arrive(job.id, len(job.tasks), call, name, parties, round)
         if arrival.error:
             self._out.append(CallReply(executor_id, call_id, arrival.error))
             return
@@ -1119,6 +1122,8 @@ class Core:
             task = job.tasks[p.index]
             if task.attempt == p.attempt and task.state in ACTIVE:
                 self._out.append(CallReply(p.executor, p.call_id))
+        for p, error in arrival.refused:
+            self._out.append(CallReply(p.executor, p.call_id, error))
 
     def restore_barrier(self, job_id: str, name: str, record: dict[str, Any]) -> None:
         """A barrier read back from etcd by a new leader, for a job still running (else ignored)."""

@@ -178,7 +178,8 @@ class ExecutorRegistry:
         elif call.op == "endpoint":
             self.core.find_endpoint(link.executor_id, call.call_id, ref, call.name)
         elif call.op == "barrier":
-            self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties)
+            round = call.round if call.HasField("round") else None
+            self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties, round)
             self.kick()
         elif call.op == "checkpoint.load":
             refused = self.core.call_refusal(link.executor_id, ref)

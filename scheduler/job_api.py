@@ -190,6 +190,10 @@ class JobApi:
         limit = min(limit, total - offset)
         try:
             spec, records = await self.store.read_tasks(job.id, offset, limit)
+            report_index = spec.report_index()
+            report_record = None
+            if report_index is not None:
+                report_record = records.get(report_index) or await self.store.read_task(job.id, report_index)
         except EtcdError as e:
             raise NotReady(f"cannot read job {job.id}'s tasks from etcd: {e}") from None
         except LookupError:
@@ -197,7 +201,7 @@ class JobApi:
         except (ValueError, TypeError, AttributeError) as e:
             log.error("job %s cannot be read back from etcd: %r", job.id, e)
             raise NotReady(f"job {job.id}'s records in etcd cannot be read") from None
-        return stored_page_doc(job, spec, records, offset, limit)
+        return stored_page_doc(job, spec, records, offset, limit, report_record)
 
     async def wait_job(self, job_id: str, timeout: float) -> AnyJob | None:
         job = self.job(job_id)

@@ -483,6 +483,11 @@ class Store:
             out.append((job_id, name, record))
         return out
 
+    async def read_task(self, job_id: str, index: int) -> dict[str, Any] | None:
+        """One task record of an ended job held as a summary (its report task's); None when gone."""
+        kv = await self.client.get(keys.task(job_id, index))
+        return None if kv is None else json.loads(kv.value)
+
     async def read_tasks(
         self, job_id: str, offset: int, limit: int
     ) -> tuple[JobSpec, dict[int, dict[str, Any]]]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rota.common.jobspec import JobSpec
 from rota.common.paging import MAX_TASK_PAGE
-from rota.common.states import TASK_STATES
+from rota.common.states import SUCCEEDED, TASK_STATES
 from rota.scheduler import gang
 from rota.scheduler.core import AnyJob, EndedJob, Job, Task, failures_of
 from rota.scheduler.placement import ExecutorSlot
 
 RESULT_KEYS = ("exit_code", "stdout", "stderr", "value", "error")
+#: Bytes (as JSON) a job's report may take; a larger one is not shown.
+REPORT_MAX = 16 * 1024
 
 
 def result_doc(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -21,6 +24,36 @@ def result_doc(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if result.get("truncated"):
         doc["truncated"] = True
     return doc
+
+
+def report_of(state: str, result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's report from its report task's state and result: once SUCCEEDED, the result's
+    value when a JSON object (a ``call`` task's return value), else the last non-empty line of its
+    stdout when that parses as a JSON object; None when none is there or it is over REPORT_MAX."""
+    if state != SUCCEEDED or not result:
+        return None
+    value = result.get("value")
+    if value is None:
+        stdout = result.get("stdout") or ""
+        tail = stdout[-(REPORT_MAX + 1024) :].rstrip().rsplit("\n", 1)[-1].strip()
+        if not tail.startswith("{") or len(tail.encode()) > REPORT_MAX:
+            return None
+        try:
+            value = json.loads(tail)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(value, dict) or len(json.dumps(value).encode()) > REPORT_MAX:
+        return None
+    return value
+
+
+def live_report(job: Job) -> dict[str, Any] | None:
+    """The report of a job held in memory (None without a report task or before it succeeded)."""
+    index = job.spec.report_index()
+    if index is None:
+        return None
+    task = job.tasks[index]
+    return report_of(task.state, task.result)
 
 
 def task_doc(task: Task, endpoints: dict[str, str] | None = None) -> dict[str, Any]:
@@ -97,6 +130,9 @@ def job_page_doc(
     doc = job_doc(job)
     if barriers:
         doc["barriers"] = barriers
+    report = live_report(job)
+    if report is not None:
+        doc["report"] = report
     shown = endpoints or {}
     doc["tasks"] = [
         task_doc(t, shown.get(t.index)) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]
@@ -124,10 +160,20 @@ def _named(spec: JobSpec, offset: int, limit: int) -> list[tuple[str, bool]]:
 
 
 def stored_page_doc(
-    job: EndedJob, spec: JobSpec, records: dict[int, dict[str, Any]], offset: int, limit: int
+    job: EndedJob,
+    spec: JobSpec,
+    records: dict[int, dict[str, Any]],
+    offset: int,
+    limit: int,
+    report_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``job_page_doc`` for an ended job held as a summary, from its spec and task records."""
+    """``job_page_doc`` for an ended job held as a summary, from its spec and task records (and
+    its report task's record, when it has one)."""
     doc = job_doc(job)
+    if report_record is not None:
+        report = report_of(report_record.get("s", ""), report_record.get("r"))
+        if report is not None:
+            doc["report"] = report
     limit = min(limit, MAX_TASK_PAGE)
     tasks = []
     for i, (name, service) in enumerate(_named(spec, offset, limit), offset):

@@ -193,6 +193,9 @@ function renderJob(job) {
   const reason = $("#detail-reason");
   reason.textContent = job.pending_reason || "";
   reason.hidden = !job.pending_reason;
+  const report = $("#detail-report");
+  report.hidden = !job.report;
+  report.querySelector("pre").textContent = job.report ? JSON.stringify(job.report, null, 2) : "";
   const total = Object.values(job.counts).reduce((a, b) => a + b, 0);
   fill(
     $("#tasks tbody"),

@@ -128,3 +128,37 @@ def test_a_barrier_survives_a_leader_sigkill(local_cluster, tmp_path, wait_until
     assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 1, 2, 1], log
     check_order(log)
     assert log.index("rejoining 3") < log.index("before 4")
+
+
+#: Three tasks pass rounds 0..4 of one cyclic barrier; task 2 fails after round 2 and its second
+#: attempt goes through the rounds again from 0: those released pass at once, round 3 waits for it.
+CYCLIC = """
+for r in range(5):
+    line(f"before {r} {i} {attempt}")
+    rota.task.barrier("step", 3, round=r)
+    line(f"after {r} {i} {attempt}")
+    if i == 2 and attempt == 1 and r == 2:
+        sys.exit("failing on purpose after round 2")
+"""
+
+
+def test_three_tasks_pass_cyclic_rounds_in_lockstep_and_a_restarted_one_rejoins(local_cluster, tmp_path):
+    cluster = local_cluster(executors=1, executor_slots=4)
+    spec = job(CYCLIC, tmp_path)
+    spec["task"][0]["count"] = 3
+    with cluster.client(timeout=30) as c:
+        doc = c.run_job(spec, timeout=120)
+    log = lines(tmp_path)
+    assert doc["state"] == "SUCCEEDED", (doc, log)
+    assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 2], log
+    for r in range(5):
+        befores = [n for n, x in enumerate(log) if x.startswith(f"before {r} ")]
+        afters = [n for n, x in enumerate(log) if x.startswith(f"after {r} ")]
+        # Each task reached round r (task 2's second attempt too, for every round) before anyone passed it.
+        assert {log[n].split()[2] for n in afters} == {"0", "1", "2"}, log
+        first_of = {i: min(n for n in befores if log[n].split()[2] == i) for i in "012"}
+        assert min(afters) > max(first_of.values()), (r, log)
+    # The second attempt passed rounds 0-2 at once (released already) and was needed for round 3.
+    rejoined = log.index("before 0 2 2")
+    assert all(log.index(f"after {r} 2 2") > rejoined for r in range(5))
+    assert not any(x.startswith("after 3") for x in log[:rejoined]), log

@@ -82,7 +82,14 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
 
     # A job appears and progresses to SUCCEEDED by live updates alone.
     nap = {"name": "nap", "kind": "shell", "command": "echo nap $ROTA_TASK_ID; sleep 1.5", "count": 6}
-    spec = {"name": "dash-demo", "task": [nap]}
+    # Its report task prints the job's report as its last stdout line.
+    report = {
+        "name": "sum",
+        "kind": "shell",
+        "command": """echo 'naps: 6'; echo '{"naps": 6}'""",
+        "report": True,
+    }
+    spec = {"name": "dash-demo", "task": [nap, report]}
     job = api(url, "/jobs", spec)["id"]
     row = f'#jobs tr[data-job-id="{job}"]'
     page.wait_for_selector(f'{row}[data-state="RUNNING"]')
@@ -91,8 +98,10 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     page.screenshot(path=str(SHOTS / "job-running.png"), full_page=True)
     page.wait_for_selector(f'{row}[data-state="SUCCEEDED"]')
     page.wait_for_function(
-        "document.querySelectorAll('#tasks tbody tr[data-state=\"SUCCEEDED\"]').length === 6"
+        "document.querySelectorAll('#tasks tbody tr[data-state=\"SUCCEEDED\"]').length === 7"
     )
+    page.wait_for_selector("#detail-report:not([hidden])")
+    assert json.loads(page.locator("#detail-report pre").inner_text()) == {"naps": 6}
     assert page.evaluate("window.__notReloaded") is True
     names = {e["name"] for e in api(url, "/executors")}
     shown = set(page.locator("#tasks tbody tr td:nth-child(5)").all_inner_texts())

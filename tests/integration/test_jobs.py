@@ -191,6 +191,53 @@ def test_cli_submit_wait_get_list(cluster):
         assert c.get_job(doc["id"])["state"] == "SUCCEEDED"
 
 
+REPORT_JOB = """name = "reported"
+[[task]]
+name = "work"
+kind = "noop"
+count = 2
+[[task]]
+name = "sum"
+kind = "python"
+report = true
+code = '''
+print("records  42")
+print('{"records": 42, "latency_ms": {"p50": 1.5, "p99": 4}}')
+'''
+"""
+
+
+def test_a_report_task_makes_the_jobs_report(cluster, tmp_path):
+    job = tmp_path / "report.toml"
+    job.write_text(REPORT_JOB)
+    p = cli(cluster, "submit-job", "--config", str(job), "--wait")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.rstrip().endswith("report:\n  records:    42\n  latency_ms: p50=1.5  p99=4"), p.stdout
+    job_id = p.stdout.split()[1]
+    p = cli(cluster, "--json", "get-job", job_id)
+    assert json.loads(p.stdout)["report"] == {"records": 42, "latency_ms": {"p50": 1.5, "p99": 4}}
+    p = cli(cluster, "get-job", job_id, "--tasks-from", "1")
+    assert "report:\n  records:    42" in p.stdout, p.stdout
+    with Client(cluster.masters[1].addr, timeout=10) as c:
+        call = {
+            "name": "r",
+            "kind": "call",
+            "function": "builtins:dict",
+            "kwargs": {"ok": True},
+            "report": True,
+        }
+        assert c.run_job({"name": "by-call", "task": [call]}, timeout=60)["report"] == {"ok": True}
+        assert "report" not in c.run_job(
+            {"name": "plain", "task": [{"name": "n", "kind": "noop"}]}, timeout=60
+        )
+    two = tmp_path / "two.toml"
+    two.write_text(
+        'name = "two"\n[[task]]\nname = "a"\nkind = "noop"\nreport = true\n[[task]]\nname = "b"\nkind = "noop"\nreport = true\n'
+    )
+    p = cli(cluster, "submit-job", "--config", str(two))
+    assert p.returncode == 2 and "task[1].report" in p.stderr, p.stderr
+
+
 def test_priority_high_runs_before_low_on_one_slot(local_cluster):
     cluster = local_cluster(executors=1, executor_slots=1)
 

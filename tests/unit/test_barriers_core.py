@@ -231,3 +231,126 @@ def test_a_job_that_ends_drops_its_barriers() -> None:
     (reply,) = replies(h.drain())
     assert reply.call_id == 1 and reply.error
     assert "j" not in h.core.barriers.jobs and h.core.barriers.waiting == 0
+
+
+# -- cyclic barriers (round=N) --------------------------------------------------------
+
+
+def record_of(a) -> dict:
+    assert a.write is not None
+    return json.loads(a.write[1])
+
+
+def test_cyclic_rounds_release_in_order_and_keep_only_the_current_round() -> None:
+    b = Barriers()
+    assert not b.arrive("j", 3, parked(0), "r", 2, round=0).ready
+    a = b.arrive("j", 3, parked(1), "r", 2, round=0)
+    assert [p.index for p in a.ready] == [0, 1]
+    assert record_of(a) == {"parties": 2, "arrived": [0, 1], "released": True, "round": 0}
+    # Round 0 again (a task run again): passes at once, nothing written.
+    again = b.arrive("j", 3, parked(0, attempt=2), "r", 2, round=0)
+    assert [p.index for p in again.ready] == [0] and again.write is None
+    # Round 1 starts over from nothing, in the same record.
+    a = b.arrive("j", 3, parked(1, call_id=7), "r", 2, round=1)
+    assert not a.ready and record_of(a) == {"parties": 2, "arrived": [1], "released": False, "round": 1}
+    assert b.docs("j") == [{"name": "r", "parties": 2, "arrived": 1, "released": False, "round": 1}]
+    # A round below the current one is released already.
+    assert [p.index for p in b.arrive("j", 3, parked(2), "r", 2, round=0).ready] == [2]
+    a = b.arrive("j", 3, parked(0), "r", 2, round=1)
+    assert sorted(p.index for p in a.ready) == [0, 1] and b.waiting == 0
+
+
+def test_a_later_round_waits_for_the_current_one_then_counts_for_its_own() -> None:
+    b = Barriers()
+    b.arrive("j", 3, parked(0), "r", 2, round=0)
+    early = b.arrive("j", 3, parked(2, call_id=30), "r", 2, round=1)  # round 0 not released yet
+    assert not early.ready and early.write is None and b.waiting == 2
+    assert b.docs("j")[0]["round"] == 0 and b.docs("j")[0]["arrived"] == 1
+    a = b.arrive("j", 3, parked(1), "r", 2, round=0)
+    # Round 0 released (tasks 0 and 1), then task 2's parked call started round 1 and waits in it.
+    assert [p.index for p in a.ready] == [0, 1]
+    assert record_of(a) == {"parties": 2, "arrived": [2], "released": False, "round": 1}
+    assert b.waiting == 1
+    done = b.arrive("j", 3, parked(0, call_id=40), "r", 2, round=1)
+    assert [p.call_id for p in done.ready] == [30, 40]
+
+
+def test_a_released_round_lets_a_later_one_start_skipping_rounds_between() -> None:
+    b = Barriers()
+    b.arrive("j", 2, parked(0), "r", 1, round=0)  # one party: released at once
+    a = b.arrive("j", 2, parked(1), "r", 2, round=5)
+    assert record_of(a) == {"parties": 2, "arrived": [1], "released": False, "round": 5}
+    for r in (1, 4):  # skipped rounds count as released
+        assert [p.index for p in b.arrive("j", 2, parked(0), "r", 2, round=r).ready] == [0]
+    assert len(b.arrive("j", 2, parked(0), "r", 2, round=5).ready) == 2
+
+
+def test_cyclic_parties_agree_within_a_round_only_and_kinds_do_not_mix() -> None:
+    b = Barriers()
+    b.arrive("j", 4, parked(0), "r", 2, round=0)
+    assert "has 2 parties" in b.arrive("j", 4, parked(1), "r", 3, round=0).error
+    # A later round with other parties waits; once its round comes it is refused, others counted.
+    b.arrive("j", 4, parked(2, call_id=20), "r", 3, round=1)
+    b.arrive("j", 4, parked(3, call_id=30), "r", 4, round=1)
+    a = b.arrive("j", 4, parked(1), "r", 2, round=0)
+    assert [p.index for p in a.ready] == [0, 1]
+    assert [(p.call_id, "in round 1" in e and "says 4" in e) for p, e in a.refused] == [(30, True)]
+    assert record_of(a) == {"parties": 3, "arrived": [2], "released": False, "round": 1}
+    assert b.waiting == 1
+    assert "is cyclic" in b.arrive("j", 4, parked(0), "r", 3).error
+    b.arrive("j", 4, parked(0), "plain", 2)
+    assert "is not cyclic" in b.arrive("j", 4, parked(1), "plain", 2, round=0).error
+    assert "round must be" in b.arrive("j", 4, parked(1), "r", 3, round=-1).error
+    assert "round must be" in invalid("r", 1, 1, True)  # type: ignore[arg-type]
+
+
+def test_cyclic_records_restore_with_their_round_and_expire_and_end_like_plain_ones() -> None:
+    b = Barriers()
+    b.restore("j", "r", {"parties": 2, "arrived": [1], "released": False, "round": 3}, 3)
+    assert b.docs("j") == [{"name": "r", "parties": 2, "arrived": 1, "released": False, "round": 3}]
+    assert b.arrive("j", 3, parked(1), "r", 2, round=2).ready  # below the rebuilt round
+    assert not b.arrive("j", 3, parked(1, due=5.0), "r", 2, round=3).ready  # counted already
+    b.arrive("j", 3, parked(2, call_id=9, due=6.0), "r", 2, round=4)  # parked for later
+    assert [(p.index, where) for p, where in b.expire(5.5)] == [(1, "1/2")]
+    (gone,) = b.attempt_ended("j", 2, 1)
+    assert (gone.index, gone.call_id, gone.round) == (2, 9, 4)
+    assert b.waiting == 0
+    try:
+        b.restore("j", "s", {"parties": 2, "arrived": [], "released": False, "round": "1"}, 3)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("restored a round that is not a number")
+
+
+def test_the_core_passes_rounds_and_answers_refused_later_calls() -> None:
+    h = Harness()
+    job = running_job(h, n=3)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "r", 2, round=0)
+    h.core.barrier("e1", 2, job.tasks[2].ref(), "r", 3, round=1)  # waits for round 0
+    assert [type(d) for d in h.drain()] == [PutRecord]
+    h.core.barrier("e1", 3, job.tasks[1].ref(), "r", 2, round=0)
+    out = h.drain()
+    records = [json.loads(d.value or b"") for d in out if isinstance(d, PutRecord)]
+    assert records[-1] == {"parties": 3, "arrived": [2], "released": False, "round": 1}
+    assert replies(out) == [CallReply("e1", 1), CallReply("e1", 3)]
+    h.core.barrier("e1", 4, job.tasks[0].ref(), "r", 2, round=1)
+    (refused,) = h.drain()
+    assert isinstance(refused, CallReply) and "has 3 parties" in refused.error
+    # A new leader rebuilds the round from the record; round 0 passes at once there.
+    h2 = Harness()
+    job2 = running_job(h2, n=3)
+    h2.core.restore_barrier("j", "r", records[-1])
+    h2.core.barrier("e1", 11, job2.tasks[1].ref(), "r", 2, round=0)
+    assert h2.drain() == [CallReply("e1", 11)]
+
+
+def test_rounds_parked_ahead_release_one_after_another_in_order() -> None:
+    b = Barriers()
+    b.arrive("j", 3, parked(0, call_id=1), "r", 2, round=0)
+    for index, call_id, r in ((0, 21, 2), (1, 11, 1), (1, 22, 2), (2, 12, 1)):
+        assert not b.arrive("j", 3, parked(index, call_id=call_id), "r", 2, round=r).ready
+    a = b.arrive("j", 3, parked(2, call_id=3), "r", 2, round=0)
+    assert [p.call_id for p in a.ready] == [1, 3, 11, 12, 21, 22]
+    assert record_of(a) == {"parties": 2, "arrived": [0, 1], "released": True, "round": 2}
+    assert b.waiting == 0 and not a.refused

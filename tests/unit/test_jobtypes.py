@@ -299,3 +299,73 @@ def test_fanout_is_registered_in_the_installed_package():
     """The real entry point (``pip install -e .`` wrote it), not the fake above."""
     spec = load_job(ROOT / "sample" / "jobs" / "fanout.toml")
     assert spec.type == "fanout" and spec.tasks[0].shards == 2
+
+
+# -- claims(table): a job table without type and tasks ---------------------------------------
+
+
+class Claiming(Pair):
+    """Pair's expansion, claiming tables that have ``first``."""
+
+    seen: list[dict[str, Any]] = []
+
+    @staticmethod
+    def claims(table: dict[str, Any]) -> bool:
+        Claiming.seen.append(table)
+        return "first" in table
+
+
+def test_a_job_type_claims_a_table_without_type_or_tasks(types):
+    types.append(_EntryPoint("pair", Claiming))
+    spec = load_job('name = "p"\npriority = 20\nfirst = "echo 1"\n')
+    assert spec.type == "pair" and spec.priority == 20 and [t.name for t in spec.tasks] == ["a", "b"]
+    assert Claiming.seen[-1] == {"name": "p", "priority": 20, "first": "echo 1"}
+    assert JobSpec.from_stored(spec.to_dict()) == spec  # the claimed type is recorded
+    # Its errors are its own, as with a type line.
+    fails({"name": "p", "first": 3}, "<request>: first: expected a command line")
+    # Not claimed: the usual errors.
+    fails({"name": "p", "second": "x"}, "unknown key 'second'")
+    fails({}, "no tasks: the job is empty")
+    # A table with tasks or a type is never offered.
+    seen = len(Claiming.seen)
+    load_job({"name": "p", "first": "x", "type": "pair"})
+    fails({"name": "p", "first": "x", "task": [{"name": "t", "kind": "noop"}]}, "unknown key 'first'")
+    assert len(Claiming.seen) == seen
+
+
+def test_job_types_are_offered_a_table_in_the_order_of_their_names(types):
+    class Greedy:
+        @staticmethod
+        def claims(table: dict[str, Any]) -> bool:
+            table.clear()  # a copy: the job is not changed for the others
+            return True
+
+        @staticmethod
+        def expand(table: dict[str, Any]) -> dict[str, Any]:
+            return {"task": [{"name": "g", "kind": "noop"}]}
+
+    types.append(_EntryPoint("zz-greedy", Greedy))
+    types.append(_EntryPoint("pair", Claiming))
+    assert load_job({"name": "p", "first": "x"}).type == "pair"
+    assert load_job({"name": "p", "other": "x"}).type == "zz-greedy"
+
+
+def test_a_claims_that_raises_or_answers_wrongly_names_its_plugin(types):
+    class Raising(Pair):
+        @staticmethod
+        def claims(table: dict[str, Any]) -> bool:
+            raise KeyError("flow")
+
+    class Vague(Pair):
+        @staticmethod
+        def claims(table: dict[str, Any]) -> Any:
+            return "yes"
+
+    types.append(_EntryPoint("raising", Raising))
+    fails({"name": "p", "first": "x"}, "<request>: job type 'raising' failed in claims(): KeyError: 'flow'")
+    types[-1] = _EntryPoint("vague", Vague)
+    fails({"name": "p", "first": "x"}, "job type 'vague': claims() returned", "not true or false")
+    types[-1] = _EntryPoint("broken", ImportError("no module"))
+    fails({"name": "p", "first": "x"}, "cannot load job type 'broken': ImportError: no module")
+    # A job with its tasks never reaches claims().
+    assert load_job({"name": "p", "task": [{"name": "t", "kind": "noop"}]}).type is None

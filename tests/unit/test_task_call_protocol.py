@@ -491,7 +491,9 @@ def test_barrier_requests_are_checked() -> None:
     attempts = attempts_with(held)
     s = held[0]
     req = parse(line(secret=s, op="barrier", name="start", parties=5), attempts)
-    assert (req.op, req.name, req.parties) == ("barrier", "start", 5)
+    assert (req.op, req.name, req.parties, req.round) == ("barrier", "start", 5, None)
+    req = parse(line(secret=s, op="barrier", name="ddl", parties=2, round=0), attempts)
+    assert req.round == 0
     for body, needle in (
         ({"parties": 2}, "needs 'name'"),
         ({"name": "", "parties": 2}, "needs 'name'"),
@@ -501,6 +503,9 @@ def test_barrier_requests_are_checked() -> None:
         ({"name": "a", "parties": 0}, "needs 'parties'"),
         ({"name": "a", "parties": 2**31}, "needs 'parties'"),
         ({"name": "a", "parties": 2, "data": ""}, "barrier takes no field 'data'"),
+        ({"name": "a", "parties": 2, "round": -1}, "'round' must be a whole number from 0"),
+        ({"name": "a", "parties": 2, "round": "1"}, "'round' must be a whole number from 0"),
+        ({"name": "a", "parties": 2, "round": 2**62 + 1}, "'round' must be a whole number from 0"),
     ):
         with pytest.raises(Refused, match=needle):
             parse(line(secret=s, op="barrier", **body), attempts)
@@ -541,3 +546,27 @@ def test_the_sdk_waits_at_a_barrier_asking_again_until_released(served: Served, 
         sdk.barrier("", 2)
     with pytest.raises(TypeError, match="whole number"):
         sdk.barrier("a", 2.0)  # type: ignore[arg-type]
+
+
+def test_the_sdk_and_the_command_send_a_cyclic_barrier_round(served: Served, capsys) -> None:
+    sdk.barrier("ddl", 2, round=0)
+    assert cli(["barrier", "ddl", "2", "--round", "7", "--timeout", "5"], capsys) == (0, "")
+    sdk.barrier("plain", 2)
+    calls = [c for c in served.leader.calls if c.op == "barrier"]
+    assert [(c.name, c.HasField("round"), c.round) for c in calls] == [
+        ("ddl", True, 0),
+        ("ddl", True, 7),
+        ("plain", False, 0),
+    ]
+    not_yet = rota_pb2.TaskCallReply(ok=True, ready=False, addr="1/2")
+    served.leader.barrier_replies = [not_yet] * 100_000
+    with pytest.raises(sdk.TaskCallError, match=r"barrier 'ddl' round 3: not released within"):
+        sdk.barrier("ddl", 2, timeout=0.1, round=3)
+    for args in (
+        ["barrier", "a", "2", "--round"],
+        ["barrier", "a", "2", "--round", "x"],
+        ["barrier", "a", "2", "--round", "-1"],
+    ):
+        assert cli(args, capsys)[0] == 2, args
+    with pytest.raises(TypeError, match="round must be a whole number"):
+        sdk.barrier("a", 2, round=1.0)  # type: ignore[arg-type]
