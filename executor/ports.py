@@ -22,6 +22,9 @@ log = logging.getLogger("rota.executor")
 
 #: How often the socket tables are read while a port is not listening yet.
 POLL_EVERY = 0.05
+#: ... and after this many reads (about 10 s), this often.
+SLOW_AFTER = 200
+POLL_SLOW = 0.5
 #: Pause before a publish is sent again after a failure that may pass (no leader yet, no answer).
 RETRY_FIRST = 0.5
 RETRY_MAX = 5.0
@@ -52,8 +55,32 @@ def env_name(port: str) -> str:
     return PORT_ENV_PREFIX + port.upper()
 
 
-def listening(tables: Iterable[str] = TABLES) -> set[int]:
-    """The TCP ports something listens on, from the kernel's tables (any local address)."""
+def _packed(hexaddr: str) -> bytes:
+    """An address as the kernel's tables print it (32-bit words in host order, little-endian here)."""
+    return b"".join(bytes.fromhex(hexaddr[i : i + 8])[::-1] for i in range(0, len(hexaddr), 8))
+
+
+def addresses_of(host: str) -> frozenset[bytes] | None:
+    """The packed addresses a listener may have for clients of ``host`` to reach it: the host's
+    own (IPv4 also as IPv4-mapped IPv6) and the wildcards. None when the host does not resolve:
+    then any address counts."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return None
+    out = {bytes(4), bytes(16)}
+    for family, *_, sockaddr in infos:
+        packed = socket.inet_pton(family, str(sockaddr[0]).split("%", 1)[0])
+        out.add(packed)
+        if family == socket.AF_INET:
+            out.add(bytes(10) + b"\xff\xff" + packed)
+    return frozenset(out)
+
+
+def listening(tables: Iterable[str] = TABLES, on: frozenset[bytes] | None = None) -> set[int]:
+    """The TCP ports something listens on, from the kernel's tables: on one of the addresses ``on``
+    (a listener bound only to another address is one clients of this host cannot reach), or on any
+    address when ``on`` is None."""
     ports: set[int] = set()
     for path in tables:
         try:
@@ -63,7 +90,9 @@ def listening(tables: Iterable[str] = TABLES) -> set[int]:
                     fields = line.split()
                     if len(fields) > 3 and fields[3] == LISTEN:
                         with contextlib.suppress(ValueError, IndexError):
-                            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                            addr, port = fields[1].rsplit(":", 1)
+                            if on is None or _packed(addr) in on:
+                                ports.add(int(port, 16))
         except OSError:
             continue
     return ports
@@ -82,6 +111,7 @@ class Ports:
 
     def __init__(self, advertised: str, call: Call, tables: Iterable[str] = TABLES) -> None:
         self.host = host_of(advertised)
+        self.reachable = addresses_of(self.host)
         self.call = call
         self.tables = tuple(tables)
         #: Ports given to attempts still running here: never given twice at once.
@@ -90,15 +120,19 @@ class Ports:
     def allocate(self, names: Iterable[str]) -> dict[str, int]:
         """A free port per name. Raises OSError when none can be had."""
         ports: dict[str, int] = {}
-        for name in names:
-            for _ in range(PICK_TRIES):
-                port = free_port(self.host)
-                if port not in self._given:
-                    break
-            else:
-                raise OSError(f"no free port for {name!r} after {PICK_TRIES} tries")
-            self._given.add(port)
-            ports[name] = port
+        try:
+            for name in names:
+                for _ in range(PICK_TRIES):
+                    port = free_port(self.host)
+                    if port not in self._given:
+                        break
+                else:
+                    raise OSError(f"no free port for {name!r} after {PICK_TRIES} tries")
+                self._given.add(port)
+                ports[name] = port
+        except OSError:
+            self.release(ports)  # those picked before the failure are not the attempt's
+            raise
         return ports
 
     def release(self, ports: dict[str, int]) -> None:
@@ -113,14 +147,17 @@ class Ports:
         """Watch until each port listens, then publish it; runs until done or cancelled (when the
         attempt ends)."""
         waiting = dict(ports)
+        polls = 0
         while waiting:
-            up = listening(self.tables)
+            up = listening(self.tables, self.reachable)
             for name, port in list(waiting.items()):
                 if port in up:
                     del waiting[name]
                     await self._publish(ref, name, port)
             if waiting:
-                await asyncio.sleep(POLL_EVERY)
+                polls += 1
+                # A task that has not listened for a while may never: look ten times less often.
+                await asyncio.sleep(POLL_EVERY if polls < SLOW_AFTER else POLL_SLOW)
 
     async def _publish(self, ref: rota_pb2.TaskRef, name: str, port: int) -> None:
         addr = join(self.host, port)

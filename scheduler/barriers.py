@@ -29,6 +29,9 @@ from rota.metastore import keys
 NAME_MAX = 64
 #: Barriers one job may have.
 MAX_PER_JOB = 64
+#: The most parties a barrier may have: its record lists who arrived and is written at each new
+#: arrival, so its cost grows with the square of the parties.
+MAX_PARTIES = 1024
 #: The longest a call waits on the leader before it is answered not ready (the SDK asks again):
 #: below the executor's own 30 s wait for an answer.
 WAIT_MAX = 20.0
@@ -106,8 +109,10 @@ def invalid(name: str, parties: int, tasks: int, round: int | None = None) -> st
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = name[:NAME_MAX] + "..." if isinstance(name, str) and len(name) > NAME_MAX else name
         return f"a barrier name is 1 to {NAME_MAX} characters of A-Z a-z 0-9 . _ -, got {shown!r}"
-    if isinstance(parties, bool) or not isinstance(parties, int) or not 1 <= parties <= tasks:
-        return f"barrier {name!r}: parties must be from 1 to {tasks} (the job's task count), got {parties!r}"
+    top = min(tasks, MAX_PARTIES)
+    if isinstance(parties, bool) or not isinstance(parties, int) or not 1 <= parties <= top:
+        why = "the job's task count" if top == tasks else "MAX_PARTIES"
+        return f"barrier {name!r}: parties must be from 1 to {top} ({why}), got {parties!r}"
     if round is not None and (
         isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= ROUND_MAX
     ):

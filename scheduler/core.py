@@ -1341,6 +1341,11 @@ class Core:
 
     def _place_gang(self, gang: gangs.Gang, entry: Task | Run) -> bool:
         """Place every pending member of ``gang`` now, on free slots; or none, saying why."""
+        if not gang.placed:
+            why = gangs.short_of_room(gang, list(self.executors.values()))
+            if why:
+                gang.reason = why
+                return False
         pending = [t for t in gang.members if t.state == PENDING and not t.attempt]
         placements, why = gangs.plan(gang, pending, self.executors.values())
         gang.reason = why

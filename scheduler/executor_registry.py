@@ -177,6 +177,7 @@ class ExecutorRegistry:
             self.kick()
         elif call.op == "endpoint":
             self.core.find_endpoint(link.executor_id, call.call_id, ref, call.name)
+            self.kick()
         elif call.op == "barrier":
             round = call.round if call.HasField("round") else None
             self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties, round)

@@ -110,7 +110,7 @@ def plan(
                 ):
                     best = ex
             if best is None:
-                return [], _reason(gang, pending, kind, executors)
+                return [], _reason(gang, Counter(t.spec.kind for t in pending), kind, executors)
             room[best.id] -= 1
             held[best.id] += 1
             placed.append((task, best))
@@ -122,22 +122,38 @@ def shortfall(gang: Gang, pending: Sequence[Any], executors: Sequence[ExecutorSl
     each has enough, which ``plan`` then checks member by member). Cheap: kinds x executors."""
     needs = Counter(t.spec.kind for t in pending)
     for kind, n in needs.items():
-        if sum(ex.free_slots for ex in executors if kind in ex.kinds) < n:
-            return _reason(gang, pending, kind, executors)
+        if room_for(kind, executors) < n:
+            return _reason(gang, needs, kind, executors)
     return ""
 
 
-def _reason(gang: Gang, pending: Sequence[Any], short_kind: str, executors: Iterable[ExecutorSlot]) -> str:
-    """What the gang needs and what the cluster has for the kind it fell short of."""
-    needs = Counter(t.spec.kind for t in pending)
+def room_for(kind: str, executors: Iterable[ExecutorSlot]) -> int:
+    """Free slots for ``kind`` in all. An executor running tasks on credit has fewer than none; it
+    has no room, but it does not take room away from the others either."""
+    return sum(max(0, ex.free_slots) for ex in executors if kind in ex.kinds)
+
+
+def short_of_room(gang: Gang, executors: Sequence[ExecutorSlot]) -> str:
+    """Why a gang none of whose members was placed cannot fit ("" when the free slots may do): from
+    what the whole gang needs per kind, without looking at its members, so that a large gang that
+    waits costs a placement round kinds x executors, not its size."""
+    for kind, n in gang.needs.items():
+        if room_for(kind, executors) < n:
+            return _reason(gang, gang.needs, kind, executors)
+    return ""
+
+
+def _reason(gang: Gang, needs: Counter[str], short_kind: str, executors: Iterable[ExecutorSlot]) -> str:
+    """What the gang needs (members to place, per kind) and what the cluster has for the kind it
+    fell short of."""
     parts = [f"{n} free slots for kind {k!r}" for k, n in sorted(needs.items(), key=lambda kv: -kv[1])]
     first, rest = parts[0], [p.replace(" free slots", "") for p in parts[1:]]
     wanted = " and ".join([first, *rest])
     offering = [ex for ex in executors if ex.accepts_work and short_kind in ex.kinds]
-    free = sum(ex.free_slots for ex in offering)
+    free = sum(max(0, ex.free_slots) for ex in offering)
     slots = sum(ex.slots for ex in offering)
     where = f"for kind {short_kind!r} " if len(needs) > 1 else ""
     return (
-        f"gang {gang.name!r} of {len(pending)} tasks needs {wanted}; the cluster has {free} free {where}"
+        f"gang {gang.name!r} of {needs.total()} tasks needs {wanted}; the cluster has {free} free {where}"
         f"on {len(offering)} executor{'s' if len(offering) != 1 else ''} ({slots} slot{'s' if slots != 1 else ''} in all)"
     )

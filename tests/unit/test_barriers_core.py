@@ -354,3 +354,13 @@ def test_rounds_parked_ahead_release_one_after_another_in_order() -> None:
     assert [p.call_id for p in a.ready] == [1, 3, 11, 12, 21, 22]
     assert record_of(a) == {"parties": 2, "arrived": [0, 1], "released": True, "round": 2}
     assert b.waiting == 0 and not a.refused
+
+
+def test_parties_are_capped_whatever_the_jobs_size() -> None:
+    """A record lists who arrived and is written at each arrival: its cost grows with the square of
+    the parties, so a million-task job does not get a million-party barrier."""
+    from rota.scheduler.barriers import MAX_PARTIES, invalid
+
+    assert invalid("x", MAX_PARTIES, 1_000_000) == ""
+    assert "MAX_PARTIES" in invalid("x", MAX_PARTIES + 1, 1_000_000)
+    assert "the job's task count" in invalid("x", 6, 5)

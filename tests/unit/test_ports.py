@@ -14,7 +14,7 @@ from test_task_call_protocol import REF, Served, cli, line
 
 from rota import task as sdk
 from rota.executor import ports as ports_mod
-from rota.executor.ports import Ports, host_of, join, listening
+from rota.executor.ports import Ports, addresses_of, host_of, join, listening
 from rota.executor.task_calls import Refused, parse
 from rota.protos import rota_pb2
 
@@ -37,6 +37,38 @@ def test_listening_ports_are_read_from_the_kernels_tables(tmp_path: Path) -> Non
         assert port not in listening()
         s.listen()
         assert port in listening()
+
+
+def test_only_a_listener_clients_of_the_host_can_reach_counts(tmp_path: Path) -> None:
+    """Bound to the advertised host, or to a wildcard: published. Bound only to another address
+    (a task listening on 127.0.0.1 of a host advertised as 127.0.0.2): not."""
+    v4, v6 = tmp_path / "tcp", tmp_path / "tcp6"
+    other = "0200007F"  # 127.0.0.2
+    v4.write_text(
+        HEADER
+        + table_line(4000)  # 127.0.0.1
+        + table_line(4001).replace("0100007F", "00000000")  # 0.0.0.0
+        + table_line(4002).replace("0100007F", other)
+    )
+    v6.write_text(
+        HEADER
+        + table_line(5000, v6=True)
+        + table_line(5001, v6=True).replace("0" * 32, "0" * 16 + "FFFF0000" + other)
+    )
+    tables = [str(v4), str(v6)]
+    on_127_0_0_2 = addresses_of("127.0.0.2")
+    assert listening(tables, on_127_0_0_2) == {4001, 4002, 5000, 5001}
+    assert listening(tables, addresses_of("127.0.0.1")) == {4000, 4001, 5000}
+    assert listening(tables, None) == {4000, 4001, 4002, 5000, 5001}
+
+
+def test_ports_picked_before_a_failure_are_given_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Ports("127.0.0.1:7000", _never)
+    picks = iter([41000] * 40)  # "b" only ever gets the port "a" holds
+    monkeypatch.setattr("rota.executor.ports.free_port", lambda host: next(picks))
+    with pytest.raises(OSError, match="no free port for 'b'"):
+        p.allocate(["a", "b"])
+    assert not p._given
 
 
 def test_addresses_and_environment() -> None:

@@ -247,6 +247,23 @@ def test_only_free_slots_count_for_a_gang_not_an_executors_credit() -> None:
     assert "needs 3 free slots" in job_page_doc(gang, 0, 10)["pending_reason"]
 
 
+def test_an_executor_over_its_slots_on_credit_takes_no_room_from_the_others() -> None:
+    """Its free slots are below zero: it has no room, but the gang still fits on the others."""
+    h = Harness()
+    h.attach("a", slots=1)
+    h.core.set_credit("a", 10)
+    short = h.add_job("short", tmpl("s", count=4))
+    short.short[0] = True  # known short: its tasks may queue on credit
+    h.core._schedule()
+    h.drain()
+    assert h.core.executors["a"].free_slots < 0
+    h.attach("b", slots=2)
+    gang = h.add_job("g", {**tmpl("w", count=2), "gang": "x"})
+    h.drain()
+    assert states(gang) == [ASSIGNED] * 2
+    assert {t.executor for t in gang.tasks} == {"b"}
+
+
 def test_a_lost_member_is_placed_again_alone() -> None:
     h = gang_harness()
     h.attach("c", slots=2)
