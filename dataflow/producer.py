@@ -1,0 +1,96 @@
+"""Producer task (one per table): sends its table's records to every binlog, each from where that
+binlog says it needs them, and ends once every binlog says the table is written downstream for good.
+
+Records are regenerated from the config (deterministic), so a producer keeps no state but "done".
+Paced (``pace`` records/s per table), record pk is due at start + pk / pace and carries that time as
+its t_produce; due records go out every ``flush-ms`` in batches of at most ``batch``. Unpaced,
+batches go out as fast as the binlog takes them, stamped when made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+
+import grpc
+
+from rota import task as sdk
+from rota.dataflow import records as rec
+from rota.dataflow import runtime
+from rota.dataflow.config import Config
+from rota.protos import dataflow_pb2 as pb
+from rota.protos import dataflow_pb2_grpc as pb_grpc
+
+DONE = b"done"
+
+
+class Producer:
+    def __init__(self, cfg: Config, table: int) -> None:
+        self.cfg, self.table = cfg, table
+        #: Paced: microseconds at which pk 0 was due (set at the first binlog's answer).
+        self.start_us: float | None = None
+        self.us_per_record = 1e6 / cfg.pace if cfg.pace else 0.0
+
+    async def feed(self, s: int) -> None:
+        """Until binlog ``s`` says this table is done: connect (wherever it is now), send from
+        where it says; after any error, ask where it is again."""
+        while True:
+            addr = await runtime.call(sdk.endpoint, runtime.binlog_endpoint(s))
+            try:
+                async with grpc.aio.insecure_channel(addr, options=runtime.CHANNEL_OPTIONS) as channel:
+                    call = pb_grpc.BinlogStub(channel).Produce()
+                    await call.write(pb.ProduceRequest(table=self.table))
+                    reply = await call.read()
+                    if reply is grpc.aio.EOF:
+                        raise ConnectionError("the binlog closed the stream")
+                    sender = asyncio.ensure_future(self._send(call, s, reply.resume_from))
+                    try:
+                        reply = await call.read()
+                    finally:
+                        sender.cancel()
+                    if reply is not grpc.aio.EOF and reply.done:
+                        await call.done_writing()
+                        return
+                    raise ConnectionError("the binlog ended the stream before the table was done")
+            except (grpc.aio.AioRpcError, ConnectionError, OSError) as e:
+                runtime.log(f"producer {self.table} -> binlog {s} at {addr}: {e}; finding it again")
+                await asyncio.sleep(0.05)
+
+    async def _send(self, call: grpc.aio.StreamStreamCall, s: int, pos: int) -> None:
+        cfg, t = self.cfg, self.table
+        end, n = cfg.end, cfg.batch
+        servers, freq = cfg.server_count, cfg.ddl_freq
+        flush = cfg.flush_ms / 1000
+        if cfg.pace and self.start_us is None:
+            self.start_us = rec.now_us() - pos * self.us_per_record
+        while pos < end:
+            if cfg.pace:
+                assert self.start_us is not None
+                due = min(end, int((rec.now_us() - self.start_us) / self.us_per_record) + 1)
+                pks = rec.routed(s, servers, freq, pos, due, n)
+                if not pks:
+                    await asyncio.sleep(flush)
+                    continue
+                start, step = self.start_us, self.us_per_record
+                tp = array("q", [int(start + pk * step) for pk in pks])
+            else:
+                pks = rec.routed(s, servers, freq, pos, end, n)
+                tp = array("q", [rec.now_us()]) * len(pks)
+            await call.write(
+                pb.ProduceRequest(table=t, batch=pb.Batch(table=t, pks=pks.tobytes(), t_produce=tp.tobytes()))
+            )
+            pos = rec.next_position(s, servers, freq, pks[-1] + 1, end)
+
+
+async def run(cfg: Config, table: int) -> None:
+    if await runtime.call(sdk.checkpoint.load) != DONE:
+        producer = Producer(cfg, table)
+        await asyncio.gather(*(producer.feed(s) for s in range(cfg.server_count)))
+        await runtime.save_checkpoint(DONE)
+        runtime.log(f"producer {table}: every binlog has the table for good")
+    await runtime.final_barrier(cfg)
+
+
+def main() -> None:
+    runtime.die_with_parent()
+    asyncio.run(run(Config.from_env(), runtime.shard()))
