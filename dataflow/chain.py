@@ -20,6 +20,7 @@ import bisect
 import fcntl
 import json
 import os
+import time
 from array import array
 from collections import deque
 from typing import IO, Any
@@ -36,11 +37,11 @@ from rota.protos import dataflow_pb2_grpc as pb_grpc
 Held = tuple[array, array, int, int]
 
 
-def ddl_barrier(cfg: Config, table: int, version: int) -> None:
-    """Every chain has written all of ``table`` before its DDL record of ``version``."""
-    # Until cyclic barriers are on main, one barrier per version; the switch is this one line:
-    # sdk.barrier(f"ddl-{table}", cfg.server_count, round=version - 1)
-    sdk.barrier(f"ddl-{table}-{version}", cfg.server_count)
+def ddl_barrier(cfg: Config, version: int) -> None:
+    """Every chain has written (and checkpointed) every table up to its DDL record of ``version``."""
+    # Until cyclic barriers are on main, one barrier name per version; the switch is this one line:
+    # sdk.barrier("ddl", cfg.server_count, round=version - 1)
+    sdk.barrier(f"ddl-{version}", cfg.server_count)
 
 
 class Chain:
@@ -54,6 +55,11 @@ class Chain:
         self.saved = [0] * n
         self.files: list[IO[bytes]] = []
         self.held: list[deque[Held] | None] = [None] * n
+        #: The version of the DDL record each held table waits at.
+        self.held_at = [0] * n
+        #: The last DDL version whose barrier this attempt has passed.
+        self.passed = 0
+        self.passing = False
         self.dirty = False
         self.ckpt_lock = asyncio.Lock()
         self.call: Any = None
@@ -61,6 +67,8 @@ class Chain:
         self.released = False
         self.kinds = {False: " data ", True: " ddl "}
         self.last_blob = 0
+        self.written = 0
+        self.ckpt_time = 0.0
 
     def _next(self, pk: int) -> int:
         return rec.next_position(self.shard, self.cfg.server_count, self.cfg.ddl_freq, pk, self.cfg.end)
@@ -133,6 +141,8 @@ class Chain:
             i = bisect.bisect_left(pks, want)
             pks, tp = pks[i:], tp[i:]
         self.recv[t] = self._next(pks[-1] + 1)
+        if self.recv[t] >= self.cfg.end:
+            self._maybe_pass()
         held = self.held[t]
         if held is not None:
             held.append((pks, tp, b.t_binlog, tr))
@@ -153,24 +163,49 @@ class Chain:
         if i:
             self.write(t, pks[:i], tp[:i], tb, tr)
         self.held[t] = deque([(pks[i:], tp[i:], tb, tr)])
-        asyncio.ensure_future(self._pass_ddl(t, ddl // freq))
+        self.held_at[t] = ddl // freq
+        self._maybe_pass()
 
-    async def _pass_ddl(self, t: int, version: int) -> None:
+    def _maybe_pass(self) -> None:
+        """Once every table is held at a DDL record (or has ended), pass the lowest version."""
+        if self.passing:
+            return
+        versions = [self.held_at[t] for t in range(self.cfg.table_num) if self.held[t] is not None]
+        if not versions:
+            return
+        ended = sum(
+            1 for t in range(self.cfg.table_num) if self.held[t] is None and self.recv[t] >= self.cfg.end
+        )
+        if len(versions) + ended < self.cfg.table_num:
+            return
+        self.passing = True
+        asyncio.ensure_future(self._pass_ddl(min(versions)))
+
+    async def _pass_ddl(self, version: int) -> None:
+        """Checkpoint (everything before the DDL records is then durable), meet the other chains at
+        the barrier of each version up to this one (one already released answers at once), then
+        let the tables held at this version go on."""
         await self.checkpoint()
         if self.cfg.server_count > 1:
-            await runtime.call(ddl_barrier, self.cfg, t, version)
-        items = self.held[t]
-        assert items is not None
-        self.held[t] = None
-        released = True
-        while items:
-            item = items.popleft()
-            held = self.held[t]
-            if held is not None:
-                held.append(item)
-            else:
-                self.sync(t, *item, released)
-            released = False
+            for v in range(self.passed + 1, version + 1):
+                await runtime.call(ddl_barrier, self.cfg, v)
+        self.passed = version
+        self.passing = False
+        for t in range(self.cfg.table_num):
+            items = self.held[t]
+            if items is None or self.held_at[t] != version:
+                continue
+            self.held[t] = None
+            released = True
+            while items:
+                item = items.popleft()
+                held = self.held[t]
+                if held is not None:
+                    held.append(item)
+                else:
+                    self.sync(t, *item, released)
+                released = False
+        self._maybe_pass()
 
     # -- sink -------------------------------------------------------------------------------
 
@@ -186,6 +221,7 @@ class Chain:
         ).encode()
         self.files[t].write(text)
         self.offset[t] += len(text)
+        self.written += len(pks)
         self.pos[t] = self._next(pks[-1] + 1)
         self.dirty = True
 
@@ -197,7 +233,9 @@ class Chain:
             pos, offset = list(self.pos), list(self.offset)
             self.dirty = False
             blob = json.dumps({"p": pos, "o": offset}, separators=(",", ":")).encode()
+            t0 = time.monotonic()
             await runtime.save_checkpoint(blob)
+            self.ckpt_time += time.monotonic() - t0
             self.saved = pos
             await self.ack()
             self._check_finished()
@@ -218,6 +256,15 @@ class Chain:
         if self.cfg.rcd_cnt and all(p >= self.cfg.end for p in self.saved):
             self.finished.set()
 
+    async def stats(self) -> None:
+        while True:
+            w0, c0 = self.written, self.ckpt_time
+            await asyncio.sleep(1)
+            held = sum(1 for h in self.held if h is not None)
+            runtime.log(
+                f"chain {self.shard}: {self.written - w0} rec/s written, held {held}, ckpt {self.ckpt_time - c0:.3f}s"
+            )
+
     async def keep_checkpoint(self) -> None:
         interval = self.cfg.checkpoint_ms / 1000
         while True:
@@ -233,6 +280,7 @@ async def run(cfg: Config, shard: int) -> None:
     runtime.log(f"chain {shard}: positions from checkpoint: {bool(saved)}")
     receiver = asyncio.ensure_future(chain.receive())
     keeper = asyncio.ensure_future(chain.keep_checkpoint())
+    asyncio.ensure_future(chain.stats())
     await chain.finished.wait()
     runtime.log(f"chain {shard}: every table written and checkpointed")
     await runtime.final_barrier(cfg)

@@ -56,9 +56,17 @@ def binlog_endpoint(index: int) -> str:
     return f"binlog-shard{index}.feed"
 
 
+#: An attempt may have 4 task calls in flight at once (the executor refuses more): keep one spare.
+_calls: asyncio.Semaphore | None = None
+
+
 async def call(fn: Any, *args: Any) -> Any:
     """A blocking SDK call, off the event loop."""
-    return await asyncio.to_thread(fn, *args)
+    global _calls
+    if _calls is None:
+        _calls = asyncio.Semaphore(3)
+    async with _calls:
+        return await asyncio.to_thread(fn, *args)
 
 
 async def save_checkpoint(blob: bytes) -> None:
