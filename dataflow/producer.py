@@ -10,6 +10,7 @@ batches go out as fast as the binlog takes them, stamped when made.
 from __future__ import annotations
 
 import asyncio
+import json
 from array import array
 
 import grpc
@@ -21,14 +22,16 @@ from rota.dataflow.config import Config
 from rota.protos import dataflow_pb2 as pb
 from rota.protos import dataflow_pb2_grpc as pb_grpc
 
-DONE = b"done"
+#: Producers meet here once, so that paced tables reach each DDL record at the same moment (the
+#: chains pass a DDL version only once every table reached it).
+START_BARRIER = "start"
 
 
 class Producer:
-    def __init__(self, cfg: Config, table: int) -> None:
+    def __init__(self, cfg: Config, table: int, start_us: int) -> None:
         self.cfg, self.table = cfg, table
-        #: Paced: microseconds at which pk 0 was due (set at the first binlog's answer).
-        self.start_us: float | None = None
+        #: Paced: when pk 0 was due (the first attempt's start, kept in the checkpoint).
+        self.start_us = start_us
         self.us_per_record = 1e6 / cfg.pace if cfg.pace else 0.0
 
     async def feed(self, s: int) -> None:
@@ -61,11 +64,8 @@ class Producer:
         end, n = cfg.end, cfg.batch
         servers, freq = cfg.server_count, cfg.ddl_freq
         flush = cfg.flush_ms / 1000
-        if cfg.pace and self.start_us is None:
-            self.start_us = rec.now_us() - pos * self.us_per_record
         while pos < end:
             if cfg.pace:
-                assert self.start_us is not None
                 due = min(end, int((rec.now_us() - self.start_us) / self.us_per_record) + 1)
                 pks = rec.routed(s, servers, freq, pos, due, n)
                 if not pks:
@@ -83,10 +83,17 @@ class Producer:
 
 
 async def run(cfg: Config, table: int) -> None:
-    if await runtime.call(sdk.checkpoint.load) != DONE:
-        producer = Producer(cfg, table)
+    """The checkpoint: {"start": when pk 0 was due, "done": every binlog has the table for good}."""
+    saved = await runtime.call(sdk.checkpoint.load)
+    state = json.loads(saved) if saved else {}
+    if "start" not in state:
+        await runtime.call(sdk.barrier, START_BARRIER, cfg.table_num)
+        state = {"start": rec.now_us()}
+        await runtime.save_checkpoint(json.dumps(state).encode())
+    if not state.get("done"):
+        producer = Producer(cfg, table, state["start"])
         await asyncio.gather(*(producer.feed(s) for s in range(cfg.server_count)))
-        await runtime.save_checkpoint(DONE)
+        await runtime.save_checkpoint(json.dumps({**state, "done": True}).encode())
         runtime.log(f"producer {table}: every binlog has the table for good")
     await runtime.final_barrier(cfg)
 
