@@ -27,6 +27,10 @@ from rota.protos import dataflow_pb2_grpc as pb_grpc
 
 #: At most this many records in one message to the chain.
 FEED_MAX_RECORDS = 32768
+#: How long the feed waits after new records arrive before it sends them on.
+COALESCE = 0.001
+#: The binlog checkpoints its acknowledged positions this many times less often than a chain.
+CHECKPOINT_SLOWER = 5
 
 
 class Binlog(pb_grpc.BinlogServicer):
@@ -185,6 +189,8 @@ class Binlog(pb_grpc.BinlogServicer):
                 waiter = asyncio.ensure_future(self.wake.wait())
                 await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                # What other producers send meanwhile goes in the same message: fewer, fuller messages.
+                await asyncio.sleep(COALESCE)
         finally:
             reader.cancel()
 
@@ -196,7 +202,7 @@ class Binlog(pb_grpc.BinlogServicer):
     # -- checkpoints ------------------------------------------------------------------------
 
     async def keep_checkpoint(self) -> None:
-        interval = self.cfg.checkpoint_ms / 1000
+        interval = CHECKPOINT_SLOWER * self.cfg.checkpoint_ms / 1000
         while True:
             await self.dirty.wait()
             self.dirty.clear()

@@ -60,6 +60,7 @@ class Chain:
         #: The last DDL version whose barrier this attempt has passed.
         self.passed = 0
         self.passing = False
+        self.first_hold: float | None = None
         self.dirty = False
         self.ckpt_lock = asyncio.Lock()
         self.call: Any = None
@@ -164,6 +165,8 @@ class Chain:
             self.write(t, pks[:i], tp[:i], tb, tr)
         self.held[t] = deque([(pks[i:], tp[i:], tb, tr)])
         self.held_at[t] = ddl // freq
+        if self.first_hold is None:
+            self.first_hold = time.monotonic()
         self._maybe_pass()
 
     def _maybe_pass(self) -> None:
@@ -185,10 +188,19 @@ class Chain:
         """Checkpoint (everything before the DDL records is then durable), meet the other chains at
         the barrier of each version up to this one (one already released answers at once), then
         let the tables held at this version go on."""
+        t0 = time.monotonic()
         await self.checkpoint()
+        t1 = time.monotonic()
         if self.cfg.server_count > 1:
             for v in range(self.passed + 1, version + 1):
                 await runtime.call(ddl_barrier, self.cfg, v)
+        t2 = time.monotonic()
+        first, self.first_hold = self.first_hold or t0, None
+        runtime.log(
+            f"chain {self.shard}: DDL version {version} passed; held {1000 * (t2 - first):.0f} ms "
+            f"(every table there after {1000 * (t0 - first):.0f}, checkpoint {1000 * (t1 - t0):.0f}, "
+            f"barrier {1000 * (t2 - t1):.0f})"
+        )
         self.passed = version
         self.passing = False
         for t in range(self.cfg.table_num):
