@@ -20,6 +20,7 @@ import bisect
 import fcntl
 import json
 import os
+import resource
 import time
 from array import array
 from collections import deque
@@ -35,6 +36,7 @@ from rota.protos import dataflow_pb2 as pb
 from rota.protos import dataflow_pb2_grpc as pb_grpc
 
 Held = tuple[array, array, int, int]
+STATS_EVERY = 5.0
 
 
 def ddl_barrier(cfg: Config, version: int) -> None:
@@ -78,6 +80,12 @@ class Chain:
         """Take the chain's lock (an attempt still alive elsewhere holds it until it dies), then cut
         every file back to what the checkpoint says was written."""
         os.makedirs(self.dir, exist_ok=True)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.cfg.table_num + 256
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard)
+            )
         self._lock = open(os.path.join(self.dir, ".lock"), "a")  # noqa: SIM115
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         first = self._next(0)
@@ -91,7 +99,7 @@ class Chain:
         self.saved = list(self.pos)
         for t in range(self.cfg.table_num):
             path = self.cfg.sink_path(self.shard, t)
-            f = open(path, "ab+", buffering=1 << 16)  # noqa: SIM115
+            f = open(path, "ab+", buffering=1 << 15)  # noqa: SIM115
             size = f.seek(0, os.SEEK_END)
             if size < self.offset[t]:
                 raise SystemExit(
@@ -269,13 +277,16 @@ class Chain:
             self.finished.set()
 
     async def stats(self) -> None:
+        """Every STATS_EVERY seconds while it writes: how fast, and how much time checkpoints took."""
         while True:
             w0, c0 = self.written, self.ckpt_time
-            await asyncio.sleep(1)
-            held = sum(1 for h in self.held if h is not None)
-            runtime.log(
-                f"chain {self.shard}: {self.written - w0} rec/s written, held {held}, ckpt {self.ckpt_time - c0:.3f}s"
-            )
+            await asyncio.sleep(STATS_EVERY)
+            if self.written != w0:
+                held = sum(1 for h in self.held if h is not None)
+                runtime.log(
+                    f"chain {self.shard}: {(self.written - w0) / STATS_EVERY:.0f} records/s written, "
+                    f"{held} tables held, checkpoints took {(self.ckpt_time - c0) / STATS_EVERY:.0%} of the time"
+                )
 
     async def keep_checkpoint(self) -> None:
         interval = self.cfg.checkpoint_ms / 1000
