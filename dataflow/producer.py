@@ -10,7 +10,9 @@ batches go out as fast as the binlog takes them, stamped when made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from array import array
 
 import grpc
@@ -25,14 +27,22 @@ from rota.protos import dataflow_pb2_grpc as pb_grpc
 #: Producers meet here once, so that paced tables reach each DDL record at the same moment (the
 #: chains pass a DDL version only once every table reached it).
 START_BARRIER = "start"
+#: How long the first attempt waits for its streams before the start barrier all the same.
+START_WAIT = 30.0
 
 
 class Producer:
-    def __init__(self, cfg: Config, table: int, start_us: int) -> None:
+    def __init__(self, cfg: Config, table: int, start_us: int | None) -> None:
         self.cfg, self.table = cfg, table
         #: Paced: when pk 0 was due (the first attempt's start, kept in the checkpoint).
-        self.start_us = start_us
+        self.start_us = start_us or 0
         self.us_per_record = 1e6 / cfg.pace if cfg.pace else 0.0
+        #: Set once the start is known: streams connect before, and send only after.
+        self.clock = asyncio.Event()
+        if start_us is not None:
+            self.clock.set()
+        self.connected: set[int] = set()
+        self.all_connected = asyncio.Event()
 
     async def feed(self, s: int) -> None:
         """Until binlog ``s`` says this table is done: connect (wherever it is now), send from
@@ -46,6 +56,10 @@ class Producer:
                     reply = await call.read()
                     if reply is grpc.aio.EOF:
                         raise ConnectionError("the binlog closed the stream")
+                    self.connected.add(s)
+                    if len(self.connected) == self.cfg.server_count:
+                        self.all_connected.set()
+                    await self.clock.wait()
                     sender = asyncio.ensure_future(self._send(call, s, reply.resume_from))
                     try:
                         reply = await call.read()
@@ -69,7 +83,9 @@ class Producer:
                 due = min(end, int((rec.now_us() - self.start_us) / self.us_per_record) + 1)
                 pks = rec.routed(s, servers, freq, pos, due, n)
                 if not pks:
-                    await asyncio.sleep(flush)
+                    # On the flush grid shared by every producer: a binlog gets all tables' records
+                    # at once and passes them on in one message.
+                    await asyncio.sleep(flush - time.time() % flush)
                     continue
                 start, step = self.start_us, self.us_per_record
                 tp = array("q", [int(start + pk * step) for pk in pks])
@@ -83,16 +99,24 @@ class Producer:
 
 
 async def run(cfg: Config, table: int) -> None:
-    """The checkpoint: {"start": when pk 0 was due, "done": every binlog has the table for good}."""
+    """The checkpoint: {"start": when pk 0 was due, "done": every binlog has the table for good}.
+
+    The first attempt connects to every binlog, then meets the other producers at the start
+    barrier, so no record is due before its stream is up and every table is paced from one start."""
     saved = await runtime.call(sdk.checkpoint.load)
     state = json.loads(saved) if saved else {}
-    if "start" not in state:
-        await runtime.call(sdk.barrier, START_BARRIER, cfg.table_num)
-        state = {"start": rec.now_us()}
-        await runtime.save_checkpoint(json.dumps(state).encode())
     if not state.get("done"):
-        producer = Producer(cfg, table, state["start"])
-        await asyncio.gather(*(producer.feed(s) for s in range(cfg.server_count)))
+        producer = Producer(cfg, table, state.get("start"))
+        feeds = asyncio.gather(*(producer.feed(s) for s in range(cfg.server_count)))
+        if "start" not in state:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(producer.all_connected.wait()), START_WAIT)
+            await runtime.call(sdk.barrier, START_BARRIER, cfg.table_num)
+            state = {"start": rec.now_us()}
+            await runtime.save_checkpoint(json.dumps(state).encode())
+            producer.start_us = state["start"]
+            producer.clock.set()
+        await feeds
         await runtime.save_checkpoint(json.dumps({**state, "done": True}).encode())
         runtime.log(f"producer {table}: every binlog has the table for good")
     await runtime.final_barrier(cfg)
