@@ -228,7 +228,7 @@ async def run(cfg: Config, shard: int) -> None:
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     runtime.log(f"binlog {shard} serves {host}:{port}; acked from checkpoint: {bool(saved)}")
-    keeper = asyncio.ensure_future(binlog.keep_checkpoint())
+    keeper = runtime.spawn(binlog.keep_checkpoint())
     await binlog.all_done.wait()
     runtime.log(f"binlog {shard}: every table written downstream")
     await runtime.final_barrier(cfg)

@@ -132,7 +132,7 @@ class Chain:
                         tr = rec.now_us()
                         for b in reply.batches:
                             self.on_batch(b, tr)
-            except (grpc.aio.AioRpcError, ConnectionError, OSError) as e:
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, ConnectionError) as e:
                 self.call = None
                 if not self.released:
                     runtime.log(f"chain {self.shard} <- binlog at {addr}: {e}; finding it again")
@@ -190,7 +190,7 @@ class Chain:
         if len(versions) + ended < self.cfg.table_num:
             return
         self.passing = True
-        asyncio.ensure_future(self._pass_ddl(min(versions)))
+        runtime.spawn(self._pass_ddl(min(versions)))
 
     async def _pass_ddl(self, version: int) -> None:
         """Checkpoint (everything before the DDL records is then durable), meet the other chains at
@@ -301,9 +301,9 @@ async def run(cfg: Config, shard: int) -> None:
     saved = await runtime.call(sdk.checkpoint.load)
     await runtime.call(chain.open, saved)
     runtime.log(f"chain {shard}: positions from checkpoint: {bool(saved)}")
-    receiver = asyncio.ensure_future(chain.receive())
-    keeper = asyncio.ensure_future(chain.keep_checkpoint())
-    asyncio.ensure_future(chain.stats())
+    receiver = runtime.spawn(chain.receive())
+    keeper = runtime.spawn(chain.keep_checkpoint())
+    runtime.spawn(chain.stats())
     await chain.finished.wait()
     runtime.log(f"chain {shard}: every table written and checkpointed")
     await runtime.final_barrier(cfg)

@@ -60,7 +60,10 @@ class Producer:
                     if len(self.connected) == self.cfg.server_count:
                         self.all_connected.set()
                     await self.clock.wait()
-                    sender = asyncio.ensure_future(self._send(call, s, reply.resume_from))
+                    sender = runtime.spawn(
+                        self._send(call, s, reply.resume_from),
+                        (grpc.aio.AioRpcError, asyncio.InvalidStateError),
+                    )
                     try:
                         reply = await call.read()
                     finally:
@@ -69,7 +72,7 @@ class Producer:
                         await call.done_writing()
                         return
                     raise ConnectionError("the binlog ended the stream before the table was done")
-            except (grpc.aio.AioRpcError, ConnectionError, OSError) as e:
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, ConnectionError, OSError) as e:
                 runtime.log(f"producer {self.table} -> binlog {s} at {addr}: {e}; finding it again")
                 await asyncio.sleep(0.05)
 

@@ -8,6 +8,7 @@ import ctypes
 import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 from rota import task as sdk
@@ -80,6 +81,24 @@ async def save_checkpoint(blob: bytes) -> None:
 
 async def final_barrier(cfg: Config) -> None:
     await call(sdk.barrier, FINAL_BARRIER, cfg.parties)
+
+
+def spawn(coro: Any, survivable: tuple[type[BaseException], ...] = ()) -> asyncio.Future[Any]:
+    """A background task whose failure ends the process (non-zero: the service task restarts
+    from its checkpoint) instead of leaving it alive and stuck; ``survivable`` errors do not."""
+    task = asyncio.ensure_future(coro)
+
+    def done(t: asyncio.Future[Any]) -> None:
+        if t.cancelled():
+            return
+        e = t.exception()
+        if e is not None and not isinstance(e, survivable):
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+            log(f"stopping: a background task failed: {type(e).__name__}: {e}")
+            os._exit(1)
+
+    task.add_done_callback(done)
+    return task
 
 
 def log(*parts: Any) -> None:
