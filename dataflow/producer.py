@@ -126,5 +126,4 @@ async def run(cfg: Config, table: int) -> None:
 
 
 def main() -> None:
-    runtime.die_with_parent()
-    asyncio.run(run(Config.from_env(), runtime.shard()))
+    runtime.run_main(run(Config.from_env(), runtime.shard()))

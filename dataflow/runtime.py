@@ -101,5 +101,15 @@ def spawn(coro: Any, survivable: tuple[type[BaseException], ...] = ()) -> asynci
     return task
 
 
+def run_main(coro: Any) -> None:
+    """Run a task's main coroutine, then exit at once: an SDK call still waiting in a thread
+    (an endpoint of a task that has just ended) must not hold the process up."""
+    die_with_parent()
+    asyncio.run(coro)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def log(*parts: Any) -> None:
     print(*parts, file=sys.stderr, flush=True)
