@@ -68,8 +68,21 @@ def run(flow: dict, kill: bool, ttl: str) -> dict:
                 name = next(e["name"] for e in c.list_executors() if e["id"] == binlog["executor"])
                 killed_at = time.time_ns() // 1000
                 next(p for p in cluster.executors if p.name == name).signal(signal.SIGKILL)
-            doc = c.wait_job(job_id, timeout=600)
+            try:
+                doc = c.wait_job(job_id, timeout=300)
+            except TimeoutError:
+                doc = c.get_job(job_id)
             if doc["state"] != "SUCCEEDED":
+                for t in doc["tasks"]:
+                    print(
+                        t["name"],
+                        t["state"],
+                        "attempt",
+                        t["attempt"],
+                        "restarts",
+                        t.get("restarts"),
+                        file=sys.stderr,
+                    )
                 raise SystemExit(f"the flow ended {doc['state']}: {json.dumps(doc)[:2000]}")
             task = next(t for t in doc["tasks"] if t["name"] == "report")
             report = json.loads(task["result"]["stdout"].strip().splitlines()[-1])
