@@ -9,7 +9,7 @@ PROTO_GEN := $(PROTO_SRC:.proto=_pb2.py) $(PROTO_SRC:.proto=_pb2_grpc.py)
 PROGRAMS := bin/master bin/executor bin/master-client
 PYTEST_ARGS ?=
 # The folders installed as rota.*
-PACKAGES := rota common client devtools metastore protos scheduler executor
+PACKAGES := rota common client devtools metastore protos scheduler executor dataflow
 
 .PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos
 

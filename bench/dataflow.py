@@ -1,0 +1,124 @@
+"""The dataflow bench (issue 15): the shipped example (cmd/master-client/bench-example.toml) run on a
+LocalCluster, paced as the original and unpaced, printing records/s and the latency table of the
+flow's own report. Optionally (--kill) the executor running binlog 0 is SIGKILLed mid-flow in the
+paced run, and the longest pause in each chain's sink writes after it is measured from the sink files.
+
+    .venv/bin/python -m bench.dataflow [--rcd-cnt N] [--kill] [--runs paced,unpaced]
+
+One executor with the gang's slots (two with --kill); the executors' lease TTL is 2 s (--ttl). The machine's
+load shows in the figures: they are a measurement, not a promise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from bench.results import save
+from rota.common.jobspec import load_job
+from rota.dataflow.report import table
+from rota.devtools.localcluster import LocalCluster
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "cmd" / "master-client" / "bench-example.toml"
+
+
+def _sink_gaps(out: Path, after_us: int) -> dict[str, float]:
+    """Per chain, the longest time from ``after_us`` on during which it wrote no sink line (s)."""
+    gaps = {}
+    for chain in sorted(out.glob("*/chain_*")):
+        stamps = sorted(
+            s
+            for path in chain.glob("table_*")
+            for line in path.read_bytes().splitlines()
+            if line and (s := int(line.rsplit(b" ", 1)[1])) >= after_us
+        )
+        steps = [b - a for a, b in zip([after_us, *stamps], stamps, strict=False)]
+        gaps[chain.name] = round(max(steps, default=0) / 1e6, 3)
+    return gaps
+
+
+def run(flow: dict, kill: bool, ttl: str) -> dict:
+    slots = flow["table-num"] + 2 * len(flow["servers"]) + 1
+    with tempfile.TemporaryDirectory(prefix="rota-dataflow-") as tmp:
+        flow = {**flow, "out-dir": f"{tmp}/out"}
+        with LocalCluster(tmp) as cluster, cluster.client(30) as c:
+            for _ in range(2 if kill else 1):
+                cluster.add_executor(
+                    slots=slots, args=["--keepalive-ttl", ttl, "--keepalive-interval", "200ms"]
+                )
+            cluster.wait_for_executors(2 if kill else 1)
+            job_id = c.submit_job(load_job(flow).to_dict())["id"]
+            killed_at = None
+            if kill:
+                out = Path(flow["out-dir"])
+                while not any(p.stat().st_size for p in out.glob("*/chain_*/table_*")):
+                    time.sleep(0.05)
+                time.sleep(2)
+                binlog = next(t for t in c.get_job(job_id)["tasks"] if t["name"] == "binlog-shard0")
+                name = next(e["name"] for e in c.list_executors() if e["id"] == binlog["executor"])
+                killed_at = time.time_ns() // 1000
+                next(p for p in cluster.executors if p.name == name).signal(signal.SIGKILL)
+            try:
+                doc = c.wait_job(job_id, timeout=300)
+            except TimeoutError:
+                doc = c.get_job(job_id)
+            if doc["state"] != "SUCCEEDED":
+                for t in doc["tasks"]:
+                    print(
+                        t["name"],
+                        t["state"],
+                        "attempt",
+                        t["attempt"],
+                        "restarts",
+                        t.get("restarts"),
+                        file=sys.stderr,
+                    )
+                raise SystemExit(f"the flow ended {doc['state']}: {json.dumps(doc)[:2000]}")
+            task = next(t for t in doc["tasks"] if t["name"] == "report")
+            report = json.loads(task["result"]["stdout"].strip().splitlines()[-1])
+            if killed_at is not None:
+                report["sink_pause_after_kill_s"] = _sink_gaps(Path(flow["out-dir"]), killed_at)
+            return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rcd-cnt", type=int, help="records per table (default: the example's)")
+    ap.add_argument("--runs", default="paced,unpaced")
+    ap.add_argument("--kill", action="store_true", help="SIGKILL binlog 0's executor in the paced run")
+    ap.add_argument("--ttl", default="2s", help="the executors' --keepalive-ttl (default 2s)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dataflow.json"))
+    args = ap.parse_args()
+    with open(EXAMPLE, "rb") as f:
+        flow = tomllib.load(f)
+    if args.rcd_cnt:
+        flow["rcd-cnt"] = args.rcd_cnt
+    results = {}
+    for name in args.runs.split(","):
+        pace = flow.get("pace", 2327) if name == "paced" else 0
+        report = run({**flow, "pace": pace}, kill=args.kill and name == "paced", ttl=args.ttl)
+        results[name] = report
+        print(
+            f"== {name} (pace {pace or 'none'}): {flow['table-num']} tables, {len(flow['servers'])} servers"
+        )
+        print(table(report))
+        if "sink_pause_after_kill_s" in report:
+            print(
+                f"longest pause in sink writes after the SIGKILL, per chain (s): {report['sink_pause_after_kill_s']}"
+            )
+    save(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
