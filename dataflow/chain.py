@@ -40,10 +40,9 @@ STATS_EVERY = 5.0
 
 
 def ddl_barrier(cfg: Config, version: int) -> None:
-    """Every chain has written (and checkpointed) every table up to its DDL record of ``version``."""
-    # Until cyclic barriers are on main, one barrier name per version; the switch is this one line:
-    # sdk.barrier("ddl", cfg.server_count, round=version - 1)
-    sdk.barrier(f"ddl-{version}", cfg.server_count)
+    """Every chain has written (and checkpointed) every table up to its DDL record of ``version``:
+    one cyclic barrier, a round per version, so that an endless flow keeps no state per version."""
+    sdk.barrier("ddl", cfg.server_count, round=version - 1)
 
 
 class Chain:

@@ -168,10 +168,9 @@ def expand(cfg: Config) -> dict[str, Any]:
     }
 
 
-#: The task key that makes the report task's result the job's report. Until the task key
-#: ``report`` is on main this stays empty (the report is still the task's last stdout line);
-#: the switch is this one line: {"report": True}.
-REPORT_KEY: dict[str, Any] = {}
+#: The task key that makes the report task's result (its last stdout line, a JSON object) the job's
+#: report: get-job, submit-job --wait and the dashboard show it.
+REPORT_KEY: dict[str, Any] = {"report": True}
 
 
 class Dataflow:

@@ -613,8 +613,24 @@ class Core:
         self.stats.finished += 1
         self._put(task)
         job = task.job
+        if state == FAILED and job.gangs is not None and job.gangs[task.template] is not None:
+            self._fail_gang(job.gangs[task.template], task)
         if job.state is None and job.all_ended():
             self._end_job(job)
+
+    def _fail_gang(self, gang: gangs.Gang, failed: Task) -> None:
+        """A gang member failed for good: the gang cannot do its work without it (a pipeline would
+        wait for it forever), so the members not yet ended are cancelled."""
+        by_executor: dict[str, list[TaskRef]] = {}
+        result = {"error": f"cancelled: {failed.name}, a member of its gang {gang.name!r}, failed"}
+        for task in gang.members:
+            if task.state in TERMINAL:
+                continue
+            if task.state in ACTIVE:
+                by_executor.setdefault(task.executor, []).append(task.ref())
+            self._finish(task, CANCELLED, result)
+        for ex_id, refs in by_executor.items():
+            self._out.append(CancelTasks(ex_id, refs))
 
     def _end_job(self, job: Job) -> None:
         self._answer_gone(self.barriers.forget(job.id), job, "its job ended")

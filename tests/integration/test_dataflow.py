@@ -22,9 +22,7 @@ SLOTS = TABLES + 2 * SERVERS + 1
 
 
 def _flow(out: Path, **extra) -> dict:
-    # Until job types claim a file by its keys, the type is named; the five keys are the original's.
     return {
-        "type": "dataflow",
         "flow-id": "flow",
         "table-num": TABLES,
         "servers": ["a", "b"],

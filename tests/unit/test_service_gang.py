@@ -357,3 +357,24 @@ def test_a_gang_gets_its_reason_on_arrival_even_when_no_round_reaches_it() -> No
     assert job_doc(nowhere)["pending_reason"].endswith(
         "the cluster has 0 free on 0 executors (0 slots in all)"
     )
+
+
+def test_a_gang_member_that_fails_for_good_cancels_the_rest_and_the_job_fails() -> None:
+    """A pipeline whose member is gone for good would wait for it forever."""
+    h = gang_harness()
+    h.attach("c", slots=2)
+    gang = h.add_job("g", {**tmpl("w", count=6), "gang": "pipeline"})
+    h.drain()
+    for t in gang.tasks:
+        h.report(t.executor, t.ref(), RUNNING)
+    h.drain()
+    victim = gang.tasks[2]
+    victim.failures = victim.max_attempts - 1
+    h.report(victim.executor, victim.ref(), FAILED, {"error": "boom"})
+    out = h.drain()
+    assert victim.state == FAILED
+    assert [t.state for t in gang.tasks if t is not victim] == [CANCELLED] * 5
+    assert all("its gang 'pipeline'" in t.result["error"] for t in gang.tasks if t is not victim)
+    cancelled = {r.index for d in out if isinstance(d, CancelTasks) for r in d.refs}
+    assert cancelled == {t.index for t in gang.tasks if t is not victim}
+    assert gang.state == FAILED
