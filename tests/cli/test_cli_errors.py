@@ -236,3 +236,37 @@ def test_submit_job_of_a_job_type_with_a_bad_key(tmp_path):
         "type: unknown job type 'fanuot' (installed: ",
         "fanout",
     )
+
+
+ORIGINAL_BENCH = """flow-id = "feed1"
+table-num = 10
+servers = ["127.0.0.1:50046","127.0.0.1:50047"]
+rcd-cnt = 1000000000
+ddl-freq = 100000000
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (("table-num = 10", "table-num = -1"), "table-num"),
+        (('servers = ["127.0.0.1:50046","127.0.0.1:50047"]', "servers = []"), "servers"),
+        (("ddl-freq = 100000000", "ddl-freq = 0"), "ddl-freq"),
+        (('flow-id = "feed1"', 'flow-id = "feed1"\nflow-idd = "x"'), "flow-idd"),
+    ],
+    ids=["negative-table-num", "empty-servers", "zero-ddl-freq", "unknown-key"],
+)
+def test_a_bad_dataflow_file_is_refused_naming_the_key(tmp_path, change, named):
+    """The original's five-key bench file is the dataflow job type (claimed by its keys); a bad
+    value or an unknown key is refused before anything is sent, exit 2, with the key named."""
+    good = tmp_path / "bench.toml"
+    good.write_text(ORIGINAL_BENCH)
+    from rota.common.jobspec import load_job
+
+    assert load_job(str(good)).type == "dataflow"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(ORIGINAL_BENCH.replace(*change))
+    assert_usage_error(
+        run("rota.client.cli", "--master-addr", "127.0.0.1:1", "submit-job", "--config", str(bad)),
+        f"{bad}: {named}: ",
+    )

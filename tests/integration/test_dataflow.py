@@ -113,3 +113,65 @@ def test_an_endless_flow_streams_until_cancelled_and_what_it_wrote_is_in_order(
 def _lines(out: Path) -> list[str]:
     """The last complete line of each sink file."""
     return [line for p in out.glob("flow/chain_*/table_*") for line in p.read_text().split("\n")[:-1][-1:]]
+
+
+def _process_running(cluster, c, job_id: str, task_name: str):
+    """The executor process that runs ``task_name`` of the job now."""
+    task = next(t for t in c.get_job(job_id)["tasks"] if t["name"] == task_name)
+    name = next(e["name"] for e in c.list_executors() if e["id"] == task["executor"])
+    return next(p for p in cluster.executors if p.name == name)
+
+
+@pytest.mark.parametrize("fault", ["stage1", "stage2", "twice", "leader"])
+def test_kills_at_any_stage_lose_and_double_nothing(local_cluster, tmp_path, wait_until, fault):
+    """stage1: the executor of a producer dies as the flow starts; stage2: the executor of a chain
+    dies while the sinks write; twice: a binlog's executor, then (a fresh executor joined) the one
+    running a chain; leader: the leader master. Each time every record is in the sink files
+    exactly once, in order, DDL rule kept, and the job's report says so."""
+    cluster = local_cluster()
+    for _ in range(2):
+        cluster.add_executor(slots=SLOTS, args=FAST_LEASE)
+    cluster.wait_for_executors(2)
+    out = tmp_path / "out"
+    flow = _flow(out, **{"rcd-cnt": 6000, "ddl-freq": 1500, "pace": 1500})
+    with cluster.client(timeout=30) as c:
+        job_id = c.submit_job(load_job(flow).to_dict())["id"]
+        if fault == "stage1":
+            wait_until(
+                "the producers running",
+                lambda: all(
+                    t["state"] == "RUNNING"
+                    for t in c.get_job(job_id)["tasks"]
+                    if t["name"].startswith("producer")
+                ),
+                60,
+            )
+            _process_running(cluster, c, job_id, "producer-shard0").signal(signal.SIGKILL)
+        else:
+            wait_until("the sinks writing", lambda: _sinks_written(out), 60)
+        if fault == "stage2":
+            _process_running(cluster, c, job_id, "chain-shard1").signal(signal.SIGKILL)
+        elif fault == "twice":
+            _process_running(cluster, c, job_id, "binlog-shard1").signal(signal.SIGKILL)
+            cluster.add_executor(slots=SLOTS, args=FAST_LEASE)
+            cluster.wait_for_executors(2)
+
+            def binlog_back() -> bool:
+                task = next(t for t in c.get_job(job_id)["tasks"] if t["name"] == "binlog-shard1")
+                return task["attempt"] >= 2 and task["state"] == "RUNNING"
+
+            wait_until("binlog 1 running again", binlog_back, 60)
+            _process_running(cluster, c, job_id, "chain-shard0").signal(signal.SIGKILL)
+        elif fault == "leader":
+            old = cluster.leader()
+            old.signal(signal.SIGKILL)
+            cluster.wait_for_leader(exclude=old.name, timeout=30)
+        doc = c.wait_job(job_id, timeout=180)
+    assert doc["state"] == "SUCCEEDED", doc
+    report = doc["report"]
+    assert report == _report(doc)
+    assert report["check"] == "ok" and report["records"] == TABLES * 6000, report
+    recheck = check(parse({k: v for k, v in flow.items() if k != "type"}))
+    assert recheck["check"] == "ok" and recheck["records"] == TABLES * 6000, recheck
+    if fault != "leader":
+        assert sum(t.get("restarts", 0) for t in doc["tasks"]) >= 1, doc["tasks"]
