@@ -36,6 +36,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -319,23 +320,11 @@ def _command(args: list[str]) -> int:
             raise _Usage(str(e)) from None
         return 0
     if args[:1] == ["endpoint"]:
-        rest = args[1:]
-        timeout = ENDPOINT_TIMEOUT
-        if len(rest) == 3 and rest[1] == "--timeout":
-            rest, raw = rest[:1], rest[2]
-        elif len(rest) == 2 and rest[1].startswith("--timeout="):
-            rest, raw = rest[:1], rest[1].partition("=")[2]
-        else:
-            raw = ""
+        timeout, rest = _option(args[1:], "--timeout", float, "a number of seconds")
         if len(rest) != 1 or rest[0].startswith("-"):
             raise _Usage("endpoint takes a NAME (task.port) and an optional --timeout SECONDS")
-        if raw:
-            try:
-                timeout = float(raw)
-            except ValueError:
-                raise _Usage(f"--timeout must be a number of seconds, got {raw!r}") from None
         try:
-            print(endpoint(rest[0], timeout))
+            print(endpoint(rest[0], ENDPOINT_TIMEOUT if timeout is None else timeout))
         except ValueError as e:
             raise _Usage(str(e)) from None
         return 0
@@ -345,26 +334,27 @@ def _command(args: list[str]) -> int:
     raise _Usage(f"unknown command {' '.join(args[:2])!r}" if args else "no command given")
 
 
+def _option(args: list[str], flag: str, convert: Callable[[str], Any], what: str) -> tuple[Any, list[str]]:
+    """The value of ``flag`` (``--flag V`` or ``--flag=V``) converted, or None; and the other args."""
+    for at, arg in enumerate(args):
+        if arg == flag:
+            if at + 1 >= len(args):
+                raise _Usage(f"{flag} takes {what}")
+            raw, rest = args[at + 1], args[:at] + args[at + 2 :]
+        elif arg.startswith(flag + "="):
+            raw, rest = arg.partition("=")[2], args[:at] + args[at + 1 :]
+        else:
+            continue
+        try:
+            return convert(raw), rest
+        except ValueError:
+            raise _Usage(f"{flag} must be {what}, got {raw!r}") from None
+    return None, args
+
+
 def _barrier_command(args: list[str]) -> None:
-    timeout = round = None
-    if "--round" in args:
-        at = args.index("--round")
-        if at + 1 >= len(args):
-            raise _Usage("--round takes a whole number from 0")
-        try:
-            round = int(args[at + 1])
-        except ValueError:
-            raise _Usage(f"--round must be a whole number from 0, got {args[at + 1]!r}") from None
-        args = args[:at] + args[at + 2 :]
-    if "--timeout" in args:
-        at = args.index("--timeout")
-        if at + 1 >= len(args):
-            raise _Usage("--timeout takes a number of seconds")
-        try:
-            timeout = float(args[at + 1])
-        except ValueError:
-            raise _Usage(f"--timeout must be a number of seconds, got {args[at + 1]!r}") from None
-        args = args[:at] + args[at + 2 :]
+    round, args = _option(args, "--round", int, "a whole number from 0")
+    timeout, args = _option(args, "--timeout", float, "a number of seconds")
     if len(args) != 2:
         raise _Usage("barrier takes a NAME and a number of PARTIES")
     try:
