@@ -94,7 +94,7 @@ def _process_running(cluster, c, job_id: str, task_name: str):
     return next(p for p in cluster.executors if p.name == name)
 
 
-@pytest.mark.parametrize("fault", ["stage1", "binlog", "stage2", "twice", "leader"])
+@pytest.mark.parametrize("fault", ["stage1", "binlog", "stage2", "leader"])
 def test_kills_at_any_stage_lose_and_double_nothing(local_cluster, tmp_path, wait_until, fault):
     """Two executors with room for the whole gang each. stage1: the executor of a producer dies as
     the flow starts; binlog: the executor of binlog 0 dies once the sinks wrote (its tasks run again
