@@ -12,6 +12,7 @@ load shows in the figures: they are a measurement, not a promise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -47,9 +48,14 @@ def _sink_gaps(out: Path, after_us: int) -> dict[str, float]:
     return gaps
 
 
-def run(flow: dict, kill: bool, ttl: str) -> dict:
+def run(flow: dict, kill: bool, ttl: str, keep: str | None = None) -> dict:
     slots = flow["table-num"] + 2 * len(flow["servers"]) + 1
-    with tempfile.TemporaryDirectory(prefix="rota-dataflow-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if keep:
+            tmp = tempfile.mkdtemp(prefix="rota-dataflow-", dir=keep)
+            print(f"cluster and sink files kept in {tmp}", file=sys.stderr)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rota-dataflow-"))
         flow = {**flow, "out-dir": f"{tmp}/out"}
         with LocalCluster(tmp) as cluster, cluster.client(30) as c:
             for _ in range(2 if kill else 1):
@@ -97,6 +103,7 @@ def main() -> int:
     ap.add_argument("--runs", default="paced,unpaced")
     ap.add_argument("--kill", action="store_true", help="SIGKILL binlog 0's executor in the paced run")
     ap.add_argument("--ttl", default="5s", help="the executors' --keepalive-ttl (default 5s, theirs)")
+    ap.add_argument("--keep", metavar="DIR", help="keep each run's cluster logs and sink files under DIR")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dataflow.json"))
     args = ap.parse_args()
     with open(EXAMPLE, "rb") as f:
@@ -106,7 +113,7 @@ def main() -> int:
     results = {}
     for name in args.runs.split(","):
         pace = flow.get("pace", 2327) if name == "paced" else 0
-        report = run({**flow, "pace": pace}, kill=args.kill and name == "paced", ttl=args.ttl)
+        report = run({**flow, "pace": pace}, kill=args.kill and name == "paced", ttl=args.ttl, keep=args.keep)
         results[name] = report
         print(
             f"== {name} (pace {pace or 'none'}): {flow['table-num']} tables, {len(flow['servers'])} servers"

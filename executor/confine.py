@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -333,12 +335,30 @@ def _pids(cgroup: str) -> list[int]:
 
 
 def count_session(session: int) -> int:
-    """Processes whose session is ``session``: what a task started (but not what called setsid)."""
-    n, mark = 0, str(session).encode()
+    """Processes whose session is ``session``: what a task started (but not what called setsid).
+
+    One pass over /proc counts every session at once, and the count is reused for half a poll:
+    the watchdogs of all tasks share one scan, not one each (15 tasks scanning 5 times a second
+    cost an executor a tenth of a core)."""
+    global _census_at, _census
+    with _census_lock:
+        now = time.monotonic()
+        if now - _census_at >= PROCESS_POLL / 2:
+            _census, _census_at = _count_sessions(), now
+        return _census.get(str(session).encode(), 0)
+
+
+_census_lock = threading.Lock()
+_census_at = -math.inf
+_census: dict[bytes, int] = {}
+
+
+def _count_sessions() -> dict[bytes, int]:
+    counts: dict[bytes, int] = {}
     try:
         names = os.listdir("/proc")
     except OSError:
-        return 0
+        return counts
     for name in names:
         if not name.isdigit():
             continue
@@ -348,9 +368,9 @@ def count_session(session: int) -> int:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split(b" ", 4)
-        if len(fields) > 3 and fields[3] == mark:
-            n += 1
-    return n
+        if len(fields) > 3:
+            counts[fields[3]] = counts.get(fields[3], 0) + 1
+    return counts
 
 
 _OOM_MARKS = ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc")
