@@ -231,6 +231,8 @@ def _barrier_reply(reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
     arrived, _, parties = reply.addr.partition("/")
     if not reply.ready and arrived.isdigit() and parties.isdigit():
         answer["arrived"], answer["parties"] = int(arrived), int(parties)
+    if reply.ready and reply.released_us > 0:
+        answer["released_us"] = reply.released_us
     return answer
 
 

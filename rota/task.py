@@ -198,8 +198,10 @@ def endpoint(name: str, timeout: float = ENDPOINT_TIMEOUT) -> str:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def barrier(name: str, parties: int, timeout: float | None = None, round: int | None = None) -> None:
-    """Wait until ``parties`` tasks of this job (this one included) have reached barrier ``name``.
+def barrier(name: str, parties: int, timeout: float | None = None, round: int | None = None) -> float | None:
+    """Wait until ``parties`` tasks of this job (this one included) have reached barrier ``name``;
+    return when the leader released it (seconds since the epoch, by the leader's clock): the same
+    for every party, so they can share a start time (None when no longer known: a round long past).
 
     Arrivals count by task, not attempt: a task that arrived, failed and runs again rejoins without
     counting twice, and passes at once once the barrier was released. Every task naming a barrier
@@ -250,7 +252,8 @@ def barrier(name: str, parties: int, timeout: float | None = None, round: int | 
                 f"barrier {shown}: not released within {timeout:g}s{arrived or f' ({parties} parties)'}"
             ) from None
         if answer.get("ready"):
-            return
+            released = answer.get("released_us")
+            return released / 1e6 if isinstance(released, int) and released > 0 else None
         if isinstance(answer.get("arrived"), int) and isinstance(answer.get("parties"), int):
             arrived = f" ({answer['arrived']} of {answer['parties']} tasks arrived)"
 

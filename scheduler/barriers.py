@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rota.metastore import keys
@@ -55,6 +55,8 @@ class Parked:
     round: int | None = field(default=None, compare=False)
     #: What the call said, checked against its round once that round is current.
     parties: int = field(default=0, compare=False)
+    #: Once answered ready: when its barrier (round) was released, 0 when no longer known.
+    released_us: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
@@ -65,6 +67,8 @@ class Barrier:
     parked: list[Parked] = field(default_factory=list)
     #: A cyclic barrier's current round; None for a plain barrier.
     round: int | None = None
+    #: When it (its current round) was released: microseconds since the epoch, the leader's clock.
+    released_us: int = 0
 
     def record(self) -> bytes:
         """What etcd keeps of it."""
@@ -75,6 +79,8 @@ class Barrier:
         }
         if self.round is not None:
             body["round"] = self.round
+        if self.released_us:
+            body["at"] = self.released_us
         return json.dumps(body, separators=(",", ":")).encode()
 
     def doc(self, name: str) -> dict[str, Any]:
@@ -130,10 +136,17 @@ class Barriers:
         self._next_due = math.inf
 
     def arrive(
-        self, job_id: str, tasks: int, call: Parked, name: str, parties: int, round: int | None = None
+        self,
+        job_id: str,
+        tasks: int,
+        call: Parked,
+        name: str,
+        parties: int,
+        round: int | None = None,
+        now_us: int = 0,
     ) -> Arrival:
         """Task ``call.index`` (its current attempt, checked by the caller) reaches barrier ``name``
-        (its round ``round`` when cyclic)."""
+        (its round ``round`` when cyclic); ``now_us`` (wall clock) stamps a release."""
         error = invalid(name, parties, tasks, round)
         if error:
             return Arrival(error)
@@ -151,28 +164,32 @@ class Barriers:
             return Arrival(f"barrier {name!r} is cyclic (its first call gave a round); this call gives none")
         call = Parked(call.index, call.attempt, call.executor, call.call_id, call.due, round, parties)
         out = Arrival()
-        out.error = self._arrive(job_id, name, barrier, call, out)
+        out.error = self._arrive(job_id, name, barrier, call, out, now_us)
         while out.requeued:  # calls of later rounds, their turn now: in order of round
             out.requeued.sort(key=lambda p: p.round or 0)
             later = out.requeued.pop(0)
-            error = self._arrive(job_id, name, barrier, later, out)
+            error = self._arrive(job_id, name, barrier, later, out, now_us)
             if error:
                 out.refused.append((later, error))
         return out
 
-    def _arrive(self, job_id: str, name: str, barrier: Barrier, call: Parked, out: Arrival) -> str:
+    def _arrive(
+        self, job_id: str, name: str, barrier: Barrier, call: Parked, out: Arrival, now_us: int
+    ) -> str:
         """Count ``call`` into ``out``; what is wrong with it (its parties) when it cannot count, with
         nothing changed. On a release, the calls parked for later rounds go to ``out.requeued``."""
         if call.round is not None and barrier.round is not None:
             if call.round < barrier.round or (call.round == barrier.round and barrier.released):
-                out.ready.append(call)
+                out.ready.append(
+                    replace(call, released_us=barrier.released_us if call.round == barrier.round else 0)
+                )
                 return ""
             if call.round > barrier.round:
                 if not barrier.released:
                     self._park(barrier, call)
                     return ""
                 barrier.round, barrier.parties, barrier.arrived = call.round, call.parties, set()
-                barrier.released = False
+                barrier.released, barrier.released_us = False, 0
                 out.write = (keys.barrier(job_id, name), barrier.record())
         if barrier.parties != call.parties:
             return (
@@ -180,19 +197,20 @@ class Barriers:
                 f"{'' if barrier.round is None else f' in round {barrier.round}'}); this call says {call.parties}"
             )
         if barrier.released:
-            out.ready.append(call)
+            out.ready.append(replace(call, released_us=barrier.released_us))
             return ""
         if call.index not in barrier.arrived:
             barrier.arrived.add(call.index)
             if len(barrier.arrived) >= barrier.parties:
-                barrier.released = True
+                barrier.released, barrier.released_us = True, now_us
             out.write = (keys.barrier(job_id, name), barrier.record())
         if not barrier.released:
             self._park(barrier, call)
             return ""
         self.waiting -= len(barrier.parked)
-        out.ready.extend(p for p in barrier.parked if p.round == barrier.round)
-        out.ready.append(call)
+        stamp = barrier.released_us
+        out.ready.extend(replace(p, released_us=stamp) for p in barrier.parked if p.round == barrier.round)
+        out.ready.append(replace(call, released_us=stamp))
         out.requeued.extend(p for p in barrier.parked if p.round != barrier.round)
         barrier.parked = []
         return ""
@@ -257,7 +275,13 @@ class Barriers:
         if name not in barriers and len(barriers) >= MAX_PER_JOB:
             raise ValueError(f"job {job_id} has more than {MAX_PER_JOB} barriers")
         assert isinstance(parties, int)
-        barriers[name] = Barrier(parties, set(arrived), released or len(set(arrived)) >= parties, round=round)
+        at = record.get("at", 0)
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            raise ValueError(f"barrier {name!r} of job {job_id}: 'at' is not a time")
+        released = released or len(set(arrived)) >= parties
+        barriers[name] = Barrier(
+            parties, set(arrived), released, round=round, released_us=at if released else 0
+        )
 
     def docs(self, job_id: str) -> list[dict[str, Any]]:
         """A job's barriers as get-job shows them, by name."""

@@ -446,6 +446,8 @@ class CallReply:
     ready: bool = True
     #: endpoint: where it listens (host:port); barrier, not ready: "arrived/parties".
     addr: str = ""
+    #: barrier, ready: when it was released (microseconds since the epoch, the leader's clock).
+    released_us: int = 0
 
 
 Decision = (
@@ -1128,7 +1130,9 @@ class Core:
             return
         job = self.active[ref.job_id]
         call = Parked(ref.index, ref.attempt, executor_id, call_id, self.clock() + WAIT_MAX)
-        arrival = self.barriers.arrive(job.id, len(job.tasks), call, name, parties, round)
+        arrival = self.barriers.arrive(
+            job.id, len(job.tasks), call, name, parties, round, now_us=int(self.wall() * 1e6)
+        )
         if arrival.error:
             self._out.append(CallReply(executor_id, call_id, arrival.error))
             return
@@ -1137,7 +1141,7 @@ class Core:
         for p in arrival.ready:
             task = job.tasks[p.index]
             if task.attempt == p.attempt and task.state in ACTIVE:
-                self._out.append(CallReply(p.executor, p.call_id))
+                self._out.append(CallReply(p.executor, p.call_id, released_us=p.released_us))
         for p, error in arrival.refused:
             self._out.append(CallReply(p.executor, p.call_id, error))
 

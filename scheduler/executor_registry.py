@@ -389,6 +389,7 @@ class ExecutorRegistry:
             reply = _call_reply(d.call_id, d.error)
             reply.task_call_reply.ready = d.ready and not d.error
             reply.task_call_reply.addr = d.addr
+            reply.task_call_reply.released_us = d.released_us
             link.send(reply)
 
     def _params_json(self, task: Task) -> bytes:

@@ -15,6 +15,13 @@ from rota.scheduler.core import CallReply, Job, PutRecord, TaskRef
 from rota.scheduler.views import job_page_doc
 
 
+def harness(wall: float = 0.0) -> Harness:
+    """A harness whose wall clock stands still (0: releases carry no time, as in the records)."""
+    h = Harness()
+    h.core.wall = lambda: wall
+    return h
+
+
 def parked(index: int, attempt: int = 1, call_id: int = 0, due: float = 100.0) -> Parked:
     return Parked(index, attempt, "e1", call_id or index + 1, due)
 
@@ -125,7 +132,7 @@ def replies(out: list) -> list[CallReply]:
 
 
 def test_the_core_writes_each_arrival_and_answers_everyone_after_the_release() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h)
     h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 2)
     out = h.drain()
@@ -142,7 +149,7 @@ def test_the_core_writes_each_arrival_and_answers_everyone_after_the_release() -
 
 
 def test_a_rescheduled_task_rejoins_and_its_old_call_is_answered_with_an_error() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h, n=2)
     task = job.tasks[1]
     h.core.barrier("e1", 1, task.ref(), "go", 2)
@@ -169,7 +176,7 @@ def test_a_rescheduled_task_rejoins_and_its_old_call_is_answered_with_an_error()
 
 
 def test_a_parked_call_is_answered_not_ready_after_the_longest_wait() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h)
     h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 3)
     h.drain()
@@ -185,7 +192,7 @@ def test_a_parked_call_is_answered_not_ready_after_the_longest_wait() -> None:
 
 
 def test_refusals_in_the_core() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h)
     ref = job.tasks[0].ref()
     for ex, r, name, parties, needle in (
@@ -200,7 +207,7 @@ def test_refusals_in_the_core() -> None:
 
 
 def test_a_new_leader_rebuilds_barriers_and_parks_resent_calls_again() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h)
     h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 3)
     h.core.barrier("e1", 2, job.tasks[1].ref(), "go", 3)
@@ -223,7 +230,7 @@ def test_a_new_leader_rebuilds_barriers_and_parks_resent_calls_again() -> None:
 
 
 def test_a_job_that_ends_drops_its_barriers() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h, n=2, max_attempts=1)
     h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 2)
     h.drain()
@@ -324,7 +331,7 @@ def test_cyclic_records_restore_with_their_round_and_expire_and_end_like_plain_o
 
 
 def test_the_core_passes_rounds_and_answers_refused_later_calls() -> None:
-    h = Harness()
+    h = harness()
     job = running_job(h, n=3)
     h.core.barrier("e1", 1, job.tasks[0].ref(), "r", 2, round=0)
     h.core.barrier("e1", 2, job.tasks[2].ref(), "r", 3, round=1)  # waits for round 0
@@ -364,3 +371,41 @@ def test_parties_are_capped_whatever_the_jobs_size() -> None:
     assert invalid("x", MAX_PARTIES, 1_000_000) == ""
     assert "MAX_PARTIES" in invalid("x", MAX_PARTIES + 1, 1_000_000)
     assert "the job's task count" in invalid("x", 6, 5)
+
+
+def test_every_party_learns_the_same_release_time_and_a_new_leader_keeps_it() -> None:
+    """The release is stamped once (the leader's wall clock): parked parties, the releasing one and
+    later callers all get it, the record keeps it, and a new round starts without one."""
+    b = Barriers()
+    b.arrive("j", 3, parked(0), "start", 2, now_us=111)
+    out = b.arrive("j", 3, parked(1), "start", 2, now_us=222)
+    assert [(p.index, p.released_us) for p in out.ready] == [(0, 222), (1, 222)]
+    assert out.write is not None and json.loads(out.write[1])["at"] == 222
+    assert [p.released_us for p in b.arrive("j", 3, parked(2), "start", 2, now_us=999).ready] == [222]
+    rebuilt = Barriers()
+    rebuilt.restore("j", "start", json.loads(out.write[1]), 3)
+    assert [p.released_us for p in rebuilt.arrive("j", 3, parked(2), "start", 2, now_us=999).ready] == [222]
+    for bad in (-1, "x", True):
+        try:
+            Barriers().restore(
+                "j", "start", {"parties": 2, "arrived": [0, 1], "released": True, "at": bad}, 3
+            )
+        except ValueError as e:
+            assert "'at'" in str(e)
+        else:
+            raise AssertionError(f"restored a record with at={bad!r}")
+    b.arrive("j", 3, parked(0), "tick", 2, round=0)
+    b.arrive("j", 3, parked(1), "tick", 2, round=0, now_us=300)
+    nxt = b.arrive("j", 3, parked(0, call_id=7), "tick", 2, round=1, now_us=400)
+    assert nxt.write is not None and "at" not in json.loads(nxt.write[1])
+    late = b.arrive("j", 3, parked(2), "tick", 2, round=0, now_us=500)
+    assert [p.released_us for p in late.ready] == [0]  # a past round's time is no longer known
+
+
+def test_the_core_answers_a_release_with_its_time() -> None:
+    h = harness(wall=1234.5)
+    job = running_job(h)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 2)
+    h.core.barrier("e1", 2, job.tasks[1].ref(), "go", 2)
+    out = replies(h.drain())
+    assert sorted((r.call_id, r.released_us) for r in out) == [(1, 1234500000), (2, 1234500000)]

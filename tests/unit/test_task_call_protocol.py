@@ -513,8 +513,9 @@ def test_barrier_requests_are_checked() -> None:
 
 def test_the_sdk_waits_at_a_barrier_asking_again_until_released(served: Served, capsys) -> None:
     not_yet = rota_pb2.TaskCallReply(ok=True, ready=False, addr="2/3")
-    served.leader.barrier_replies = [not_yet, not_yet]
-    sdk.barrier("start", 3)
+    released = rota_pb2.TaskCallReply(ok=True, ready=True, released_us=1_700_000_000_250_000)
+    served.leader.barrier_replies = [not_yet, not_yet, released]
+    assert sdk.barrier("start", 3) == 1_700_000_000.25  # the leader's release time, for all parties
     calls = [c for c in served.leader.calls if c.op == "barrier"]
     assert [(c.name, c.parties) for c in calls] == [("start", 3)] * 3
     assert task_calls.reply_for("barrier", not_yet) == {
