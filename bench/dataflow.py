@@ -94,6 +94,11 @@ def run(flow: dict, kill: bool, ttl: str, keep: str | None = None) -> dict:
                 binlog = next(t for t in c.get_job(job_id)["tasks"] if t["name"] == "binlog-shard0")
                 name = next(e["name"] for e in c.list_executors() if e["id"] == binlog["executor"])
                 killed_at = time.time_ns() // 1000
+                print(
+                    f"SIGKILL of {name} (binlog 0) at {time.strftime('%H:%M:%S', time.gmtime(killed_at / 1e6))}"
+                    f".{killed_at // 1000 % 1000:03d}",
+                    file=sys.stderr,
+                )
                 next(p for p in cluster.executors if p.name == name).signal(signal.SIGKILL)
             try:
                 doc = c.wait_job(job_id, timeout=300)
@@ -127,7 +132,11 @@ def main() -> int:
     ap.add_argument("--kill", action="store_true", help="SIGKILL binlog 0's executor in the paced run")
     ap.add_argument("--ttl", default="5s", help="the executors' --keepalive-ttl (default 5s, theirs)")
     ap.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the example (a TOML value)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the example (a TOML value)",
     )
     ap.add_argument("--keep", metavar="DIR", help="keep each run's cluster logs and sink files under DIR")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dataflow.json"))

@@ -45,7 +45,9 @@ def setup_logging(level: str, fmt: str, program: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {program} %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+            logging.Formatter(
+                f"%(asctime)s.%(msecs)03d {program} %(levelname)s %(name)s: %(message)s", "%H:%M:%S"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

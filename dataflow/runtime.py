@@ -8,6 +8,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -105,11 +106,32 @@ def run_main(coro: Any) -> None:
     """Run a task's main coroutine, then exit at once: an SDK call still waiting in a thread
     (an endpoint of a task that has just ended) must not hold the process up."""
     die_with_parent()
+    log(f"up (the process started {_started()})")
     asyncio.run(coro)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
 
 
+def _started() -> str:
+    """When this process was started, from /proc (so a log shows start-up apart from imports)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return "?"
+    at = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 100) % 100:02d}"
+
+
 def log(*parts: Any) -> None:
-    print(*parts, file=sys.stderr, flush=True)
+    """A line on stderr (the task's log), stamped to the millisecond: recoveries are read from it."""
+    now = time.time()
+    print(
+        time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}",
+        *parts,
+        file=sys.stderr,
+        flush=True,
+    )

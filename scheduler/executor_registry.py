@@ -269,11 +269,18 @@ class ExecutorRegistry:
         self.core.executor_detached(ex_id)
         ex = self.core.executors.get(ex_id)
         deadline = time.monotonic() + link.ttl
+        log.info("executor %s: its stream broke; asking its port", ex_id, **logs.ids(executor=ex_id))
         while ex is not None and await self._answers(ex.addr):
             if ex_id in self.links or self.core.executors.get(ex_id) is not ex or self.stopping:
                 return  # back, lost by its lease, or no longer ours to judge
             if time.monotonic() > deadline:
-                return  # alive but not re-attaching: its lease runs out by itself
+                log.info(
+                    "executor %s answers at %s but did not come back: its lease runs out by itself",
+                    ex_id,
+                    ex.addr,
+                    **logs.ids(executor=ex_id),
+                )
+                return
             await asyncio.sleep(DETACHED_PROBE_EVERY)
         if ex_id not in self.links and not self.stopping:
             await self._gone(ex_id, link.lease_id, "disconnected")
