@@ -94,7 +94,7 @@ def _process_running(cluster, c, job_id: str, task_name: str):
     return next(p for p in cluster.executors if p.name == name)
 
 
-@pytest.mark.parametrize("fault", ["stage1", "binlog", "stage2", "leader"])
+@pytest.mark.parametrize("fault", ["stage1", "binlog", "stage2", "twice", "leader"])
 def test_kills_at_any_stage_lose_and_double_nothing(local_cluster, tmp_path, wait_until, fault):
     """Two executors with room for the whole gang each. stage1: the executor of a producer dies as
     the flow starts; binlog: the executor of binlog 0 dies once the sinks wrote (its tasks run again
@@ -107,7 +107,8 @@ def test_kills_at_any_stage_lose_and_double_nothing(local_cluster, tmp_path, wai
         cluster.add_executor(slots=SLOTS, args=FAST_LEASE)
     cluster.wait_for_executors(2)
     out = tmp_path / "out"
-    flow = _flow(out, **{"rcd-cnt": 6000, "ddl-freq": 1500, "pace": 1500})
+    # Twice: slower, so that the second kill still finds the flow running (6 s, not 4).
+    flow = _flow(out, **{"rcd-cnt": 6000, "ddl-freq": 1500, "pace": 1000 if fault == "twice" else 1500})
     with cluster.client(timeout=30) as c:
         job_id = c.submit_job(load_job(flow).to_dict())["id"]
         if fault == "stage1":
@@ -133,7 +134,9 @@ def test_kills_at_any_stage_lose_and_double_nothing(local_cluster, tmp_path, wai
             cluster.wait_for_executors(2)
 
             def binlog_back() -> bool:
-                task = next(t for t in c.get_job(job_id)["tasks"] if t["name"] == "binlog-shard1")
+                doc = c.get_job(job_id)
+                assert doc["state"] == "RUNNING", f"the flow ended before the second kill: {doc['state']}"
+                task = next(t for t in doc["tasks"] if t["name"] == "binlog-shard1")
                 return task["attempt"] >= 2 and task["state"] == "RUNNING"
 
             wait_until("binlog 1 running again", binlog_back, 60)
@@ -152,5 +155,9 @@ def test_kills_at_any_stage_lose_and_double_nothing(local_cluster, tmp_path, wai
     if fault == "binlog":
         moved = next(t for t in doc["tasks"] if t["name"] == "binlog-shard0")
         assert moved["restarts"] >= 1 and moved["attempt"] >= 2, moved
+    if fault == "twice":
+        for name in ("binlog-shard1", "chain-shard0"):
+            moved = next(t for t in doc["tasks"] if t["name"] == name)
+            assert moved["attempt"] >= 2, moved
     if fault != "leader":
         assert sum(t.get("restarts", 0) for t in doc["tasks"]) >= 1, doc["tasks"]
