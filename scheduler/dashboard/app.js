@@ -32,6 +32,39 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A job's report: its plain fields as a list, each field that maps names to rows of numbers
+ * (a dataflow's latency per hop) as a table, and the whole report as JSON beneath. */
+function showReport(box, report) {
+  const items = [];
+  const tables = [];
+  for (const [key, value] of Object.entries(report || {})) {
+    const table = reportTable(key, value);
+    if (table) tables.push(table);
+    else items.push(el("dt", {}, key), el("dd", {}, typeof value === "object" ? JSON.stringify(value) : value));
+  }
+  box.querySelector("dl").replaceChildren(...items);
+  box.querySelector(".report-tables").replaceChildren(...tables);
+  box.querySelector("pre").textContent = report ? JSON.stringify(report, null, 2) : "";
+}
+
+function reportTable(name, value) {
+  const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+  if (!isObject(value)) return null;
+  const rows = Object.entries(value);
+  if (!rows.length || !rows.every(([, r]) => isObject(r))) return null;
+  const cols = Object.keys(rows[0][1]);
+  const numeric = (r) => Object.keys(r).join() === cols.join() && cols.every((c) => typeof r[c] === "number");
+  if (!cols.length || !rows.every(([, r]) => numeric(r))) return null;
+  const num = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(3));
+  return el(
+    "table",
+    { class: "report", "data-name": name },
+    el("caption", {}, name),
+    el("thead", {}, el("tr", {}, el("th", {}, ""), ...cols.map((c) => el("th", {}, c)))),
+    el("tbody", {}, ...rows.map(([k, r]) => el("tr", {}, el("th", {}, k), ...cols.map((c) => el("td", {}, num(r[c])))))),
+  );
+}
+
 async function apiPage(path, options = {}) {
   const headers = { ...(options.headers || {}) };
   if (token) headers["Authorization"] = "Bearer " + token;
@@ -195,7 +228,7 @@ function renderJob(job) {
   reason.hidden = !job.pending_reason;
   const report = $("#detail-report");
   report.hidden = !job.report;
-  report.querySelector("pre").textContent = job.report ? JSON.stringify(job.report, null, 2) : "";
+  showReport(report, job.report);
   const total = Object.values(job.counts).reduce((a, b) => a + b, 0);
   fill(
     $("#tasks tbody"),

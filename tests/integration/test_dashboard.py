@@ -86,7 +86,7 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     report = {
         "name": "sum",
         "kind": "shell",
-        "command": """echo 'naps: 6'; echo '{"naps": 6}'""",
+        "command": """echo 'naps: 6'; echo '{"naps": 6, "latency_ms": {"nap": {"p50": 1.5, "max": 2}, "sum": {"p50": 0.25, "max": 1}}}'""",
         "report": True,
     }
     spec = {"name": "dash-demo", "task": [nap, report]}
@@ -101,7 +101,15 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
         "document.querySelectorAll('#tasks tbody tr[data-state=\"SUCCEEDED\"]').length === 7"
     )
     page.wait_for_selector("#detail-report:not([hidden])")
-    assert json.loads(page.locator("#detail-report pre").inner_text()) == {"naps": 6}
+    # Plain fields as a list, a name -> row-of-numbers field as a table, all of it as JSON too.
+    assert page.locator("#detail-report dl").inner_text().split() == ["naps", "6"]
+    table = page.locator('#detail-report table[data-name="latency_ms"]')
+    assert table.locator("thead th").all_text_contents()[1:] == ["p50", "max"]
+    assert [r.split("\t") for r in table.locator("tbody tr").all_inner_texts()] == [
+        ["nap", "1.500", "2"],
+        ["sum", "0.250", "1"],
+    ]
+    assert json.loads(page.locator("#detail-report pre").text_content() or "")["naps"] == 6
     assert page.evaluate("window.__notReloaded") is True
     names = {e["name"] for e in api(url, "/executors")}
     shown = set(page.locator("#tasks tbody tr td:nth-child(5)").all_inner_texts())
