@@ -41,12 +41,14 @@ SERVER_OPTIONS = [
 ]
 
 
-def channel(addr: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+def channel(addr: str, tls: TlsFiles | None = None, fresh: bool = False) -> grpc.aio.Channel:
     """A channel to ``addr``; with ``tls`` it shows our certificate and checks the peer's against
-    the CA and the dialled host."""
+    the CA and the dialled host. ``fresh``: its own connection, never one shared with another
+    channel of this process (a probe must not take an older connection's word for a peer)."""
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if fresh else CHANNEL_OPTIONS
     if tls is None:
-        return grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(addr, channel_credentials(tls), options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(addr, options=options)
+    return grpc.aio.secure_channel(addr, channel_credentials(tls), options=options)
 
 
 def server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:

@@ -270,9 +270,18 @@ class ExecutorRegistry:
         ex = self.core.executors.get(ex_id)
         deadline = time.monotonic() + link.ttl
         log.info("executor %s: its stream broke; asking its port", ex_id, **logs.ids(executor=ex_id))
+        asked = 0
         while ex is not None and await self._answers(ex.addr):
             if ex_id in self.links or self.core.executors.get(ex_id) is not ex or self.stopping:
                 return  # back, lost by its lease, or no longer ours to judge
+            asked += 1
+            if asked == 1:
+                log.info(
+                    "executor %s still answers at %s: keeping its tasks while it comes back",
+                    ex_id,
+                    ex.addr,
+                    **logs.ids(executor=ex_id),
+                )
             if time.monotonic() > deadline:
                 log.info(
                     "executor %s answers at %s but did not come back: its lease runs out by itself",
@@ -307,7 +316,7 @@ class ExecutorRegistry:
         """Whether an executor's own gRPC port still takes connections."""
         if not addr:
             return False
-        async with rpc.channel(addr, self.tls) as ch:
+        async with rpc.channel(addr, self.tls, fresh=True) as ch:
             return await rpc.ready(ch, PROBE_TIMEOUT)
 
     async def hold_leases(self, found: list[ExecutorSlot]) -> None:
