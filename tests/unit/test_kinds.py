@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -417,6 +418,26 @@ def test_call_pool_is_warm(make_spec):
             first = await kind.run(make_spec("call", function="os:getpid"))
             second = await kind.run(make_spec("call", function="os:getpid"))
             assert first.ok and first.value == second.value != os.getpid()
+
+    run(scenario())
+
+
+def test_call_pool_starts_small_and_grows_to_its_slots_as_calls_need(make_spec):
+    """Two workers at start; four calls at once make it four; more calls never make it more."""
+
+    def workers() -> int:
+        return sum(p.name == "rota-call" for p in multiprocessing.active_children())
+
+    async def scenario() -> None:
+        async with call_pool(slots=4) as kind:
+            assert workers() == 2
+            naps = [kind.run(make_spec("call", function="time:sleep", args=[0.3])) for _ in range(4)]
+            assert all(r.ok for r in await asyncio.gather(*naps))
+            assert workers() == 4
+            pids = await asyncio.gather(
+                *(kind.run(make_spec("call", function="os:getpid")) for _ in range(8))
+            )
+            assert len({r.value for r in pids}) <= 4 and workers() == 4
 
     run(scenario())
 
