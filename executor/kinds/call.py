@@ -68,13 +68,19 @@ class _Worker:
         self.events: asyncio.Queue[tuple[str, Any]] | None = None
         #: The executor's work dir, under which the worker keeps its scratch dir.
         self.scratch_root = ""
+        #: Whether it has said it is up: a call's timeout runs from then, not from its spawn.
+        self.ready = False
 
     def readable(self) -> None:
         """The event loop's reader: every reply waiting in the pipe, or the worker's death."""
         try:
             while True:
                 reply = _receive(self.conn)
-                if self.events is not None:
+                if reply.get("ready") is True and "i" not in reply:
+                    self.ready = True
+                    if self.events is not None:
+                        self.events.put_nowait(("ready", None))
+                elif self.events is not None:
                     self.events.put_nowait(("reply", reply))
                 if not self.conn.poll():
                     return
@@ -132,6 +138,14 @@ class CallKind(Kind):
             for _ in range(min(self.slots, self.warm_at_start)):
                 self._grow()
 
+    def _respawn(self) -> _Worker:
+        """A pool worker in place of one retired; the pool is one smaller if it cannot start."""
+        try:
+            return self._spawn()
+        except BaseException:
+            self._pooled -= 1
+            raise
+
     def _grow(self) -> None:
         assert self._idle is not None
         self._idle.put_nowait(self._spawn())
@@ -178,7 +192,7 @@ class CallKind(Kind):
             worker = await self._idle.get()
             if not worker.process.is_alive():
                 self._retire(worker)
-                worker = self._spawn()
+                worker = self._respawn()
             self._busy.add(worker)
             healthy = False
             try:
@@ -191,7 +205,7 @@ class CallKind(Kind):
                 else:
                     self._retire(worker)
                     if not self._closed:
-                        self._idle.put_nowait(self._spawn())
+                        self._idle.put_nowait(self._respawn())
 
     async def _run_alone(self, ride: Ride, request: dict[str, Any]) -> None:
         """A call with limits of its own: in a worker started under them, retired after it."""
@@ -237,11 +251,14 @@ class CallKind(Kind):
             t = batch[current].spec.timeout if current < len(batch) else None
             return loop.call_later(t, events.put_nowait, ("timeout", current)) if t else None
 
-        timer = arm()
+        timer = arm() if worker.ready else None
         try:
             while current < len(batch):
                 what, body = await events.get()
-                if what == "reply":
+                if what == "ready":
+                    if timer is None:
+                        timer = arm()
+                elif what == "reply":
                     i = body.pop("i")
                     if i != current:
                         continue
@@ -470,6 +487,7 @@ def _worker_main(
     os.environ.update(environ)
     with contextlib.suppress(OSError):
         os.setsid()
+    _send(conn, {"ready": True})
     while True:
         try:
             message = _receive(conn)
