@@ -318,15 +318,21 @@ class _Capture:
         return cap_text(self.data.decode("utf-8", errors="replace"), self.truncated)
 
 
-async def run_subprocess(argv: Sequence[str], spec: TaskSpec, env: Mapping[str, str]) -> TaskResult:
+async def run_subprocess(
+    argv: Sequence[str],
+    spec: TaskSpec,
+    env: Mapping[str, str],
+    started: asyncio.subprocess.Process | None = None,
+) -> TaskResult:
     """Run ``argv`` as the task: own session, cwd ``spec.work_dir``, output capped (and streamed to the
     log files of ``spec.log_prefix``), timeout and cancellation enforced by killing the process group,
     ``spec.limits`` by a cgroup or rlimits (``rota.executor.confine``). The task owns its group, so
-    anything it leaves running after its main process exits is killed too."""
+    anything it leaves running after its main process exits is killed too. ``started``: a process
+    already started as the task would have been (a spare interpreter), supervised the same way."""
     bounds = _confinement(spec)
     logs = _open_logs(spec.log_prefix)
     try:
-        return await _run_process(argv, spec, env, logs, bounds)
+        return await _run_process(argv, spec, env, logs, bounds, started)
     finally:
         for f in logs:
             if f is not None:
@@ -352,9 +358,10 @@ async def _run_process(
     env: Mapping[str, str],
     logs: list[_LogFile | None],
     bounds: confine.Confinement | None,
+    started: asyncio.subprocess.Process | None = None,
 ) -> TaskResult:
     try:
-        proc = await asyncio.create_subprocess_exec(
+        proc = started or await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

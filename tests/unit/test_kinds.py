@@ -277,6 +277,62 @@ def test_python_exit_status_is_reported(make_spec):
     assert (result.ok, result.exit_code, result.error) == (False, 4, "exit code 4")
 
 
+def test_python_in_a_spare_interpreter_behaves_as_a_fresh_one(make_spec):
+    """A started kind keeps spares with gRPC imported ahead; a task in one sees its own environment,
+    directory, argv, __main__ and empty stdin, and fails or exits just as it would in a new process
+    (no frame of the spare in the traceback). A task setting a PYTHON* variable starts fresh."""
+    probe = (
+        "import os, sys; print('grpc' in sys.modules, sys.argv, __name__, os.getcwd(), "
+        "os.environ['ROTA_TASK_ID'], os.environ.get('MINE'), repr(sys.stdin.read()))"
+    )
+
+    async def scenario() -> None:
+        kind = PythonKind(2)
+        await kind.start()
+        try:
+            spec = make_spec("python", code=probe, env={"MINE": "yes"})
+            warm = await kind.run(spec)
+            assert warm.ok, warm
+            assert warm.stdout.split() == [
+                "True",
+                "['-c']",
+                "__main__",
+                spec.work_dir,
+                "job-1/t0",
+                "yes",
+                "''",
+            ]
+            boom = await kind.run(make_spec("python", code="def f():\n    raise ValueError('boom')\nf()"))
+            assert not boom.ok and boom.exit_code == 1
+            assert boom.stderr.startswith('Traceback (most recent call last):\n  File "<string>", line 3')
+            assert "ValueError: boom" in boom.stderr and "_become" not in boom.stderr
+            code = await kind.run(make_spec("python", code="import sys; sys.exit(4)"))
+            assert (code.ok, code.exit_code) == (False, 4)
+            for start_var in ({"PYTHONHASHSEED": "7"}, {"LC_ALL": "C"}):
+                cold = await kind.run(make_spec("python", code=probe, env=start_var))
+                assert cold.ok and cold.stdout.split()[0] == "False", start_var
+        finally:
+            await kind.close()
+
+    run(scenario())
+
+
+def test_python_in_a_spare_is_killed_with_its_group_on_timeout(make_spec, pids):
+    async def scenario() -> None:
+        kind = PythonKind(1)
+        await kind.start()
+        try:
+            code = "import os, subprocess, time; print(os.getpid(), flush=True); time.sleep(30)"
+            result = await kind.run(make_spec("python", code=code, timeout=1.0))
+            assert not result.ok and "timed out" in result.error
+            pids.append(int(result.stdout.split()[0]))
+        finally:
+            await kind.close()
+
+    run(scenario())
+    assert all(wait_dead(pid) for pid in pids)
+
+
 def test_python_requires_code(make_spec):
     result = run(PythonKind(1).run(make_spec("python")))
     assert not result.ok and "'code'" in result.error
@@ -438,6 +494,23 @@ def test_call_pool_starts_small_and_grows_to_its_slots_as_calls_need(make_spec):
                 *(kind.run(make_spec("call", function="os:getpid")) for _ in range(8))
             )
             assert len({r.value for r in pids}) <= 4 and workers() == 4
+
+    run(scenario())
+
+
+def test_a_call_timeout_runs_from_when_its_worker_is_up_not_from_its_spawn(make_spec):
+    """Calls that make the pool grow wait for their new workers to start (a fifth of a second or
+    more each, four at once here) without that wait counting against their timeout."""
+
+    async def scenario() -> None:
+        async with call_pool(slots=6) as kind:
+            await asyncio.sleep(1.0)  # the two warm workers are up
+            quick = [
+                kind.run(make_spec("call", function="time:sleep", args=[0.01], timeout=0.25))
+                for _ in range(6)
+            ]
+            results = await asyncio.gather(*quick)
+            assert all(r.ok for r in results), [r.error for r in results]
 
     run(scenario())
 
