@@ -95,7 +95,7 @@ def run(flow: dict, kill: bool, ttl: str, keep: str | None = None) -> dict:
                 name = next(e["name"] for e in c.list_executors() if e["id"] == binlog["executor"])
                 killed_at = time.time_ns() // 1000
                 print(
-                    f"SIGKILL of {name} (binlog 0) at {time.strftime('%H:%M:%S', time.gmtime(killed_at / 1e6))}"
+                    f"SIGKILL of {name} (binlog 0) at {time.strftime('%H:%M:%S', time.localtime(killed_at / 1e6))}"
                     f".{killed_at // 1000 % 1000:03d}",
                     file=sys.stderr,
                 )

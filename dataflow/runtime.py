@@ -123,14 +123,14 @@ def _started() -> str:
     except (OSError, ValueError, IndexError):
         return "?"
     at = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 100) % 100:02d}"
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 100) % 100:02d}"
 
 
 def log(*parts: Any) -> None:
     """A line on stderr (the task's log), stamped to the millisecond: recoveries are read from it."""
     now = time.time()
     print(
-        time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}",
+        time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}",
         *parts,
         file=sys.stderr,
         flush=True,

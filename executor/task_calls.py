@@ -14,7 +14,7 @@ The protocol is one JSON object per line each way::
     {"secret": "...", "op": "checkpoint.load"}                        ->  {"ok": true, "found": true, "data": "<base64>"}
     {"secret": "...", "op": "progress", "fraction": 0.5, "message": "..."}  ->  {"ok": true}
     {"secret": "...", "op": "endpoint", "name": "server.feed"}       ->  {"ok": true, "ready": true, "addr": "host:port"}
-    {"secret": "...", "op": "barrier", "name": "start", "parties": 5}  ->  {"ok": true, "ready": true}
+    {"secret": "...", "op": "barrier", "name": "start", "parties": 5}  ->  {"ok": true, "ready": true, "released_us": 1796...}
     {"secret": "...", "op": "barrier", "name": "ddl-3", "parties": 2, "round": 7}  (a cyclic barrier's round)
                                          (not yet released: {"ok": true, "ready": false, "arrived": 3, "parties": 5})
     anything refused                                                  ->  {"ok": false, "error": "..."}

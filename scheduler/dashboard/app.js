@@ -55,13 +55,14 @@ function reportTable(name, value) {
   const cols = Object.keys(rows[0][1]);
   const numeric = (r) => Object.keys(r).join() === cols.join() && cols.every((c) => typeof r[c] === "number");
   if (!cols.length || !rows.every(([, r]) => numeric(r))) return null;
-  const num = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(3));
+  const whole = Object.fromEntries(cols.map((c) => [c, rows.every(([, r]) => Number.isInteger(r[c]))]));
+  const cell = (r, c) => (whole[c] ? String(r[c]) : r[c].toFixed(3));
   return el(
     "table",
     { class: "report", "data-name": name },
     el("caption", {}, name),
     el("thead", {}, el("tr", {}, el("th", {}, ""), ...cols.map((c) => el("th", {}, c)))),
-    el("tbody", {}, ...rows.map(([k, r]) => el("tr", {}, el("th", {}, k), ...cols.map((c) => el("td", {}, num(r[c])))))),
+    el("tbody", {}, ...rows.map(([k, r]) => el("tr", {}, el("th", {}, k), ...cols.map((c) => el("td", {}, cell(r, c)))))),
   );
 }
 

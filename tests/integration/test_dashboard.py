@@ -86,7 +86,7 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     report = {
         "name": "sum",
         "kind": "shell",
-        "command": """echo 'naps: 6'; echo '{"naps": 6, "latency_ms": {"nap": {"p50": 1.5, "max": 2}, "sum": {"p50": 0.25, "max": 1}}}'""",
+        "command": """echo 'naps: 6'; echo '{"naps": 6, "latency_ms": {"nap": {"p50": 1.5, "max": 2}, "sum": {"p50": 0.25, "max": 1.5}, "all": {"p50": 1, "max": 3}}}'""",
         "report": True,
     }
     spec = {"name": "dash-demo", "task": [nap, report]}
@@ -106,8 +106,9 @@ def test_dashboard_shows_the_cluster_a_job_running_to_success_and_cancels_one(
     table = page.locator('#detail-report table[data-name="latency_ms"]')
     assert table.locator("thead th").all_text_contents()[1:] == ["p50", "max"]
     assert [r.split("\t") for r in table.locator("tbody tr").all_inner_texts()] == [
-        ["nap", "1.500", "2"],
-        ["sum", "0.250", "1"],
+        ["nap", "1.500", "2.000"],  # one format per column, whole numbers too once one is not
+        ["sum", "0.250", "1.500"],
+        ["all", "1.000", "3.000"],
     ]
     assert json.loads(page.locator("#detail-report pre").text_content() or "")["naps"] == 6
     assert page.evaluate("window.__notReloaded") is True
