@@ -28,6 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 from bench.results import save
 from rota.common.jobspec import load_job
 from rota.dataflow.report import table
+from rota.dataflow.runtime import stamp
 from rota.devtools.localcluster import LocalCluster
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "cmd" / "master-client" / "bench-example.toml"
@@ -94,11 +95,7 @@ def run(flow: dict, kill: bool, ttl: str, keep: str | None = None) -> dict:
                 binlog = next(t for t in c.get_job(job_id)["tasks"] if t["name"] == "binlog-shard0")
                 name = next(e["name"] for e in c.list_executors() if e["id"] == binlog["executor"])
                 killed_at = time.time_ns() // 1000
-                print(
-                    f"SIGKILL of {name} (binlog 0) at {time.strftime('%H:%M:%S', time.localtime(killed_at / 1e6))}"
-                    f".{killed_at // 1000 % 1000:03d}",
-                    file=sys.stderr,
-                )
+                print(f"SIGKILL of {name} (binlog 0) at {stamp(killed_at / 1e6)}", file=sys.stderr)
                 next(p for p in cluster.executors if p.name == name).signal(signal.SIGKILL)
             try:
                 doc = c.wait_job(job_id, timeout=300)

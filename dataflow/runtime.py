@@ -122,16 +122,14 @@ def _started() -> str:
             uptime = float(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return "?"
-    at = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 100) % 100:02d}"
+    return stamp(time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK")))
+
+
+def stamp(at: float) -> str:
+    """``at`` (seconds since the epoch) as local HH:MM:SS.mmm, as the masters' and executors' logs."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
 def log(*parts: Any) -> None:
     """A line on stderr (the task's log), stamped to the millisecond: recoveries are read from it."""
-    now = time.time()
-    print(
-        time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}",
-        *parts,
-        file=sys.stderr,
-        flush=True,
-    )
+    print(stamp(time.time()), *parts, file=sys.stderr, flush=True)

@@ -270,12 +270,12 @@ class ExecutorRegistry:
         ex = self.core.executors.get(ex_id)
         deadline = time.monotonic() + link.ttl
         log.info("executor %s: its stream broke; asking its port", ex_id, **logs.ids(executor=ex_id))
-        asked = 0
+        said = False
         while ex is not None and await self._answers(ex.addr):
             if ex_id in self.links or self.core.executors.get(ex_id) is not ex or self.stopping:
                 return  # back, lost by its lease, or no longer ours to judge
-            asked += 1
-            if asked == 1:
+            if not said:
+                said = True
                 log.info(
                     "executor %s still answers at %s: keeping its tasks while it comes back",
                     ex_id,

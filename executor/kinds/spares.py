@@ -80,21 +80,18 @@ def _at_start(name: str) -> bool:
     return name.startswith(("PYTHON", "LC_")) or name == "LANG"
 
 
-def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:
-    return run_as.task_env(inherited)
-
-
 class Spares:
     """Up to ``keep`` idle spare interpreters under ``limits``, refilled as they are taken."""
 
     def __init__(self, keep: int, limits: Limits, inherited: Mapping[str, str]) -> None:
         self.keep = keep
         self.limits = limits
-        self.env = _base_env(inherited)
+        self.env = run_as.task_env(inherited)
         self._idle: list[asyncio.subprocess.Process] = []
         self._starting = 0
         self._closed = False
-        self._timers: set[asyncio.TimerHandle] = set()
+        #: The pending refill, if any: one at a time, each fills up to ``keep``.
+        self._refill: asyncio.TimerHandle | None = None
 
     def usable(self, limits: Limits, env: Mapping[str, str]) -> bool:
         """Whether a task with these limits and environment may run in a spare."""
@@ -154,23 +151,19 @@ class Spares:
         return None
 
     def _refill_later(self) -> None:
-        if self._closed or self.keep <= 0:
+        if self._closed or self.keep <= 0 or self._refill is not None:
             return
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
 
         def go() -> None:
-            if timer is not None:
-                self._timers.discard(timer)
+            self._refill = None
             asyncio.ensure_future(self.fill())
 
-        timer = loop.call_later(REFILL_DELAY, go)
-        self._timers.add(timer)
+        self._refill = asyncio.get_running_loop().call_later(REFILL_DELAY, go)
 
     async def close(self) -> None:
         self._closed = True
-        for timer in self._timers:
-            timer.cancel()
+        if self._refill is not None:
+            self._refill.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_stop(p) for p in idle))
 
