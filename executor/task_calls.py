@@ -17,6 +17,7 @@ The protocol is one JSON object per line each way::
     {"secret": "...", "op": "barrier", "name": "start", "parties": 5}  ->  {"ok": true, "ready": true, "released_us": 1796...}
     {"secret": "...", "op": "barrier", "name": "ddl-3", "parties": 2, "round": 7}  (a cyclic barrier's round)
                                          (not yet released: {"ok": true, "ready": false, "arrived": 3, "parties": 5})
+    {"secret": "...", "op": "barrier", "name": "ddl", "parties": 2, "checkpoint": "<base64>"}  (saved with the arrival)
     anything refused                                                  ->  {"ok": false, "error": "..."}
 
 Everything is bounded (line length, connections, idle time, calls in flight per attempt) and a
@@ -75,7 +76,7 @@ _FIELDS = {
     "checkpoint.load": (),
     "progress": ("fraction", "message"),
     "endpoint": ("name",),
-    "barrier": ("name", "parties", "round"),
+    "barrier": ("name", "parties", "round", "checkpoint"),
 }
 #: The most parties a barrier call may name here (the leader bounds it by the job's task count).
 PARTIES_MAX = 2**31 - 1
@@ -97,6 +98,8 @@ class Request:
     parties: int = 0
     #: barrier: a cyclic barrier's round; None for a plain one.
     round: int | None = None
+    #: barrier: the checkpoint saved with the arrival; None for the arrival alone.
+    checkpoint: bytes | None = None
 
 
 class Attempts:
@@ -159,13 +162,7 @@ def parse(line: bytes, attempts: Attempts) -> Request:
         encoded = body.get("data")
         if not isinstance(encoded, str):
             raise Refused("checkpoint.save needs 'data', the checkpoint in base64")
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise Refused("'data' is not valid base64") from None
-        if len(data) > CHECKPOINT_MAX:
-            raise Refused(f"{len(data)} bytes is over the checkpoint limit of {CHECKPOINT_MAX} bytes")
-        return Request(ref, secret, op, data=data)
+        return Request(ref, secret, op, data=_checkpoint(encoded, "data"))
     if op == "progress":
         fraction = body.get("fraction")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
@@ -208,7 +205,21 @@ def _barrier(ref: rota_pb2.TaskRef, secret: str, body: dict[str, Any]) -> Reques
         isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= ROUND_MAX
     ):
         raise Refused(f"'round' must be a whole number from 0 to {ROUND_MAX}, got {round!r}")
-    return Request(ref, secret, "barrier", name=name, parties=parties, round=round)
+    encoded = body.get("checkpoint")
+    if encoded is not None and not isinstance(encoded, str):
+        raise Refused("'checkpoint' must be the checkpoint in base64")
+    checkpoint = None if encoded is None else _checkpoint(encoded, "checkpoint")
+    return Request(ref, secret, "barrier", name=name, parties=parties, round=round, checkpoint=checkpoint)
+
+
+def _checkpoint(encoded: str, field: str) -> bytes:
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused(f"'{field}' is not valid base64") from None
+    if len(data) > CHECKPOINT_MAX:
+        raise Refused(f"{len(data)} bytes is over the checkpoint limit of {CHECKPOINT_MAX} bytes")
+    return data
 
 
 def reply_for(op: str, reply: rota_pb2.TaskCallReply) -> dict[str, Any]:
@@ -335,6 +346,7 @@ class TaskCallServer:
                 name=request.name,
                 parties=request.parties,
                 round=request.round,
+                checkpoint=request.checkpoint,
             )
             reply = await self.forward(call)
         except Exception as e:  # a broken forward must not take the executor down

@@ -20,7 +20,7 @@ The same as a program, for shell, Go and other tasks (``$ROTA_TASK_CLI`` or ``py
     rota-task checkpoint load [FILE]      # exit 1 when there is no checkpoint
     rota-task progress FRACTION [MESSAGE]
     rota-task endpoint NAME [--timeout SECONDS]   # prints host:port
-    rota-task barrier NAME PARTIES [--round N] [--timeout S]   # exit 0 once released
+    rota-task barrier NAME PARTIES [--round N] [--timeout S] [--checkpoint FILE|-]   # exit 0 once released
 
 Exit 2 on bad usage, 3 when the call failed (refused, not inside a task, no leader, timed out).
 """
@@ -120,20 +120,24 @@ def _read_line(sock: socket.socket) -> bytes:
     return bytes(buf.split(b"\n", 1)[0])
 
 
+def _checkpoint_bytes(data: Any, op: str) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a checkpoint is bytes, not {type(data).__name__}")
+    blob = bytes(data)
+    if len(blob) > CHECKPOINT_MAX:
+        raise TaskCallError(f"{op}: {len(blob)} bytes is over the checkpoint limit of {CHECKPOINT_MAX} bytes")
+    return blob
+
+
 class Checkpoint:
     """The task's checkpoint: one blob of at most CHECKPOINT_MAX bytes, kept across attempts."""
 
     def save(self, data: bytes) -> None:
         """Keep ``data`` for this task's next attempt, in place of the one saved before. Only the
         task's current attempt may save."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a checkpoint is bytes, not {type(data).__name__}")
-        blob = bytes(data)
-        if len(blob) > CHECKPOINT_MAX:
-            raise TaskCallError(
-                f"checkpoint.save: {len(blob)} bytes is over the checkpoint limit of {CHECKPOINT_MAX} bytes"
-            )
-        _request("checkpoint.save", data=base64.b64encode(blob).decode())
+        _request(
+            "checkpoint.save", data=base64.b64encode(_checkpoint_bytes(data, "checkpoint.save")).decode()
+        )
 
     def load(self) -> bytes | None:
         """The last checkpoint saved for this task (by this or an earlier attempt); None when none was."""
@@ -198,7 +202,13 @@ def endpoint(name: str, timeout: float = ENDPOINT_TIMEOUT) -> str:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def barrier(name: str, parties: int, timeout: float | None = None, round: int | None = None) -> float | None:
+def barrier(
+    name: str,
+    parties: int,
+    timeout: float | None = None,
+    round: int | None = None,
+    checkpoint: bytes | None = None,
+) -> float | None:
     """Wait until ``parties`` tasks of this job (this one included) have reached barrier ``name``;
     return when the leader released it (seconds since the epoch, by the leader's clock): the same
     for every party, so they can share a start time (None when no longer known: a round long past).
@@ -214,7 +224,13 @@ def barrier(name: str, parties: int, timeout: float | None = None, round: int | 
     a round already released (or skipped: releasing round N releases every round below) passes at
     once; a call for a later round waits until the current round is released, then counts for its
     own. ``parties`` must agree within a round; a name is either cyclic or not (its first call
-    decides)."""
+    decides).
+
+    With ``checkpoint`` (bytes, as ``checkpoint.save``) the task's checkpoint is saved before its
+    arrival counts, in the same commit when its checkpoint budget allows: one round trip to the
+    leader instead of a save and then an arrival, and when the barrier lets anyone go, the
+    checkpoint is durable. While the call waits it may be sent again (same data); save no other
+    checkpoint meanwhile."""
     if not isinstance(name, str) or not _BARRIER_NAME.fullmatch(name):
         raise ValueError(
             f"a barrier name is 1 to {BARRIER_NAME_MAX} characters of A-Z a-z 0-9 . _ -, got {name!r}"
@@ -232,6 +248,8 @@ def barrier(name: str, parties: int, timeout: float | None = None, round: int | 
     fields: dict[str, Any] = {"name": name, "parties": parties}
     if round is not None:
         fields["round"] = round
+    if checkpoint is not None:
+        fields["checkpoint"] = base64.b64encode(_checkpoint_bytes(checkpoint, "barrier")).decode()
     shown = repr(name) if round is None else f"{name!r} round {round}"
     deadline = None if timeout is None else time.monotonic() + timeout
     arrived = ""
@@ -262,7 +280,7 @@ USAGE = """Usage: rota-task checkpoint save FILE|-
        rota-task checkpoint load [FILE]
        rota-task progress FRACTION [MESSAGE]
        rota-task endpoint NAME [--timeout SECONDS]
-       rota-task barrier NAME PARTIES [--round N] [--timeout S]
+       rota-task barrier NAME PARTIES [--round N] [--timeout S] [--checkpoint FILE|-]
 
 Inside a Rota task: keep a checkpoint (at most 64 KiB) for the task's next attempt, read the last
 one back (exit 1 when there is none), report progress (0 to 1) shown in get-job, print
@@ -270,7 +288,8 @@ host:port where another task of the job listens (NAME is task.port, or task when
 port), waiting until it is up (default 60 s; after a connection error, ask again: the task may
 have moved), or wait until PARTIES tasks of the job have reached barrier NAME (exit 0 once
 released; a task run again rejoins without counting twice; --round N: round N of a cyclic
-barrier, whose rounds are released in order, exit 0 at once for a round already released).
+barrier, whose rounds are released in order, exit 0 at once for a round already released;
+--checkpoint: save that checkpoint before the arrival counts, in the same commit).
 Exit 2 on bad usage, 3 when the call failed (the endpoint is not up in time, or the barrier was
 not released within --timeout)."""
 
@@ -358,6 +377,7 @@ def _option(args: list[str], flag: str, convert: Callable[[str], Any], what: str
 def _barrier_command(args: list[str]) -> None:
     round, args = _option(args, "--round", int, "a whole number from 0")
     timeout, args = _option(args, "--timeout", float, "a number of seconds")
+    source, args = _option(args, "--checkpoint", str, "a FILE, or - for standard input")
     if len(args) != 2:
         raise _Usage("barrier takes a NAME and a number of PARTIES")
     try:
@@ -365,7 +385,7 @@ def _barrier_command(args: list[str]) -> None:
     except ValueError:
         raise _Usage(f"barrier PARTIES must be a whole number, got {args[1]!r}") from None
     try:
-        barrier(args[0], parties, timeout, round)
+        barrier(args[0], parties, timeout, round, None if source is None else _read_input(source))
     except ValueError as e:
         raise _Usage(str(e)) from None
 

@@ -135,6 +135,30 @@ class Barriers:
         self.waiting = 0
         self._next_due = math.inf
 
+    def refusal(self, job_id: str, tasks: int, name: str, parties: int, round: int | None = None) -> str:
+        """What ``arrive`` would refuse this call for at once ("" when nothing), changing nothing:
+        an arrival that carries a checkpoint saves it only when this is empty."""
+        error = invalid(name, parties, tasks, round)
+        if error:
+            return error
+        barriers = self.jobs.get(job_id, {})
+        barrier = barriers.get(name)
+        if barrier is None:
+            if len(barriers) >= MAX_PER_JOB:
+                return f"a job has at most {MAX_PER_JOB} barriers: {name!r} would be one more"
+            return ""
+        if (barrier.round is None) != (round is None):
+            if barrier.round is None:
+                return f"barrier {name!r} is not cyclic (its first call gave no round); this call gives one"
+            return f"barrier {name!r} is cyclic (its first call gave a round); this call gives none"
+        if round is None or (round == barrier.round and not barrier.released):
+            if barrier.parties != parties:
+                return (
+                    f"barrier {name!r} has {barrier.parties} parties (set by its first arrival"
+                    f"{'' if barrier.round is None else f' in round {barrier.round}'}); this call says {parties}"
+                )
+        return ""
+
     def arrive(
         self,
         job_id: str,
@@ -147,21 +171,13 @@ class Barriers:
     ) -> Arrival:
         """Task ``call.index`` (its current attempt, checked by the caller) reaches barrier ``name``
         (its round ``round`` when cyclic); ``now_us`` (wall clock) stamps a release."""
-        error = invalid(name, parties, tasks, round)
+        error = self.refusal(job_id, tasks, name, parties, round)
         if error:
             return Arrival(error)
         barriers = self.jobs.setdefault(job_id, {})
         barrier = barriers.get(name)
         if barrier is None:
-            if len(barriers) >= MAX_PER_JOB:
-                return Arrival(f"a job has at most {MAX_PER_JOB} barriers: {name!r} would be one more")
             barrier = barriers[name] = Barrier(parties, round=round)
-        elif (barrier.round is None) != (round is None):
-            if barrier.round is None:
-                return Arrival(
-                    f"barrier {name!r} is not cyclic (its first call gave no round); this call gives one"
-                )
-            return Arrival(f"barrier {name!r} is cyclic (its first call gave a round); this call gives none")
         call = Parked(call.index, call.attempt, call.executor, call.call_id, call.due, round, parties)
         out = Arrival()
         out.error = self._arrive(job_id, name, barrier, call, out, now_us)

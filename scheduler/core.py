@@ -474,6 +474,14 @@ PROGRESS_WRITE_EVERY = 1.0
 #: budget has grown back; a newer save while one waits replaces it.
 CHECKPOINT_BURST = 256 * 1024
 CHECKPOINT_RATE = 64 * 1024
+#: A barrier arrival: executor, call id, the task, the barrier's name, parties, round.
+_Arrival = tuple[str, int, TaskRef, str, int, int | None]
+
+
+def _checkpoint_refusal(data: bytes) -> str:
+    if len(data) > MAX_CHECKPOINT:
+        return f"a checkpoint is {MAX_CHECKPOINT // 1024} KiB at most, this one is {len(data)} bytes"
+    return ""
 
 
 @dataclass
@@ -567,8 +575,9 @@ class Core:
         self._out: list[Decision] = []
         #: Tasks whose latest progress is held back (PROGRESS_WRITE_EVERY), and when it is due.
         self._progress_due: dict[Task, float] = {}
-        #: Checkpoints held back by CHECKPOINT_RATE: task -> (attempt, data, callers, when due).
-        self._ckpt_held: dict[Task, tuple[int, bytes, list[tuple[str, int]], float]] = {}
+        #: Checkpoints held back by CHECKPOINT_RATE: task -> (attempt, data, callers, barrier
+        #: arrivals that carried the checkpoint and follow it, when due).
+        self._ckpt_held: dict[Task, tuple[int, bytes, list[tuple[str, int]], list[_Arrival], float]] = {}
         self._dispatch: dict[str, list[tuple[Task, int]]] = {}
         #: Where tasks' named ports listen now, and the calls waiting for one (scheduler.endpoints).
         self.endpoints = ep.Endpoints()
@@ -969,26 +978,41 @@ class Core:
         return ""
 
     def save_checkpoint(self, executor_id: str, call_id: int, ref: TaskRef, data: bytes) -> None:
-        refused = self.call_refusal(executor_id, ref)
-        if not refused and len(data) > MAX_CHECKPOINT:
-            refused = f"a checkpoint is {MAX_CHECKPOINT // 1024} KiB at most, this one is {len(data)} bytes"
+        refused = self.call_refusal(executor_id, ref) or _checkpoint_refusal(data)
         if refused:
             self._out.append(CallReply(executor_id, call_id, refused))
             return
-        task = self.active[ref.job_id].tasks[ref.index]
-        now = self.clock()
+        self._put_checkpoint(
+            self.active[ref.job_id].tasks[ref.index], ref.attempt, data, (executor_id, call_id)
+        )
+
+    def _put_checkpoint(
+        self,
+        task: Task,
+        attempt: int,
+        data: bytes,
+        caller: tuple[str, int] | None,
+        then: _Arrival | None = None,
+    ) -> None:
+        """Write the checkpoint now if its budget allows, else hold it (the newest data wins) until
+        it does; its caller is answered, and a barrier arrival that carried it made, once written."""
         held = self._ckpt_held.get(task)
+        callers = [caller] if caller else []
+        arrivals = [then] if then else []
         if held is not None:
-            self._ckpt_held[task] = (ref.attempt, data, [*held[2], (executor_id, call_id)], held[3])
+            self._ckpt_held[task] = (attempt, data, [*held[2], *callers], [*held[3], *arrivals], held[4])
             return
+        now = self.clock()
         budget = self._ckpt_budget(task, now)
         if budget >= len(data):
             task.ckpt_budget = budget - len(data)
             self._out.append(PutCheckpoint(task, data))
-            self._out.append(CallReply(executor_id, call_id))
+            self._out.extend(CallReply(executor_id, call_id) for executor_id, call_id in callers)
+            for a in arrivals:
+                self._arrive(*a)
         else:
             due = now + (len(data) - budget) / CHECKPOINT_RATE
-            self._ckpt_held[task] = (ref.attempt, data, [(executor_id, call_id)], due)
+            self._ckpt_held[task] = (attempt, data, callers, arrivals, due)
 
     @staticmethod
     def _ckpt_budget(task: Task, now: float) -> float:
@@ -999,18 +1023,19 @@ class Core:
     def _write_checkpoints(self, now: float) -> None:
         """Write the checkpoints held back once their budget has grown back; a held save whose
         attempt ended meanwhile is refused (it is no longer the task's to write)."""
-        for task, (attempt, data, callers, due) in list(self._ckpt_held.items()):
+        for task, (attempt, data, callers, arrivals, due) in list(self._ckpt_held.items()):
             if task.attempt != attempt or task.state not in ACTIVE:
                 del self._ckpt_held[task]
-                for executor_id, call_id in callers:
-                    self._out.append(
-                        CallReply(executor_id, call_id, f"attempt {attempt} of task {task.id} ended first")
-                    )
+                ended = f"attempt {attempt} of task {task.id} ended first"
+                for executor_id, call_id in [*callers, *((a[0], a[1]) for a in arrivals)]:
+                    self._out.append(CallReply(executor_id, call_id, ended))
             elif due <= now:
                 del self._ckpt_held[task]
                 task.ckpt_budget = max(0.0, self._ckpt_budget(task, now) - len(data))
                 self._out.append(PutCheckpoint(task, data))
                 self._out.extend(CallReply(executor_id, call_id) for executor_id, call_id in callers)
+                for a in arrivals:
+                    self._arrive(*a)
 
     def set_progress(
         self, executor_id: str, call_id: int, ref: TaskRef, fraction: float, message: str
@@ -1119,15 +1144,41 @@ class Core:
             self._out.append(CallReply(w.executor, w.call_id, error))
 
     def barrier(
-        self, executor_id: str, call_id: int, ref: TaskRef, name: str, parties: int, round: int | None = None
+        self,
+        executor_id: str,
+        call_id: int,
+        ref: TaskRef,
+        name: str,
+        parties: int,
+        round: int | None = None,
+        checkpoint: bytes | None = None,
     ) -> None:
         """A task reaches a barrier (scheduler.barriers), one round of it when ``round`` is given: its
         call waits until the barrier (round) is released, answered after the release is committed, or
-        WAIT_MAX, answered not ready."""
+        WAIT_MAX, answered not ready.
+
+        With ``checkpoint``, the task's checkpoint is saved first, in the same commit as the arrival
+        when its budget allows: whoever the release lets go, the checkpoint is durable (one round
+        trip where a save and then an arrival take two)."""
         refused = self.call_refusal(executor_id, ref)
+        if not refused and checkpoint is not None:
+            tasks = len(self.active[ref.job_id].tasks)
+            refused = _checkpoint_refusal(checkpoint) or self.barriers.refusal(
+                ref.job_id, tasks, name, parties, round
+            )
         if refused:
             self._out.append(CallReply(executor_id, call_id, refused))
             return
+        arrival: _Arrival = (executor_id, call_id, ref, name, parties, round)
+        if checkpoint is None:
+            self._arrive(*arrival)
+        else:
+            task = self.active[ref.job_id].tasks[ref.index]
+            self._put_checkpoint(task, ref.attempt, checkpoint, None, arrival)
+
+    def _arrive(
+        self, executor_id: str, call_id: int, ref: TaskRef, name: str, parties: int, round: int | None
+    ) -> None:
         job = self.active[ref.job_id]
         call = Parked(ref.index, ref.attempt, executor_id, call_id, self.clock() + WAIT_MAX)
         arrival = self.barriers.arrive(

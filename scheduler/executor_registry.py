@@ -180,7 +180,8 @@ class ExecutorRegistry:
             self.kick()
         elif call.op == "barrier":
             round = call.round if call.HasField("round") else None
-            self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties, round)
+            checkpoint = call.checkpoint if call.HasField("checkpoint") else None
+            self.core.barrier(link.executor_id, call.call_id, ref, call.name, call.parties, round, checkpoint)
             self.kick()
         elif call.op == "checkpoint.load":
             refused = self.core.call_refusal(link.executor_id, ref)

@@ -162,3 +162,30 @@ def test_three_tasks_pass_cyclic_rounds_in_lockstep_and_a_restarted_one_rejoins(
     rejoined = log.index("before 0 2 2")
     assert all(log.index(f"after {r} 2 2") > rejoined for r in range(5))
     assert not any(x.startswith("after 3") for x in log[:rejoined]), log
+
+
+#: Each arrival carries a checkpoint naming its round; task 2 fails after round 2, and its second
+#: attempt loads what its last arrival carried.
+CARRIED = """
+if attempt == 2:
+    line(f"loaded {i} {rota.task.checkpoint.load().decode()}")
+    sys.exit(0)
+for r in range(3):
+    rota.task.barrier("step", 3, round=r, checkpoint=f"round {r} of {i}".encode())
+    line(f"after {r} {i}")
+if i == 2:
+    sys.exit("failing on purpose after round 2")
+"""
+
+
+def test_a_checkpoint_carried_by_an_arrival_is_saved_with_it(local_cluster, tmp_path):
+    cluster = local_cluster(executors=1, executor_slots=4)
+    spec = job(CARRIED, tmp_path)
+    spec["task"][0]["count"] = 3
+    with cluster.client(timeout=30) as c:
+        doc = c.run_job(spec, timeout=120)
+    log = lines(tmp_path)
+    assert doc["state"] == "SUCCEEDED", (doc, log)
+    assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 2], log
+    assert log[-1] == "loaded 2 round 2 of 2", log
+    assert sorted(log[:-1]) == sorted(f"after {r} {i}" for r in range(3) for i in range(3)), log

@@ -11,7 +11,7 @@ from test_core import Harness, tmpl
 from rota.common.states import RUNNING
 from rota.metastore import keys
 from rota.scheduler.barriers import MAX_PER_JOB, NAME_MAX, WAIT_MAX, Barriers, Parked, invalid
-from rota.scheduler.core import CallReply, Job, PutRecord, TaskRef
+from rota.scheduler.core import MAX_CHECKPOINT, CallReply, Job, PutCheckpoint, PutRecord, TaskRef
 from rota.scheduler.views import job_page_doc
 
 
@@ -204,6 +204,66 @@ def test_refusals_in_the_core() -> None:
         h.core.barrier(ex, 9, r, name, parties)
         (reply,) = h.drain()
         assert isinstance(reply, CallReply) and needle in reply.error, reply
+
+
+def test_a_checkpoint_carried_by_an_arrival_is_written_before_it_in_the_same_drain() -> None:
+    h = harness()
+    job = running_job(h)
+    h.core.barrier("e1", 1, job.tasks[0].ref(), "go", 2, checkpoint=b"at v1")
+    out = h.drain()
+    assert [type(d) for d in out] == [PutCheckpoint, PutRecord]  # one commit, checkpoint first
+    assert out[0].data == b"at v1" and out[0].task is job.tasks[0]
+    assert replies(out) == []  # waits for the other party, as a plain arrival
+    h.core.barrier("e1", 2, job.tasks[1].ref(), "go", 2, checkpoint=b"other")
+    out = h.drain()
+    assert [type(d) for d in out] == [PutCheckpoint, PutRecord, CallReply, CallReply]
+    assert replies(out) == [CallReply("e1", 1), CallReply("e1", 2)]
+
+
+def test_an_arrival_whose_checkpoint_is_over_budget_waits_for_it_and_a_refused_one_writes_nothing() -> None:
+    h = harness()
+    job = running_job(h)
+    ref = job.tasks[0].ref()
+    for i in range(4):  # the task's whole burst
+        h.core.save_checkpoint("e1", 10 + i, ref, b"x" * MAX_CHECKPOINT)
+    h.drain()
+    h.core.barrier("e1", 1, ref, "go", 1, checkpoint=b"state")
+    assert h.drain() == []  # neither written nor arrived: the checkpoint waits for its budget
+    assert h.core.barriers.docs("j") == []
+    h.now[0] += 1.0
+    h.core.tick()
+    out = h.drain()
+    assert [type(d) for d in out] == [PutCheckpoint, PutRecord, CallReply]
+    assert out[0].data == b"state" and replies(out) == [CallReply("e1", 1)]
+    # Too big, or from an attempt that is not the current one: refused, nothing written or counted.
+    h.core.barrier("e1", 2, job.tasks[1].ref(), "other", 2, checkpoint=b"x" * (MAX_CHECKPOINT + 1))
+    (big,) = h.drain()
+    assert isinstance(big, CallReply) and "64 KiB at most" in big.error
+    h.core.barrier("e1", 3, TaskRef("j", 1, 9), "other", 2, checkpoint=b"y")
+    (stale,) = h.drain()
+    assert isinstance(stale, CallReply) and "not its current one" in stale.error
+    h.core.barrier("e1", 4, job.tasks[1].ref(), "go", 2, checkpoint=b"z")  # "go" has 1 party
+    (parties,) = h.drain()
+    assert isinstance(parties, CallReply) and "has 1 parties" in parties.error
+    assert [d["name"] for d in h.core.barriers.docs("j")] == ["go"]
+
+
+def test_an_arrival_held_with_its_checkpoint_is_refused_when_the_attempt_ends() -> None:
+    h = harness()
+    job = running_job(h)
+    ref = job.tasks[0].ref()
+    for i in range(4):
+        h.core.save_checkpoint("e1", 10 + i, ref, b"x" * MAX_CHECKPOINT)
+    h.drain()
+    h.core.barrier("e1", 1, ref, "go", 2, checkpoint=b"state")
+    h.report("e1", ref, "FAILED", {"error": "boom"})
+    h.drain()
+    h.now[0] += 5
+    h.core.tick()
+    out = h.drain()
+    assert not [d for d in out if isinstance(d, (PutCheckpoint, PutRecord))]
+    (reply,) = [r for r in replies(out) if r.call_id == 1]
+    assert "ended first" in reply.error
 
 
 def test_a_new_leader_rebuilds_barriers_and_parks_resent_calls_again() -> None:
