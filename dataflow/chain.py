@@ -39,10 +39,11 @@ Held = tuple[array, array, int, int]
 STATS_EVERY = 5.0
 
 
-def ddl_barrier(cfg: Config, version: int) -> None:
+def ddl_barrier(cfg: Config, version: int, checkpoint: bytes | None = None) -> None:
     """Every chain has written (and checkpointed) every table up to its DDL record of ``version``:
-    one cyclic barrier, a round per version, so that an endless flow keeps no state per version."""
-    sdk.barrier("ddl", cfg.server_count, round=version - 1)
+    one cyclic barrier, a round per version, so that an endless flow keeps no state per version.
+    The checkpoint that says so rides on the arrival (saved first, in the same commit)."""
+    sdk.barrier("ddl", cfg.server_count, round=version - 1, checkpoint=checkpoint)
 
 
 class Chain:
@@ -196,17 +197,16 @@ class Chain:
         the barrier of each version up to this one (one already released answers at once), then
         let the tables held at this version go on."""
         t0 = time.monotonic()
-        await self.checkpoint()
-        t1 = time.monotonic()
         if self.cfg.server_count > 1:
-            for v in range(self.passed + 1, version + 1):
-                await runtime.call(ddl_barrier, self.cfg, v)
-        t2 = time.monotonic()
+            await self.checkpoint(arrive=range(self.passed + 1, version + 1))
+        else:
+            await self.checkpoint()
+        t1 = time.monotonic()
         first, self.first_hold = self.first_hold or t0, None
         runtime.log(
-            f"chain {self.shard}: DDL version {version} passed; held {1000 * (t2 - first):.0f} ms "
-            f"(every table there after {1000 * (t0 - first):.0f}, checkpoint {1000 * (t1 - t0):.0f}, "
-            f"barrier {1000 * (t2 - t1):.0f})"
+            f"chain {self.shard}: DDL version {version} passed; held {1000 * (t1 - first):.0f} ms "
+            f"(every table there after {1000 * (t0 - first):.0f}, checkpoint and barrier "
+            f"{1000 * (t1 - t0):.0f})"
         )
         self.passed = version
         self.passing = False
@@ -244,8 +244,10 @@ class Chain:
         self.pos[t] = self._next(pks[-1] + 1)
         self.dirty = True
 
-    async def checkpoint(self) -> None:
-        """Flush, save {positions, offsets}, then acknowledge them to the binlog."""
+    async def checkpoint(self, arrive: range = range(0)) -> None:
+        """Flush, save {positions, offsets}, then acknowledge them to the binlog. With ``arrive``
+        (DDL versions), the save rides on the arrival at the first version's barrier round (one
+        round trip to the leader, not two) and the call returns once every round is released."""
         async with self.ckpt_lock:
             for f in self.files:
                 f.flush()
@@ -253,7 +255,11 @@ class Chain:
             self.dirty = False
             blob = json.dumps({"p": pos, "o": offset}, separators=(",", ":")).encode()
             t0 = time.monotonic()
-            await runtime.save_checkpoint(blob)
+            if arrive:
+                for v in arrive:
+                    await runtime.barrier_or_stop(ddl_barrier, self.cfg, v, blob if v == arrive[0] else None)
+            else:
+                await runtime.save_checkpoint(blob)
             self.ckpt_time += time.monotonic() - t0
             self.saved = pos
             await self.ack()

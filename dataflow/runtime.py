@@ -80,6 +80,15 @@ async def save_checkpoint(blob: bytes) -> None:
         os._exit(3)
 
 
+async def barrier_or_stop(fn: Any, *args: Any) -> None:
+    """A barrier call that carries a checkpoint: refused, this attempt is stale (as a refused save)."""
+    try:
+        await call(fn, *args)
+    except sdk.TaskCallError as e:
+        print(f"barrier with checkpoint refused, stopping: {e}", file=sys.stderr, flush=True)
+        os._exit(3)
+
+
 async def final_barrier(cfg: Config) -> None:
     await call(sdk.barrier, FINAL_BARRIER, cfg.parties)
 
