@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from rota.common.limits import Limits
 from rota.executor import confine, run_as
@@ -35,6 +36,11 @@ PRELOAD = ("asyncio", "json", "grpc", "google.protobuf.message", "rota.task")
 KEEP_MAX = 8
 #: How long after a spare is taken its replacement starts.
 REFILL_DELAY = 1.0
+#: The nice value a spare starts and waits at: its start-up (a third of a second of CPU each) takes
+#: only what running tasks leave, and a refill after a burst of starts does not stall them. It is
+#: set back to the executor's own priority as it is handed a task; an executor that may not do
+#: that (no CAP_SYS_NICE) keeps its spares at its own priority.
+IDLE_NICE = 19
 
 BOOT = r"""
 import os, sys
@@ -92,6 +98,10 @@ class Spares:
         self._closed = False
         #: The pending refill, if any: one at a time, each fills up to ``keep``.
         self._refill: asyncio.TimerHandle | None = None
+        #: Whether new spares start at IDLE_NICE, and which idle ones did.
+        self._lower = True
+        self._low: set[int] = set()
+        self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     def usable(self, limits: Limits, env: Mapping[str, str]) -> bool:
         """Whether a task with these limits and environment may run in a spare."""
@@ -107,6 +117,7 @@ class Spares:
         self._starting += 1
         try:
             bounds = confine.Confinement(self.limits, None) if self.limits else None
+            lower = self._lower
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
@@ -118,7 +129,7 @@ class Spares:
                 cwd="/",
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=bounds.preexec() if bounds is not None else None,
+                preexec_fn=_preexec(bounds.preexec() if bounds is not None else None, lower),
                 **run_as.child_options(),
             )
         except (OSError, ValueError) as exc:  # a spare is an optimisation: tasks start cold
@@ -131,12 +142,17 @@ class Spares:
             await _stop(proc)
         else:
             self._idle.append(proc)
+            if lower:
+                self._low.add(proc.pid)
 
     def take(self, code: str, env: Mapping[str, str], cwd: str) -> asyncio.subprocess.Process | None:
         """A spare turned into this task (its code running), or None when none is ready."""
         while self._idle:
             proc = self._idle.pop(0)
             if proc.returncode is not None or proc.stdin is None:
+                self._low.discard(proc.pid)
+                continue
+            if not self._restore_priority(proc):
                 continue
             line = json.dumps({"code": code, "env": dict(env), "cwd": cwd}).encode() + b"\n"
             try:
@@ -149,6 +165,25 @@ class Spares:
             return proc
         self._refill_later()
         return None
+
+    def _restore_priority(self, proc: asyncio.subprocess.Process) -> bool:
+        """Set a spare started at IDLE_NICE back to the executor's priority; when that is not
+        allowed, drop the spares started low and start new ones at the executor's priority."""
+        if proc.pid not in self._low:
+            return True
+        self._low.discard(proc.pid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, self._own_nice)
+            return True
+        except OSError as exc:
+            log.info("spare interpreters start at the executor's priority from now on: %s", exc)
+            self._lower = False
+            low = [proc, *(p for p in self._idle if p.pid in self._low)]
+            self._idle = [p for p in self._idle if p.pid not in self._low]
+            self._low.clear()
+            for p in low:
+                asyncio.ensure_future(_stop(p))
+            return False
 
     def _refill_later(self) -> None:
         if self._closed or self.keep <= 0 or self._refill is not None:
@@ -166,6 +201,18 @@ class Spares:
             self._refill.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_stop(p) for p in idle))
+
+
+def _preexec(bounds: Callable[[], None] | None, lower: bool) -> Callable[[], None] | None:
+    if not lower:
+        return bounds
+
+    def run() -> None:
+        if bounds is not None:
+            bounds()
+        os.setpriority(os.PRIO_PROCESS, 0, IDLE_NICE)
+
+    return run
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from rota.executor import registry
-from rota.executor.kinds import base
+from rota.executor.kinds import base, spares
 from rota.executor.kinds.base import OUTPUT_CAP, TRUNCATED_MARK, Kind, Ride, TaskResult, TaskSpec
 from rota.executor.kinds.call import CallKind
 from rota.executor.kinds.go import GoKind
@@ -311,6 +311,65 @@ def test_python_in_a_spare_interpreter_behaves_as_a_fresh_one(make_spec):
             for start_var in ({"PYTHONHASHSEED": "7"}, {"LC_ALL": "C"}):
                 cold = await kind.run(make_spec("python", code=probe, env=start_var))
                 assert cold.ok and cold.stdout.split()[0] == "False", start_var
+        finally:
+            await kind.close()
+
+    run(scenario())
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_spares_wait_at_idle_priority_and_run_tasks_at_the_executors(make_spec):
+    probe = "import os, sys; print('grpc' in sys.modules, os.getpriority(os.PRIO_PROCESS, 0))"
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def scenario() -> None:
+        kind = PythonKind(2)
+        await kind.start()
+        try:
+            assert kind.spares is not None
+            idle = list(kind.spares._idle)
+            assert len(idle) == 2 and all(_nice(p.pid) == spares.IDLE_NICE for p in idle)
+            warm = await kind.run(make_spec("python", code=probe))
+            assert warm.ok and warm.stdout.split() == ["True", str(own)], warm
+        finally:
+            await kind.close()
+
+    run(scenario())
+
+
+def test_spares_start_at_the_executors_priority_when_it_may_not_raise_one_back(make_spec, monkeypatch):
+    """Without CAP_SYS_NICE a spare could not be set back: the task starts fresh, later spares at
+    the executor's own priority."""
+    real = os.setpriority
+
+    def no_raising(which: int, who: int, prio: int) -> None:
+        if prio < spares.IDLE_NICE and who != 0:
+            raise PermissionError(1, "Operation not permitted")
+        real(which, who, prio)
+
+    monkeypatch.setattr(spares.os, "setpriority", no_raising)
+    monkeypatch.setattr(spares, "REFILL_DELAY", 0.0)
+    probe = "import os, sys; print('grpc' in sys.modules, os.getpriority(os.PRIO_PROCESS, 0))"
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def scenario() -> None:
+        kind = PythonKind(2)
+        await kind.start()
+        try:
+            assert kind.spares is not None
+            cold = await kind.run(make_spec("python", code=probe))
+            assert cold.ok and cold.stdout.split() == ["False", str(own)], cold
+            for _ in range(100):
+                if len(kind.spares._idle) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert [_nice(p.pid) for p in kind.spares._idle] == [own, own]
+            warm = await kind.run(make_spec("python", code=probe))
+            assert warm.ok and warm.stdout.split() == ["True", str(own)], warm
         finally:
             await kind.close()
 
