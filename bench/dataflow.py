@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def run(flow: dict, kill: bool, ttl: str, keep: str | None = None) -> dict:
     slots = flow["table-num"] + 2 * len(flow["servers"]) + 1
     with contextlib.ExitStack() as stack:
         if keep:
+            os.makedirs(keep, exist_ok=True)
             tmp = tempfile.mkdtemp(prefix="rota-dataflow-", dir=keep)
             print(f"cluster and sink files kept in {tmp}", file=sys.stderr)
         else:
