@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -103,6 +103,33 @@ def task_value(job_id: str, index: int, record: dict[str, Any]) -> bytes:
     )
     error = f"the result was not kept: its record of {len(value)} bytes is over etcd's request limit"
     return _dumps({**record, "r": {"error": error, "truncated": True}})
+
+
+def _waves(latest: dict[bytes, bytes | None]) -> list[list[list[Any]]]:
+    """The transactions of one commit, in waves committed one after the other (a wave's side by
+    side). One transaction is atomic; split over several, a barrier record could land before a
+    checkpoint of the same drain that its arrival carried, so barrier records go in a last wave."""
+    batches = _batches(latest.items())
+    if len(batches) <= 1:
+        return [batches]
+    rest = [(k, v) for k, v in latest.items() if not k.startswith(keys.BARRIERS)]
+    if len(rest) == len(latest):
+        return [batches]
+    return [_batches(rest), _batches((k, v) for k, v in latest.items() if k.startswith(keys.BARRIERS))]
+
+
+def _batches(items: Iterable[tuple[bytes, bytes | None]]) -> list[list[Any]]:
+    """Puts and deletes in transactions of at most MAX_OPS - 1 operations and MAX_TXN_BYTES."""
+    batches: list[list[Any]] = [[]]
+    size = 0
+    for key, value in items:
+        vlen = len(value) if value is not None else 0
+        if batches[-1] and (len(batches[-1]) >= MAX_OPS - 1 or size + len(key) + vlen > MAX_TXN_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(put_op(key, value) if value is not None else delete_op(key))
+        size += len(key) + vlen + 16
+    return batches if batches[0] else []
 
 
 def _latest(decisions: Sequence[Write], skip: frozenset[str] = frozenset()) -> dict[bytes, bytes | None]:
@@ -316,19 +343,12 @@ class Store:
     async def _put(self, latest: dict[bytes, bytes | None]) -> None:
         if not latest:
             return
-        batches: list[list[Any]] = [[]]
-        size = 0
-        for key, value in latest.items():
-            vlen = len(value) if value is not None else 0
-            if len(batches[-1]) >= MAX_OPS - 1 or size + len(key) + vlen > MAX_TXN_BYTES:
-                batches.append([])
-                size = 0
-            batches[-1].append(put_op(key, value) if value is not None else delete_op(key))
-            size += len(key) + vlen + 16
+        waves = _waves(latest)
         order = self._next_write()
-        for i in range(0, len(batches), PARALLEL_TXNS):
-            await asyncio.gather(*(self._txn(b, order) for b in batches[i : i + PARALLEL_TXNS]))
-        self.txns += len(batches)
+        for wave in waves:
+            for i in range(0, len(wave), PARALLEL_TXNS):
+                await asyncio.gather(*(self._txn(b, order) for b in wave[i : i + PARALLEL_TXNS]))
+            self.txns += len(wave)
         self.writes += len(latest)
 
     async def still_leading(self) -> bool:
