@@ -999,6 +999,10 @@ class Core:
         held = self._ckpt_held.get(task)
         callers = [caller] if caller else []
         arrivals = [then] if then else []
+        if held is not None and held[0] != attempt:
+            # An earlier attempt's save still held: that attempt ended, its calls with it.
+            self._refuse_held(held, f"attempt {held[0]} of task {task.id} ended first")
+            held = (attempt, b"", [], [], held[4])
         if held is not None:
             self._ckpt_held[task] = (attempt, data, [*held[2], *callers], [*held[3], *arrivals], held[4])
             return
@@ -1026,9 +1030,10 @@ class Core:
         for task, (attempt, data, callers, arrivals, due) in list(self._ckpt_held.items()):
             if task.attempt != attempt or task.state not in ACTIVE:
                 del self._ckpt_held[task]
-                ended = f"attempt {attempt} of task {task.id} ended first"
-                for executor_id, call_id in [*callers, *((a[0], a[1]) for a in arrivals)]:
-                    self._out.append(CallReply(executor_id, call_id, ended))
+                self._refuse_held(
+                    (attempt, data, callers, arrivals, due),
+                    f"attempt {attempt} of task {task.id} ended first",
+                )
             elif due <= now:
                 del self._ckpt_held[task]
                 task.ckpt_budget = max(0.0, self._ckpt_budget(task, now) - len(data))
@@ -1036,6 +1041,12 @@ class Core:
                 self._out.extend(CallReply(executor_id, call_id) for executor_id, call_id in callers)
                 for a in arrivals:
                     self._arrive(*a)
+
+    def _refuse_held(
+        self, held: tuple[int, bytes, list[tuple[str, int]], list[_Arrival], float], why: str
+    ) -> None:
+        for executor_id, call_id in [*held[2], *((a[0], a[1]) for a in held[3])]:
+            self._out.append(CallReply(executor_id, call_id, why))
 
     def set_progress(
         self, executor_id: str, call_id: int, ref: TaskRef, fraction: float, message: str
