@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from rota.common.limits import Limits
 from rota.executor import confine, run_as
@@ -44,6 +44,8 @@ IDLE_NICE = 19
 
 BOOT = r"""
 import os, sys
+if sys.argv[2] != "-":
+    os.setpriority(os.PRIO_PROCESS, 0, int(sys.argv[2]))
 for _name in sys.argv[1].split(","):
     try:
         __import__(_name)
@@ -100,7 +102,7 @@ class Spares:
         self._refill: asyncio.TimerHandle | None = None
         #: Whether new spares start at IDLE_NICE, and which idle ones did.
         self._lower = True
-        self._low: set[int] = set()
+        self._low: set[asyncio.subprocess.Process] = set()
         self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     def usable(self, limits: Limits, env: Mapping[str, str]) -> bool:
@@ -123,13 +125,14 @@ class Spares:
                 "-c",
                 BOOT,
                 ",".join(PRELOAD),
+                str(IDLE_NICE) if lower else "-",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd="/",
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_preexec(bounds.preexec() if bounds is not None else None, lower),
+                preexec_fn=bounds.preexec() if bounds is not None else None,
                 **run_as.child_options(),
             )
         except (OSError, ValueError) as exc:  # a spare is an optimisation: tasks start cold
@@ -143,14 +146,14 @@ class Spares:
         else:
             self._idle.append(proc)
             if lower:
-                self._low.add(proc.pid)
+                self._low.add(proc)
 
     def take(self, code: str, env: Mapping[str, str], cwd: str) -> asyncio.subprocess.Process | None:
         """A spare turned into this task (its code running), or None when none is ready."""
         while self._idle:
             proc = self._idle.pop(0)
             if proc.returncode is not None or proc.stdin is None:
-                self._low.discard(proc.pid)
+                self._low.discard(proc)
                 continue
             if not self._restore_priority(proc):
                 continue
@@ -169,17 +172,19 @@ class Spares:
     def _restore_priority(self, proc: asyncio.subprocess.Process) -> bool:
         """Set a spare started at IDLE_NICE back to the executor's priority; when that is not
         allowed, drop the spares started low and start new ones at the executor's priority."""
-        if proc.pid not in self._low:
+        if proc not in self._low:
             return True
-        self._low.discard(proc.pid)
+        self._low.discard(proc)
         try:
             os.setpriority(os.PRIO_PROCESS, proc.pid, self._own_nice)
             return True
-        except OSError as exc:
+        except ProcessLookupError:  # it died idle, not yet reaped
+            return False
+        except PermissionError as exc:
             log.info("spare interpreters start at the executor's priority from now on: %s", exc)
             self._lower = False
-            low = [proc, *(p for p in self._idle if p.pid in self._low)]
-            self._idle = [p for p in self._idle if p.pid not in self._low]
+            low = [proc, *(p for p in self._idle if p in self._low)]
+            self._idle = [p for p in self._idle if p not in self._low]
             self._low.clear()
             for p in low:
                 asyncio.ensure_future(_stop(p))
@@ -201,18 +206,6 @@ class Spares:
             self._refill.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_stop(p) for p in idle))
-
-
-def _preexec(bounds: Callable[[], None] | None, lower: bool) -> Callable[[], None] | None:
-    if not lower:
-        return bounds
-
-    def run() -> None:
-        if bounds is not None:
-            bounds()
-        os.setpriority(os.PRIO_PROCESS, 0, IDLE_NICE)
-
-    return run
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
