@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 from array import array
+from typing import Any
 
 import grpc
 
@@ -43,6 +44,9 @@ class Producer:
             self.clock.set()
         self.connected: set[int] = set()
         self.all_connected = asyncio.Event()
+        #: Paced: the streams the producer's one clock feeds, binlog -> [stream, position, ended].
+        self.paced: dict[int, list[Any]] = {}
+        self.pacer: asyncio.Task[None] | None = None
 
     async def feed(self, s: int) -> None:
         """Until binlog ``s`` says this table is done: connect (wherever it is now), send from
@@ -77,28 +81,61 @@ class Producer:
                 await asyncio.sleep(0.05)
 
     async def _send(self, call: grpc.aio.StreamStreamCall, s: int, pos: int) -> None:
+        """Send binlog ``s`` its records from ``pos``: paced, on the producer's one clock (one
+        wake-up per flush for every binlog, not one each); unpaced, as fast as it takes them."""
         cfg, t = self.cfg, self.table
+        if cfg.pace:
+            ended = asyncio.get_running_loop().create_future()
+            self.paced[s] = [call, pos, ended]
+            if self.pacer is None or self.pacer.done():
+                self.pacer = runtime.spawn(self._pace())
+            try:
+                await ended
+            finally:
+                self.paced.pop(s, None)
+            return
         end, n = cfg.end, cfg.batch
         servers, freq = cfg.server_count, cfg.ddl_freq
-        flush = cfg.flush_ms / 1000
         while pos < end:
-            if cfg.pace:
-                due = min(end, int((rec.now_us() - self.start_us) / self.us_per_record) + 1)
-                pks = rec.routed(s, servers, freq, pos, due, n)
-                if not pks:
-                    # On the flush grid shared by every producer: a binlog gets all tables' records
-                    # at once and passes them on in one message.
-                    await asyncio.sleep(flush - time.time() % flush)
-                    continue
-                start, step = self.start_us, self.us_per_record
-                tp = array("q", [int(start + pk * step) for pk in pks])
-            else:
-                pks = rec.routed(s, servers, freq, pos, end, n)
-                tp = array("q", [rec.now_us()]) * len(pks)
+            pks = rec.routed(s, servers, freq, pos, end, n)
+            tp = array("q", [rec.now_us()]) * len(pks)
             await call.write(
                 pb.ProduceRequest(table=t, batch=pb.Batch(table=t, pks=pks.tobytes(), t_produce=tp.tobytes()))
             )
             pos = rec.next_position(s, servers, freq, pks[-1] + 1, end)
+
+    async def _pace(self) -> None:
+        """Every ``flush-ms``, on the grid shared by every producer (a binlog gets all tables'
+        records at once and passes them on in one message), send each stream what is due."""
+        cfg, t = self.cfg, self.table
+        end, n = cfg.end, cfg.batch
+        servers, freq = cfg.server_count, cfg.ddl_freq
+        flush = cfg.flush_ms / 1000
+        start, step = self.start_us, self.us_per_record
+        while self.paced:
+            due = min(end, int((rec.now_us() - start) / step) + 1)
+            sends, more = [], False
+            for s, entry in list(self.paced.items()):
+                call, pos, ended = entry
+                if ended.done():
+                    continue
+                if pos >= end:
+                    ended.set_result(None)
+                    continue
+                pks = rec.routed(s, servers, freq, pos, due, n)
+                if not pks:
+                    continue
+                more = more or len(pks) == n
+                tp = array("q", [int(start + pk * step) for pk in pks])
+                entry[1] = rec.next_position(s, servers, freq, pks[-1] + 1, end)
+                batch = pb.Batch(table=t, pks=pks.tobytes(), t_produce=tp.tobytes())
+                sends.append((ended, call.write(pb.ProduceRequest(table=t, batch=batch))))
+            results = await asyncio.gather(*(w for _, w in sends), return_exceptions=True)
+            for (ended, _), r in zip(sends, results, strict=True):
+                if isinstance(r, BaseException) and not ended.done():
+                    ended.set_exception(r)  # that stream broke: its feed finds the binlog again
+            if not more:  # else more than a batch was due: send on before sleeping
+                await asyncio.sleep(flush - time.time() % flush)
 
 
 async def run(cfg: Config, table: int) -> None:
