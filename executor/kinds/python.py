@@ -29,7 +29,7 @@ class PythonKind(Kind):
     async def start(self) -> None:
         if self.spares is None:
             self.spares = Spares(min(self.slots, KEEP_MAX), default_limits(), inherited_env())
-            await self.spares.fill()
+            await self.spares.start()
 
     async def close(self) -> None:
         if self.spares is not None:

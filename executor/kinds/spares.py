@@ -6,7 +6,8 @@ protobuf alone, and seconds when several start at once on a busy machine (as whe
 executor's tasks move here). A spare has paid that ahead. Handed a task (its code, environment and
 directory) it becomes the task, and is supervised as a fresh process would be: its own session,
 the same limits, the same kill on timeout or cancellation. It serves one task; a new spare is
-started a moment later, so that refills do not slow a burst of starts.
+started a moment later, so that refills do not slow a burst of starts, and spares start one at a
+time, so that refilling does not slow the tasks running.
 
 A spare is used only where it is indistinguishable from a fresh process: the executor's default
 limits under rlimits (a cgroup is made per task, after a spare started), and a task environment
@@ -21,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 
@@ -36,16 +36,12 @@ PRELOAD = ("asyncio", "json", "grpc", "google.protobuf.message", "rota.task")
 KEEP_MAX = 8
 #: How long after a spare is taken its replacement starts.
 REFILL_DELAY = 1.0
-#: The nice value a spare starts and waits at: its start-up (a third of a second of CPU each) takes
-#: only what running tasks leave, and a refill after a burst of starts does not stall them. It is
-#: set back to the executor's own priority as it is handed a task; an executor that may not do
-#: that (no CAP_SYS_NICE) keeps its spares at its own priority.
-IDLE_NICE = 19
+#: Spares start one at a time, this far apart: eight start-ups side by side (a third of a second
+#: of CPU each) took the CPU from the running tasks for a second or more on a busy machine.
+START_SPACING = 0.3
 
 BOOT = r"""
 import os, sys
-if sys.argv[2] != "-":
-    os.setpriority(os.PRIO_PROCESS, 0, int(sys.argv[2]))
 for _name in sys.argv[1].split(","):
     try:
         __import__(_name)
@@ -98,12 +94,9 @@ class Spares:
         self._idle: list[asyncio.subprocess.Process] = []
         self._starting = 0
         self._closed = False
-        #: The pending refill, if any: one at a time, each fills up to ``keep``.
+        #: The pending refill, if any, and the one running: one at a time, each fills up to ``keep``.
         self._refill: asyncio.TimerHandle | None = None
-        #: Whether new spares start at IDLE_NICE, and which idle ones did.
-        self._lower = True
-        self._low: set[asyncio.subprocess.Process] = set()
-        self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self._filling: asyncio.Future[None] | None = None
 
     def usable(self, limits: Limits, env: Mapping[str, str]) -> bool:
         """Whether a task with these limits and environment may run in a spare."""
@@ -111,21 +104,27 @@ class Spares:
             return False
         return all(self.env.get(k) == v for k, v in env.items() if _at_start(k))
 
+    async def start(self) -> None:
+        """The first spare now, the others one by one after it."""
+        if self.keep > 0:
+            await self._start_one()
+            self._refill_later(START_SPACING)
+
     async def fill(self) -> None:
         while not self._closed and len(self._idle) + self._starting < self.keep:
             await self._start_one()
+            if len(self._idle) + self._starting < self.keep:
+                await asyncio.sleep(START_SPACING)
 
     async def _start_one(self) -> None:
         self._starting += 1
         try:
             bounds = confine.Confinement(self.limits, None) if self.limits else None
-            lower = self._lower
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 BOOT,
                 ",".join(PRELOAD),
-                str(IDLE_NICE) if lower else "-",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -145,17 +144,12 @@ class Spares:
             await _stop(proc)
         else:
             self._idle.append(proc)
-            if lower:
-                self._low.add(proc)
 
     def take(self, code: str, env: Mapping[str, str], cwd: str) -> asyncio.subprocess.Process | None:
         """A spare turned into this task (its code running), or None when none is ready."""
         while self._idle:
             proc = self._idle.pop(0)
             if proc.returncode is not None or proc.stdin is None:
-                self._low.discard(proc)
-                continue
-            if not self._restore_priority(proc):
                 continue
             line = json.dumps({"code": code, "env": dict(env), "cwd": cwd}).encode() + b"\n"
             try:
@@ -169,41 +163,25 @@ class Spares:
         self._refill_later()
         return None
 
-    def _restore_priority(self, proc: asyncio.subprocess.Process) -> bool:
-        """Set a spare started at IDLE_NICE back to the executor's priority; when that is not
-        allowed, drop the spares started low and start new ones at the executor's priority."""
-        if proc not in self._low:
-            return True
-        self._low.discard(proc)
-        try:
-            os.setpriority(os.PRIO_PROCESS, proc.pid, self._own_nice)
-            return True
-        except ProcessLookupError:  # it died idle, not yet reaped
-            return False
-        except PermissionError as exc:
-            log.info("spare interpreters start at the executor's priority from now on: %s", exc)
-            self._lower = False
-            low = [proc, *(p for p in self._idle if p in self._low)]
-            self._idle = [p for p in self._idle if p not in self._low]
-            self._low.clear()
-            for p in low:
-                asyncio.ensure_future(_stop(p))
-            return False
-
-    def _refill_later(self) -> None:
+    def _refill_later(self, delay: float = REFILL_DELAY) -> None:
         if self._closed or self.keep <= 0 or self._refill is not None:
             return
+        if self._filling is not None and not self._filling.done():
+            return  # the running fill goes on to ``keep``
 
         def go() -> None:
             self._refill = None
-            asyncio.ensure_future(self.fill())
+            self._filling = asyncio.ensure_future(self.fill())
+            self._filling.add_done_callback(lambda _: setattr(self, "_filling", None))
 
-        self._refill = asyncio.get_running_loop().call_later(REFILL_DELAY, go)
+        self._refill = asyncio.get_running_loop().call_later(delay, go)
 
     async def close(self) -> None:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
+        if self._filling is not None:
+            self._filling.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_stop(p) for p in idle))
 
