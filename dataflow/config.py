@@ -153,15 +153,17 @@ def _task(name: str, module: str, cfg: Config, **extra: Any) -> dict[str, Any]:
 
 
 def expand(cfg: Config) -> dict[str, Any]:
-    """The built-in job: one gang of producers, binlogs, chains and the report."""
+    """The built-in job: one gang of binlogs, chains, producers and the report. In that order: a
+    dead executor's tasks are placed again in task order, and the binlogs and chains, which every
+    record goes through, then get the executor's warm spare interpreters first."""
     service = {"service": True, "restarts": cfg.restarts}
     return {
         "name": cfg.flow_id,
         "gang": True,
         "task": [
-            _task("producer", "producer", cfg, shards=cfg.table_num, **service),
             _task("binlog", "binlog", cfg, shards=cfg.server_count, ports=["feed"], **service),
             _task("chain", "chain", cfg, shards=cfg.server_count, **service),
+            _task("producer", "producer", cfg, shards=cfg.table_num, **service),
             # The report's task: its result is the job's report (report = true).
             _task("report", "report", cfg, **REPORT_KEY),
         ],
