@@ -314,9 +314,19 @@ class ExecutorRegistry:
         self.kick()
 
     async def _answers(self, addr: str) -> bool:
-        """Whether an executor's own gRPC port still takes connections."""
+        """Whether an executor's own gRPC port still takes connections. A probe that has not
+        concluded in twice its timeout (seen once in a while just after a SIGKILL: the leader then
+        waited for the lease) counts as no answer."""
         if not addr:
             return False
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(self._probe(addr), 2 * PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.info("the probe of %s did not conclude in %.1fs: no answer", addr, time.monotonic() - started)
+            return False
+
+    async def _probe(self, addr: str) -> bool:
         async with rpc.channel(addr, self.tls, fresh=True) as ch:
             return await rpc.ready(ch, PROBE_TIMEOUT)
 
