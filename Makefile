@@ -94,7 +94,8 @@ bench: all
 	$(PY) -m bench.task_calls
 	$(PY) -m bench.barriers
 	$(PY) -m bench.services
-	$(PY) -m bench.dataflow --kill
+	$(PY) -m bench.dataflow
+	$(PY) -m bench.dataflow --runs paced --kill --out bench/results/dataflow-kill.json
 	$(PY) -m bench.summary
 
 # Ray, Dask and Celery with a Redis server, in a virtualenv of their own; not part of `make test`.
