@@ -44,7 +44,8 @@ class Producer:
             self.clock.set()
         self.connected: set[int] = set()
         self.all_connected = asyncio.Event()
-        #: Paced: the streams the producer's one clock feeds, binlog -> [stream, position, ended].
+        #: Paced: the streams the producer's one clock feeds, binlog -> [stream, position, ended,
+        #: the sending in flight].
         self.paced: dict[int, list[Any]] = {}
         self.pacer: asyncio.Task[None] | None = None
 
@@ -86,13 +87,15 @@ class Producer:
         cfg, t = self.cfg, self.table
         if cfg.pace:
             ended = asyncio.get_running_loop().create_future()
-            self.paced[s] = [call, pos, ended]
+            entry: list[Any] = [call, pos, ended, None]
+            self.paced[s] = entry
             if self.pacer is None or self.pacer.done():
                 self.pacer = runtime.spawn(self._pace())
             try:
                 await ended
             finally:
-                self.paced.pop(s, None)
+                if self.paced.get(s) is entry:
+                    del self.paced[s]
             return
         end, n = cfg.end, cfg.batch
         servers, freq = cfg.server_count, cfg.ddl_freq
@@ -106,36 +109,43 @@ class Producer:
 
     async def _pace(self) -> None:
         """Every ``flush-ms``, on the grid shared by every producer (a binlog gets all tables'
-        records at once and passes them on in one message), send each stream what is due."""
+        records at once and passes them on in one message), start sending each stream what is
+        due; a stream whose last sending has not finished (its binlog stopped reading: it is
+        full) is skipped, so it holds back only itself."""
+        flush = self.cfg.flush_ms / 1000
+        while self.paced:
+            for s, entry in list(self.paced.items()):
+                if not entry[2].done() and (entry[3] is None or entry[3].done()):
+                    entry[3] = asyncio.ensure_future(self._drain(s, entry))
+            await asyncio.sleep(flush - time.time() % flush)
+
+    async def _drain(self, s: int, entry: list[Any]) -> None:
+        """Send stream ``s`` what is due now, a batch at a time; a failed write ends the stream
+        (its feed finds the binlog again and resumes where the binlog says)."""
         cfg, t = self.cfg, self.table
         end, n = cfg.end, cfg.batch
         servers, freq = cfg.server_count, cfg.ddl_freq
-        flush = cfg.flush_ms / 1000
         start, step = self.start_us, self.us_per_record
-        while self.paced:
-            due = min(end, int((rec.now_us() - start) / step) + 1)
-            sends, more = [], False
-            for s, entry in list(self.paced.items()):
-                call, pos, ended = entry
-                if ended.done():
-                    continue
+        call, _, ended, _ = entry
+        try:
+            while not ended.done():
+                pos = entry[1]
                 if pos >= end:
                     ended.set_result(None)
-                    continue
+                    return
+                due = min(end, int((rec.now_us() - start) / step) + 1)
                 pks = rec.routed(s, servers, freq, pos, due, n)
                 if not pks:
-                    continue
-                more = more or len(pks) == n
+                    return
                 tp = array("q", [int(start + pk * step) for pk in pks])
                 entry[1] = rec.next_position(s, servers, freq, pks[-1] + 1, end)
                 batch = pb.Batch(table=t, pks=pks.tobytes(), t_produce=tp.tobytes())
-                sends.append((ended, call.write(pb.ProduceRequest(table=t, batch=batch))))
-            results = await asyncio.gather(*(w for _, w in sends), return_exceptions=True)
-            for (ended, _), r in zip(sends, results, strict=True):
-                if isinstance(r, BaseException) and not ended.done():
-                    ended.set_exception(r)  # that stream broke: its feed finds the binlog again
-            if not more:  # else more than a batch was due: send on before sleeping
-                await asyncio.sleep(flush - time.time() % flush)
+                await call.write(pb.ProduceRequest(table=t, batch=batch))
+                if len(pks) < n:
+                    return  # all that was due; a full batch means more may be
+        except Exception as e:
+            if not ended.done():
+                ended.set_exception(e)
 
 
 async def run(cfg: Config, table: int) -> None:
