@@ -257,7 +257,7 @@ class Chain:
             t0 = time.monotonic()
             if arrive:
                 for v in arrive:
-                    await runtime.barrier_or_stop(ddl_barrier, self.cfg, v, blob if v == arrive[0] else None)
+                    await runtime.or_stop(ddl_barrier, self.cfg, v, blob if v == arrive[0] else None)
             else:
                 await runtime.save_checkpoint(blob)
             self.ckpt_time += time.monotonic() - t0

@@ -72,20 +72,16 @@ async def call(fn: Any, *args: Any) -> Any:
 
 
 async def save_checkpoint(blob: bytes) -> None:
-    """A refused save means this attempt is stale (another runs): stop at once, write nothing more."""
-    try:
-        await call(sdk.checkpoint.save, blob)
-    except sdk.TaskCallError as e:
-        print(f"checkpoint refused, stopping: {e}", file=sys.stderr, flush=True)
-        os._exit(3)
+    await or_stop(sdk.checkpoint.save, blob)
 
 
-async def barrier_or_stop(fn: Any, *args: Any) -> None:
-    """A barrier call that carries a checkpoint: refused, this attempt is stale (as a refused save)."""
+async def or_stop(fn: Any, *args: Any) -> None:
+    """A checkpoint save (alone, or riding on a barrier arrival): refused, this attempt is stale
+    (another runs), so it stops at once and writes nothing more."""
     try:
         await call(fn, *args)
     except sdk.TaskCallError as e:
-        print(f"barrier with checkpoint refused, stopping: {e}", file=sys.stderr, flush=True)
+        print(f"checkpoint refused, stopping: {e}", file=sys.stderr, flush=True)
         os._exit(3)
 
 
