@@ -75,6 +75,8 @@ class ExecutorRegistry:
         self.client = client
         self.store = store
         self.core = core
+        #: Probe channels being closed (kept referenced until they are).
+        self._closing: set[asyncio.Future[None]] = set()
         self.kick = kick
         self.give_up = give_up
         #: Checkpoint reads under way (kept so that none is collected before it answers).
@@ -316,19 +318,20 @@ class ExecutorRegistry:
     async def _answers(self, addr: str) -> bool:
         """Whether an executor's own gRPC port still takes connections. A probe that has not
         concluded in twice its timeout (seen once in a while just after a SIGKILL: the leader then
-        waited for the lease) counts as no answer."""
+        waited for the lease) counts as no answer; the channel is closed aside, so its closing
+        cannot change the answer."""
         if not addr:
             return False
-        started = time.monotonic()
+        ch = rpc.channel(addr, self.tls, fresh=True)
         try:
-            return await asyncio.wait_for(self._probe(addr), 2 * PROBE_TIMEOUT)
+            return await asyncio.wait_for(rpc.ready(ch, PROBE_TIMEOUT), 2 * PROBE_TIMEOUT)
         except asyncio.TimeoutError:
-            log.info("the probe of %s did not conclude in %.1fs: no answer", addr, time.monotonic() - started)
+            log.info("the probe of %s did not conclude in %.1fs: no answer", addr, 2 * PROBE_TIMEOUT)
             return False
-
-    async def _probe(self, addr: str) -> bool:
-        async with rpc.channel(addr, self.tls, fresh=True) as ch:
-            return await rpc.ready(ch, PROBE_TIMEOUT)
+        finally:
+            closing = asyncio.ensure_future(ch.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def hold_leases(self, found: list[ExecutorSlot]) -> None:
         """Keep alive the leases of executors found in etcd at takeover until they re-attach or
