@@ -171,8 +171,13 @@ class Spares:
 
         def go() -> None:
             self._refill = None
-            self._filling = asyncio.ensure_future(self.fill())
-            self._filling.add_done_callback(lambda _: setattr(self, "_filling", None))
+            filling = self._filling = asyncio.ensure_future(self.fill())
+
+            def done(f: asyncio.Future[None]) -> None:
+                if self._filling is f:
+                    self._filling = None
+
+            filling.add_done_callback(done)
 
         self._refill = asyncio.get_running_loop().call_later(delay, go)
 
@@ -182,6 +187,8 @@ class Spares:
             self._refill.cancel()
         if self._filling is not None:
             self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filling
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_stop(p) for p in idle))
 
