@@ -174,9 +174,12 @@ class Served:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
             s.connect(self.server.path)
-            s.sendall(data)
-            if shut:
-                s.shutdown(socket.SHUT_WR)
+            try:
+                s.sendall(data)
+                if shut:
+                    s.shutdown(socket.SHUT_WR)
+            except BrokenPipeError:
+                pass  # the executor answered and closed first (too many connections): read that
             out = b""
             while not out.endswith(b"\n") or shut:
                 chunk = s.recv(65536)
