@@ -130,6 +130,19 @@ def test_a_barrier_survives_a_leader_sigkill(local_cluster, tmp_path, wait_until
     assert log.index("rejoining 3") < log.index("before 4")
 
 
+def run_three_task_2_twice(local_cluster, code: str, tmp_path: Path) -> list[str]:
+    """Run ``code`` as three tasks to SUCCEEDED, task 2 in two attempts; the log lines."""
+    cluster = local_cluster(executors=1, executor_slots=4)
+    spec = job(code, tmp_path)
+    spec["task"][0]["count"] = 3
+    with cluster.client(timeout=30) as c:
+        doc = c.run_job(spec, timeout=120)
+    log = lines(tmp_path)
+    assert doc["state"] == "SUCCEEDED", (doc, log)
+    assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 2], log
+    return log
+
+
 #: Three tasks pass rounds 0..4 of one cyclic barrier; task 2 fails after round 2 and its second
 #: attempt goes through the rounds again from 0: those released pass at once, round 3 waits for it.
 CYCLIC = """
@@ -143,14 +156,7 @@ for r in range(5):
 
 
 def test_three_tasks_pass_cyclic_rounds_in_lockstep_and_a_restarted_one_rejoins(local_cluster, tmp_path):
-    cluster = local_cluster(executors=1, executor_slots=4)
-    spec = job(CYCLIC, tmp_path)
-    spec["task"][0]["count"] = 3
-    with cluster.client(timeout=30) as c:
-        doc = c.run_job(spec, timeout=120)
-    log = lines(tmp_path)
-    assert doc["state"] == "SUCCEEDED", (doc, log)
-    assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 2], log
+    log = run_three_task_2_twice(local_cluster, CYCLIC, tmp_path)
     for r in range(5):
         befores = [n for n, x in enumerate(log) if x.startswith(f"before {r} ")]
         afters = [n for n, x in enumerate(log) if x.startswith(f"after {r} ")]
@@ -179,13 +185,6 @@ if i == 2:
 
 
 def test_a_checkpoint_carried_by_an_arrival_is_saved_with_it(local_cluster, tmp_path):
-    cluster = local_cluster(executors=1, executor_slots=4)
-    spec = job(CARRIED, tmp_path)
-    spec["task"][0]["count"] = 3
-    with cluster.client(timeout=30) as c:
-        doc = c.run_job(spec, timeout=120)
-    log = lines(tmp_path)
-    assert doc["state"] == "SUCCEEDED", (doc, log)
-    assert [t["attempt"] for t in doc["tasks"]] == [1, 1, 2], log
+    log = run_three_task_2_twice(local_cluster, CARRIED, tmp_path)
     assert log[-1] == "loaded 2 round 2 of 2", log
     assert sorted(log[:-1]) == sorted(f"after {r} {i}" for r in range(3) for i in range(3)), log
