@@ -9,6 +9,7 @@ trying the next master, and unacknowledged results are sent again on the new str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -46,8 +47,12 @@ STALLED_AFTER = 2.0
 #: when a follower still names it as the leader.
 WELCOME_TIMEOUT = 1.0
 SILENT_FOR = 1.5
-#: The shortest time between two report messages while reports keep coming.
-REPORT_GATHER = 0.005
+#: While more tasks are here to end, reports wait up to REPORT_GATHER after the last report message,
+#: or until REPORT_BATCH of them are waiting, so that one message, one leader turn and one etcd
+#: commit carry many. At 5 ms a call task cost twice as much CPU end to end as at 30 ms (most of it
+#: per message and per commit, in etcd, the leader and the executor alike): see docs/benchmarks.md.
+REPORT_GATHER = 0.03
+REPORT_BATCH = 128
 #: How a master turns away a hello it will never take: said loudly, then tried again with back-off.
 REFUSALS = (
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -95,6 +100,9 @@ class Link:
         #: Task calls sent and not yet answered, by call id: sent again on a new stream.
         self._calls: dict[int, tuple[rota_pb2.TaskCall, asyncio.Future[rota_pb2.TaskCallReply]]] = {}
         self._call_ids = itertools.count(1)
+        #: Reports queued since the last report message, and the signal to stop gathering them.
+        self._reports_queued = 0
+        self._flush = asyncio.Event()
 
     @property
     def attached(self) -> bool:
@@ -104,6 +112,15 @@ class Link:
         """Queue a report on the live stream; with none, ``unacked`` keeps results for the next."""
         if self._outbox is not None:
             self._outbox.put_nowait(report)
+            self._reports_queued += 1
+            if self._reports_queued >= REPORT_BATCH:
+                self._flush.set()
+
+    def _put(self, msg: rota_pb2.ExecutorMessage) -> None:
+        """Queue anything but a report: it goes at once, with the reports gathered so far."""
+        assert self._outbox is not None
+        self._outbox.put_nowait(msg)
+        self._flush.set()
 
     def stop(self) -> None:
         self._stopping = True
@@ -128,7 +145,7 @@ class Link:
         self._calls[msg.call_id] = (msg, answer)
         try:
             if self._outbox is not None:
-                self._outbox.put_nowait(rota_pb2.ExecutorMessage(task_call=msg))
+                self._put(rota_pb2.ExecutorMessage(task_call=msg))
             return await asyncio.wait_for(answer, CALL_REPLY_TIMEOUT)
         except asyncio.TimeoutError:
             if call.op in WAITING_OPS:
@@ -153,8 +170,7 @@ class Link:
         session = self._session_task
         if not self.attached or session is None or session.done():
             return False
-        assert self._outbox is not None
-        self._outbox.put_nowait(rota_pb2.ExecutorMessage(leaving=rota_pb2.Leaving()))
+        self._put(rota_pb2.ExecutorMessage(leaving=rota_pb2.Leaving()))
         done, _ = await asyncio.wait([session], timeout=timeout)
         if done:
             log.info("left the cluster: the leader revoked our lease", **logs.ids(executor=self.executor_id))
@@ -278,11 +294,12 @@ class Link:
                 **logs.ids(executor=self.executor_id),
             )
             self._outbox = asyncio.Queue()
+            self._reports_queued = 0
             for report in self.runner.unacked.values():
-                self._outbox.put_nowait(report)
+                self.send(report)
             for pending, answer in self._calls.values():
                 if not answer.done():
-                    self._outbox.put_nowait(rota_pb2.ExecutorMessage(task_call=pending))
+                    self._put(rota_pb2.ExecutorMessage(task_call=pending))
             self._up.set()
             workers = [asyncio.create_task(self._write(call)), asyncio.create_task(self._heartbeat())]
             try:
@@ -333,13 +350,14 @@ class Link:
         while True:
             item = await self._outbox.get()
             if isinstance(item, rota_pb2.TaskReport):
-                # While more tasks are here to end, reports in quick succession wait up to
-                # REPORT_GATHER so that one message, one leader turn and one etcd commit carry many;
-                # the last task's report, or one after a quiet spell, goes at once.
+                # The last task's report, or one after a quiet spell, goes at once (REPORT_GATHER).
                 hold = last_reports + REPORT_GATHER - time.monotonic()
-                if hold > 0 and self.runner.running:
-                    await asyncio.sleep(hold)
+                if hold > 0 and self.runner.running and not self._flush.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._flush.wait(), hold)
                 last_reports = time.monotonic()
+                self._flush.clear()
+                self._reports_queued = 0
                 # Fold every report already waiting into one message.
                 reports = [item]
                 others: list[rota_pb2.ExecutorMessage | rota_pb2.TaskReport] = []
@@ -349,6 +367,8 @@ class Link:
                 for other in others:
                     await call.write(other)
                 item = _reports_msg(reports, self.runner.credit.value)
+            elif self._reports_queued < REPORT_BATCH:
+                self._flush.clear()
             await call.write(item)
 
     async def _heartbeat(self) -> None:
@@ -368,9 +388,8 @@ class Link:
             await asyncio.sleep(self.conf.keepalive_interval)
 
     def _beat(self) -> None:
-        assert self._outbox is not None
         self.lease.beat_sent(time.monotonic())
-        self._outbox.put_nowait(
+        self._put(
             rota_pb2.ExecutorMessage(
                 heartbeat=rota_pb2.Heartbeat(
                     running=len(self.runner.running),
