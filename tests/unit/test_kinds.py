@@ -698,6 +698,47 @@ def test_call_batch_runs_on_one_worker_and_settles_each_call_in_order(make_spec)
     run(scenario())
 
 
+def test_a_quick_calls_result_is_not_held_up_by_a_long_call_after_it(make_spec):
+    """Replies wait a moment for others to share a pipe write, but never for the next call to end."""
+
+    async def scenario() -> None:
+        async with call_pool() as kind:
+            quick = Ride(make_spec("call", function="operator:mul", args=[6, 7]))
+            long = Ride(make_spec("call", function="time:sleep", args=[1.5]))
+            started = time.monotonic()
+            batch = asyncio.create_task(kind.run_batch([quick, long]))
+            assert (await asyncio.shield(quick.result)).value == 42
+            assert time.monotonic() - started < 0.75, "the quick call's result waited for the long one"
+            await asyncio.wait_for(batch, 10)
+            assert long.result.result().ok
+
+    run(scenario())
+
+
+def test_a_worker_sends_the_replies_of_quick_calls_together(make_spec, monkeypatch):
+    from rota.executor.kinds import call
+
+    received: list[int] = []
+    reader = call._receive
+
+    def counting(conn):  # noqa: ANN001, ANN202
+        message = reader(conn)
+        received.append(len(message.get("replies", ())))
+        return message
+
+    monkeypatch.setattr(call, "_receive", counting)
+
+    async def scenario() -> None:
+        async with call_pool() as kind:
+            rides = [Ride(make_spec("call", function="operator:mul", args=[i, 2])) for i in range(20)]
+            await kind.run_batch(rides)
+            assert [r.result.result().value for r in rides] == [2 * i for i in range(20)]
+
+    run(scenario())
+    replies = [n for n in received if n]
+    assert sum(replies) == 20 and len(replies) < 10, replies
+
+
 def test_call_batch_skips_a_withdrawn_call_and_a_timeout_costs_only_the_running_one(make_spec, tmp_path):
     marks = tmp_path / "marks"
 
