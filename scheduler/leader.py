@@ -27,13 +27,14 @@ from rota.scheduler.core import (
     Core,
     Decision,
     Dispatch,
+    Job,
     JobEnded,
     Observer,
     Summary,
     no_observer,
 )
 from rota.scheduler.executor_registry import ExecutorRegistry
-from rota.scheduler.job_api import JobApi
+from rota.scheduler.job_api import BIG_JOB, JobApi
 from rota.scheduler.pipeline import CommitPipeline, NotReady
 from rota.scheduler.placement import ExecutorSlot
 from rota.scheduler.store import Store
@@ -102,6 +103,9 @@ class LeaderRuntime:
                 except ValueError as e:
                     log.error("%s: skipped", e)
             self.core.adopt_running()
+            for job in snap.jobs:
+                if isinstance(job, Job) and job.state is None and len(job.tasks) > BIG_JOB:
+                    self.jobs.collector.started(job.id)
         finally:
             if collecting:
                 gc.enable()
@@ -131,6 +135,7 @@ class LeaderRuntime:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         error = NotReady("the leader stepped down")
+        self.jobs.collector.clear()
         self.pipeline.fail_waiters(error)
         self.jobs.fail_waiters(error)
 
