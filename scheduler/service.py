@@ -32,6 +32,8 @@ from rota.scheduler.views import executor_doc, job_doc
 log = logging.getLogger("rota.service")
 
 PEER_TIMEOUT = 0.5
+#: How long cluster-status waits for etcd's members and alarms before it shows those last seen.
+SPACE_WAIT = 0.05
 BEAT_EVERY = 2.0
 #: The longest a WaitJob or a waiting SubmitJob may hold its call, in seconds.
 MAX_HOLD = 300.0
@@ -124,17 +126,15 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     ) -> rota_pb2.ClusterStatus:
         try:
             # Serializable reads: a status view must answer quickly while etcd is busy committing.
-            leader, (registered, _), executors, members, alarms = await asyncio.gather(
+            # The other masters are probed as soon as their names are read, beside the rest.
+            leader, masters, executors, (members, alarms) = await asyncio.gather(
                 read_leader(self.client, keys.LEADER, serializable=True),
-                self.client.get_prefix(keys.MASTERS, serializable=True),
+                self._probed_masters(),
                 self.client.count_prefix(keys.EXECUTORS, serializable=True),
-                self.client.member_statuses(timeout=PEER_TIMEOUT),
-                self._alarms(),
+                self._space_now(),
             )
             healthy = True
-            masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
             endpoints = [m.endpoint for m in members if m.endpoint]
-            self.space.observe(alarms, members)
         except EtcdError as e:
             log.warning("cluster status without etcd: %s", e)
             healthy, leader, executors, endpoints = (
@@ -143,17 +143,15 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 0,
                 list(self.client.endpoints),
             )
-            masters = {self.name: self.addr}
+            masters = {self.name: (self.addr, True)}
             members, alarms = self.space.members, self.space.alarms
-        names = sorted(masters)
-        reachable = await asyncio.gather(*(self._reachable(n, masters[n]) for n in names))
         statuses = [
             rota_pb2.MasterStatus(
                 name=n,
-                addr=masters[n],
+                addr=addr,
                 role=("leader" if leader and leader.name == n else "follower") if ok else "unreachable",
             )
-            for n, ok in zip(names, reachable, strict=True)
+            for n, (addr, ok) in sorted(masters.items())
         ]
         return rota_pb2.ClusterStatus(
             leader_name=leader.name if leader else "",
@@ -181,14 +179,28 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             executors=executors,
         )
 
-    async def _alarms(self) -> list[Alarm]:
-        """etcd's alarms, or the last ones seen when it cannot say at once: reading them is a raft
-        request, which waits out etcd's own election after its leader died (a second, with a dying
-        member), and the status view must not."""
+    async def _space_now(self) -> tuple[list[MemberStatus], list[Alarm]]:
+        """etcd's members and alarms, or the last ones seen (every master looks every SPACE_CHECK)
+        when etcd cannot say within SPACE_WAIT: reading alarms is a raft request, which queues
+        behind big commits and waits out etcd's own election after its leader died, and the status
+        view must not."""
         try:
-            return await self.client.alarms(timeout=PEER_TIMEOUT)
-        except EtcdError:
-            return list(self.space.alarms)
+            members, alarms = await asyncio.wait_for(
+                asyncio.gather(self.client.member_statuses(timeout=PEER_TIMEOUT), self.client.alarms()),
+                SPACE_WAIT,
+            )
+        except (EtcdError, asyncio.TimeoutError):
+            return list(self.space.members), list(self.space.alarms)
+        self.space.observe(alarms, members)
+        return members, alarms
+
+    async def _probed_masters(self) -> dict[str, tuple[str, bool]]:
+        """Every registered master: its address and whether it answers."""
+        registered, _ = await self.client.get_prefix(keys.MASTERS, serializable=True)
+        masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
+        names = sorted(masters)
+        answers = await asyncio.gather(*(self._reachable(n, masters[n]) for n in names))
+        return {n: (masters[n], ok) for n, ok in zip(names, answers, strict=True)}
 
     async def _reachable(self, name: str, addr: str) -> bool:
         if name == self.name:
