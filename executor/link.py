@@ -113,8 +113,8 @@ class Link:
         if self._outbox is not None:
             self._outbox.put_nowait(report)
             self._reports_queued += 1
-            if self._reports_queued >= REPORT_BATCH:
-                self._flush.set()
+            if self._reports_queued >= REPORT_BATCH or not self.runner.running:
+                self._flush.set()  # a full batch, or the last task's report: no more waiting
 
     def _put(self, msg: rota_pb2.ExecutorMessage) -> None:
         """Queue anything but a report: it goes at once, with the reports gathered so far."""
@@ -367,8 +367,8 @@ class Link:
                 for other in others:
                     await call.write(other)
                 item = _reports_msg(reports, self.runner.credit.value)
-            elif self._reports_queued < REPORT_BATCH:
-                self._flush.clear()
+            elif self._outbox.empty():
+                self._flush.clear()  # else what is still queued may be what set it
             await call.write(item)
 
     async def _heartbeat(self) -> None:

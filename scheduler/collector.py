@@ -4,8 +4,8 @@ A job of 200,000 tasks is about a million objects the collector tracks. Every fu
 them all: while one such job ran, the leader paused ten times for 60-190 ms each, collecting
 nothing, and every call to the masters waited behind the pauses (issue 11). Those objects live as
 long as the job, so they are moved out of the collector's sight (``gc.freeze``) when a big job
-arrives, and given back (``gc.unfreeze``) once no big job is running: an ended job's objects can
-then be collected (a task and its job refer to each other) when it is held as a summary or expires.
+arrives, and given back (``gc.unfreeze``) once no big job is running. An ended job held as a
+summary drops its tasks (``Job.release``), so reference counting frees them even while frozen.
 """
 
 from __future__ import annotations

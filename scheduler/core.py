@@ -190,6 +190,12 @@ class Job:
         #: Per template, the gang its tasks belong to; None for a job without gangs (most).
         self.gangs = gangs.build(spec, self.tasks)
 
+    def release(self) -> None:
+        """Held as a summary or expired: its tasks go, freed by reference counting alone (a task
+        and its job refer to each other), even while the cyclic collector is kept off them."""
+        self.tasks = []
+        self.gangs = None
+
     @property
     def priority(self) -> int:
         return self.spec.priority
@@ -690,6 +696,7 @@ class Core:
                 self.jobs[job.id] = summary
                 self.by_seq[(job.seq, job.id)] = summary
                 n += 1
+            job.release()
         return n
 
     def expire(self, limit: int = EXPIRE_BATCH) -> int:

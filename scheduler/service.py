@@ -134,7 +134,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 self._space_now(),
             )
             healthy = True
-            endpoints = [m.endpoint for m in members if m.endpoint]
+            endpoints = [m.endpoint for m in members if m.endpoint] or list(self.client.endpoints)
         except EtcdError as e:
             log.warning("cluster status without etcd: %s", e)
             healthy, leader, executors, endpoints = (
@@ -184,10 +184,11 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         when etcd cannot say within SPACE_WAIT: reading alarms is a raft request, which queues
         behind big commits and waits out etcd's own election after its leader died, and the status
         view must not."""
+        seen = bool(self.space.members)
         try:
             members, alarms = await asyncio.wait_for(
                 asyncio.gather(self.client.member_statuses(timeout=PEER_TIMEOUT), self.client.alarms()),
-                SPACE_WAIT,
+                SPACE_WAIT if seen else PEER_TIMEOUT,  # nothing seen yet: nothing to show instead
             )
         except (EtcdError, asyncio.TimeoutError):
             return list(self.space.members), list(self.space.alarms)

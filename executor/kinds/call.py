@@ -60,6 +60,9 @@ _EXIT_WAIT = 2.0
 #: A worker holds a reply at most this long for others to go with it (a pipe write per reply was
 #: two fifths of a worker's time on one-line functions); the batch's last reply goes at once.
 REPLY_HOLD = 0.002
+#: The stack of the thread that sends held replies: small, since it counts against the worker's
+#: memory limit (8 MiB by default).
+SENDER_STACK = 256 * 1024
 
 
 class _Worker:
@@ -517,35 +520,51 @@ def _worker_main(
 
 class _Replies:
     """A worker's replies, sent in order: each within REPLY_HOLD of its call's end (a thread sends
-    what a long call after it would hold up), many in one write when calls are quick."""
+    what a long call after it would hold up), many in one write when calls are quick.
+
+    A worker that dies holding replies loses them, as an executor that dies loses the results it has
+    not reported: those calls count as the worker's death and may run again. Without a thread (a
+    memory limit too tight for one) every reply goes at once."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._pending: list[dict[str, Any]] = []
+        self._parts: list[str] = []
+        self._size = 0
         self._due = 0.0
         self._lock = threading.Condition()
-        threading.Thread(target=self._sender, name="replies", daemon=True).start()
+        self._hold = True
+        previous = threading.stack_size(SENDER_STACK)
+        try:
+            threading.Thread(target=self._sender, name="replies", daemon=True).start()
+        except (RuntimeError, MemoryError):
+            self._hold = False
+        finally:
+            threading.stack_size(previous)
 
     def add(self, reply: dict[str, Any]) -> None:
+        part = json.dumps(reply)
         with self._lock:
-            if not self._pending:
+            if not self._parts:
                 self._due = time.monotonic() + REPLY_HOLD
                 self._lock.notify()
-            self._pending.append(reply)
+            self._parts.append(part)
+            self._size += len(part)
+            if not self._hold or self._size >= MAX_MESSAGE // 4:
+                self._send()
 
     def flush(self) -> None:
         with self._lock:
             self._send()
 
     def _send(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            _send(self._conn, {"replies": pending})
+        if self._parts:
+            parts, self._parts, self._size = self._parts, [], 0
+            self._conn.send_bytes(('{"replies": [' + ",".join(parts) + "]}").encode())
 
     def _sender(self) -> None:
         with self._lock:
             while True:
-                if not self._pending:
+                if not self._parts:
                     self._lock.wait()
                     continue
                 left = self._due - time.monotonic()

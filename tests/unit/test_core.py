@@ -1881,6 +1881,33 @@ def test_older_ended_jobs_are_held_as_summaries_and_still_expire() -> None:
     assert not h.core.jobs and sum(h.core.summary().tasks.values()) == 0
 
 
+def test_a_job_held_as_a_summary_is_freed_by_reference_counting_alone() -> None:
+    """Its tasks and it refer to each other; with the cyclic collector kept off big jobs (gc.freeze),
+    only dropping the tasks lets it go."""
+    import gc
+
+    from rota.scheduler.core import Task as CoreTask
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, (Job, CoreTask)) and o.id in ("big", "big/0"))
+
+    h = _retention_harness(60.0)
+    h.core.keep_detail = 0
+    job = h.add_job("big", tmpl(count=3))
+    _run_to_end(h, job)
+    del job
+    h.drain()
+    gc.collect()
+    gc.disable()
+    try:
+        assert alive() == 2
+        h.core.tick()
+        assert isinstance(h.core.jobs["big"], EndedJob)
+        assert alive() == 0
+    finally:
+        gc.enable()
+
+
 # -- the leader's own deadline on an assignment (issue 13) ---------------------------------------
 
 

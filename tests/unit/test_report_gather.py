@@ -80,6 +80,21 @@ def test_reports_in_quick_succession_are_gathered_while_more_tasks_run(tmp_path:
     assert gap >= link_mod.REPORT_GATHER * 0.9, gap
 
 
+def test_the_last_report_ends_a_gathering_already_under_way(tmp_path: Path) -> None:
+    async def feed(link: Link, sent: Sent) -> None:
+        link.send(report(0))
+        await asyncio.sleep(0.002)
+        t0 = time.monotonic()
+        link.send(report(1))  # held: another task still runs
+        await asyncio.sleep(0.002)
+        link.runner.running.clear()  # that task ended: its report is the last
+        link.send(report(2))
+        await asyncio.sleep(0.005)
+        assert sent.reports() == [1, 2] and sent.messages[-1][0] - t0 < link_mod.REPORT_GATHER / 2
+
+    asyncio.run(writing(tmp_path, busy=True, feed=feed))
+
+
 def test_a_full_batch_or_any_other_message_ends_the_gathering(tmp_path: Path) -> None:
     async def feed(link: Link, sent: Sent) -> None:
         link.send(report(0))
@@ -99,3 +114,19 @@ def test_a_full_batch_or_any_other_message_ends_the_gathering(tmp_path: Path) ->
     kinds = [m.WhichOneof("body") for _, m in sent.messages]
     assert kinds == ["reports", "reports", "heartbeat", "reports"], kinds
     assert sent.reports() == [1, link_mod.REPORT_BATCH, 1]
+
+
+def test_a_message_queued_behind_a_report_is_not_held_by_it(tmp_path: Path) -> None:
+    async def feed(link: Link, sent: Sent) -> None:
+        link.send(report(0))
+        await asyncio.sleep(0.002)
+        t0 = time.monotonic()
+        link._beat()
+        link.send(report(1))
+        link._put(rota_pb2.ExecutorMessage(leaving=rota_pb2.Leaving()))
+        await asyncio.sleep(0.005)
+        kinds = [m.WhichOneof("body") for _, m in sent.messages]
+        assert kinds == ["reports", "heartbeat", "leaving", "reports"], kinds
+        assert sent.messages[-1][0] - t0 < link_mod.REPORT_GATHER / 2
+
+    asyncio.run(writing(tmp_path, busy=True, feed=feed))
