@@ -445,6 +445,26 @@ def test_call_captures_prints_and_sees_the_task_env(make_spec):
     run(scenario())
 
 
+def test_calls_in_one_batch_each_see_only_their_own_variables(make_spec):
+    async def scenario() -> None:
+        async with call_pool() as kind:
+            first = Ride(
+                make_spec("call", env={"A_VAR": "1", "B_VAR": "x"}, function="os:getenv", args=["A_VAR"])
+            )
+            second = Ride(make_spec("call", env={"B_VAR": "y"}, function="os:getenv", args=["A_VAR"]))
+            third = Ride(make_spec("call", env={"B_VAR": "y"}, function="os:getenv", args=["B_VAR"]))
+            changed = Ride(make_spec("call", env={"B_VAR": "y"}, function="os:putenv", args=["B_VAR", "z"]))
+            environ = Ride(make_spec("call", env={"B_VAR": "y"}, function="os:environ.pop", args=["B_VAR"]))
+            after = Ride(make_spec("call", env={"B_VAR": "y"}, function="os:getenv", args=["B_VAR"]))
+            await kind.run_batch([first, second, third, changed, environ, after])
+            values = [r.result.result().value for r in (first, second, third, environ, after)]
+            assert values == ["1", None, "y", "y", "y"], values  # a value the function removed comes back
+            later = await kind.run(make_spec("call", function="os:getenv", args=["B_VAR"]))
+            assert later.value is None  # the batch's variables were taken back
+
+    run(scenario())
+
+
 def test_call_exception_reports_type_message_and_traceback(make_spec):
     async def scenario() -> None:
         async with call_pool() as kind:
