@@ -13,18 +13,24 @@ from __future__ import annotations
 import gc
 import logging
 
+from rota.scheduler.core import Job
+
 log = logging.getLogger("rota.leader")
 
 
 class Collector:
-    def __init__(self) -> None:
-        #: Ids of the big jobs running (the job API says which are big).
+    def __init__(self, big_job: int) -> None:
+        #: Tasks above which a job is big.
+        self.big_job = big_job
+        #: Ids of the big jobs running.
         self.big: set[str] = set()
 
-    def started(self, job_id: str) -> None:
-        """A big job is in the core and running: from now on its objects are not walked."""
-        self.big.add(job_id)
-        gc.freeze()
+    def started(self, job: Job) -> None:
+        """A job is in the core (submitted, or rebuilt by a new leader): if it is big and still
+        running, its objects are not walked from now on."""
+        if job.state is None and len(job.tasks) > self.big_job:
+            self.big.add(job.id)
+            gc.freeze()
 
     def ended(self, job_id: str) -> None:
         """A job ended or was withdrawn: the frozen objects are given back once no big job runs."""

@@ -64,7 +64,7 @@ class JobApi:
         self.seq = 0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._submitting: dict[str, asyncio.Task[None]] = {}
-        self.collector = Collector()
+        self.collector = Collector(BIG_JOB)
 
     async def submit(self, job_id: str, spec: JobSpec, owner: str = "") -> tuple[str, bool]:
         """Commit a job to etcd, then schedule it; created is False when the id exists.
@@ -113,8 +113,7 @@ class JobApi:
             job.seq = self.seq
             # Place the job now, so its first placements commit with the job itself.
             self.core.add_job(job)
-            if len(job.tasks) > BIG_JOB and job.state is None:
-                self.collector.started(job_id)
+            self.collector.started(job)
             decisions = self.core.drain()
             try:
                 created = await self.store.create_job(

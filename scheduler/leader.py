@@ -34,7 +34,7 @@ from rota.scheduler.core import (
     no_observer,
 )
 from rota.scheduler.executor_registry import ExecutorRegistry
-from rota.scheduler.job_api import BIG_JOB, JobApi
+from rota.scheduler.job_api import JobApi
 from rota.scheduler.pipeline import CommitPipeline, NotReady
 from rota.scheduler.placement import ExecutorSlot
 from rota.scheduler.store import Store
@@ -104,8 +104,8 @@ class LeaderRuntime:
                     log.error("%s: skipped", e)
             self.core.adopt_running()
             for job in snap.jobs:
-                if isinstance(job, Job) and job.state is None and len(job.tasks) > BIG_JOB:
-                    self.jobs.collector.started(job.id)
+                if isinstance(job, Job):
+                    self.jobs.collector.started(job)
         finally:
             if collecting:
                 gc.enable()
