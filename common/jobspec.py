@@ -61,7 +61,11 @@ _COMMON_TASK_KEYS = (
     "ports",
 )  # fmt: skip
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
-_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang", "report")
+_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang", "report", "after", "on-failure")
+#: What a task does when a task it runs after did not succeed: it ends SKIPPED, or it runs anyway.
+ON_FAILURE = ("skip", "run")
+#: Names one task may list in ``after``.
+MAX_AFTER = 64
 #: A service task's default restart budget: restarts after a failure within the window.
 DEFAULT_RESTARTS = 10
 MAX_RESTARTS = 1000
@@ -123,6 +127,10 @@ class TaskTemplate:
     ports: tuple[str, ...] = ()
     #: Its result's value (or last stdout line, a JSON object) is the job's report (one task at most).
     report: bool = False
+    #: Names of the tasks (a group stands for all its copies) it runs after: once all have ended.
+    after: tuple[str, ...] = ()
+    #: When one of those did not succeed: "skip" (it ends SKIPPED) or "run" (it runs anyway).
+    on_failure: str = "skip"
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -155,6 +163,9 @@ class TaskTemplate:
             out["ports"] = list(self.ports)
         if self.report:
             out["report"] = True
+        if self.after:
+            out["after"] = list(self.after)
+            out["on-failure"] = self.on_failure
         return out
 
 
@@ -255,6 +266,8 @@ class JobSpec:
                 gang=t.get("gang"),
                 ports=tuple(str(p) for p in t.get("ports", ())),
                 report=t.get("report") is True,
+                after=tuple(str(a) for a in t.get("after", ())),
+                on_failure=str(t.get("on-failure", "skip")),
             )
             for t in data["task"]
         ]
@@ -463,6 +476,11 @@ class _Parser:
         tasks = self._tasks(data.get("task"))
         if gang:
             for i, task in enumerate(tasks):
+                if task.after:
+                    raise self.fail(
+                        f"task[{i}].after",
+                        "the job's gang = true places all its tasks at once: none can run after another",
+                    )
                 if task.gang is not None:
                     raise self.fail(
                         f"task[{i}].gang",
@@ -596,7 +614,27 @@ class _Parser:
                 raise self.fail(key, f"too many tasks: the job expands to more than {MAX_TASKS} (MAX_TASKS)")
             tasks.append(task)
         self._check_expanded_names(tasks)
+        self._check_after(tasks)
         return tasks
+
+    def _check_after(self, tasks: list[TaskTemplate]) -> None:
+        """Every name in ``after`` is a task of the job, and the tasks form no cycle."""
+        index = {t.name: i for i, t in enumerate(tasks)}
+        for i, t in enumerate(tasks):
+            for name in t.after:
+                if name not in index:
+                    raise self.fail(f"task[{i}].after", f"no task named {name[:70]!r} in this job")
+                if name == t.name:
+                    raise self.fail(f"task[{i}].after", f"task {t.name!r} cannot run after itself")
+            if t.after and (t.gang is not None or t.service):
+                what = (
+                    "a gang's tasks are placed all at once" if t.gang else "a service task runs until stopped"
+                )
+                raise self.fail(f"task[{i}].after", f"not for this task: {what}")
+        cycle = find_cycle([[index[n] for n in t.after] for t in tasks])
+        if cycle:
+            names = " -> ".join(repr(tasks[i].name) for i in cycle)
+            raise self.fail(f"task[{cycle[0]}].after", f"a cycle: {names} (each runs after the next)")
 
     def _check_expanded_names(self, tasks: list[TaskTemplate]) -> None:
         """A plain name like ``a-3`` must not equal a copy of a counted ``a``.
@@ -655,6 +693,15 @@ class _Parser:
             if key in table and not service:
                 raise self.fail(f"{where}.{key}", "only for service tasks (service = true)")
         gang = self._gang(table, where)
+        after = self._after(table, where)
+        on_failure = table.get("on-failure", "skip")
+        if on_failure not in ON_FAILURE:
+            raise self.fail(
+                f"{where}.on-failure",
+                f"expected one of {', '.join(map(repr, ON_FAILURE))}, got {str(on_failure)[:70]!r}",
+            )
+        if "on-failure" in table and not after:
+            raise self.fail(f"{where}.on-failure", "only for a task with after = [...]")
         ports = self._ports(table, kind, where)
         report = self._bool(table, "report", f"{where}.report")
         if report and (count > 1 or shards > 1):
@@ -669,7 +716,7 @@ class _Parser:
         return TaskTemplate(
             name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
             restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
-            gang=gang, ports=ports, report=report,
+            gang=gang, ports=ports, report=report, after=after, on_failure=on_failure,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:
@@ -677,6 +724,20 @@ class _Parser:
         if not isinstance(value, bool):
             raise self.fail(full, f"expected true or false, got {_type_name(value)}")
         return value
+
+    def _after(self, table: dict[str, Any], where: str) -> tuple[str, ...]:
+        if "after" not in table:
+            return ()
+        raw, key = table["after"], f"{where}.after"
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+            raise self.fail(key, f"expected an array of task names, got {_type_name(raw)}")
+        if len(raw) > MAX_AFTER:
+            raise self.fail(key, f"at most {MAX_AFTER} names, got {len(raw)}")
+        if len(set(raw)) != len(raw):
+            raise self.fail(key, "a name is given twice")
+        return tuple(raw)
 
     def _gang(self, table: dict[str, Any], where: str) -> str | None:
         if "gang" not in table:
@@ -948,6 +1009,31 @@ class _Parser:
         if not math.isfinite(seconds) or not 0 < seconds <= longest:
             raise self.fail(full, f"expected a positive duration of at most {longest:g}s, got {value!r}")
         return seconds
+
+
+def find_cycle(after: list[list[int]]) -> list[int]:
+    """A cycle among tasks (``after[i]``: the tasks task i runs after) as the indexes along it, or [].
+
+    Iterative depth-first search: a chain of thousands of tasks must not exhaust Python's stack."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = [WHITE] * len(after)
+    for root in range(len(after)):
+        if color[root] != WHITE:
+            continue
+        path, stack = [root], [iter(after[root])]
+        color[root] = GREY
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                color[path.pop()] = BLACK
+                stack.pop()
+            elif color[nxt] == GREY:
+                return path[path.index(nxt) :]
+            elif color[nxt] == WHITE:
+                color[nxt] = GREY
+                path.append(nxt)
+                stack.append(iter(after[nxt]))
+    return []
 
 
 def _number(value: float) -> str:

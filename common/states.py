@@ -28,17 +28,20 @@ class State(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
 
 
 PENDING, ASSIGNED, RUNNING = State.PENDING, State.ASSIGNED, State.RUNNING
 SUCCEEDED, FAILED, CANCELLED = State.SUCCEEDED, State.FAILED, State.CANCELLED
+#: A task that never ran because a task it runs after (``after``) did not succeed.
+SKIPPED = State.SKIPPED
 
 #: Every state a task goes through, in order.
-TASK_STATES = (PENDING, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TASK_STATES = (PENDING, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED, SKIPPED)
 #: A job is never ASSIGNED: it is PENDING until one of its tasks is placed.
 JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 #: States a task or job never leaves.
-TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
+TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED, SKIPPED))
 #: A task placed on an executor and not yet ended.
 ACTIVE = frozenset((ASSIGNED, RUNNING))
 

@@ -9,7 +9,8 @@ job listens on its port ``feed`` now, waiting until it does (an address can go s
 moves: a client that loses its connection asks again rather than reconnecting to the old one,
 which stays published until the leader learns that attempt ended), and
 ``rota.task.barrier("start", 5)`` waits until 5 tasks of the job have reached barrier "start"
-(``round=N`` makes it cyclic: rounds 0, 1, 2, ... of one name, released in order). Each call
+(``round=N`` makes it cyclic: rounds 0, 1, 2, ... of one name, released in order), and
+``rota.task.after()`` returns what the tasks it runs after (``after = [...]``) gave. Each call
 goes to the task's own executor over a Unix socket (``ROTA_TASK_SOCKET``), proved by the attempt's
 secret (``ROTA_TASK_SECRET``); the executor passes it on to the leader, which answers only the
 task's current attempt. Plain standard library, synchronous: usable from any Python code.
@@ -40,7 +41,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "barrier", "checkpoint", "endpoint", "main", "progress",
+    "CHECKPOINT_MAX", "MESSAGE_MAX", "TaskCallError", "after", "barrier", "checkpoint", "endpoint", "main",
+    "progress",
 ]  # fmt: skip
 
 #: The largest checkpoint, in bytes.
@@ -151,6 +153,19 @@ class Checkpoint:
 
 
 checkpoint = Checkpoint()
+
+
+def after() -> dict[str, Any]:
+    """What each task this one runs after gave, by task name: its return value (``call``,
+    ``python``) or the last line of its stdout (as JSON when it parses); None for one that did
+    not succeed (``on-failure = "run"``). Read from ROTA_AFTER, no call made; empty outside a task
+    with ``after``. A fan-in over more than 100 KiB of values holds those that fit, and
+    ROTA_AFTER_OMITTED says how many were left out."""
+    raw = os.environ.get("ROTA_AFTER")
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else {}
 
 
 def progress(fraction: float, message: str = "") -> None:

@@ -29,6 +29,7 @@ from rota.common.states import (
     HANDED_BACK,
     PENDING,
     RUNNING,
+    SKIPPED,
     SUCCEEDED,
     TASK_STATES,
     TERMINAL,
@@ -37,6 +38,7 @@ from rota.metastore import keys
 from rota.scheduler import endpoints as ep
 from rota.scheduler import gang as gangs
 from rota.scheduler.barriers import WAIT_MAX, Barriers, Parked
+from rota.scheduler.dependencies import Dependencies
 from rota.scheduler.placement import ExecutorSlot, bounded_prefetch, choose_executor
 from rota.scheduler.restarts import Budget
 
@@ -164,7 +166,7 @@ class Task:
 class Job:
     __slots__ = (
         "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
-        "owner", "gangs",
+        "owner", "gangs", "deps",
     )  # fmt: skip
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float, owner: str = "") -> None:
@@ -189,12 +191,15 @@ class Job:
         self.short = [False] * len(spec.tasks)
         #: Per template, the gang its tasks belong to; None for a job without gangs (most).
         self.gangs = gangs.build(spec, self.tasks)
+        #: Which templates wait for which (``after``); None for a job without (most).
+        self.deps = Dependencies.of(spec)
 
     def release(self) -> None:
         """Held as a summary or expired: its tasks go, freed by reference counting alone (a task
         and its job refer to each other), even while the cyclic collector is kept off them."""
         self.tasks = []
         self.gangs = None
+        self.deps = None
 
     @property
     def priority(self) -> int:
@@ -210,7 +215,7 @@ class Job:
     def all_ended(self) -> bool:
         """Every task is terminal. Spelled out: as a generator this was 9% of the leader's time."""
         counts = self.counts
-        return counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED] == len(self.tasks)
+        return counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED] + counts[SKIPPED] == len(self.tasks)
 
     @property
     def name(self) -> str:
@@ -632,8 +637,39 @@ class Core:
         job = task.job
         if state == FAILED and job.gangs is not None and job.gangs[task.template] is not None:
             self._fail_gang(job.gangs[task.template], task)
+        if job.deps is not None:
+            ready = job.deps.task_ended(task.template, state)
+            if ready and not job.cancelled and job.state is None:
+                self._release_templates(job, ready)
         if job.state is None and job.all_ended():
             self._end_job(job)
+
+    def _release_templates(self, job: Job, ready: list[int]) -> None:
+        """Templates whose ``after`` tasks have all ended: queued to run, or, when one of those did
+        not succeed and the template says ``on-failure = "skip"``, ended SKIPPED, which may make
+        further templates ready (a worklist, not recursion: a chain may be thousands long)."""
+        deps = job.deps
+        assert deps is not None
+        now = self.clock()
+        work = list(ready)
+        while work:
+            t = work.pop()
+            spec = job.spec.tasks[t]
+            start, end = deps.starts[t], deps.starts[t] + spec.copies()
+            unmet = deps.unmet[t]
+            if unmet is None or spec.on_failure == "run":
+                heap = self._pending.setdefault(spec.kind, [])
+                heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
+                continue
+            why = {
+                "error": f"skipped: task {job.spec.tasks[unmet].name!r}, which it runs after, did not succeed"
+            }
+            for task in job.tasks[start:end]:
+                if task.state == PENDING:
+                    self._set_state(task, SKIPPED)
+                    task.result = why
+                    self._put(task)
+                    work.extend(deps.task_ended(t, SKIPPED))
 
     def _fail_gang(self, gang: gangs.Gang, failed: Task) -> None:
         """A gang member failed for good: the gang cannot do its work without it (a pipeline would
@@ -654,7 +690,8 @@ class Core:
         if job.cancelled:
             job.state = CANCELLED
         else:
-            job.state = FAILED if job.counts[FAILED] or job.counts[CANCELLED] else SUCCEEDED
+            counts = job.counts
+            job.state = FAILED if counts[FAILED] or counts[CANCELLED] or counts[SKIPPED] else SUCCEEDED
         job.ended = self.wall()
         self._keep_until_expiry(job)
         self._out.append(PutJob(job))
@@ -832,12 +869,21 @@ class Core:
                     if task.state == PENDING and task.attempt:
                         task.since = now
                         self._enqueue(task)
-            start = 0
-            for template in job.spec.tasks:
-                end = start + template.copies()
-                heap = self._pending.setdefault(template.kind, [])
-                heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
-                start = end
+            deps = job.deps
+            if deps is None:
+                start = 0
+                for template in job.spec.tasks:
+                    end = start + template.copies()
+                    heap = self._pending.setdefault(template.kind, [])
+                    heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
+                    start = end
+            else:
+                if job.counts[PENDING] != len(job.tasks):  # rebuilt: count what has ended
+                    deps.restore((t.template, t.state) for t in job.tasks if t.state in TERMINAL)
+                self._release_templates(job, [t for t in range(len(job.spec.tasks)) if deps.ready(t)])
+                if job.all_ended():  # the rest were skipped
+                    self._end_job(job)
+                    return
         self._schedule()
 
     def attach_executor(self, ex: ExecutorSlot, reported: Iterable[TaskRef] = ()) -> None:

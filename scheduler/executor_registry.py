@@ -61,6 +61,11 @@ class ExecutorLink:
             self.outbox.put_nowait(None)
 
 
+#: A dispatch message carries tasks whose parameters and ROTA_AFTER reach this many bytes, then
+#: another one starts: a batch of hundreds of tasks with large inputs stays far below MAX_MESSAGE.
+DISPATCH_BYTES = 8 * 1024 * 1024
+
+
 class ExecutorRegistry:
     def __init__(
         self,
@@ -84,6 +89,7 @@ class ExecutorRegistry:
         self.links: dict[str, ExecutorLink] = {}
         self.stopping = False
         self._params_cache: dict[tuple[str, int], bytes] = {}
+        self._after_cache: dict[tuple[str, int], dict[str, str]] = {}
 
     def close_all(self) -> None:
         """End every stream: the executors re-attach to the next leader."""
@@ -404,11 +410,18 @@ class ExecutorRegistry:
         if link is None:
             return
         if isinstance(d, Dispatch):
-            batch = [
-                translate.assignment(t, a, self._params_json(t), self.core.retention_of(t.job))
-                for t, a in d.tasks
-                if t.attempt == a and t.state in ACTIVE
-            ]
+            batch: list[rota_pb2.TaskAssignment] = []
+            size = 0
+            for t, a in d.tasks:
+                if t.attempt != a or t.state not in ACTIVE:
+                    continue
+                params, after = self._params_json(t), self._after_env(t)
+                weight = len(params) + (len(after["ROTA_AFTER"]) if after else 0)
+                if batch and size + weight > DISPATCH_BYTES:
+                    link.send(rota_pb2.LeaderMessage(dispatch=rota_pb2.Dispatch(tasks=batch)))
+                    batch, size = [], 0
+                batch.append(translate.assignment(t, a, params, self.core.retention_of(t.job), after))
+                size += weight
             if batch:
                 link.send(rota_pb2.LeaderMessage(dispatch=rota_pb2.Dispatch(tasks=batch)))
         elif isinstance(d, CancelTasks):
@@ -430,9 +443,21 @@ class ExecutorRegistry:
             blob = self._params_cache[key] = json.dumps(task.spec.params).encode()
         return blob
 
+    def _after_env(self, task: Task) -> dict[str, str] | None:
+        """What the tasks it runs after gave (ROTA_AFTER), made once per template: those have all
+        ended before any copy is placed, and their results no longer change."""
+        if task.job.deps is None:
+            return None
+        key = (task.job.id, task.template)
+        env = self._after_cache.get(key)
+        if env is None:
+            env = self._after_cache[key] = translate.after_env(task)
+        return env
+
     def forget_job(self, job_id: str, templates: int) -> None:
         for i in range(templates):
             self._params_cache.pop((job_id, i), None)
+            self._after_cache.pop((job_id, i), None)
 
 
 def _call_reply(call_id: int, error: str) -> rota_pb2.LeaderMessage:

@@ -22,9 +22,60 @@ def task_refs(refs: Iterable[rota_pb2.TaskRef]) -> list[TaskRef]:
     return [TaskRef(r.job_id, r.index, r.attempt) for r in refs]
 
 
-def assignment(task: Task, attempt: int, params_json: bytes, retention: float) -> rota_pb2.TaskAssignment:
+#: Bytes of ROTA_AFTER at most: one environment string may hold 128 KiB on Linux (MAX_ARG_STRLEN).
+AFTER_CAP = 100 * 1024
+
+
+def output_value(result: dict[str, Any] | None) -> Any:
+    """What a task hands the tasks that run after it: its return value (``call``, ``python``), else
+    the last non-empty line of its stdout, as JSON when it parses, else as a string."""
+    if not result:
+        return None
+    if result.get("value") is not None:
+        return result["value"]
+    stdout = result.get("stdout") or ""
+    tail = stdout[-AFTER_CAP:].rstrip().rsplit("\n", 1)[-1].strip()
+    if not tail:
+        return None
+    try:
+        return json.loads(tail)
+    except (ValueError, RecursionError):
+        return tail
+
+
+def after_env(task: Task) -> dict[str, str]:
+    """ROTA_AFTER: a JSON object of name -> output value of each task this one runs after (null
+    for one that did not succeed), in job order, as many as fit AFTER_CAP; ROTA_AFTER_OMITTED
+    counts those left out (a fan-in over thousands of tasks). Empty for a task that runs after none."""
+    job = task.job
+    deps = job.deps
+    if deps is None or not deps.after[task.template]:
+        return {}
+    parts: list[str] = []
+    size, omitted = 2, 0
+    for t in sorted(deps.after[task.template]):
+        start = deps.starts[t]
+        for dep in job.tasks[start : start + job.spec.tasks[t].copies()]:
+            value = output_value(dep.result) if dep.state == SUCCEEDED else None
+            part = f"{json.dumps(dep.name)}:{json.dumps(value)}"
+            if size + len(part) + 1 > AFTER_CAP:
+                omitted += 1
+                continue
+            parts.append(part)
+            size += len(part) + 1
+    env = {"ROTA_AFTER": "{" + ",".join(parts) + "}"}
+    if omitted:
+        env["ROTA_AFTER_OMITTED"] = str(omitted)
+    return env
+
+
+def assignment(
+    task: Task, attempt: int, params_json: bytes, retention: float, after: dict[str, str] | None = None
+) -> rota_pb2.TaskAssignment:
     spec = task.spec
     env = {"ROTA_JOB_ID": task.job.id, "ROTA_TASK_ID": task.id, "ROTA_ATTEMPT": str(attempt)}
+    if after:
+        env.update(after)
     if spec.shards:
         env["ROTA_SHARD_INDEX"] = str(task.copy)
         env["ROTA_SHARD_COUNT"] = str(spec.shards)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rota.common.jobspec import JobSpec
 from rota.common.paging import MAX_TASK_PAGE
-from rota.common.states import SUCCEEDED, TASK_STATES
+from rota.common.states import PENDING, SUCCEEDED, TASK_STATES
 from rota.scheduler import gang
 from rota.scheduler.core import AnyJob, EndedJob, Job, Task, failures_of
 from rota.scheduler.placement import ExecutorSlot
@@ -73,6 +73,9 @@ def task_doc(task: Task, endpoints: dict[str, str] | None = None) -> dict[str, A
     if task.spec.service:
         doc["service"] = True
         doc["restarts"] = task.failures + task.lost
+    deps = task.job.deps
+    if deps is not None and task.state == PENDING and not deps.ready(task.template):
+        doc["waiting_for"] = [task.job.spec.tasks[t].name for t in deps.waiting_for(task.template)]
     if endpoints:
         doc["endpoints"] = dict(sorted(endpoints.items()))
     return doc

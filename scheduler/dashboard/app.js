@@ -6,7 +6,7 @@ const params = new URLSearchParams(location.search);
 // Jobs and tasks per page: the master is asked for one page at a time, however long its history.
 const JOBS_PAGE = Math.min(Math.max(Number(params.get("jobs_per_page")) || 50, 1), 10000);
 const TASKS_PAGE = Math.min(Math.max(Number(params.get("tasks_per_page")) || 500, 1), 10000);
-const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
+const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"]);
 
 let selectedJob = new URLSearchParams(location.hash.slice(1)).get("job");
 // The jobs page shown: null is the newest; else the id the page starts before. Older pages push.
@@ -181,8 +181,8 @@ function renderJobs(jobs, more) {
     $("#jobs tbody"),
     shown.map((j) => {
       const total = Object.values(j.counts).reduce((a, b) => a + b, 0);
-      const ended = ["SUCCEEDED", "FAILED", "CANCELLED"].reduce((a, s) => a + (j.counts[s] || 0), 0);
-      const failed = (j.counts.FAILED || 0) + (j.counts.CANCELLED || 0);
+      const ended = ["SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"].reduce((a, s) => a + (j.counts[s] || 0), 0);
+      const failed = (j.counts.FAILED || 0) + (j.counts.CANCELLED || 0) + (j.counts.SKIPPED || 0);
       const counts = Object.entries(j.counts).map(([s, n]) => `${s.toLowerCase()} ${n}`).join(", ");
       const cancel = TERMINAL.has(j.state)
         ? ""
