@@ -15,6 +15,18 @@ def stamp(path: str, label: str, seconds: float = 0.0) -> float:
     return started
 
 
+def step(path: str, label: str, seconds: float = 0.0) -> dict:
+    """Take ``seconds``, then append ``label``, start and end times to ``path``; return what the
+    tasks it runs after gave (rota.task.after)."""
+    import rota.task
+
+    started = time.time()
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{label} {started:.6f} {time.time():.6f}\n")
+    return {"label": label, "after": rota.task.after()}
+
+
 def environ_of(pid: str) -> str:
     """What ``/proc/<pid>/environ`` shows (``self`` or ``parent``), or why it cannot be read."""
     target = os.getppid() if pid == "parent" else pid

@@ -157,6 +157,8 @@ TOML = "application/toml"
         ("POST", "/api/v1/jobs", b'name = "x"\nbogus = 1\n[[task]]\nkind = "noop"\nname = "t"', TOML, 400, "bogus"),
         ("POST", "/api/v1/jobs", b'name = "x"\n[[task]]\nname = "t"\nkind = "warp"', TOML, 400, "warp"),
         ("POST", "/api/v1/jobs", b'{"name": "x", "task": []}', "application/json", 400, "task"),
+        ("POST", "/api/v1/jobs", b'{"name": "x", "task": [{"name": "a", "kind": "noop", "after": ["b"]}, '
+         b'{"name": "b", "kind": "noop", "after": ["a"]}]}', "application/json", 400, "a cycle: 'a' -> 'b'"),
         ("POST", "/api/v1/jobs?id=bad%20id", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', TOML, 400, "id"),
         # What a web page may post to another site without asking first is never read as a job.
         ("POST", "/api/v1/jobs", b'{"name": "x", "task": [{"name": "t", "kind": "noop"}]}', "text/plain", 415,
