@@ -4,7 +4,7 @@ Starts three masters (each with its embedded etcd member) and two executors on f
 loopback ports, secured as a cluster beyond loopback must be: mutual TLS on every link (a fresh CA
 in ./demo-logs/tls/) and tokens (the admin token in ./demo-logs/admin.token). It prints
 ``cluster-status``, shows a read token refused a submission, submits ``sample/jobs/hello.toml``, the
-split job ``sample/jobs/split.toml`` and the service pair ``sample/jobs/echo-service.toml`` and
+split job ``sample/jobs/split.toml``, the task graph ``sample/jobs/etl.toml``, the service pair ``sample/jobs/echo-service.toml``, and
 prints their results, SIGKILLs the leader,
 runs one more job on the new leader, then the dataflow bench at a small size with an executor
 SIGKILLed mid-flow and its report, and stops everything. Logs stay in ./demo-logs/.
@@ -143,6 +143,8 @@ def main() -> int:
         )
         master_client(addrs, "submit-job", "--config", "sample/jobs/hello.toml", "--wait")
         master_client(addrs, "submit-job", "--config", "sample/jobs/split.toml", "--wait")
+        print("\nA graph of tasks, each run after those it names (after = [...]):", flush=True)
+        master_client(addrs, "submit-job", "--config", "sample/jobs/etl.toml", "--wait")
         print("\nA service and its client, which finds it by name (rota.task.endpoint):", flush=True)
         master_client(addrs, "submit-job", "--config", "sample/jobs/echo-service.toml", "--wait")
         leader = cluster.leader()

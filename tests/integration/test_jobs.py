@@ -61,6 +61,13 @@ def test_every_kind_end_to_end(cluster):
     assert tasks["go"]["result"]["stdout"] == "hello from go\n"
 
 
+def test_the_etl_sample_runs_its_graph_and_reports(cluster):
+    with cluster.client(timeout=10) as c:
+        doc = c.wait_job(c.submit_job(SAMPLES / "etl.toml")["id"], timeout=120)
+    assert doc["state"] == "SUCCEEDED", [(t["name"], t["state"], t["result"]) for t in doc["tasks"]]
+    assert doc["report"] == {"rows": 100, "sum_of_squares": sum(r * r for r in range(1, 101))}
+
+
 def test_shards_spread_over_both_executors_and_see_their_index(cluster):
     with cluster.client(timeout=10) as c:
         doc = c.wait_job(c.submit_job(SAMPLES / "split.toml")["id"], timeout=60)
