@@ -167,6 +167,13 @@ def _summary(result: dict[str, Any] | None) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _result_cell(task: dict[str, Any]) -> str:
+    """The result's summary; for a task still waiting for the tasks it runs after, their names."""
+    if task.get("waiting_for"):
+        return _summary({"error": "waiting for: " + ", ".join(task["waiting_for"])})
+    return _summary(task["result"])
+
+
 def _counts(doc: dict[str, Any]) -> str:
     return " ".join(f"{state.lower()}={n}" for state, n in doc["counts"].items())
 
@@ -189,7 +196,7 @@ def job_text(doc: dict[str, Any], tasks_from: int = 0) -> str:
     tasks = doc.get("tasks")
     if tasks:
         rows = [
-            [t["id"], t["name"], t["state"], _attempt(t), t["executor"] or "-", _summary(t["result"])]
+            [t["id"], t["name"], t["state"], _attempt(t), t["executor"] or "-", _result_cell(t)]
             for t in tasks[:MAX_TASK_ROWS]
         ]
         lines += ["", table(["TASK", "NAME", "STATE", "ATTEMPT", "EXECUTOR", "RESULT"], rows)]

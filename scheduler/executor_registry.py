@@ -346,7 +346,7 @@ class ExecutorRegistry:
         its lease is revoked and its tasks placed again at once."""
         waiting = {ex.id: ex.lease_id for ex in found}
         until = time.monotonic() + ADOPT_GRACE
-        probes = asyncio.gather(*(self._answers(ex.addr) for ex in found))
+        probes: asyncio.Future[list[bool]] | None = asyncio.gather(*(self._answers(ex.addr) for ex in found))
         while waiting and time.monotonic() < until:
             for ex_id in [e for e in waiting if e in self.links or e not in self.core.executors]:
                 del waiting[ex_id]

@@ -41,7 +41,7 @@ def run_all(h: Harness, ex: str = "e1", fail: set[str] = frozenset()) -> list[st
         if not batch:
             return order
         job = h.core.active.get("j") or h.core.jobs["j"]
-        for task_id, attempt in batch:
+        for task_id, _ in batch:
             task = job.tasks[int(task_id.split("/")[1])]
             order.append(task.name)
             state = FAILED if task.name in fail else SUCCEEDED
