@@ -94,6 +94,8 @@ bench: all
 	$(PY) -m bench.task_calls
 	$(PY) -m bench.barriers
 	$(PY) -m bench.services
+	$(PY) -m bench.dag
+	$(PY) -m bench.dag --kind call --tasks 30000 --out bench/results/dag-call.json
 	$(PY) -m bench.dataflow
 	$(PY) -m bench.dataflow --runs paced --kill --out bench/results/dataflow-kill.json
 	$(PY) -m bench.summary

@@ -46,23 +46,28 @@ def output_value(result: dict[str, Any] | None) -> Any:
 def after_env(task: Task) -> dict[str, str]:
     """ROTA_AFTER: a JSON object of name -> output value of each task this one runs after (null
     for one that did not succeed), in job order, as many as fit AFTER_CAP; ROTA_AFTER_OMITTED
-    counts those left out (a fan-in over thousands of tasks). Empty for a task that runs after none."""
+    counts those left out (a fan-in over thousands of tasks): the first that do not fit end the walk.
+    Empty for a task that runs after none."""
     job = task.job
     deps = job.deps
     if deps is None or not deps.after[task.template]:
         return {}
     parts: list[str] = []
-    size, omitted = 2, 0
+    size, total = 2, 0
     for t in sorted(deps.after[task.template]):
-        start = deps.starts[t]
-        for dep in job.tasks[start : start + job.spec.tasks[t].copies()]:
+        start, copies = deps.starts[t], job.spec.tasks[t].copies()
+        total += copies
+        if size >= AFTER_CAP:
+            continue  # full: the rest are counted, not walked (a fan-in may follow 100,000 tasks)
+        for dep in job.tasks[start : start + copies]:
             value = output_value(dep.result) if dep.state == SUCCEEDED else None
             part = f"{json.dumps(dep.name)}:{json.dumps(value)}"
             if size + len(part) + 1 > AFTER_CAP:
-                omitted += 1
-                continue
+                size = AFTER_CAP
+                break
             parts.append(part)
             size += len(part) + 1
+    omitted = total - len(parts)
     env = {"ROTA_AFTER": "{" + ",".join(parts) + "}"}
     if omitted:
         env["ROTA_AFTER_OMITTED"] = str(omitted)
