@@ -71,9 +71,10 @@ MIN_HOLD = 0.001
 
 
 def new_job_id(spec: JobSpec) -> str:
-    """A fresh id, made by the client so that a retried submission stays one job."""
+    """A fresh id, made by the client so that a retried submission stays one job. A schedule's is
+    its name made safe, without a random part: submitting its file again finds it, not a twin."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name).strip("-.")[:80] or "job"
-    return f"{slug}-{uuid.uuid4().hex[:10]}"
+    return slug if spec.cron is not None else f"{slug}-{uuid.uuid4().hex[:10]}"
 
 
 def resolve_addresses(addresses: str | Sequence[str] | None) -> list[str]:
@@ -237,13 +238,18 @@ class AsyncClient:
     async def submit_job(
         self, job: str | os.PathLike[str] | dict[str, Any] | JobSpec, job_id: str | None = None
     ) -> dict[str, Any]:
-        """Submit a job (a path, TOML text, a dict or a JobSpec); returns {"id", "created"}.
+        """Submit a job (a path, TOML text, a dict or a JobSpec); returns {"id", "created"}, and
+        for a job file with ``schedule`` also ``"schedule"``: the schedule's document (the id is
+        the schedule's; its jobs are made at its fire times).
 
         The reply comes only once the whole job is committed to etcd. Bad input raises
         scheduler.jobspec.JobSpecError before anything is sent.
         """
         reply = await self._call("SubmitJob", self._submit_request(job, job_id))
-        return {"id": reply.id, "created": reply.created}
+        out: dict[str, Any] = {"id": reply.id, "created": reply.created}
+        if reply.schedule_json:
+            out["schedule"] = json.loads(reply.schedule_json)
+        return out
 
     def _submit_request(
         self, job: str | os.PathLike[str] | dict[str, Any] | JobSpec, job_id: str | None, wait: float = 0.0
@@ -340,6 +346,14 @@ class AsyncClient:
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return await self._json_call("CancelJob", rota_pb2.CancelJobRequest(id=job_id))  # type: ignore[no-any-return]
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return await self._json_call("ListSchedules", rota_pb2.ListSchedulesRequest())  # type: ignore[no-any-return]
+
+    async def update_schedule(self, schedule_id: str, action: str) -> dict[str, Any]:
+        """``action``: "pause", "resume" or "delete"; the schedule's document after it (delete: before)."""
+        request = rota_pb2.UpdateScheduleRequest(id=schedule_id, action=action)
+        return await self._json_call("UpdateSchedule", request)  # type: ignore[no-any-return]
 
     async def list_executors(self) -> list[dict[str, Any]]:
         return await self._json_call("ListExecutors", rota_pb2.ListExecutorsRequest())  # type: ignore[no-any-return]
@@ -482,6 +496,12 @@ class Client:
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._run(lambda: self._async.cancel_job(job_id))
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return self._run(lambda: self._async.list_schedules())
+
+    def update_schedule(self, schedule_id: str, action: str) -> dict[str, Any]:
+        return self._run(lambda: self._async.update_schedule(schedule_id, action))
 
     def whoami(self) -> dict[str, Any]:
         return self._run(self._async.whoami)

@@ -281,6 +281,9 @@ def submit_job(ctx: Ctx, path: str, wait: bool, job_id: str | None) -> None:
     \b
     A file with `type = "NAME"` is expanded by the job type NAME (a rota.jobs plug-in):
       master-client submit-job --config sample/jobs/fanout.toml --wait
+    A file with `schedule = "CRON"` makes a schedule, whose jobs the leader submits at
+    each fire time (list-schedules shows them):
+      master-client submit-job --config sample/jobs/cron.toml
     """
     with ctx.client() as c:
         if wait:
@@ -288,6 +291,15 @@ def submit_job(ctx: Ctx, path: str, wait: bool, job_id: str | None) -> None:
             wait_and_print(ctx, lambda progress: c.run_job(path, job_id, progress=progress))
             return
         reply = c.submit_job(path, job_id)
+    if "schedule" in reply:
+        doc = reply["schedule"]
+        verb = "created schedule" if reply["created"] else "schedule already exists:"
+        emit(
+            ctx,
+            reply,
+            f"{verb} {reply['id']} ({doc['schedule']} {doc['time_zone']}); next fire {doc['next_fire']}",
+        )
+        return
     verb = "submitted job" if reply["created"] else "job already exists:"
     emit(ctx, reply, f"{verb} {reply['id']}")
 
@@ -373,6 +385,57 @@ def cancel_job(ctx: Ctx, job_id: str) -> None:
     with ctx.client() as c:
         doc = c.cancel_job(job_id)
     emit(ctx, doc, job_text({**doc, "tasks": []}))
+
+
+def schedules_table(docs: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            d["id"], d["schedule"], d["time_zone"], d["overlap"], "paused" if d["paused"] else (d["next_fire"] or "-"),
+            d["last_job"] or "-", str(d["fired"]), str(d["skipped"]), str(d["missed"]),
+        ]
+        for d in docs
+    ]  # fmt: skip
+    headers = ["SCHEDULE", "CRON", "ZONE", "OVERLAP", "NEXT FIRE", "LAST JOB", "FIRED", "SKIPPED", "MISSED"]
+    return table(headers, rows) if docs else "no schedules"
+
+
+@cli.command("list-schedules")
+@click.pass_obj
+def list_schedules(ctx: Ctx) -> None:
+    """List the schedules (job files with `schedule`): next fire, last job, fires so far."""
+    with ctx.client() as c:
+        docs = c.list_schedules()
+    emit(ctx, docs, schedules_table(docs))
+
+
+def _update_schedule(ctx: Ctx, schedule_id: str, action: str) -> None:
+    with ctx.client() as c:
+        doc = c.update_schedule(schedule_id, action)
+    emit(ctx, doc, schedules_table([doc]))
+
+
+@cli.command("pause-schedule")
+@click.argument("schedule_id")
+@click.pass_obj
+def pause_schedule(ctx: Ctx, schedule_id: str) -> None:
+    """Stop a schedule's fires until resume-schedule; its running jobs go on."""
+    _update_schedule(ctx, schedule_id, "pause")
+
+
+@cli.command("resume-schedule")
+@click.argument("schedule_id")
+@click.pass_obj
+def resume_schedule(ctx: Ctx, schedule_id: str) -> None:
+    """Fire a paused schedule again, from its next fire time (fires while paused are not made up)."""
+    _update_schedule(ctx, schedule_id, "resume")
+
+
+@cli.command("delete-schedule")
+@click.argument("schedule_id")
+@click.pass_obj
+def delete_schedule(ctx: Ctx, schedule_id: str) -> None:
+    """Delete a schedule: no more fires; the jobs it made stay, until their retention ends."""
+    _update_schedule(ctx, schedule_id, "delete")
 
 
 def executors_table(docs: list[dict[str, Any]]) -> str:

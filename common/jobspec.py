@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rota.common import ids
+from rota.common import cron, ids
 from rota.common import limits as lim
 from rota.common.config import ConfigError, parse_duration
 from rota.jobtypes import GROUP as JOB_TYPE_GROUP
@@ -31,6 +31,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+_CRON_KEYS = ("schedule", "time-zone", "overlap", "catch-up")
+#: A schedule's jobs are named ``<schedule id>.<fire time>`` (17 characters), within a job id's 128.
+MAX_SCHEDULE_ID = 110
 PRIORITIES = {"low": 10, "medium": 50, "high": 90}
 DEFAULT_PRIORITY = 50
 DEFAULT_MAX_ATTEMPTS = 3
@@ -53,7 +56,10 @@ MAX_DEPTH = 32
 #: Environment names the executor sets itself; a task must not override them.
 RESERVED_ENV_PREFIX = "ROTA_"
 
-_JOB_KEYS = ("name", "type", "id", "priority", "max-attempts", "timeout", "retention", "gang", "task")
+_JOB_KEYS = (
+    "name", "type", "id", "priority", "max-attempts", "timeout", "retention", "gang", "task",
+    *_CRON_KEYS,
+)  # fmt: skip
 #: The job keys a job type's plug-in does not see: they pass to its result unless it sets them.
 _PASSED_KEYS = tuple(k for k in _JOB_KEYS if k not in ("type", "task"))
 _COMMON_TASK_KEYS = (
@@ -196,6 +202,8 @@ class JobSpec:
     type: str | None = None
     #: All its tasks form one gang (placed all at once or not at all).
     gang: bool = False
+    #: A schedule: the job is a template that the leader submits at each fire time.
+    cron: cron.CronSpec | None = None
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
@@ -231,6 +239,8 @@ class JobSpec:
             out["retention"] = self.retention
         if self.gang:
             out["gang"] = True
+        if self.cron is not None:
+            out.update(self.cron.to_dict())
         out["task"] = [t.to_dict() for t in self.tasks]
         return out
 
@@ -281,7 +291,17 @@ class JobSpec:
             retention=data.get("retention"),
             type=data.get("type"),
             gang=bool(data.get("gang", False)),
+            cron=_stored_cron(data),
         )
+
+
+def _stored_cron(data: Mapping[str, Any]) -> cron.CronSpec | None:
+    if "schedule" not in data:
+        return None
+    return cron.CronSpec(
+        str(data["schedule"]), str(data.get("time-zone", "UTC")), str(data.get("overlap", cron.DEFAULT_OVERLAP)),
+        int(data.get("catch-up", cron.DEFAULT_CATCH_UP)),
+    )  # fmt: skip
 
 
 def _stored_limits(raw: Any) -> lim.Limits:
@@ -487,7 +507,37 @@ class _Parser:
                         "the job's gang = true makes all its tasks one gang: give the job's gang or "
                         "the tasks' gang groups, not both",
                     )
-        return JobSpec(name, job_id, priority, max_attempts, timeout, tasks, retention, gang=gang)
+        return JobSpec(
+            name,
+            job_id,
+            priority,
+            max_attempts,
+            timeout,
+            tasks,
+            retention,
+            gang=gang,
+            cron=self._cron(data, job_id),
+        )
+
+    def _cron(self, data: dict[str, Any], job_id: str | None) -> cron.CronSpec | None:
+        if "schedule" not in data:
+            for key in _CRON_KEYS:
+                if key in data:
+                    raise self.fail(key, 'only for a scheduled job (schedule = "...")')
+            return None
+        try:
+            spec = cron.parse(
+                data["schedule"], data.get("time-zone", "UTC"), data.get("overlap", cron.DEFAULT_OVERLAP),
+                data.get("catch-up", cron.DEFAULT_CATCH_UP),
+            )  # fmt: skip
+        except cron.CronError as e:
+            key, _, reason = str(e).partition(": ")
+            raise self.fail(key, reason) from None
+        if job_id is not None and len(job_id) > MAX_SCHEDULE_ID:
+            raise self.fail(
+                "id", f"a schedule's id is at most {MAX_SCHEDULE_ID} characters (its jobs add 17)"
+            )
+        return spec
 
     def _typed_job(self, data: dict[str, Any]) -> JobSpec:
         """A job of a plug-in type: its plug-in expands it into a built-in job, validated as usual.

@@ -41,6 +41,8 @@ METHODS: dict[str, str] = {
     "ListJobs": READ_JOBS,
     "WaitJob": READ_JOBS,
     "CancelJob": CANCEL_JOBS,
+    "ListSchedules": READ_JOBS,
+    "UpdateSchedule": CANCEL_JOBS,
     "ListExecutors": READ_JOBS,
     "DrainExecutor": OPERATE,
     "UndrainExecutor": OPERATE,

@@ -39,11 +39,18 @@ ENDPOINTS = ROOT + b"endpoints/"
 #: A job's barriers (the task SDK): who arrived, whether released.
 BARRIERS = ROOT + b"barriers/"
 
+#: One record per schedule (a job file with ``schedule``): its spec, whether paused, its last fire.
+SCHEDULES = ROOT + b"schedules/"
+
 #: One record per API token: its role, name and the SHA-256 of its secret (never the secret).
 TOKENS = ROOT + b"tokens/"
 
 #: {"tokens": true} once a master started with token checks: masters without them then refuse to start.
 AUTH = ROOT + b"auth"
+
+
+def schedule(schedule_id: str) -> bytes:
+    return SCHEDULES + schedule_id.encode()
 
 
 def master(name: str) -> bytes:

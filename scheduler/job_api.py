@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rota.common import logs
@@ -66,8 +66,11 @@ class JobApi:
         self._submitting: dict[str, asyncio.Task[None]] = {}
         self.collector = Collector(BIG_JOB)
 
-    async def submit(self, job_id: str, spec: JobSpec, owner: str = "") -> tuple[str, bool]:
-        """Commit a job to etcd, then schedule it; created is False when the id exists.
+    async def submit(
+        self, job_id: str, spec: JobSpec, owner: str = "", also: Sequence[Any] = ()
+    ) -> tuple[str, bool]:
+        """Commit a job to etcd, then schedule it; created is False when the id exists. ``also``:
+        puts committed with the job record (Store.create_job).
 
         The commit runs as a task of its own: a client that gives up (deadline, cancel)
         must not leave a job in the core that etcd never got.
@@ -84,11 +87,15 @@ class JobApi:
         if self._known(job_id):
             # An expired job is not run again: a late retry of its submission finds it ended.
             return job_id, False
-        task = asyncio.create_task(self._create(job_id, spec, owner))
+        task = asyncio.create_task(self._create(job_id, spec, owner, also))
         self._submitting[job_id] = task
         task.add_done_callback(lambda t: self._submitted(job_id, t))
         await asyncio.shield(task)
         return job_id, True
+
+    def running(self, job_id: str) -> bool:
+        """Whether a job is known and has not ended (a schedule's overlap)."""
+        return job_id in self.core.active or job_id in self._submitting
 
     def _known(self, job_id: str) -> bool:
         return job_id in self.core.jobs or job_id in self.core.expired
@@ -98,7 +105,7 @@ class JobApi:
         if not task.cancelled():
             task.exception()  # retrieved here; the callers that still wait see it too
 
-    async def _create(self, job_id: str, spec: JobSpec, owner: str) -> None:
+    async def _create(self, job_id: str, spec: JobSpec, owner: str, also: Sequence[Any] = ()) -> None:
         created_at = time.time()
         if spec.task_count() > BIG_JOB:
             # Its task objects are built beside the event loop, which keeps answering meanwhile.
@@ -117,7 +124,7 @@ class JobApi:
             decisions = self.core.drain()
             try:
                 created = await self.store.create_job(
-                    job_id, spec, created_at, along=writes(decisions), owner=owner
+                    job_id, spec, created_at, along=writes(decisions), owner=owner, also=also
                 )
             except NoSpace:
                 # Nothing of the job is in etcd (the store made sure): it leaves the core, and what

@@ -37,6 +37,7 @@ from rota.scheduler.executor_registry import ExecutorRegistry
 from rota.scheduler.job_api import JobApi
 from rota.scheduler.pipeline import CommitPipeline, NotReady
 from rota.scheduler.placement import ExecutorSlot
+from rota.scheduler.schedules import ScheduleRunner
 from rota.scheduler.store import Store
 
 log = logging.getLogger("rota.leader")
@@ -73,6 +74,7 @@ class LeaderRuntime:
             client, self.store, self.core, self.pipeline.kick, self._give_up, tls=tls
         )
         self.jobs = JobApi(self.core, self.store, self.pipeline, self._route, self.check, self._give_up)
+        self.schedules = ScheduleRunner(self.store, self.jobs, self.check, self._give_up)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -103,6 +105,7 @@ class LeaderRuntime:
                 except ValueError as e:
                     log.error("%s: skipped", e)
             self.core.adopt_running()
+            self.schedules.load(snap.schedules)
             for job in snap.jobs:
                 if isinstance(job, Job):
                     self.jobs.collector.started(job)
@@ -115,6 +118,7 @@ class LeaderRuntime:
             asyncio.create_task(self.executors.watch(snap.revision + 1), name="leader-executors"),
             asyncio.create_task(self.executors.hold_leases(snap.executors), name="leader-hold-leases"),
             asyncio.create_task(upkeep.compact_loop(self.client), name="leader-compact"),
+            asyncio.create_task(self.schedules.run(), name="leader-schedules"),
         ]
         self.ready = True
         self.pipeline.kick()

@@ -12,7 +12,7 @@ import grpc
 
 from rota.common import admission, roles, rpc
 from rota.common.config import MAX_DRAIN_TIMEOUT
-from rota.common.jobspec import JobSpecError, parse_job_json, validate_job_id
+from rota.common.jobspec import MAX_SCHEDULE_ID, JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
 from rota.common.tls import TlsFiles
@@ -25,6 +25,7 @@ from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
 from rota.scheduler.pipeline import OutOfSpace
+from rota.scheduler.schedules import MAX_SCHEDULE_BYTES
 from rota.scheduler.token_store import Identity, TokenError, TokenStore, TooManyTokens
 from rota.scheduler.upkeep import EtcdSpace
 from rota.scheduler.views import executor_doc, job_doc
@@ -235,7 +236,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             try:
                 return await local(rt)
             except OutOfSpace as e:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             except NoSpace as e:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcd is out of space (NOSPACE alarm): {e}"
@@ -264,8 +265,33 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         except (JobSpecError, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
+        if spec.cron is not None:
+            if wait:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "a schedule never ends: submit it without waiting"
+                )
+            if len(request.spec_json) > MAX_SCHEDULE_BYTES:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a scheduled job file is at most {MAX_SCHEDULE_BYTES // 1024} KiB as JSON "
+                    f"(MAX_SCHEDULE_BYTES), this one is {len(request.spec_json)} bytes",
+                )
+            if len(job_id) > MAX_SCHEDULE_ID:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a schedule's id is at most {MAX_SCHEDULE_ID} characters (its jobs add 17)",
+                )
+
         async def local(rt: LeaderRuntime) -> rota_pb2.SubmitJobReply:
             who = await self._caller(context)
+            if spec.cron is not None:
+                try:
+                    sched, made = await rt.schedules.create(job_id, spec, who.id if who else "")
+                except ValueError as e:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                return rota_pb2.SubmitJobReply(
+                    id=sched.id, created=made, schedule_json=json.dumps(sched.doc()).encode()
+                )
             jid, created = await rt.jobs.submit(job_id, spec, who.id if who else "")
             if not wait:
                 return rota_pb2.SubmitJobReply(id=jid, created=created)
@@ -367,6 +393,42 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
         return await self._on_leader("CancelJob", request, context, local)
 
+    async def ListSchedules(self, request: rota_pb2.ListSchedulesRequest, context: Any) -> rota_pb2.JsonReply:
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            return _json([s.doc() for s in rt.schedules.list()])
+
+        return await self._on_leader("ListSchedules", request, context, local)
+
+    async def UpdateSchedule(
+        self, request: rota_pb2.UpdateScheduleRequest, context: Any
+    ) -> rota_pb2.JsonReply:
+        if request.action not in ("pause", "resume", "delete"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"action must be pause, resume or delete, got {request.action[:40]!r}",
+            )
+
+        async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:
+            sched = rt.schedules.get(request.id)
+            if sched is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no schedule {request.id!r} (list-schedules shows them)"
+                )
+            who = await self._caller(context)
+            if who is not None and not roles.may_cancel(who.role, who.id, sched.owner):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"schedule {request.id} was submitted by another token; a {who.role} token changes only "
+                    "its own schedules",
+                )
+            if request.action == "delete":
+                await rt.schedules.delete(sched)
+            else:
+                sched = await rt.schedules.set_paused(sched, request.action == "pause")
+            return _json(sched.doc())
+
+        return await self._on_leader("UpdateSchedule", request, context, local)
+
     async def _caller(self, context: Any) -> Identity | None:
         """Who makes this call: None when this master does not check tokens. A token that no
         longer identifies (revoked since the check let the call in) ends the call, never passes as
@@ -398,7 +460,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         except TokenError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except TooManyTokens as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except NoSpace as e:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcd is out of space (NOSPACE alarm): {e}"

@@ -191,6 +191,8 @@ class Snapshot:
     endpoints: list[tuple[str, str, bytes]] = field(default_factory=list)
     #: (job id, barrier name, record) of the running jobs' barriers.
     barriers: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: The schedules' records (scheduler.schedules).
+    schedules: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Store:
@@ -229,12 +231,19 @@ class Store:
         return value_below(keys.WRITE_ORDER, order + b"\0"), put_op(keys.WRITE_ORDER, order)
 
     async def create_job(
-        self, job_id: str, spec: JobSpec, created: float, along: Sequence[Write] = (), owner: str = ""
+        self,
+        job_id: str,
+        spec: JobSpec,
+        created: float,
+        along: Sequence[Write] = (),
+        owner: str = "",
+        also: Sequence[Any] = (),
     ) -> int | None:
         """Write a job; return its record's create revision, None if it exists.
 
         ``along`` are state writes (the job's first placements) committed in the same final
-        transaction when they fit, else before it, so a submission costs one commit.
+        transaction when they fit, else before it, so a submission costs one commit. ``also`` are
+        puts that must commit with the job record itself (a schedule's record of its fire).
         """
         blob = _dumps(spec.to_dict())
         parts = [blob[i : i + SPEC_PART] for i in range(0, len(blob), SPEC_PART)] or [b"{}"]
@@ -263,6 +272,7 @@ class Store:
                 [
                     put_op(keys.job_spec(job_id, len(parts) - 1), parts[-1]),
                     put_op(keys.job(job_id), _dumps(record)),
+                    *also,
                     *extra,
                     order_put,
                 ],
@@ -305,6 +315,27 @@ class Store:
     async def _drop_parts(self, job_id: str) -> None:
         """A submission etcd refused for space: the spec parts it wrote go (a delete needs no space)."""
         await self.election.fenced_txn([delete_op(keys.job_specs(job_id), prefix=True)])
+
+    @staticmethod
+    def schedule_put(schedule_id: str, record: dict[str, Any]) -> Any:
+        return put_op(keys.schedule(schedule_id), _dumps(record))
+
+    async def put_schedule(self, schedule_id: str, record: dict[str, Any], create: bool = False) -> bool:
+        """Write a schedule's record (fenced, ordered); with ``create``, only if none exists (False then)."""
+        compare, order_put = self._next_write()
+        checks = [compare, create_revision_is(keys.schedule(schedule_id), 0)] if create else [compare]
+        result = await self.election.fenced_txn(
+            [self.schedule_put(schedule_id, record), order_put], compare=checks
+        )
+        self.txns += 1
+        self.writes += 1
+        if not result.succeeded and not create:
+            raise Fenced("a later write of this leader is already in etcd: this one is out of order")
+        return bool(result.succeeded)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._txn([delete_op(keys.schedule(schedule_id))], self._next_write())
+        self.txns += 1
 
     async def _txn(self, ops: Sequence[Any], order: tuple[Any, Any | None]) -> None:
         compare, put = order
@@ -459,8 +490,20 @@ class Store:
             await self.election.fenced_txn([delete_op(keys.job_specs(j), prefix=True) for j in parts])
         executors = [_executor(json.loads(kv.value), kv.lease) for kv in ex_kvs]
         ordered: list[AnyJob] = sorted([*jobs.values(), *summaries], key=lambda j: j.seq)
+        schedule_kvs, _ = await self.client.get_prefix(keys.SCHEDULES, revision=rev)
+        schedules = []
+        for kv in schedule_kvs:
+            try:
+                schedules.append(json.loads(kv.value))
+            except ValueError as e:
+                log.error("schedule record %r cannot be read and is skipped: %r", kv.key, e)
         return Snapshot(
-            ordered, executors, rev, await self._endpoints(jobs, rev), await self._barriers(jobs, rev)
+            ordered,
+            executors,
+            rev,
+            await self._endpoints(jobs, rev),
+            await self._barriers(jobs, rev),
+            schedules,
         )
 
     async def _endpoints(self, jobs: dict[str, Job], rev: int) -> list[tuple[str, str, bytes]]:
