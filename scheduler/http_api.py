@@ -176,6 +176,10 @@ class HttpApi:
         r.add_get("/api/v1/jobs/{id}", self.get_job)
         r.add_post("/api/v1/jobs/{id}/cancel", self.cancel_job)
         r.add_get("/api/v1/jobs/{id}/tasks/{task}/logs", self.task_logs)
+        r.add_get("/api/v1/schedules", self.list_schedules)
+        r.add_post("/api/v1/schedules/{id}/pause", self.pause_schedule)
+        r.add_post("/api/v1/schedules/{id}/resume", self.resume_schedule)
+        r.add_delete("/api/v1/schedules/{id}", self.delete_schedule)
         r.add_get("/api/v1/openapi.yaml", self.openapi)
         r.add_get("/", self.dashboard)
         r.add_static("/static/", DASHBOARD, follow_symlinks=False)
@@ -223,6 +227,18 @@ class HttpApi:
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         return web.json_response(await self.client.cancel_job(request.match_info["id"]))
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.list_schedules())
+
+    async def pause_schedule(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.update_schedule(request.match_info["id"], "pause"))
+
+    async def resume_schedule(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.update_schedule(request.match_info["id"], "resume"))
+
+    async def delete_schedule(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.client.update_schedule(request.match_info["id"], "delete"))
 
     async def task_logs(self, request: web.Request) -> web.Response:
         """Output of a task's latest attempt so far, fetched from its executor (master-client logs)."""

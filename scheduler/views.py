@@ -7,7 +7,7 @@ from typing import Any
 
 from rota.common.jobspec import JobSpec
 from rota.common.paging import MAX_TASK_PAGE
-from rota.common.states import PENDING, SUCCEEDED, TASK_STATES
+from rota.common.states import FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, TASK_STATES
 from rota.scheduler import gang
 from rota.scheduler.core import AnyJob, EndedJob, Job, Task, failures_of
 from rota.scheduler.placement import ExecutorSlot
@@ -136,11 +136,36 @@ def job_page_doc(
     report = live_report(job)
     if report is not None:
         doc["report"] = report
+    if job.deps is not None:
+        doc["graph"] = graph_doc(job)
     shown = endpoints or {}
     doc["tasks"] = [
         task_doc(t, shown.get(t.index)) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]
     ]
     return doc
+
+
+def graph_doc(job: Job) -> list[dict[str, Any]]:
+    """A job's task groups and what each runs after, for a picture of its graph: per group its
+    state as a whole (from the counts the core keeps: no walk over the tasks)."""
+    deps = job.deps
+    assert deps is not None
+    out = []
+    for t, tmpl in enumerate(job.spec.tasks):
+        copies = tmpl.copies()
+        ended = copies - deps.left[t]
+        if ended == copies and deps.unmet[t] is not None and tmpl.on_failure == "skip":
+            group = SKIPPED
+        elif ended == copies:
+            group = FAILED if deps.failed[t] else SUCCEEDED
+        elif not deps.ready(t):
+            group = PENDING
+        else:
+            group = RUNNING
+        out.append(
+            {"name": tmpl.name, "after": list(tmpl.after), "tasks": copies, "ended": ended, "state": group}
+        )
+    return out
 
 
 def task_names(spec: JobSpec, offset: int, limit: int) -> list[str]:

@@ -212,6 +212,93 @@ function resultCell(r) {
   return el("div", {}, parts.join(" · "), out ? el("pre", {}, out) : "");
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+
+// A job's task groups as boxes in columns (a group right of every group it runs after), edges
+// from each group to those that run after it, colored by state.
+function renderGraph(box, graph) {
+  box.querySelector("svg")?.remove();
+  box.hidden = !graph;
+  if (!graph) return;
+  const index = Object.fromEntries(graph.map((g, i) => [g.name, i]));
+  const depth = [];
+  const depthOf = (i) => {
+    if (depth[i] === undefined) depth[i] = graph[i].after.length ? 1 + Math.max(...graph[i].after.map((n) => depthOf(index[n]))) : 0;
+    return depth[i];
+  };
+  graph.forEach((_, i) => depthOf(i));
+  const rows = [];
+  const pos = graph.map((_, i) => {
+    const col = depth[i];
+    rows[col] = (rows[col] || 0) + 1;
+    return [col, rows[col] - 1];
+  });
+  const W = 150, H = 40, GX = 50, GY = 14;
+  const width = (Math.max(...depth) + 1) * (W + GX), height = Math.max(...rows) * (H + GY);
+  const out = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "task graph" });
+  const xy = (i) => [pos[i][0] * (W + GX), pos[i][1] * (H + GY)];
+  graph.forEach((g, i) => {
+    const [x, y] = xy(i);
+    for (const dep of g.after) {
+      const [dx, dy] = xy(index[dep]);
+      out.append(svg("line", { x1: dx + W, y1: dy + H / 2, x2: x, y2: y + H / 2, class: "edge", "data-from": dep, "data-to": g.name }));
+    }
+  });
+  graph.forEach((g, i) => {
+    const [x, y] = xy(i);
+    const node = svg("g", { class: "node " + g.state, "data-group": g.name, "data-state": g.state, transform: `translate(${x},${y})` });
+    node.append(
+      svg("rect", { width: W, height: H, rx: 6 }),
+      svg("text", { x: 8, y: 16 }, g.name),
+      svg("text", { x: 8, y: 32, class: "small" }, `${g.ended}/${g.tasks} · ${g.state.toLowerCase()}`),
+    );
+    out.append(node);
+  });
+  box.append(out);
+}
+
+async function updateSchedule(id, action, button) {
+  button.disabled = true;
+  try {
+    await api(`/schedules/${encodeURIComponent(id)}` + (action === "delete" ? "" : `/${action}`), { method: action === "delete" ? "DELETE" : "POST" });
+  } catch (err) {
+    actionError = err;
+    actionErrorUntil = Date.now() + 5000;
+  }
+  refresh();
+}
+
+function renderSchedules(list) {
+  $("#schedules-section").hidden = !list.length;
+  $("#schedule-count").textContent = `(${list.length})`;
+  fill(
+    $("#schedules tbody"),
+    list.map((s) =>
+      el(
+        "tr",
+        { "data-schedule": s.id },
+        el("td", {}, s.id),
+        el("td", {}, el("code", {}, s.schedule)),
+        el("td", {}, s.time_zone),
+        el("td", {}, s.overlap),
+        el("td", { class: "next-fire" }, s.paused ? state("paused") : s.next_fire ? new Date(s.next_fire).toLocaleString() : ""),
+        el("td", {}, s.last_job ? el("a", { href: "#", onclick: (ev) => { ev.preventDefault(); selectJob(s.last_job); } }, s.last_job) : ""),
+        el("td", {}, s.fired),
+        el("td", {}, s.skipped),
+        el("td", {}, s.missed),
+        el("td", {}, el("button", { class: s.paused ? "resume" : "pause", onclick: (ev) => updateSchedule(s.id, s.paused ? "resume" : "pause", ev.target) }, s.paused ? "Resume" : "Pause")),
+      ),
+    ),
+  );
+}
+
 function renderJob(job) {
   const detail = $("#job-detail");
   if (!job) {
@@ -227,6 +314,7 @@ function renderJob(job) {
   const reason = $("#detail-reason");
   reason.textContent = job.pending_reason || "";
   reason.hidden = !job.pending_reason;
+  renderGraph($("#detail-graph"), job.graph);
   const report = $("#detail-report");
   report.hidden = !job.report;
   showReport(report, job.report);
@@ -290,9 +378,10 @@ async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    const [cluster, executors, jobs] = await Promise.all([api("/cluster"), api("/executors"), apiPage(jobsPath())]);
+    const [cluster, executors, jobs, schedules] = await Promise.all([api("/cluster"), api("/executors"), apiPage(jobsPath()), api("/schedules")]);
     renderCluster(cluster);
     renderExecutors(executors);
+    renderSchedules(schedules);
     renderJobs(jobs.body, jobs.more);
     let job = null;
     if (selectedJob) {

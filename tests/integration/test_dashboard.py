@@ -214,3 +214,46 @@ def test_dashboard_shows_a_services_endpoint_progress_restarts_and_a_gangs_reaso
     reason = page.locator("#detail-reason").inner_text()
     assert reason.startswith("gang 'dash-gang' of 9 tasks needs 9 free slots for kind 'sleep'"), reason
     api(url, f"/jobs/{waiting}/cancel", {})
+
+
+def test_dashboard_draws_a_jobs_graph_and_pauses_a_schedule(cluster: LocalCluster, page) -> None:
+    """Issue 16: a job's task groups and edges, colored by state (a failed branch and what it
+    skipped); a schedule with its next fire time, paused with its button."""
+    url = cluster.masters[0].http_url
+    graph = {
+        "name": "dash-graph",
+        "max-attempts": 1,
+        "task": [
+            {"name": "extract", "kind": "noop"},
+            {"name": "bad", "kind": "shell", "command": "exit 1", "after": ["extract"]},
+            {"name": "good", "kind": "noop", "count": 3, "after": ["extract"]},
+            {"name": "load", "kind": "noop", "after": ["bad", "good"]},
+        ],
+    }
+    job = api(url, "/jobs", graph)["id"]
+    sched = api(url, "/jobs", {"name": "dash-cron", "id": "dash-cron", "schedule": "0 3 * * *",
+                               "task": [{"name": "t", "kind": "noop"}]})  # fmt: skip
+    assert sched["schedule"]["next_fire"].endswith("03:00:00+00:00")
+    page.goto(url + "/")
+    page.locator(f'#jobs tr[data-job-id="{job}"]').click()
+    page.wait_for_selector('#detail-graph g.node[data-group="load"][data-state="SKIPPED"]')
+    states = {
+        n.get_attribute("data-group"): n.get_attribute("data-state")
+        for n in page.locator("#detail-graph g.node").all()
+    }
+    assert states == {"extract": "SUCCEEDED", "bad": "FAILED", "good": "SUCCEEDED", "load": "SKIPPED"}
+    edges = {
+        (e.get_attribute("data-from"), e.get_attribute("data-to"))
+        for e in page.locator("#detail-graph line").all()
+    }
+    assert edges == {("extract", "bad"), ("extract", "good"), ("bad", "load"), ("good", "load")}
+    row = '#schedules tr[data-schedule="dash-cron"]'
+    assert "3:00" in page.locator(f"{row} .next-fire").inner_text()
+    page.screenshot(path=str(SHOTS / "graph-and-schedule.png"), full_page=True)
+    page.locator(f"{row} button.pause").click()
+    page.wait_for_selector(f"{row} button.resume")
+    assert api(url, "/schedules")[0]["paused"] is True
+    req = urllib.request.Request(url + "/api/v1/schedules/dash-cron", method="DELETE")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert json.loads(resp.read())["id"] == "dash-cron"
+    assert api(url, "/schedules") == []
