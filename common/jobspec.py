@@ -21,6 +21,7 @@ from typing import Any
 
 from rota.common import cron, ids
 from rota.common import limits as lim
+from rota.common import retry as retries
 from rota.common.config import ConfigError, parse_duration
 from rota.jobtypes import GROUP as JOB_TYPE_GROUP
 from rota.jobtypes import JobTypeError
@@ -57,7 +58,7 @@ MAX_DEPTH = 32
 RESERVED_ENV_PREFIX = "ROTA_"
 
 _JOB_KEYS = (
-    "name", "type", "id", "priority", "max-attempts", "timeout", "retention", "gang", "task",
+    "name", "type", "id", "priority", "max-attempts", "timeout", "retention", "gang", "task", "retry",
     *_CRON_KEYS,
 )  # fmt: skip
 #: The job keys a job type's plug-in does not see: they pass to its result unless it sets them.
@@ -67,7 +68,9 @@ _COMMON_TASK_KEYS = (
     "ports",
 )  # fmt: skip
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
-_SCHEDULING_TASK_KEYS = ("service", "restarts", "restart-window", "gang", "report", "after", "on-failure")
+_SCHEDULING_TASK_KEYS = (
+    "service", "restarts", "restart-window", "gang", "report", "after", "on-failure", "retry",
+)  # fmt: skip
 #: What a task does when a task it runs after did not succeed: it ends SKIPPED, or it runs anyway.
 ON_FAILURE = ("skip", "run")
 #: Names one task may list in ``after``.
@@ -137,6 +140,8 @@ class TaskTemplate:
     after: tuple[str, ...] = ()
     #: When one of those did not succeed: "skip" (it ends SKIPPED) or "run" (it runs anyway).
     on_failure: str = "skip"
+    #: How its failed attempts are retried (its own ``retry`` table); None: the job's.
+    retry: retries.RetryPolicy | None = None
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -172,6 +177,8 @@ class TaskTemplate:
         if self.after:
             out["after"] = list(self.after)
             out["on-failure"] = self.on_failure
+        if self.retry is not None:
+            out["retry"] = self.retry.to_dict()
         return out
 
 
@@ -204,6 +211,8 @@ class JobSpec:
     gang: bool = False
     #: A schedule: the job is a template that the leader submits at each fire time.
     cron: cron.CronSpec | None = None
+    #: How failed attempts are retried, for tasks without their own ``retry``; None: the default.
+    retry: retries.RetryPolicy | None = None
 
     def task_count(self) -> int:
         return sum(t.copies() for t in self.tasks)
@@ -241,6 +250,8 @@ class JobSpec:
             out["gang"] = True
         if self.cron is not None:
             out.update(self.cron.to_dict())
+        if self.retry is not None:
+            out["retry"] = self.retry.to_dict()
         out["task"] = [t.to_dict() for t in self.tasks]
         return out
 
@@ -278,6 +289,7 @@ class JobSpec:
                 report=t.get("report") is True,
                 after=tuple(str(a) for a in t.get("after", ())),
                 on_failure=str(t.get("on-failure", "skip")),
+                retry=retries.RetryPolicy.from_stored(t.get("retry")),
             )
             for t in data["task"]
         ]
@@ -292,6 +304,7 @@ class JobSpec:
             type=data.get("type"),
             gang=bool(data.get("gang", False)),
             cron=_stored_cron(data),
+            retry=retries.RetryPolicy.from_stored(data.get("retry")),
         )
 
 
@@ -517,7 +530,25 @@ class _Parser:
             retention,
             gang=gang,
             cron=self._cron(data, job_id),
+            retry=self._retry(data, "retry"),
         )
+
+    def _retry(self, table: dict[str, Any], full: str) -> retries.RetryPolicy | None:
+        if "retry" not in table:
+            return None
+
+        def seconds(value: Any, key: str) -> float:
+            parsed = self._duration({key: value}, key, f"{full}.{key}", 24 * 3600.0)
+            assert parsed is not None
+            return parsed
+
+        try:
+            return retries.parse(table["retry"], seconds)
+        except JobSpecError:
+            raise
+        except ValueError as e:
+            where, _, reason = str(e).partition(": ")
+            raise self.fail(full + where, reason) from None
 
     def _cron(self, data: dict[str, Any], job_id: str | None) -> cron.CronSpec | None:
         if "schedule" not in data:
@@ -753,6 +784,12 @@ class _Parser:
         if "on-failure" in table and not after:
             raise self.fail(f"{where}.on-failure", "only for a task with after = [...]")
         ports = self._ports(table, kind, where)
+        retry = self._retry(table, f"{where}.retry")
+        if retry is not None and service:
+            raise self.fail(
+                f"{where}.retry",
+                "not for a service task: it restarts within its budget (restarts, restart-window)",
+            )
         report = self._bool(table, "report", f"{where}.report")
         if report and (count > 1 or shards > 1):
             raise self.fail(
@@ -766,7 +803,7 @@ class _Parser:
         return TaskTemplate(
             name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
             restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
-            gang=gang, ports=ports, report=report, after=after, on_failure=on_failure,
+            gang=gang, ports=ports, report=report, after=after, on_failure=on_failure, retry=retry,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:

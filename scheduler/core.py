@@ -20,6 +20,7 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
+from rota.common import retry as retries
 from rota.common.jobspec import JobSpec, TaskTemplate
 from rota.common.states import (
     ACTIVE,
@@ -87,6 +88,7 @@ class Task:
     __slots__ = (
         "job", "index", "template", "copy", "state", "attempt", "executor", "result", "ready_at", "since",
         "failures", "lost", "deadline", "progress", "progress_at", "ckpt_budget", "ckpt_time", "budget",
+        "reasons",
     )  # fmt: skip
 
     def __init__(self, job: Job, index: int, template: int, copy: int) -> None:
@@ -118,6 +120,8 @@ class Task:
         self.ckpt_time = 0.0
         #: A service task's recent failures and losses (in memory only: a new leader starts afresh).
         self.budget: Budget | None = None
+        #: Why its latest failed attempts were retried, or not (retries.KEEP_REASONS, newest last).
+        self.reasons: list[str] | None = None
 
     @property
     def spec(self) -> TaskTemplate:
@@ -134,6 +138,10 @@ class Task:
     @property
     def max_attempts(self) -> int:
         return self.spec.max_attempts or self.job.spec.max_attempts
+
+    @property
+    def retry(self) -> retries.RetryPolicy:
+        return self.spec.retry or self.job.spec.retry or retries.DEFAULT
 
     @property
     def timeout(self) -> float | None:
@@ -160,6 +168,8 @@ class Task:
             rec["r"] = self.result
         if self.progress is not None:
             rec["p"] = list(self.progress)
+        if self.reasons:
+            rec["y"] = self.reasons
         return rec
 
 
@@ -352,6 +362,9 @@ def restore_task(job: Job, index: int, record: dict[str, Any]) -> None:
         task.progress = (float(progress[0]), str(progress[1]))
     task.lost = int(record.get("l", 0))
     task.failures = failures_of(record)
+    reasons = record.get("y")
+    if isinstance(reasons, list):
+        task.reasons = [str(r) for r in reasons[-retries.KEEP_REASONS :]]
     if task.attempt:
         job.started = True
 
@@ -782,10 +795,17 @@ class Core:
                 self._finish(task, FAILED, _given_up(result, why))
             else:
                 self._requeue(task, result, backoff=True)
-        elif task.failures >= task.max_attempts:
-            self._finish(task, FAILED, result)
         else:
-            self._requeue(task, result, backoff=True)
+            policy = task.retry
+            refused = policy.refusal((result or {}).get("exit_code"))
+            if refused or task.failures >= task.max_attempts:
+                why = refused.removesuffix(": not retried") or f"max-attempts ({task.max_attempts}) reached"
+                self._note(task, retries.cut(f"{retries.outcome(task.attempt, result)}; {why}: not retried"))
+                self._finish(task, FAILED, result)
+            else:
+                delay = policy.delay(task.failures)
+                self._note(task, retries.reason(task.attempt, result, delay, policy))
+                self._requeue(task, result, backoff=True, delay=delay)
 
     @staticmethod
     def _budget(task: Task) -> Budget:
@@ -817,9 +837,18 @@ class Core:
             }
             self._finish(task, FAILED, result)
         else:
+            self._note(task, retries.cut(f"{retries.outcome(task.attempt, result)}; run again at once"))
             self._requeue(task, result, backoff=False)
 
-    def _requeue(self, task: Task, result: dict[str, Any] | None, backoff: bool) -> None:
+    @staticmethod
+    def _note(task: Task, reason: str) -> None:
+        reasons = task.reasons or []
+        reasons.append(reason)
+        task.reasons = reasons[-retries.KEEP_REASONS :]
+
+    def _requeue(
+        self, task: Task, result: dict[str, Any] | None, backoff: bool, delay: float | None = None
+    ) -> None:
         self._attempt_ended(task)
         self._release(task)
         self._set_state(task, PENDING)
@@ -827,7 +856,9 @@ class Core:
         now = self.clock()
         task.since = now
         failures = task.failures if task.budget is None else task.budget.recent_failures(now)
-        task.ready_at = now + retry_delay(failures) if backoff else 0.0
+        if delay is None:
+            delay = retry_delay(failures)
+        task.ready_at = now + delay if backoff else 0.0
         self.stats.requeued += 1
         if not backoff:
             self.stats.requeued_lost += 1

@@ -70,6 +70,8 @@ def task_doc(task: Task, endpoints: dict[str, str] | None = None) -> dict[str, A
     }
     if task.progress is not None:
         doc["progress"] = {"fraction": task.progress[0], "message": task.progress[1]}
+    if task.reasons:
+        doc["retries"] = list(task.reasons)
     if task.spec.service:
         doc["service"] = True
         doc["restarts"] = task.failures + task.lost
@@ -220,6 +222,9 @@ def stored_page_doc(
         p = rec.get("p")
         if isinstance(p, list) and len(p) == 2:
             tasks[-1]["progress"] = {"fraction": float(p[0]), "message": str(p[1])}
+        y = rec.get("y")
+        if isinstance(y, list) and y:
+            tasks[-1]["retries"] = [str(r) for r in y]
         if service:
             tasks[-1]["service"] = True
             tasks[-1]["restarts"] = tasks[-1]["failures"] + tasks[-1]["lost"]

@@ -324,7 +324,10 @@ def test_put_task_records_are_snapshots() -> None:
     out = h.drain()
     recs = [rec for _, rec in puts(out)]
     assert recs[0] == {"s": ASSIGNED, "a": 1, "e": "a", "f": 0}
-    assert recs[1] == {"s": PENDING, "a": 1, "e": "a", "f": 1, "r": {"error": "boom"}}
+    assert recs[1] == {
+        "s": PENDING, "a": 1, "e": "a", "f": 1, "r": {"error": "boom"},
+        "y": ["attempt 1 boom; retried after 0.5s (exponential backoff)"],
+    }  # fmt: skip
     assert job.tasks[0].state == PENDING
 
 
@@ -558,7 +561,13 @@ def test_past_max_attempts_the_task_and_the_job_fail() -> None:
     assert task.attempt == 2
     h.report("a", task.ref(), FAILED, {"error": "two"})
     out = h.drain()
-    assert puts(out) == [("j/0", {"s": FAILED, "a": 2, "e": "a", "f": 2, "r": {"error": "two"}})]
+    reasons = [
+        "attempt 1 one; retried after 0.5s (exponential backoff)",
+        "attempt 2 two; max-attempts (2) reached: not retried",
+    ]
+    assert puts(out) == [
+        ("j/0", {"s": FAILED, "a": 2, "e": "a", "f": 2, "r": {"error": "two"}, "y": reasons})
+    ]
     assert only(out, PutJob) == [PutJob(job)]
     assert only(out, JobEnded) == [JobEnded(job)]
     kinds = [type(d) for d in out]
@@ -676,6 +685,7 @@ def test_a_lost_attempt_does_not_use_up_max_attempts() -> None:
                     "f": 0,
                     "l": i + 1,
                     "r": {"error": f"executor x{i} lost"},
+                    "y": [f"attempt {n + 1} executor x{n} lost; run again at once" for n in range(i + 1)],
                 },
             )
         ]
@@ -691,7 +701,15 @@ def test_a_lost_attempt_does_not_use_up_max_attempts() -> None:
     h.drain()
     h.report("ok", task.ref(), SUCCEEDED, {})
     assert task.state == SUCCEEDED and job.state == SUCCEEDED
-    assert task.record() == {"s": SUCCEEDED, "a": 5, "e": "ok", "f": 1, "l": 3, "r": {}}
+    assert {k: v for k, v in task.record().items() if k != "y"} == {
+        "s": SUCCEEDED,
+        "a": 5,
+        "e": "ok",
+        "f": 1,
+        "l": 3,
+        "r": {},
+    }
+    assert task.record()["y"][-1] == "attempt 4 own; retried after 0.5s (exponential backoff)"
 
 
 def test_failures_and_losses_are_counted_apart_and_failures_fail_the_task() -> None:
