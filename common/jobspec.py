@@ -21,6 +21,7 @@ from typing import Any
 
 from rota.common import cron, ids
 from rota.common import limits as lim
+from rota.common import requirements as reqs
 from rota.common import retry as retries
 from rota.common.config import ConfigError, parse_duration
 from rota.jobtypes import GROUP as JOB_TYPE_GROUP
@@ -70,6 +71,7 @@ _COMMON_TASK_KEYS = (
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
 _SCHEDULING_TASK_KEYS = (
     "service", "restarts", "restart-window", "gang", "report", "after", "on-failure", "retry",
+    "constraints", "resources",
 )  # fmt: skip
 #: What a task does when a task it runs after did not succeed: it ends SKIPPED, or it runs anyway.
 ON_FAILURE = ("skip", "run")
@@ -142,6 +144,8 @@ class TaskTemplate:
     on_failure: str = "skip"
     #: How its failed attempts are retried (its own ``retry`` table); None: the job's.
     retry: retries.RetryPolicy | None = None
+    #: What it needs of its executor: labels (``constraints``) and ``resources``.
+    needs: reqs.Requirements = field(default_factory=reqs.Requirements)
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -179,6 +183,7 @@ class TaskTemplate:
             out["on-failure"] = self.on_failure
         if self.retry is not None:
             out["retry"] = self.retry.to_dict()
+        out.update(self.needs.to_dict())
         return out
 
 
@@ -290,6 +295,7 @@ class JobSpec:
                 after=tuple(str(a) for a in t.get("after", ())),
                 on_failure=str(t.get("on-failure", "skip")),
                 retry=retries.RetryPolicy.from_stored(t.get("retry")),
+                needs=_stored_needs(t),
             )
             for t in data["task"]
         ]
@@ -306,6 +312,17 @@ class JobSpec:
             cron=_stored_cron(data),
             retry=retries.RetryPolicy.from_stored(data.get("retry")),
         )
+
+
+def _stored_needs(t: Mapping[str, Any]) -> reqs.Requirements:
+    """As accepted once; parsed again (the forms are the job file's), unreadable ones count as none."""
+    try:
+        return reqs.Requirements(
+            reqs.parse_constraints(t["constraints"]) if "constraints" in t else (),
+            reqs.parse_resources(t["resources"]) if "resources" in t else (),
+        )
+    except reqs.RequirementError:
+        return reqs.Requirements()
 
 
 def _stored_cron(data: Mapping[str, Any]) -> cron.CronSpec | None:
@@ -532,6 +549,16 @@ class _Parser:
             cron=self._cron(data, job_id),
             retry=self._retry(data, "retry"),
         )
+
+    def _needs(self, table: dict[str, Any], where: str) -> reqs.Requirements:
+        out = []
+        for key, parse in (("constraints", reqs.parse_constraints), ("resources", reqs.parse_resources)):
+            try:
+                out.append(parse(table[key]) if key in table else ())
+            except reqs.RequirementError as e:
+                path, _, reason = str(e).partition(": ")
+                raise self.fail(f"{where}.{key}{path}", reason) from None
+        return reqs.Requirements(*out)
 
     def _retry(self, table: dict[str, Any], full: str) -> retries.RetryPolicy | None:
         if "retry" not in table:
@@ -785,6 +812,15 @@ class _Parser:
             raise self.fail(f"{where}.on-failure", "only for a task with after = [...]")
         ports = self._ports(table, kind, where)
         retry = self._retry(table, f"{where}.retry")
+        needs = self._needs(table, where)
+        if needs and (gang is not None or kind in _UNLIMITED_KINDS):
+            key = f"{where}.{'resources' if 'resources' in table else 'constraints'}"
+            raise self.fail(
+                key,
+                "not for a gang's task"
+                if gang is not None
+                else f"not for kind {kind!r}, which runs in the executor itself",
+            )
         if retry is not None and service:
             raise self.fail(
                 f"{where}.retry",
@@ -803,7 +839,7 @@ class _Parser:
         return TaskTemplate(
             name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
             restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
-            gang=gang, ports=ports, report=report, after=after, on_failure=on_failure, retry=retry,
+            gang=gang, ports=ports, report=report, after=after, on_failure=on_failure, retry=retry, needs=needs,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:

@@ -32,3 +32,5 @@ class AgentConfig:
     task_maxima: Limits = field(default_factory=Limits)
     #: Mutual TLS to the masters and on its own gRPC port; None for plain channels.
     tls: TlsFiles | None = None
+    #: What tasks asking for resources may use here (--resources).
+    resources: dict[str, float] = field(default_factory=dict)

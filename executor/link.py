@@ -322,6 +322,7 @@ class Link:
             addr=self.conf.addr,
             slots=self.conf.slots,
             labels=self.conf.labels,
+            resources=self.conf.resources,
             kinds=sorted(self.runner.kinds),
             keepalive_ttl=self.conf.keepalive_ttl,
             prefetch=self.runner.credit.value,

@@ -20,6 +20,7 @@ from aiohttp import web
 from rota.common import admission, exposure, httpserver, rpc, tls, tokens
 from rota.common import config as cfg
 from rota.common import limits as lim
+from rota.common import requirements as reqs
 from rota.common.logs import setup_logging
 from rota.executor import access, confine, run_as, tasklogs
 from rota.executor.access import TokenCheck
@@ -189,7 +190,19 @@ flags given on the command line override this file.
     "the leader. 'auto' sizes the queue to how fast tasks end (deep for short tasks, none for "
     "tasks over 0.1s); a number N fixes it.",
 )
-@click.option("--labels", type=cfg.KEY_VALUES, default=None, help="Labels k=v,... shown in list-executors.")
+@click.option(
+    "--labels",
+    type=cfg.KEY_VALUES,
+    default=None,
+    help='Labels k=v,... shown in list-executors; tasks with constraints = { k = "v" } run only where they match.',
+)
+@click.option(
+    "--resources",
+    default=None,
+    metavar="NAME=AMOUNT,...",
+    help="What tasks that ask for resources may use here, e.g. cpu=8,memory=16GiB,gpu=2,licence=4 "
+    "[default: this machine's cores as cpu and its memory].",
+)
 @click.option(
     "--keepalive-ttl",
     type=cfg.DURATION,
@@ -344,12 +357,17 @@ def executor_command(**o: Any) -> int:
     confine.set_mode(mode)
     base.task_defaults(lim.effective(lim.Limits(), defaults, maxima))
     log.info("tasks are bounded by %s; default limits %s", mode.describe(), defaults.describe() or "none")
+    try:
+        resources = reqs.detected() if not o["resources"] else reqs.parse_flag(str(o["resources"]))
+    except reqs.RequirementError as e:
+        raise cfg.ConfigError(f"--resources{e}" if str(e).startswith(".") else f"--resources: {e}") from None
     conf = AgentConfig(
         name=str(o["name"]),
         join=[a.dial() for a in o["join"]],
         addr=str(advertise),
         slots=int(o["slots"]),
         labels=dict(o["labels"] or {}),
+        resources=resources,
         keepalive_ttl=ttl,
         keepalive_interval=interval,
         work_dir=work_dir,

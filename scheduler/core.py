@@ -22,6 +22,7 @@ from sortedcontainers import SortedDict
 
 from rota.common import retry as retries
 from rota.common.jobspec import JobSpec, TaskTemplate
+from rota.common.requirements import Requirements
 from rota.common.states import (
     ACTIVE,
     ASSIGNED,
@@ -176,7 +177,7 @@ class Task:
 class Job:
     __slots__ = (
         "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
-        "owner", "gangs", "deps",
+        "owner", "gangs", "deps", "needs",
     )  # fmt: skip
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float, owner: str = "") -> None:
@@ -203,6 +204,10 @@ class Job:
         self.gangs = gangs.build(spec, self.tasks)
         #: Which templates wait for which (``after``); None for a job without (most).
         self.deps = Dependencies.of(spec)
+        #: Per template, the resources each of its tasks holds on its executor; None when none asks.
+        self.needs = (
+            [t.needs.resources for t in spec.tasks] if any(t.needs.resources for t in spec.tasks) else None
+        )
 
     def release(self) -> None:
         """Held as a summary or expired: its tasks go, freed by reference counting alone (a task
@@ -584,7 +589,9 @@ class Core:
         self.executors: dict[str, ExecutorSlot] = {}
         self.stats = Stats()
         #: Per kind, a heap of (-priority, job seq, index, Task or Run): the next task to place first.
-        self._pending: dict[str, list[tuple[int, int, int, Task | Run]]] = {}
+        #: Keyed by (kind, what the tasks need of their executor: labels and resources), so that a
+        #: task that fits nowhere now holds up only tasks with the same needs.
+        self._pending: dict[tuple[str, Requirements], list[tuple[int, int, int, Task | Run]]] = {}
         self._delayed: list[tuple[float, int, int, Task]] = []
         #: (deadline, attempt, index, task) of placed attempts of tasks with a timeout.
         self._deadlines: list[tuple[float, int, int, Task]] = []
@@ -632,7 +639,8 @@ class Core:
         if task.ready_at > self.clock():
             heapq.heappush(self._delayed, (task.ready_at, task.job.seq, task.index, task))
             return
-        heap = self._pending.setdefault(task.spec.kind, [])
+        spec = task.spec
+        heap = self._pending.setdefault((spec.kind, spec.needs), [])
         heapq.heappush(heap, (-task.job.priority, task.job.seq, task.index, task))
 
     def _release(self, task: Task) -> None:
@@ -671,7 +679,7 @@ class Core:
             start, end = deps.starts[t], deps.starts[t] + spec.copies()
             unmet = deps.unmet[t]
             if unmet is None or spec.on_failure == "run":
-                heap = self._pending.setdefault(spec.kind, [])
+                heap = self._pending.setdefault((spec.kind, spec.needs), [])
                 heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
                 continue
             why = {
@@ -905,7 +913,7 @@ class Core:
                 start = 0
                 for template in job.spec.tasks:
                     end = start + template.copies()
-                    heap = self._pending.setdefault(template.kind, [])
+                    heap = self._pending.setdefault((template.kind, template.needs), [])
                     heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
                     start = end
             else:
@@ -1451,7 +1459,7 @@ class Core:
         queued on executors."""
         free = [ex for ex in self.executors.values() if ex.free > 0]
         #: Kinds whose best task has no room anywhere this round (its template is not known short).
-        stuck: set[str] = set()
+        stuck: set[tuple[str, Requirements]] = set()
         #: Queue entries of gangs that do not fit this round, and those gangs: put back at the end.
         aside: list[tuple[list[tuple[int, int, int, Task | Run]], tuple[int, int, int, Task | Run]]] = []
         blocked: set[gangs.Gang] = set()
@@ -1459,8 +1467,9 @@ class Core:
             best: tuple[int, int, int] | None = None
             best_heap: list[tuple[int, int, int, Task | Run]] | None = None
             best_task: Task | None = None
-            for kind, heap in self._pending.items():
-                if kind in stuck or not any(kind in ex.kinds for ex in free):
+            for key, heap in self._pending.items():
+                kind = key[0]
+                if key in stuck or not any(kind in ex.kinds for ex in free):
                     continue
                 task = self._peek(heap)
                 if task is not None and (best is None or heap[0][:3] < best):
@@ -1476,9 +1485,13 @@ class Core:
                     aside.append((best_heap, heapq.heappop(best_heap)))
                 continue
             short = task.job.short[task.template]
-            ex = choose_executor(task.spec.kind, free if short else [e for e in free if e.free_slots > 0])
+            spec = task.spec
+            if spec.needs:
+                ex = choose_executor(spec.kind, [e for e in free if e.can_run(spec.needs)])
+            else:
+                ex = choose_executor(spec.kind, free if short else [e for e in free if e.free_slots > 0])
             if ex is None:
-                stuck.add(task.spec.kind)
+                stuck.add((spec.kind, spec.needs))
                 continue
             self._pop(best_heap)
             self._assign(task, ex)
@@ -1531,7 +1544,9 @@ class Core:
         queued = [ex for ex in self.executors.values() if len(ex.running) > ex.slots]
         if not queued:
             return
-        for kind, heap in self._pending.items():
+        for (kind, needs), heap in self._pending.items():
+            if needs:
+                continue  # placed only where they fit, on free slots (_schedule)
             while (task := self._peek(heap)) is not None:
                 if task.job.gangs is not None and self._waiting_gang(task) is not None:
                     break  # a gang goes on free slots only, all at once (_schedule)

@@ -66,6 +66,20 @@ class JobApi:
         self._submitting: dict[str, asyncio.Task[None]] = {}
         self.collector = Collector(BIG_JOB)
 
+    def unplaceable(self, spec: JobSpec) -> str:
+        """Why a task of ``spec`` could never run on the executors attached now ("" when it could,
+        or when none offers its kind: a cluster starting up is not judged)."""
+        for i, tmpl in enumerate(spec.tasks):
+            if not tmpl.needs:
+                continue
+            offering = [
+                (e.name, e.labels, e.resources) for e in self.core.executors.values() if tmpl.kind in e.kinds
+            ]
+            why = tmpl.needs.shortfall(offering) if offering else ""
+            if why:
+                return f"task[{i}] ({tmpl.name}) can run on no executor: {why}"
+        return ""
+
     async def submit(
         self, job_id: str, spec: JobSpec, owner: str = "", also: Sequence[Any] = ()
     ) -> tuple[str, bool]:
@@ -194,8 +208,9 @@ class JobApi:
         that job has just expired."""
         if isinstance(job, Job):
             return job_page_doc(
-                job, offset, limit, self.core.endpoints.of_job(job.id), self.core.barriers.docs(job.id)
-            )
+                job, offset, limit, self.core.endpoints.of_job(job.id), self.core.barriers.docs(job.id),
+                list(self.core.executors.values()),
+            )  # fmt: skip
         total = job.task_count()
         if offset >= total:
             return {**job_doc(job), "tasks": []}

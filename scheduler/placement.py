@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rota.common.requirements import Requirements
+
 #: The most tasks an executor may hold beyond its slots, whatever credit it asks for.
 MAX_PREFETCH = 4096
 
@@ -25,6 +27,9 @@ class ExecutorSlot:
     slots: int
     kinds: frozenset[str]
     labels: dict[str, str] = field(default_factory=dict)
+    #: What it offers to tasks that ask for resources (its --resources), and what those it holds use.
+    resources: dict[str, float] = field(default_factory=dict)
+    used: Counter[str] = field(default_factory=Counter)
     lease_id: int = 0
     #: Tasks it takes beyond its slots: the flow-control credit it last asked for.
     prefetch: int = 0
@@ -64,10 +69,18 @@ class ExecutorSlot:
         if task not in self.running:
             self.running.add(task)
             self.priorities[task.job.priority] += 1
+            needs = task.job.needs
+            if needs is not None:
+                for name, amount in needs[task.template]:
+                    self.used[name] += amount
 
     def drop(self, task: Any) -> None:
         if task in self.running:
             self.running.discard(task)
+            needs = task.job.needs
+            if needs is not None:
+                for name, amount in needs[task.template]:
+                    self.used[name] -= amount
             left = self.priorities[task.job.priority] - 1
             if left:
                 self.priorities[task.job.priority] = left
@@ -77,10 +90,18 @@ class ExecutorSlot:
     def clear(self) -> None:
         self.running.clear()
         self.priorities.clear()
+        self.used.clear()
+
+    def free_resources(self) -> dict[str, float]:
+        return {name: amount - self.used[name] for name, amount in self.resources.items()}
+
+    def can_run(self, needs: Requirements) -> bool:
+        """Whether a task with these needs may go here now: labels match, resources free, a free slot."""
+        return self.free_slots > 0 and needs.matches(self.labels) and needs.fits(self.free_resources())
 
     def take_over(self, known: ExecutorSlot) -> None:
         """Keep what an earlier registration of the same executor held, and an operator's drain."""
-        self.running, self.priorities = known.running, known.priorities
+        self.running, self.priorities, self.used = known.running, known.priorities, known.used
         self.drain_requested, self.drain_timeout = known.drain_requested, known.drain_timeout
 
     def can_be_overtaken_by(self, priority: int) -> bool:

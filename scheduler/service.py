@@ -292,6 +292,9 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 return rota_pb2.SubmitJobReply(
                     id=sched.id, created=made, schedule_json=json.dumps(sched.doc()).encode()
                 )
+            refused = rt.jobs.unplaceable(spec)
+            if refused and rt.jobs.job(job_id) is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
             jid, created = await rt.jobs.submit(job_id, spec, who.id if who else "")
             if not wait:
                 return rota_pb2.SubmitJobReply(id=jid, created=created)

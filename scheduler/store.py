@@ -174,6 +174,7 @@ def _executor(rec: dict[str, Any], lease: int) -> ExecutorSlot:
         slots=int(rec.get("slots", 1)),
         kinds=frozenset(rec.get("kinds", ())),
         labels=rec.get("labels", {}),
+        resources={str(k): float(v) for k, v in rec.get("resources", {}).items()},
         lease_id=lease,
         drain_requested=bool(rec.get("draining", False)),
         drain_timeout=rec.get("drain_timeout"),
@@ -402,6 +403,8 @@ class Store:
             "kinds": sorted(ex.kinds),
             "labels": ex.labels,
         }
+        if ex.resources:
+            record["resources"] = ex.resources
         if ex.drain_requested:
             record["draining"] = True
             if ex.drain_timeout is not None:

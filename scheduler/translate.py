@@ -137,6 +137,7 @@ def executor_slot(executor_id: str, lease_id: int, hello: rota_pb2.Hello) -> Exe
         slots=max(1, hello.slots),
         kinds=frozenset(hello.kinds),
         labels=dict(hello.labels),
+        resources={k: v for k, v in hello.resources.items() if v > 0 and len(k) <= 63},
         lease_id=lease_id,
         prefetch=bounded_prefetch(hello.prefetch),
         leaving=hello.leaving,

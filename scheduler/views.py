@@ -56,8 +56,9 @@ def live_report(job: Job) -> dict[str, Any] | None:
     return report_of(task.state, task.result)
 
 
-def task_doc(task: Task, endpoints: dict[str, str] | None = None) -> dict[str, Any]:
-    """``endpoints``: port -> host:port of the task's published endpoints."""
+def task_doc(task: Task, endpoints: dict[str, str] | None = None, reason: str = "") -> dict[str, Any]:
+    """``endpoints``: port -> host:port of the task's published endpoints; ``reason``: why a
+    pending task with constraints or resources is not placed yet."""
     doc = {
         "id": task.id,
         "name": task.name,
@@ -75,6 +76,8 @@ def task_doc(task: Task, endpoints: dict[str, str] | None = None) -> dict[str, A
     if task.spec.service:
         doc["service"] = True
         doc["restarts"] = task.failures + task.lost
+    if reason and task.state == PENDING:
+        doc["pending_reason"] = reason
     deps = task.job.deps
     if deps is not None and task.state == PENDING and not deps.ready(task.template):
         doc["waiting_for"] = [task.job.spec.tasks[t].name for t in deps.waiting_for(task.template)]
@@ -120,6 +123,8 @@ def executor_doc(ex: ExecutorSlot) -> dict[str, Any]:
         "kinds": sorted(ex.kinds),
         "state": executor_state(ex),
         "last_heartbeat": ex.heartbeat_at or None,
+        "resources": dict(ex.resources),
+        "resources_free": ex.free_resources(),
     }
 
 
@@ -129,9 +134,11 @@ def job_page_doc(
     limit: int,
     endpoints: dict[int, dict[str, str]] | None = None,
     barriers: list[dict[str, Any]] | None = None,
+    executors: list[ExecutorSlot] | None = None,
 ) -> dict[str, Any]:
     """The get-job document with tasks ``[offset, offset + limit)`` only; ``endpoints``: by task
-    index, the ports published now (Endpoints.of_job); a running job's barriers when it has any."""
+    index, the ports published now (Endpoints.of_job); a running job's barriers when it has any;
+    ``executors``: the cluster's, to say why tasks with constraints or resources wait."""
     doc = job_doc(job)
     if barriers:
         doc["barriers"] = barriers
@@ -141,9 +148,9 @@ def job_page_doc(
     if job.deps is not None:
         doc["graph"] = graph_doc(job)
     shown = endpoints or {}
-    doc["tasks"] = [
-        task_doc(t, shown.get(t.index)) for t in job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]
-    ]
+    page = job.tasks[offset : offset + min(limit, MAX_TASK_PAGE)]
+    reasons = placement_reasons(job, page, executors or [])
+    doc["tasks"] = [task_doc(t, shown.get(t.index), reasons.get(t.template, "")) for t in page]
     return doc
 
 
@@ -167,6 +174,26 @@ def graph_doc(job: Job) -> list[dict[str, Any]]:
         out.append(
             {"name": tmpl.name, "after": list(tmpl.after), "tasks": copies, "ended": ended, "state": group}
         )
+    return out
+
+
+def placement_reasons(job: Job, tasks: list[Task], executors: list[ExecutorSlot]) -> dict[int, str]:
+    """Per template with constraints or resources that has pending tasks among ``tasks``: why
+    they are not placed now (once per template, not per task)."""
+    out: dict[int, str] = {}
+    for t in {t.template for t in tasks if t.state == PENDING}:
+        tmpl = job.spec.tasks[t]
+        if not tmpl.needs:
+            continue
+        offering = [e for e in executors if tmpl.kind in e.kinds and e.accepts_work]
+        why = tmpl.needs.shortfall([(e.name, e.labels, e.free_resources()) for e in offering], "has free")
+        if not why and not any(e.can_run(tmpl.needs) for e in offering):
+            why = (
+                "no free slot on an executor that fits"
+                if offering
+                else f"no executor offers kind {tmpl.kind!r}"
+            )
+        out[t] = f"waiting for: {why}" if why else ""
     return out
 
 
