@@ -1460,6 +1460,9 @@ class Core:
         free = [ex for ex in self.executors.values() if ex.free > 0]
         #: Kinds whose best task has no room anywhere this round (its template is not known short).
         stuck: set[tuple[str, Requirements]] = set()
+        #: Per needs, the free executors that fitted them when first looked at this round: a
+        #: placement re-checks only the one it picks (a round places many tasks of the same needs).
+        fitting: dict[tuple[str, Requirements], list[ExecutorSlot]] = {}
         #: Queue entries of gangs that do not fit this round, and those gangs: put back at the end.
         aside: list[tuple[list[tuple[int, int, int, Task | Run]], tuple[int, int, int, Task | Run]]] = []
         blocked: set[gangs.Gang] = set()
@@ -1487,7 +1490,7 @@ class Core:
             short = task.job.short[task.template]
             spec = task.spec
             if spec.needs:
-                ex = choose_executor(spec.kind, [e for e in free if e.can_run(spec.needs)])
+                ex = self._fitting(fitting, (spec.kind, spec.needs), free)
             else:
                 ex = choose_executor(spec.kind, free if short else [e for e in free if e.free_slots > 0])
             if ex is None:
@@ -1500,6 +1503,24 @@ class Core:
         for heap, entry in aside:
             heapq.heappush(heap, entry)
         self._overtake()
+
+    @staticmethod
+    def _fitting(
+        fitting: dict[tuple[str, Requirements], list[ExecutorSlot]],
+        key: tuple[str, Requirements],
+        free: list[ExecutorSlot],
+    ) -> ExecutorSlot | None:
+        """The least loaded executor that can run a task of ``key``'s kind and needs now."""
+        kind, needs = key
+        cands = fitting.get(key)
+        if cands is None:
+            cands = fitting[key] = [e for e in free if kind in e.kinds and e.can_run(needs)]
+        while cands:
+            ex = min(cands, key=ExecutorSlot.load)
+            if ex.can_run(needs):
+                return ex
+            cands.remove(ex)
+        return None
 
     def _explain_gangs(self, job_gangs: list[gangs.Gang | None]) -> None:
         """A job comes in: the reason of each gang that cannot fit now, even one that ``_schedule``

@@ -97,7 +97,10 @@ class ExecutorSlot:
 
     def can_run(self, needs: Requirements) -> bool:
         """Whether a task with these needs may go here now: labels match, resources free, a free slot."""
-        return self.free_slots > 0 and needs.matches(self.labels) and needs.fits(self.free_resources())
+        if self.free_slots <= 0 or not needs.matches(self.labels):
+            return False
+        resources, used = self.resources, self.used
+        return all(resources.get(name, 0.0) - used[name] >= amount for name, amount in needs.resources)
 
     def take_over(self, known: ExecutorSlot) -> None:
         """Keep what an earlier registration of the same executor held, and an operator's drain."""
