@@ -98,6 +98,7 @@ bench: all
 	$(PY) -m bench.dag --kind call --tasks 30000 --out bench/results/dag-call.json
 	$(PY) -m bench.cron
 	$(PY) -m bench.placement
+	$(PY) -m bench.events
 	$(PY) -m bench.dataflow
 	$(PY) -m bench.dataflow --runs paced --kill --out bench/results/dataflow-kill.json
 	$(PY) -m bench.summary

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -347,6 +347,47 @@ class AsyncClient:
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return await self._json_call("CancelJob", rota_pb2.CancelJobRequest(id=job_id))  # type: ignore[no-any-return]
 
+    async def watch_events(
+        self, job_id: str = "", from_revision: int = 0, cursor: bool = False
+    ) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+        """Job and task state changes as (revision, changes), from ``from_revision`` (0: from now),
+        forever. A stream that breaks (its master died, the network) goes on from another master
+        at the revision after the last one received: nothing is lost or repeated. RequestError
+        when that history is compacted; NoMasterReachable when no master serves it for ``timeout``.
+        ``cursor``: first yield (the revision it starts after, []), where to resume from at once."""
+        next_rev = from_revision
+        n = len(self.addresses)
+        idx = self._preferred
+        failed_since: float | None = None
+        while True:
+            addr = self.addresses[idx % n]
+            try:
+                call = self._stub(addr).WatchEvents(
+                    rota_pb2.WatchEventsRequest(job_id=job_id, from_revision=next_rev),
+                    metadata=self.metadata(),
+                )
+                async for batch in call:
+                    failed_since = None
+                    next_rev = batch.revision + 1
+                    changes = json.loads(batch.changes_json)
+                    if changes or cursor:
+                        cursor = False
+                        yield batch.revision, changes
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+                    raise RequestError(e.details() or code.name) from None
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise AccessDenied(
+                        e.details() or code.name, code == grpc.StatusCode.UNAUTHENTICATED
+                    ) from None
+            now = time.monotonic()
+            failed_since = failed_since or now
+            if now - failed_since > self.timeout:
+                raise NoMasterReachable(f"no master served the event stream within {self.timeout:g}s")
+            idx += 1
+            await asyncio.sleep(0.1 if idx % n == 0 else 0.0)
+
     async def list_schedules(self) -> list[dict[str, Any]]:
         return await self._json_call("ListSchedules", rota_pb2.ListSchedulesRequest())  # type: ignore[no-any-return]
 
@@ -496,6 +537,27 @@ class Client:
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._run(lambda: self._async.cancel_job(job_id))
+
+    def watch_events(
+        self, job_id: str = "", from_revision: int = 0, cursor: bool = False
+    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """See AsyncClient.watch_events; each revision's changes are yielded as soon as they arrive."""
+        batches = self._async.watch_events(job_id, from_revision, cursor)
+        step: asyncio.Future[tuple[int, list[dict[str, Any]]]] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(batches.__anext__(), loop=self._loop)
+                try:
+                    yield self._loop.run_until_complete(step)
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._loop.is_closed():
+                if step is not None and not step.done():
+                    step.cancel()
+                    with contextlib.suppress(BaseException):
+                        self._loop.run_until_complete(step)
+                self._loop.run_until_complete(batches.aclose())  # type: ignore[attr-defined]
 
     def list_schedules(self) -> list[dict[str, Any]]:
         return self._run(lambda: self._async.list_schedules())

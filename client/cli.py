@@ -387,6 +387,39 @@ def cancel_job(ctx: Ctx, job_id: str) -> None:
     emit(ctx, doc, job_text({**doc, "tasks": []}))
 
 
+def change_line(revision: int, c: dict[str, Any]) -> str:
+    if c["event"] == "task":
+        where = f" on {c['executor']}" if c.get("executor") else ""
+        return f"{revision}  {c['job']}/{c['task']}  {c['state']}  attempt {c['attempt']}{where}"
+    return f"{revision}  {c['job']}  {c['event']}" + (f" {c['state']}" if c.get("state") else "")
+
+
+@cli.command("watch")
+@click.argument("job_id", required=False, default="")
+@click.option(
+    "--from",
+    "from_revision",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Start after this etcd revision (the first column; a revision printed before + 1 resumes "
+    "without a gap or a repeat) [default: from now].",
+)
+@click.pass_obj
+def watch(ctx: Ctx, job_id: str, from_revision: int) -> None:
+    """Print job and task state changes as they are committed, one line each (--json: one JSON
+    document per revision, {"revision", "changes"}). With JOB, only that job's, ending when it
+    ends. Any master serves it; if that master goes, the stream goes on from another one."""
+    with ctx.client() as c:
+        for revision, changes in c.watch_events(job_id, from_revision):
+            if ctx.json:
+                click.echo(json.dumps({"revision": revision, "changes": changes}))
+            else:
+                for ch in changes:
+                    click.echo(change_line(revision, ch))
+            if job_id and any(ch["event"] in ("ended", "expired") for ch in changes):
+                return
+
+
 def schedules_table(docs: list[dict[str, Any]]) -> str:
     rows = [
         [

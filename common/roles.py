@@ -42,6 +42,7 @@ METHODS: dict[str, str] = {
     "WaitJob": READ_JOBS,
     "CancelJob": CANCEL_JOBS,
     "ListSchedules": READ_JOBS,
+    "WatchEvents": READ_JOBS,
     "UpdateSchedule": CANCEL_JOBS,
     "ListExecutors": READ_JOBS,
     "DrainExecutor": OPERATE,

@@ -8,6 +8,7 @@ exactly like the CLI: the same validation, the same errors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,7 @@ class HttpApi:
         r.add_post("/api/v1/jobs/{id}/cancel", self.cancel_job)
         r.add_get("/api/v1/jobs/{id}/tasks/{task}/logs", self.task_logs)
         r.add_get("/api/v1/schedules", self.list_schedules)
+        r.add_get("/api/v1/events", self.events)
         r.add_post("/api/v1/schedules/{id}/pause", self.pause_schedule)
         r.add_post("/api/v1/schedules/{id}/resume", self.resume_schedule)
         r.add_delete("/api/v1/schedules/{id}", self.delete_schedule)
@@ -227,6 +229,33 @@ class HttpApi:
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         return web.json_response(await self.client.cancel_job(request.match_info["id"]))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: one ``changes`` event per etcd revision, its id the revision; a
+        browser that reconnects sends Last-Event-ID and goes on from there. The first event,
+        ``cursor``, has no changes: its id is where the stream starts."""
+        job_id = request.query.get("job") or ""
+        if job_id:
+            validate_job_id(job_id)
+        start = int_query(request, "from", 0, 2**62, 0)
+        last = request.headers.get("Last-Event-ID", "")
+        if last:
+            if not last.isdigit() or len(last) > 19:
+                raise BadQuery(f"Last-Event-ID must be a revision (a whole number), got {last[:40]!r}")
+            start = int(last) + 1
+        batches = self.client.watch_events(job_id, start, cursor=True)
+        first = await anext(batches)  # errors (a compacted revision, a refused token) still get a 4xx
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        await resp.write(f"id: {first[0]}\nevent: cursor\ndata: []\n\n".encode())
+        try:
+            async for revision, changes in batches:
+                await resp.write(f"id: {revision}\nevent: changes\ndata: {json.dumps(changes)}\n\n".encode())
+        except (ConnectionResetError, NoMasterReachable):
+            pass
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+        return resp
 
     async def list_schedules(self, request: web.Request) -> web.Response:
         return web.json_response(await self.client.list_schedules())

@@ -17,10 +17,10 @@ from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
 from rota.common.tls import TlsFiles
 from rota.metastore import keys
-from rota.metastore.client import Alarm, EtcdClient, EtcdError, MemberStatus, NoSpace
+from rota.metastore.client import Alarm, EtcdClient, EtcdError, MemberStatus, NoSpace, WatchCompacted
 from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
-from rota.scheduler import access
+from rota.scheduler import access, events
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
@@ -90,6 +90,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         self.tokens = tokens or TokenStore(client, None)
         #: Executor streams by the id of the token they attached with: a revoke closes them.
         self._streams: dict[str, set[ExecutorLink]] = {}
+        self._event_streams = 0
         self.tokens.on_revoke.append(self._close_streams)
 
     def _close_streams(self, token_id: str) -> None:
@@ -395,6 +396,43 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             return await self._page(rt, job, 0, MAX_TASK_PAGE, context)
 
         return await self._on_leader("CancelJob", request, context, local)
+
+    async def WatchEvents(
+        self, request: rota_pb2.WatchEventsRequest, context: Any
+    ) -> AsyncIterator[rota_pb2.EventBatch]:
+        """Served by this master from etcd (events.py), whoever leads."""
+        if request.from_revision < 0 or len(request.job_id) > 128:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "from_revision must be >= 0 and job_id a job id"
+            )
+        if self._event_streams >= events.MAX_STREAMS:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"this master serves {events.MAX_STREAMS} event streams already: try another",
+            )
+        await self._caller(context)
+        self._event_streams += 1
+        try:
+            start = request.from_revision
+            if not start:
+                _, now = await self.client.read(keys.HEALTH)
+                start = now + 1
+            # The cursor first: a client that has received nothing yet still knows where to resume.
+            yield rota_pb2.EventBatch(revision=start - 1, changes_json=b"[]")
+            try:
+                async for batch in self.client.watch(keys.ROOT, start, prefix=True):
+                    for revision, changes in events.by_revision(batch, request.job_id):
+                        yield rota_pb2.EventBatch(
+                            revision=revision, changes_json=json.dumps(changes).encode()
+                        )
+            except WatchCompacted as e:
+                await context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"etcd's history before revision {e.compact_revision + 1} is compacted (it keeps a minute or two): "
+                    "read the state now with get-job or list-jobs, then watch from now",
+                )
+        finally:
+            self._event_streams -= 1
 
     async def ListSchedules(self, request: rota_pb2.ListSchedulesRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:

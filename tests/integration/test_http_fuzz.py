@@ -131,6 +131,8 @@ def test_every_operation_answers_generated_requests_as_documented(
                 title = str(e).strip().splitlines()[0:3]
                 failures.setdefault(f"{operation.label}: {title}", str(e))
 
+        if operation.label == "GET /api/v1/events":
+            continue  # a stream that never ends: a request would only time out (test_events.py has it)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz(operation, mode, call)
         if operation.label == "POST /api/v1/jobs":  # generation prefers JSON bodies; TOML text too
