@@ -16,12 +16,11 @@ from typing import Any, NoReturn
 
 import click
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from rota.common import formats
 
 EXIT_USAGE = 2
+#: A config file is a few flags: anything larger is not one.
+MAX_CONFIG_BYTES = 1024 * 1024
 #: The longest drain an executor may be given (--drain-timeout, drain-executor --timeout): a week,
 #: as long as a task's own timeout may be.
 MAX_DRAIN_TIMEOUT = 7 * 86400.0
@@ -194,17 +193,23 @@ STRING_LIST = _ParseType("a,b,...", lambda v: split_list(v))
 
 
 def load_config_file(path: str, allowed: set[str]) -> dict[str, Any]:
-    """Read a TOML config, refusing keys that are not flags of the program."""
+    """Read a config file (TOML, or JSON or YAML by its extension), refusing keys that are not
+    flags of the program."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, ValueError) as e:
-        # tomllib raises a plain ValueError for an integer of more than 4300 digits.
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes: not a config file")
+    try:
+        data = formats.parse(raw.decode("utf-8"), formats.format_of(path))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except formats.FormatError as e:
+        raise ConfigError(f"{path}: {e}") from None
     for key in data:
         if key not in allowed:
             known = ", ".join(sorted(allowed))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rota.common import cron, ids
+from rota.common import cron, formats, ids
 from rota.common import limits as lim
 from rota.common import requirements as reqs
 from rota.common import retry as retries
@@ -71,7 +71,7 @@ _COMMON_TASK_KEYS = (
 #: Keys of a task's scheduling, beside the common ones (not parameters of its kind).
 _SCHEDULING_TASK_KEYS = (
     "service", "restarts", "restart-window", "gang", "report", "after", "on-failure", "retry",
-    "constraints", "resources",
+    "constraints", "resources", "priority",
 )  # fmt: skip
 #: What a task does when a task it runs after did not succeed: it ends SKIPPED, or it runs anyway.
 ON_FAILURE = ("skip", "run")
@@ -146,6 +146,8 @@ class TaskTemplate:
     retry: retries.RetryPolicy | None = None
     #: What it needs of its executor: labels (``constraints``) and ``resources``.
     needs: reqs.Requirements = field(default_factory=reqs.Requirements)
+    #: Its own priority (0-100); None: the job's.
+    priority: int | None = None
 
     def copies(self) -> int:
         return self.shards or self.count
@@ -184,6 +186,8 @@ class TaskTemplate:
         if self.retry is not None:
             out["retry"] = self.retry.to_dict()
         out.update(self.needs.to_dict())
+        if self.priority is not None:
+            out["priority"] = self.priority
         return out
 
 
@@ -296,6 +300,7 @@ class JobSpec:
                 on_failure=str(t.get("on-failure", "skip")),
                 retry=retries.RetryPolicy.from_stored(t.get("retry")),
                 needs=_stored_needs(t),
+                priority=None if t.get("priority") is None else int(t["priority"]),
             )
             for t in data["task"]
         ]
@@ -380,7 +385,11 @@ def load_job(source: str | os.PathLike[str] | Mapping[str, Any], *, job_id: str 
         name = REQUEST_SOURCE
     elif isinstance(source, os.PathLike) or _looks_like_path(source):
         name = os.fspath(source)
-        spec = _Parser(name).job(_parse_toml(_read_file(name), name))
+        try:
+            table = formats.parse(_read_file(name), formats.format_of(name))
+        except formats.FormatError as e:
+            raise JobSpecError(str(e), source=name) from None
+        spec = _Parser(name).job(table)
     elif isinstance(source, str):
         name = TEXT_SOURCE
         spec = parse_job_text(source)
@@ -405,7 +414,7 @@ def _looks_like_path(text: str | os.PathLike[str] | Mapping[str, Any]) -> bool:
     """A one-line string without ``=`` cannot be a job, so it is a (maybe missing) file name."""
     if not isinstance(text, str) or not text or "\n" in text:
         return False
-    return os.path.exists(text) or "=" not in text or text.endswith(".toml")
+    return os.path.exists(text) or "=" not in text or text.endswith((".toml", *formats.EXTENSIONS))
 
 
 def _read_file(path: str) -> str:
@@ -812,6 +821,12 @@ class _Parser:
             raise self.fail(f"{where}.on-failure", "only for a task with after = [...]")
         ports = self._ports(table, kind, where)
         retry = self._retry(table, f"{where}.retry")
+        priority = None
+        if "priority" in table:
+            try:
+                priority = parse_priority(table["priority"])
+            except JobSpecError as e:
+                raise self.fail(f"{where}.priority", e.reason) from None
         needs = self._needs(table, where)
         if needs and (gang is not None or kind in _UNLIMITED_KINDS):
             key = f"{where}.{'resources' if 'resources' in table else 'constraints'}"
@@ -840,6 +855,7 @@ class _Parser:
             name, kind, params, count, shards, timeout, max_attempts, limits, service=service,
             restarts=restarts, restart_window=DEFAULT_RESTART_WINDOW if window is None else window,
             gang=gang, ports=ports, report=report, after=after, on_failure=on_failure, retry=retry, needs=needs,
+            priority=priority,
         )  # fmt: skip
 
     def _bool(self, table: dict[str, Any], key: str, full: str) -> bool:

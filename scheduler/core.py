@@ -141,6 +141,10 @@ class Task:
         return self.spec.max_attempts or self.job.spec.max_attempts
 
     @property
+    def priority(self) -> int:
+        return self.job.prio[self.template]
+
+    @property
     def retry(self) -> retries.RetryPolicy:
         return self.spec.retry or self.job.spec.retry or retries.DEFAULT
 
@@ -177,7 +181,7 @@ class Task:
 class Job:
     __slots__ = (
         "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
-        "owner", "gangs", "deps", "needs",
+        "owner", "gangs", "deps", "needs", "prio",
     )  # fmt: skip
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float, owner: str = "") -> None:
@@ -204,6 +208,8 @@ class Job:
         self.gangs = gangs.build(spec, self.tasks)
         #: Which templates wait for which (``after``); None for a job without (most).
         self.deps = Dependencies.of(spec)
+        #: Per template, its tasks' priority: their own (``priority`` on the task), else the job's.
+        self.prio = [spec.priority if t.priority is None else t.priority for t in spec.tasks]
         #: Per template, the resources each of its tasks holds on its executor; None when none asks.
         self.needs = (
             [t.needs.resources for t in spec.tasks] if any(t.needs.resources for t in spec.tasks) else None
@@ -641,7 +647,7 @@ class Core:
             return
         spec = task.spec
         heap = self._pending.setdefault((spec.kind, spec.needs), [])
-        heapq.heappush(heap, (-task.job.priority, task.job.seq, task.index, task))
+        heapq.heappush(heap, (-task.priority, task.job.seq, task.index, task))
 
     def _release(self, task: Task) -> None:
         ex = self.executors.get(task.executor)
@@ -680,7 +686,7 @@ class Core:
             unmet = deps.unmet[t]
             if unmet is None or spec.on_failure == "run":
                 heap = self._pending.setdefault((spec.kind, spec.needs), [])
-                heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
+                heapq.heappush(heap, (-job.prio[t], job.seq, start, Run(job, start, end, now)))
                 continue
             why = {
                 "error": f"skipped: task {job.spec.tasks[unmet].name!r}, which it runs after, did not succeed"
@@ -911,10 +917,10 @@ class Core:
             deps = job.deps
             if deps is None:
                 start = 0
-                for template in job.spec.tasks:
+                for t, template in enumerate(job.spec.tasks):
                     end = start + template.copies()
                     heap = self._pending.setdefault((template.kind, template.needs), [])
-                    heapq.heappush(heap, (-job.priority, job.seq, start, Run(job, start, end, now)))
+                    heapq.heappush(heap, (-job.prio[t], job.seq, start, Run(job, start, end, now)))
                     start = end
             else:
                 if job.counts[PENDING] != len(job.tasks):  # rebuilt: count what has ended
@@ -1571,7 +1577,7 @@ class Core:
             while (task := self._peek(heap)) is not None:
                 if task.job.gangs is not None and self._waiting_gang(task) is not None:
                     break  # a gang goes on free slots only, all at once (_schedule)
-                priority = task.job.priority
+                priority = task.priority
                 targets = [ex for ex in queued if kind in ex.kinds and ex.can_be_overtaken_by(priority)]
                 if not targets:
                     break

@@ -17,8 +17,15 @@ from aiohttp import web
 
 from rota.client.api import AsyncClient, NoMasterReachable, OutOfSpace, RequestError, call_token
 from rota.client.errors import AccessDenied
-from rota.common import tokens
-from rota.common.jobspec import JobSpec, JobSpecError, parse_job_json, parse_job_text, validate_job_id
+from rota.common import formats, tokens
+from rota.common.jobspec import (
+    MAX_JOB_BYTES,
+    JobSpec,
+    JobSpecError,
+    parse_job_json,
+    parse_job_text,
+    validate_job_id,
+)
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.tls import TlsFiles
 from rota.scheduler import http_guard
@@ -149,6 +156,15 @@ def parse_job_body(body: bytes, content_type: str) -> JobSpec:
         raise JobSpecError(f"{BODY_SOURCE}: empty; send a job as TOML or JSON")
     if content_type == "application/json":
         return parse_job_json(body, BODY_SOURCE)
+    if content_type == "application/yaml":
+        if len(body) > MAX_JOB_BYTES:
+            raise JobSpecError(
+                f"{BODY_SOURCE}: oversize job: more than {MAX_JOB_BYTES} bytes (MAX_JOB_BYTES)"
+            )
+        try:
+            return JobSpec.from_dict(formats.parse(text, "YAML"), BODY_SOURCE)
+        except formats.FormatError as e:
+            raise JobSpecError(f"{BODY_SOURCE}: {e}") from None
     return parse_job_text(text, BODY_SOURCE)
 
 
@@ -177,6 +193,7 @@ class HttpApi:
         r.add_get("/api/v1/jobs/{id}", self.get_job)
         r.add_post("/api/v1/jobs/{id}/cancel", self.cancel_job)
         r.add_get("/api/v1/jobs/{id}/tasks/{task}/logs", self.task_logs)
+        r.add_post("/api/v1/tasks", self.submit_task)
         r.add_get("/api/v1/schedules", self.list_schedules)
         r.add_get("/api/v1/events", self.events)
         r.add_post("/api/v1/schedules/{id}/pause", self.pause_schedule)
@@ -256,6 +273,41 @@ class HttpApi:
         finally:
             await batches.aclose()  # type: ignore[attr-defined]
         return resp
+
+    async def submit_task(self, request: web.Request) -> web.Response:
+        """TaskAndGo's submit shape, ``{"task_id", "priority", "data": "python:..." | "go:..."}``:
+        a one-task job whose id is the task_id. A task_id that exists is refused (409), as there."""
+        if request.content_type != "application/json":
+            raise UnsupportedType(
+                f"a task is posted as application/json, not {request.content_type or 'no type'}"
+            )
+        raw = await request.read()
+        if len(raw) > MAX_JOB_BYTES:
+            raise JobSpecError(f"{BODY_SOURCE}: oversize task: more than {MAX_JOB_BYTES} bytes")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise JobSpecError(f"{BODY_SOURCE}: invalid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise JobSpecError(f"{BODY_SOURCE}: a task is a JSON object with task_id and data")
+        unknown = sorted(set(doc) - {"task_id", "priority", "data"})
+        if unknown:
+            raise JobSpecError(f"{BODY_SOURCE}: {unknown[0]}: unknown key (expected task_id, priority, data)")
+        if "task_id" not in doc or "data" not in doc:
+            raise JobSpecError(f"{BODY_SOURCE}: {'task_id' if 'task_id' not in doc else 'data'}: missing")
+        task_id = validate_job_id(doc["task_id"])
+        job: dict[str, Any] = {
+            "name": task_id,
+            "id": task_id,
+            "task": [{"name": "task", "data": doc["data"]}],
+        }
+        if doc.get("priority") is not None:
+            job["priority"] = doc["priority"]
+        spec = JobSpec.from_dict(job, BODY_SOURCE)
+        reply = await self.client.submit_job(spec, job_id=task_id)
+        if not reply["created"]:
+            return error(409, f"task {task_id!r} exists already (a task_id is submitted once)")
+        return web.json_response(reply, status=201)
 
     async def list_schedules(self, request: web.Request) -> web.Response:
         return web.json_response(await self.client.list_schedules())

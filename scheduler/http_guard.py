@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 #: Content types a job may be posted as.
-JOB_TYPES = ("application/json", "application/toml")
+JOB_TYPES = ("application/json", "application/toml", "application/yaml")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Paths any Host may read: Prometheus scrapes by whatever name its configuration uses.
 OPEN_PATHS = frozenset({"/metrics"})
@@ -97,4 +97,4 @@ def job_type_refusal(content_type: str) -> str | None:
     if content_type in JOB_TYPES:
         return None
     shown = content_type or "none"
-    return f"a job is posted as application/json or application/toml, not {shown} (set Content-Type)"
+    return f"a job is posted as application/json, application/toml or application/yaml, not {shown} (set Content-Type)"

@@ -68,7 +68,7 @@ class ExecutorSlot:
     def hold(self, task: Any) -> None:
         if task not in self.running:
             self.running.add(task)
-            self.priorities[task.job.priority] += 1
+            self.priorities[task.priority] += 1
             needs = task.job.needs
             if needs is not None:
                 for name, amount in needs[task.template]:
@@ -81,11 +81,11 @@ class ExecutorSlot:
             if needs is not None:
                 for name, amount in needs[task.template]:
                     self.used[name] -= amount
-            left = self.priorities[task.job.priority] - 1
+            left = self.priorities[task.priority] - 1
             if left:
-                self.priorities[task.job.priority] = left
+                self.priorities[task.priority] = left
             else:
-                del self.priorities[task.job.priority]
+                del self.priorities[task.priority]
 
     def clear(self) -> None:
         self.running.clear()

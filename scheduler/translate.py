@@ -90,7 +90,7 @@ def assignment(
         params_json=params_json,
         env=env,
         timeout=task.timeout or 0.0,
-        priority=task.job.priority,
+        priority=task.priority,
         retention=retention,
         service=spec.service,
         ports=spec.ports,

@@ -162,7 +162,7 @@ TOML = "application/toml"
         ("POST", "/api/v1/jobs?id=bad%20id", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', TOML, 400, "id"),
         # What a web page may post to another site without asking first is never read as a job.
         ("POST", "/api/v1/jobs", b'{"name": "x", "task": [{"name": "t", "kind": "noop"}]}', "text/plain", 415,
-         "application/json or application/toml"),
+         "application/json, application/toml or application/yaml"),
         ("POST", "/api/v1/jobs", b'name = "x"\n[[task]]\nname = "t"\nkind = "noop"', None, 415, "Content-Type"),
         ("GET", "/api/v1/jobs?state=DONE", None, None, 400, "DONE"),
         ("GET", "/api/v1/jobs/no-such-job", None, None, 404, "no-such-job"),
@@ -322,3 +322,26 @@ def test_a_real_prometheus_scrapes_every_program(cluster: LocalCluster, tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_task_in_taskandgos_shape_and_a_job_in_yaml(cluster: LocalCluster) -> None:
+    """Issue 16's seed formats: POST /api/v1/tasks makes a one-task job named by its task_id (a
+    second post of that id is refused, 409); a job posted as YAML runs as its TOML twin would."""
+    url = follower_url(cluster)
+    task = {"task_id": "tag-1", "priority": 90, "data": "python:print(6 * 7)"}
+    status, reply = request(f"{url}/api/v1/tasks", "POST", json.dumps(task).encode(), "application/json")
+    assert (status, reply) == (201, {"id": "tag-1", "created": True})
+    doc = wait_for_state(url, "tag-1", {"SUCCEEDED", "FAILED"})
+    assert doc["state"] == "SUCCEEDED" and doc["priority"] == 90
+    assert doc["tasks"][0]["result"]["stdout"] == "42\n"
+    status, again = request(f"{url}/api/v1/tasks", "POST", json.dumps(task).encode(), "application/json")
+    assert status == 409 and "tag-1" in again["error"]
+    status, bad = request(
+        f"{url}/api/v1/tasks", "POST", b'{"task_id": "t", "data": "ruby:1"}', "application/json"
+    )
+    assert status == 400 and "ruby" in bad["error"]
+    body = b"name: yaml-job\ntask:\n  - name: hi\n    kind: shell\n    command: echo from yaml\n"
+    status, reply = request(f"{url}/api/v1/jobs", "POST", body, "application/yaml")
+    assert status == 201, reply
+    doc = wait_for_state(url, reply["id"], {"SUCCEEDED", "FAILED"})
+    assert doc["tasks"][0]["result"]["stdout"] == "from yaml\n"

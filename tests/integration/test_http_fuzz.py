@@ -76,6 +76,10 @@ def load_schema() -> Any:
     }
     schemas["JobFile"]["properties"]["name"]["pattern"] = "^[A-Za-z][ -~]*$"
     schemas["JobFile"]["properties"]["task"]["maxItems"] = 3
+    # A generated schedule that happened to be valid would make jobs of its own later, which the
+    # count of created jobs below cannot foresee; schedules have their own tests (test_schedules.py).
+    for key in ("schedule", "time-zone", "overlap", "catch-up"):
+        del schemas["JobFile"]["properties"][key]
     return schemathesis.openapi.from_dict(doc)
 
 
@@ -120,7 +124,10 @@ def test_every_operation_answers_generated_requests_as_documented(
             except requests.RequestException as e:
                 failures.setdefault(f"{operation.label}: no answer", f"{e!r}\n{case.as_curl_command()}")
                 return
-            if operation.label == "POST /api/v1/jobs" and response.status_code in (200, 201):
+            if operation.label in ("POST /api/v1/jobs", "POST /api/v1/tasks") and response.status_code in (
+                200,
+                201,
+            ):
                 body = response.json()
                 if body["created"]:
                     assert response.status_code == 201

@@ -56,7 +56,7 @@ def test_a_body_that_names_a_file_is_not_read_as_a_path() -> None:
 )
 def test_a_job_in_a_type_a_page_may_post_cross_site_is_refused(content_type: str) -> None:
     """These are the types a web page can post to another site without asking first."""
-    with pytest.raises(UnsupportedType, match="application/json or application/toml"):
+    with pytest.raises(UnsupportedType, match="application/json, application/toml or application/yaml"):
         parse_job_body(b'{"name": "x", "task": [{"name": "t", "kind": "noop"}]}', content_type)
 
 

@@ -78,7 +78,7 @@ def test_the_assignment_carries_the_tasks_limits():
         id, priority = "j", 50
 
     class FakeTask:
-        job, index, copy, id, timeout = FakeJob(), 0, 0, "j/0", None
+        job, index, copy, id, timeout, priority = FakeJob(), 0, 0, "j/0", None, 50
         spec = limited
 
     msg = assignment(FakeTask(), 1, b"{}", 0.0)  # type: ignore[arg-type]

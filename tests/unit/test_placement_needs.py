@@ -84,3 +84,12 @@ def test_shortfall_names_what_is_missing() -> None:
 def test_the_executor_flag_is_checked(text: str, message: str) -> None:
     with pytest.raises(reqs.RequirementError, match=message):
         reqs.parse_flag(text)
+
+
+def test_a_task_of_its_own_priority_goes_before_the_jobs_other_tasks() -> None:
+    h = Harness()
+    attach(h, "a", slots=1)
+    h.add_job("j", needing("bulk", 3), {**needing("urgent"), "priority": "high"})
+    assert placed(h) == {"a": ["j/3"]}  # submitted last, placed first
+    job = h.core.jobs["j"]
+    assert job.tasks[3].priority == 90 and job.tasks[0].priority == 50
