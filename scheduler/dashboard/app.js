@@ -1,7 +1,12 @@
-// Rota dashboard: polls the master's /api/v1 every second and redraws. No build step, no framework.
+// Rota dashboard: redraws from the master's /api/v1 when the event stream (/api/v1/events) says a
+// job or task changed, and every few seconds besides (executors' heartbeats, schedules' next
+// fires); polls every second while the stream is down. No build step, no framework.
 "use strict";
 
 const REFRESH_MS = 1000;
+const REFRESH_STREAMING_MS = 5000;
+// A burst of changes (a job of thousands of tasks) redraws once per this many milliseconds.
+const CHANGES_MS = 250;
 const params = new URLSearchParams(location.search);
 // Jobs and tasks per page: the master is asked for one page at a time, however long its history.
 const JOBS_PAGE = Math.min(Math.max(Number(params.get("jobs_per_page")) || 50, 1), 10000);
@@ -416,5 +421,62 @@ $("#token-form").addEventListener("submit", (ev) => {
   $("#token-form").hidden = true;
   refresh();
 });
+// The event stream, read with fetch (EventSource cannot send the token). Each "changes" event
+// schedules one redraw; its id is kept, so a reconnect goes on from there.
+let streaming = false;
+let lastEventId = null;
+let redrawSoon = null;
+
+function changed() {
+  if (redrawSoon === null) redrawSoon = setTimeout(() => { redrawSoon = null; refresh(); }, CHANGES_MS);
+}
+
+async function listen() {
+  const headers = {};
+  if (token) headers["Authorization"] = "Bearer " + token;
+  if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
+  try {
+    const resp = await fetch("/api/v1/events", { headers });
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      throw new Error(body.error || resp.statusText);
+    }
+    streaming = true;
+    document.body.setAttribute("data-streaming", "true");
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const id = /^id: (\d+)$/m.exec(block);
+        if (id) lastEventId = id[1];
+        if (/^event: changes$/m.test(block)) changed();
+      }
+    }
+  } catch (err) {
+    // A compacted history (after a long time away) starts over from now.
+    if (String(err.message || err).includes("compacted")) lastEventId = null;
+  }
+  streaming = false;
+  document.body.removeAttribute("data-streaming");
+  setTimeout(listen, 2000);
+}
+
+let lastPoll = 0;
+function poll() {
+  const now = Date.now();
+  if (now - lastPoll >= (streaming ? REFRESH_STREAMING_MS : REFRESH_MS)) {
+    lastPoll = now;
+    refresh();
+  }
+}
+
 refresh();
-setInterval(refresh, REFRESH_MS);
+listen();
+setInterval(poll, REFRESH_MS);

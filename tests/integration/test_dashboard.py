@@ -235,6 +235,7 @@ def test_dashboard_draws_a_jobs_graph_and_pauses_a_schedule(cluster: LocalCluste
                                "task": [{"name": "t", "kind": "noop"}]})  # fmt: skip
     assert sched["schedule"]["next_fire"].endswith("03:00:00+00:00")
     page.goto(url + "/")
+    page.wait_for_selector('body[data-streaming="true"]')  # redrawn by the event stream, not polling
     page.locator(f'#jobs tr[data-job-id="{job}"]').click()
     page.wait_for_selector('#detail-graph g.node[data-group="load"][data-state="SKIPPED"]')
     states = {
