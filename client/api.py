@@ -542,22 +542,7 @@ class Client:
         self, job_id: str = "", from_revision: int = 0, cursor: bool = False
     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """See AsyncClient.watch_events; each revision's changes are yielded as soon as they arrive."""
-        batches = self._async.watch_events(job_id, from_revision, cursor)
-        step: asyncio.Future[tuple[int, list[dict[str, Any]]]] | None = None
-        try:
-            while True:
-                step = asyncio.ensure_future(batches.__anext__(), loop=self._loop)
-                try:
-                    yield self._loop.run_until_complete(step)
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._loop.is_closed():
-                if step is not None and not step.done():
-                    step.cancel()
-                    with contextlib.suppress(BaseException):
-                        self._loop.run_until_complete(step)
-                self._loop.run_until_complete(batches.aclose())  # type: ignore[attr-defined]
+        return self._pull(self._async.watch_events(job_id, from_revision, cursor))
 
     def list_schedules(self) -> list[dict[str, Any]]:
         return self._run(lambda: self._async.list_schedules())
@@ -602,23 +587,26 @@ class Client:
         on_task: Callable[[dict[str, Any]], None] | None = None,
     ) -> Iterator[tuple[str, bytes]]:
         """See AsyncClient.task_logs; each pair is yielded as soon as it arrives."""
-        chunks = self._async.task_logs(job_id, task, follow, on_task)
-        step: asyncio.Future[tuple[str, bytes]] | None = None
+        return self._pull(self._async.task_logs(job_id, task, follow, on_task))
+
+    def _pull(self, items: AsyncIterator[T]) -> Iterator[T]:
+        """An async iterator's items, each as soon as it arrives, on this client's loop."""
+        step: asyncio.Future[T] | None = None
         try:
             while True:
-                step = asyncio.ensure_future(chunks.__anext__(), loop=self._loop)
+                step = asyncio.ensure_future(items.__anext__(), loop=self._loop)
                 try:
                     yield self._loop.run_until_complete(step)
                 except StopAsyncIteration:
                     return
         finally:
-            # A Ctrl-C lands in the middle of a step: cancel it, so the stream to the executor is closed.
+            # A Ctrl-C lands in the middle of a step: cancel it, so the stream is closed.
             if not self._loop.is_closed():
                 if step is not None and not step.done():
                     step.cancel()
                     with contextlib.suppress(BaseException):
                         self._loop.run_until_complete(step)
-                self._loop.run_until_complete(chunks.aclose())
+                self._loop.run_until_complete(items.aclose())  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if not self._loop.is_closed():

@@ -269,7 +269,13 @@ def wait_and_print(ctx: Ctx, wait: Callable[[Progress | None], dict[str, Any]]) 
 
 
 @cli.command("submit-job")
-@click.option("--config", "path", required=True, type=click.Path(dir_okay=False), help="The job file: TOML, or JSON or YAML by its extension (.json, .yaml, .yml).")
+@click.option(
+    "--config",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The job file: TOML, or JSON or YAML by its extension (.json, .yaml, .yml).",
+)
 @click.option(
     "--wait", is_flag=True, help="Wait for the job to end and print it (exit 1 if it did not succeed)."
 )

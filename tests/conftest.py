@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,13 @@ def _wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0, ever
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(every)
+
+
+@pytest.fixture
+def taskfuncs_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executors started by the test import tests/integration/taskfuncs.py for their call tasks."""
+    here = Path(__file__).parent / "integration"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
 
 
 @pytest.fixture

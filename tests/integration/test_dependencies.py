@@ -5,7 +5,6 @@ after it; a cycle is refused at submit with the names, by the CLI and by the mas
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.usefixtures("taskfuncs_importable")]
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-
-
-@pytest.fixture(autouse=True)
-def taskfuncs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
 
 
 def step(stamps: Path, name: str, seconds: float, **more) -> dict:

@@ -5,7 +5,6 @@ submit with the reason, by the CLI (exit 2) and over gRPC."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,10 @@ import pytest
 
 from rota.client.errors import RequestError
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.usefixtures("taskfuncs_importable")]
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-
-
-@pytest.fixture(autouse=True)
-def taskfuncs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
 
 
 def test_labels_and_resources_decide_where_and_when(local_cluster, wait_until, tmp_path):

@@ -5,7 +5,6 @@ SIGKILLs timed at its fire times (the jobs counted, and each job's own side effe
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import time
 from pathlib import Path
@@ -14,14 +13,8 @@ import pytest
 
 from rota.common.cron import fire_stamp
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.usefixtures("taskfuncs_importable")]
 
-HERE = Path(__file__).parent
-
-
-@pytest.fixture(autouse=True)
-def taskfuncs_importable(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
 
 
 def when(iso: str) -> float:

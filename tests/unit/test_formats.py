@@ -26,7 +26,11 @@ def test_one_job_in_three_formats_is_one_spec(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("bad.yaml", "name: j\ntask:\n  - name: a\n    kind: warp\n", r"task\[0\]\.kind: unknown kind 'warp'"),
+        (
+            "bad.yaml",
+            "name: j\ntask:\n  - name: a\n    kind: warp\n",
+            r"task\[0\]\.kind: unknown kind 'warp'",
+        ),
         (
             "bad.json",
             '{"name": "j", "task": [{"name": "a", "kind": "warp"}]}',
