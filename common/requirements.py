@@ -100,7 +100,8 @@ class Requirements:
         if any(self.fits(e[2]) for e in matching):
             return ""
         for name, need in self.resources:
-            best = max(matching, key=lambda e: e[2].get(name, 0.0))
+            # The most of it, and among equals one that declares it at all (named in the reason).
+            best = max(matching, key=lambda e: (e[2].get(name, 0.0), name in e[2]))
             has = best[2].get(name, 0.0)
             if has < need:
                 return f"{name} {show_amount(name, need)}: the most an executor {what} is {show_amount(name, has)} ({best[0]})"

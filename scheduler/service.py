@@ -237,7 +237,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             try:
                 return await local(rt)
             except OutOfSpace as e:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
             except NoSpace as e:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcd is out of space (NOSPACE alarm): {e}"
@@ -501,7 +501,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         except TokenError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except TooManyTokens as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except NoSpace as e:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"etcd is out of space (NOSPACE alarm): {e}"
