@@ -671,6 +671,12 @@ class Core:
         if job.state is None and job.all_ended():
             self._end_job(job)
 
+    def _queue_run(self, job: Job, t: int, start: int, now: float) -> None:
+        """Queue template ``t``'s never-placed tasks (from index ``start``) as one Run."""
+        spec = job.spec.tasks[t]
+        heap = self._pending.setdefault((spec.kind, spec.needs), [])
+        heapq.heappush(heap, (-job.prio[t], job.seq, start, Run(job, start, start + spec.copies(), now)))
+
     def _release_templates(self, job: Job, ready: list[int]) -> None:
         """Templates whose ``after`` tasks have all ended: queued to run, or, when one of those did
         not succeed and the template says ``on-failure = "skip"``, ended SKIPPED, which may make
@@ -685,8 +691,7 @@ class Core:
             start, end = deps.starts[t], deps.starts[t] + spec.copies()
             unmet = deps.unmet[t]
             if unmet is None or spec.on_failure == "run":
-                heap = self._pending.setdefault((spec.kind, spec.needs), [])
-                heapq.heappush(heap, (-job.prio[t], job.seq, start, Run(job, start, end, now)))
+                self._queue_run(job, t, start, now)
                 continue
             why = {
                 "error": f"skipped: task {job.spec.tasks[unmet].name!r}, which it runs after, did not succeed"
@@ -918,10 +923,8 @@ class Core:
             if deps is None:
                 start = 0
                 for t, template in enumerate(job.spec.tasks):
-                    end = start + template.copies()
-                    heap = self._pending.setdefault((template.kind, template.needs), [])
-                    heapq.heappush(heap, (-job.prio[t], job.seq, start, Run(job, start, end, now)))
-                    start = end
+                    self._queue_run(job, t, start, now)
+                    start += template.copies()
             else:
                 if job.counts[PENDING] != len(job.tasks):  # rebuilt: count what has ended
                     deps.restore((t.template, t.state) for t in job.tasks if t.state in TERMINAL)
