@@ -68,6 +68,8 @@ TASK_PAGE = 5_000
 WAIT_CHUNK = 20.0
 #: The shortest hold asked for: a last look at a job whose wait has run out.
 MIN_HOLD = 0.001
+#: How long a progress display gathers state changes before it asks for fresh counts.
+PROGRESS_GATHER = 0.25
 
 
 def new_job_id(spec: JobSpec) -> str:
@@ -349,7 +351,7 @@ class AsyncClient:
 
     async def watch_events(
         self, job_id: str = "", from_revision: int = 0, cursor: bool = False
-    ) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    ) -> AsyncGenerator[tuple[int, list[dict[str, Any]]], None]:
         """Job and task state changes as (revision, changes), from ``from_revision`` (0: from now),
         forever. A stream that breaks (its master died, the network) goes on from another master
         at the revision after the last one received: nothing is lost or repeated. RequestError
@@ -423,6 +425,10 @@ class AsyncClient:
         Survives leader changes: each wait is a bounded call, repeated on whichever master answers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if progress:
+            # A cluster without the event stream (or one whose history is gone) falls back to looking.
+            with contextlib.suppress(RequestError, NoMasterReachable):
+                return await self._wait_on_events(job_id, deadline, progress)
         chunk = 0.5 if progress else WAIT_CHUNK
         while True:
             # Never 0: the masters read a hold of 0 as their default of 30 s.
@@ -441,6 +447,33 @@ class AsyncClient:
                 progress(doc)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {doc['state']} after {timeout:g}s")
+
+    async def _wait_on_events(
+        self, job_id: str, deadline: float | None, progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """wait_job with a progress callback: a fresh summary after each of the job's state changes
+        (gathered for PROGRESS_GATHER), so a bar moves when tasks do, not on a timer."""
+        events = self.watch_events(job_id, cursor=True)
+        try:
+            await anext(events)  # the stream is open: no change from here on is missed
+            while True:
+                doc = await self._json_call(
+                    "WaitJob",
+                    rota_pb2.WaitJobRequest(id=job_id, timeout=MIN_HOLD),
+                    timeout=self.timeout,
+                    hold=MIN_HOLD,
+                )
+                if doc["state"] in TERMINAL:
+                    return await self._rest_of_tasks(job_id, doc)
+                progress(doc)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.wait_for(anext(events), left)
+                except TimeoutError:
+                    raise TimeoutError(f"job {job_id} still {doc['state']} after its timeout") from None
+                await asyncio.sleep(PROGRESS_GATHER)
+        finally:
+            await events.aclose()
 
     def task_logs(
         self,

@@ -96,3 +96,15 @@ def test_server_sent_events_resume_from_last_event_id(local_cluster):
     middle = whole[len(whole) // 2][0]
     cursor, *rest = read({"Last-Event-ID": str(middle)}, "ended")
     assert cursor[0] == middle and rest == [e for e in whole if e[0] > middle]
+
+
+def test_a_progress_wait_follows_the_stream_not_a_timer(local_cluster):
+    """wait_job(progress=...) asks for fresh counts after a change, so a task that sleeps 4 s
+    without changing state costs a call or two, where looking twice a second would cost eight."""
+    cluster = local_cluster(executors=1, executor_slots=1)
+    seen: list[dict] = []
+    with cluster.client(timeout=30) as c:
+        c.submit_job({"name": "slow", "id": "slow", "task": [{"name": "s", "kind": "sleep", "seconds": 4}]})
+        doc = c.wait_job("slow", timeout=60, progress=seen.append)
+    assert doc["state"] == "SUCCEEDED"
+    assert 1 <= len(seen) <= 3, [d["state"] for d in seen]
