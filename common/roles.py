@@ -22,12 +22,16 @@ OPERATE = "operate"
 ATTACH = "attach"
 MANAGE_TOKENS = "tokens"
 WHO_AM_I = "whoami"
+#: Reading the gRPC schema (server reflection): public in protos/rota.proto, so any token will do.
+DESCRIBE = "describe"
 
 _GRANTS: dict[str, frozenset[str]] = {
-    ADMIN: frozenset({READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, OPERATE, ATTACH, MANAGE_TOKENS, WHO_AM_I}),
-    SUBMIT: frozenset({READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, WHO_AM_I}),
-    READ: frozenset({READ_JOBS, WHO_AM_I}),
-    EXECUTOR: frozenset({ATTACH, WHO_AM_I}),
+    ADMIN: frozenset(
+        {READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, OPERATE, ATTACH, MANAGE_TOKENS, WHO_AM_I, DESCRIBE}
+    ),
+    SUBMIT: frozenset({READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, WHO_AM_I, DESCRIBE}),
+    READ: frozenset({READ_JOBS, WHO_AM_I, DESCRIBE}),
+    EXECUTOR: frozenset({ATTACH, WHO_AM_I, DESCRIBE}),
 }
 
 #: gRPC methods of the Master and Executor services, by name.
@@ -57,13 +61,24 @@ METHODS: dict[str, str] = {
     "TaskLogs": READ_JOBS,
 }
 
+#: The standard services on every Rota gRPC port (``common/health.py``), by full name: a Rota call
+#: named ``Check`` or ``Watch`` added later must not be open by accident. Health is OPEN because
+#: probes (Kubernetes') hold no token and a status reveals nothing.
+STANDARD_METHODS: dict[str, str] = {
+    "/grpc.health.v1.Health/Check": OPEN,
+    "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": DESCRIBE,
+}
+
 
 def allows(role: str, permission: str) -> bool:
     return permission == OPEN or permission in _GRANTS.get(role, frozenset())
 
 
 def method_permission(full_method: str) -> str | None:
-    """The permission a gRPC method (``/rota.Master/SubmitJob``) needs; None for one not in the table."""
+    """The permission a gRPC method (``/rota.Master/SubmitJob``) needs; None for one not in the tables."""
+    if full_method in STANDARD_METHODS:
+        return STANDARD_METHODS[full_method]
     return METHODS.get(full_method.rsplit("/", 1)[-1])
 
 

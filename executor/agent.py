@@ -132,6 +132,12 @@ class Agent:
         await self.task_calls.close()
         await self.link.close()
 
+    @property
+    def serving(self) -> bool:
+        """What the gRPC health service says: holding a lease from a leader and taking work (not
+        draining, not shutting down). A lost stream alone keeps it: tasks still run until fenced."""
+        return bool(self.link.executor_id) and not self.runner.draining and not self.shutting_down
+
     def status(self) -> dict[str, object]:
         return {
             "id": self.link.executor_id,

@@ -21,6 +21,7 @@ from rota.common import admission, exposure, httpserver, rpc, tls, tokens
 from rota.common import config as cfg
 from rota.common import limits as lim
 from rota.common import requirements as reqs
+from rota.common.health import Health
 from rota.common.logs import setup_logging
 from rota.executor import access, confine, run_as, tasklogs
 from rota.executor.access import TokenCheck
@@ -71,6 +72,8 @@ async def serve(
     checks = rpc.ChannelPool(conf.tls)
     server = rpc.server([access.gate(TokenCheck(conf.join, checks))] if conf.token else [])
     rota_pb2_grpc.add_ExecutorServicer_to_server(ExecutorService(agent), server)
+    health = Health(server, [rota_pb2.DESCRIPTOR.services_by_name["Executor"].full_name])
+    await health.set(False)
     if not rpc.add_port(server, listen, conf.tls):
         log.error("cannot listen on %s (address in use?)", listen)
         return 1
@@ -93,6 +96,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     runner = asyncio.create_task(agent.run())
+    health.follow(lambda: agent.serving)
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
     if runner.done() and not runner.cancelled() and runner.exception() is not None:
@@ -106,6 +110,7 @@ async def serve(
                 conf.drain_timeout,
             )
         await agent.shutdown(conf.drain_timeout, hurry)
+    await health.stop()
     await agent.stop()
     for t in (runner, waiter):
         t.cancel()

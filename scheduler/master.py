@@ -19,6 +19,7 @@ from aiohttp import web
 
 from rota.common import config as cfg
 from rota.common import exposure, httpserver, rpc, tls, tokens
+from rota.common.health import Health
 from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
 from rota.common.tls import TlsFiles
@@ -32,7 +33,7 @@ from rota.metastore.etcd_server import (
     check_etcd_version,
     find_etcd_binary,
 )
-from rota.protos import rota_pb2_grpc
+from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler import access, http_api, http_guard, upkeep
 from rota.scheduler.core import DEFAULT_RETENTION
 from rota.scheduler.leader import LeaderRuntime
@@ -229,6 +230,7 @@ class Master:
         self.member: EtcdMember | None = None
         self.client: EtcdClient | None = None
         self.server: grpc.aio.Server | None = None
+        self.health: Health | None = None
         self.leadership: Leadership | None = None
         self.runtime: LeaderRuntime | None = None
         self.peers = Peers(conf.tls)
@@ -300,6 +302,9 @@ class Master:
             self.tokens,
         )  # fmt: skip
         rota_pb2_grpc.add_MasterServicer_to_server(service, self.server)
+        # Followers serve too: any master answers clients (it forwards to the leader).
+        self.health = Health(self.server, [rota_pb2.DESCRIPTOR.services_by_name["Master"].full_name])
+        await self.health.set(True)
         if not rpc.add_port(self.server, conf.master_addr.listen(), conf.tls):
             raise StartError(f"cannot listen on {conf.master_addr.listen()} (address in use?)")
         await self.server.start()
@@ -385,6 +390,8 @@ class Master:
             await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
+        if self.health:
+            await self.health.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -83,3 +83,15 @@ def test_a_submit_token_cancels_only_its_own_jobs() -> None:
     assert not roles.may_cancel(roles.SUBMIT, "a", "")
     assert roles.may_cancel(roles.ADMIN, "a", "b")
     assert not roles.may_cancel(roles.READ, "a", "a")
+
+
+def test_health_is_open_and_reflection_takes_any_token_but_only_by_full_name() -> None:
+    """Kubernetes' probes hold no token; reflection shows only the public schema, to any role."""
+    assert roles.method_permission("/grpc.health.v1.Health/Check") == roles.OPEN
+    assert roles.method_permission("/grpc.health.v1.Health/Watch") == roles.OPEN
+    describe = roles.method_permission("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    assert describe is not None and describe != roles.OPEN
+    assert all(roles.allows(role, describe) for role in roles.ROLES)
+    assert not roles.allows("nobody", describe)
+    assert roles.method_permission("/rota.Master/Check") is None
+    assert roles.method_permission("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") is None
