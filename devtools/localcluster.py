@@ -1,5 +1,8 @@
 """A local Rota cluster of real processes on 127.0.0.1: for ``make demo``, benchmarks and tests.
 
+Given a ``Network`` (devtools/hosts.py), each program runs in a host of its own instead, bound to
+that host's address with the standard ports, as the README's multi-host commands do.
+
 Every master is a real ``scheduler.master`` process with its embedded etcd member (or
 an external etcd cluster), on free ports and fresh data dirs. Processes are started
 so that they die with the process that started them, and are stopped by pid.
@@ -21,14 +24,15 @@ from rota.common import certs
 from rota.common import tokens as token_text
 from rota.common.procs import die_with_parent, free_ports
 from rota.common.tls import TlsFiles
+from rota.devtools.hosts import Host, Network
 
 #: The names a LocalCluster's certificate is good for.
 LOCAL_HOSTS = ["127.0.0.1", "localhost", "::1"]
 
 
-def make_tls(directory: Path) -> TlsFiles:
-    """A fresh CA and one certificate for every local process, in ``directory``."""
-    certs.create(str(directory), LOCAL_HOSTS, days=2)
+def make_tls(directory: Path, hosts: Sequence[str] = ()) -> TlsFiles:
+    """A fresh CA and one certificate for every local process (and ``hosts``), in ``directory``."""
+    certs.create(str(directory), LOCAL_HOSTS + list(hosts), days=2)
     return TlsFiles(
         str(directory / certs.CA_FILES[0]),
         str(directory / certs.NODE_FILES[0]),
@@ -43,9 +47,13 @@ def tls_args(tls: TlsFiles | None) -> list[str]:
 class Process:
     """One program of the cluster, started by pid and stopped by pid."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, http_url: str = "") -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, http_url: str = "", host: Host | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
+        #: The network namespace it runs in, if any.
+        self.host = host
         self.log_path = log_path
         #: Base URL of its HTTP port: /metrics, and on masters the dashboard and the API.
         self.http_url = http_url
@@ -59,7 +67,7 @@ class Process:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv,
+                self.host.command(self.argv) if self.host else self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -101,8 +109,16 @@ class Process:
 
 
 class MasterProcess(Process):
-    def __init__(self, name: str, addr: str, argv: list[str], log_path: Path, http_url: str = "") -> None:
-        super().__init__(name, argv, log_path, http_url)
+    def __init__(
+        self,
+        name: str,
+        addr: str,
+        argv: list[str],
+        log_path: Path,
+        http_url: str = "",
+        host: Host | None = None,
+    ) -> None:
+        super().__init__(name, argv, log_path, http_url, host)
         self.addr = addr
 
 
@@ -126,9 +142,14 @@ class LocalCluster:
         executor_args: Sequence[str] = (),
         tokens: bool = False,
         tls: bool | TlsFiles = False,
+        network: Network | None = None,
     ) -> None:
         """``tokens``: masters check tokens (a fresh admin token in ``base_dir/admin.token``, which
-        ``client()`` sends), and executors join with an executor token made at start."""
+        ``client()`` sends), and executors join with an executor token made at start.
+        ``network``: each master and executor in a host of its own on it (``--insecure`` unless
+        ``tls`` and ``tokens``)."""
+        self.network = network
+        hosts = [network.add_host(f"m{i}") for i in range(masters)] if network else []
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token: str | None = None
@@ -137,37 +158,60 @@ class LocalCluster:
             self.admin_token = str(token_text.generate())
             _secret_file(self.base_dir / "admin.token", self.admin_token)
         self.tls: TlsFiles | None = (
-            tls if isinstance(tls, TlsFiles) else make_tls(self.base_dir / "tls") if tls else None
+            tls
+            if isinstance(tls, TlsFiles)
+            else make_tls(
+                self.base_dir / "tls", [h.ip for h in hosts] + (network.planned(32) if network else [])
+            )
+            if tls
+            else None
         )
+        self._insecure = ["--insecure"] if network and not (self.tls and tokens) else []
         scheme = "https" if self.tls else "http"
         self.masters: list[MasterProcess] = []
         self.executors: list[Process] = []
         self._initial_executors = (executors, executor_slots, tuple(executor_args))
-        ports = free_ports(4 * masters)
         names = [f"m{i}" for i in range(masters)]
-        peers = [f"{scheme}://127.0.0.1:{ports[4 * i + 1]}" for i in range(masters)]
+        if network:
+            ports = [10240, 8291, 2379, 10280] * masters
+            ips = [h.ip for h in hosts]
+        else:
+            ports = free_ports(4 * masters)
+            ips = ["127.0.0.1"] * masters
+        peers = [f"{scheme}://{ips[i]}:{ports[4 * i + 1]}" for i in range(masters)]
         initial = ",".join(f"{n}={p}" for n, p in zip(names, peers, strict=True))
         for i, name in enumerate(names):
-            addr = f"127.0.0.1:{ports[4 * i]}"
-            http_addr = f"127.0.0.1:{ports[4 * i + 3]}"
+            addr = f"{ips[i]}:{ports[4 * i]}"
+            http_addr = f"{ips[i]}:{ports[4 * i + 3]}"
+            # On a host, listen on every address of it, as the README's multi-host commands do.
+            listen = (lambda a: "0.0.0.0:" + a.rsplit(":", 1)[1]) if network else (lambda a: a)
+            client_url = f"{scheme}://{ips[i]}:{ports[4 * i + 2]}"
             argv = [
-                sys.executable, "-m", "rota.scheduler.master", "--name", name, "--master-addr", addr,
-                "--leader-lease-ttl", leader_lease_ttl, "--data-dir", str(self.base_dir / name),
-                "--http-addr", http_addr,
+                sys.executable, "-m", "rota.scheduler.master", "--name", name, "--master-addr", listen(addr),
+                "--advertise-addr", addr, "--leader-lease-ttl", leader_lease_ttl,
+                "--data-dir", str(self.base_dir / name), "--http-addr", listen(http_addr), *self._insecure,
             ]  # fmt: skip
             if etcd_endpoints:
                 argv += ["--etcd-endpoints", ",".join(etcd_endpoints)]
             else:
                 argv += [
-                    "--peer-urls", peers[i], "--etcd-client-urls", f"{scheme}://127.0.0.1:{ports[4 * i + 2]}",
-                    "--initial-cluster", initial, "--etcd-heartbeat-interval", etcd_tuning[0],
-                    "--etcd-election-timeout", etcd_tuning[1],
+                    "--peer-urls", f"{scheme}://{listen(peers[i].split('//')[1])}", "--advertise-peer-urls",
+                    peers[i], "--etcd-client-urls", f"{scheme}://{listen(client_url.split('//')[1])}",
+                    "--advertise-client-urls", client_url, "--initial-cluster", initial,
+                    "--etcd-heartbeat-interval", etcd_tuning[0], "--etcd-election-timeout", etcd_tuning[1],
                 ]  # fmt: skip
             if self.admin_token:
                 argv += ["--admin-token-file", str(self.base_dir / "admin.token")]
             argv += tls_args(self.tls) + list(master_args)
             self.masters.append(
-                MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"{scheme}://{http_addr}")
+                MasterProcess(
+                    name,
+                    addr,
+                    argv,
+                    self.base_dir / f"{name}.log",
+                    f"{scheme}://{http_addr}",
+                    hosts[i] if hosts else None,
+                )  # fmt: skip
             )
 
     @property
@@ -176,7 +220,7 @@ class LocalCluster:
         argv = self.masters[0].argv
         if "--etcd-endpoints" in argv:
             return argv[argv.index("--etcd-endpoints") + 1].split(",")
-        return [m.argv[m.argv.index("--etcd-client-urls") + 1] for m in self.masters]
+        return [m.argv[m.argv.index("--advertise-client-urls") + 1] for m in self.masters]
 
     @property
     def addresses(self) -> str:
@@ -217,17 +261,19 @@ class LocalCluster:
         name = name or f"e{len(self.executors)}"
         work = self.base_dir / f"{name}-work"
         work.mkdir(exist_ok=True)
-        worker_port, http_port = free_ports(2)
+        host = self.network.add_host(name) if self.network else None
+        ip, bind = (host.ip, "0.0.0.0") if host else ("127.0.0.1", "127.0.0.1")
+        worker_port, http_port = (10241, 10281) if host else free_ports(2)
         argv = [
             sys.executable, "-m", "rota.executor.main", "--join", self.addresses, "--name", name,
-            "--worker-addr", f"127.0.0.1:{worker_port}", "--http-addr", f"127.0.0.1:{http_port}",
-            "--slots", str(slots), "--work-dir", str(work),
-            *tls_args(self.tls if cluster_tls else None), *args,
+            "--worker-addr", f"{bind}:{worker_port}", "--advertise-addr", f"{ip}:{worker_port}",
+            "--http-addr", f"{bind}:{http_port}", "--slots", str(slots), "--work-dir", str(work),
+            *tls_args(self.tls if cluster_tls else None), *self._insecure, *args,
         ]  # fmt: skip
         if self.executor_token_file and "--token-file" not in args:
             argv += ["--token-file", str(self.executor_token_file)]
         scheme = "https" if self.tls and cluster_tls else "http"
-        proc = Process(name, argv, self.base_dir / f"{name}.log", f"{scheme}://127.0.0.1:{http_port}")
+        proc = Process(name, argv, self.base_dir / f"{name}.log", f"{scheme}://{ip}:{http_port}", host)
         self.executors.append(proc)
         proc.start()
         return proc
