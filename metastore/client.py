@@ -516,8 +516,11 @@ class EtcdClient:
                 if e.code() != grpc.StatusCode.CANCELLED or not checker.done():
                     log.info("etcd watch on %s broke: %s", target, e.details())
             except asyncio.CancelledError:
-                call.cancel()
-                raise
+                # grpc.aio raises CancelledError from read() on a call cancelled here, so the
+                # checker's cancel looks like ours: only a cancel of this task ends the watch.
+                if not checker.done() or checker.cancelled() or _cancelling():
+                    call.cancel()
+                    raise
             finally:
                 checker.cancel()
                 call.cancel()
@@ -535,6 +538,14 @@ class EtcdClient:
                 log.info("etcd member %s stopped answering; moving the watch", target)
                 call.cancel()
                 return
+
+
+def _cancelling() -> bool:
+    """Whether the running task was asked to stop (Python 3.11's Task.cancelling; before it, a
+    CancelledError is taken as such a request)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling() > 0 if cancelling is not None else True
 
 
 def _error(method: str, e: grpc.aio.AioRpcError) -> EtcdError:
