@@ -126,9 +126,10 @@ def _alone(effects: list[Effect], window: float) -> Verdict:
     return Verdict("no task on two executors at once", not bad, "; ".join(bad[:5]) or detail)
 
 
-def _one_writer(orders: list[tuple[int, str]]) -> Verdict:
+def _one_writer(orders: list[tuple[int, str]], leaders: int) -> Verdict:
     """The write order only moves forward, revision by revision: once a leader's term wrote, no
-    older term wrote again, and a term's own writes landed in its order."""
+    older term wrote again, and a term's own writes landed in its order. Each of the ``leaders``
+    seen must have written (its term's start at least), or the record has a hole."""
     bad, terms, last = [], set(), (0, 0)
     for revision, value in orders:
         term_text, _, seq_text = value.partition("/")
@@ -137,6 +138,8 @@ def _one_writer(orders: list[tuple[int, str]]) -> Verdict:
         if now <= last:
             bad.append(f"revision {revision}: {now[0]}/{now[1]} after {last[0]}/{last[1]}")
         last = max(last, now)
+    if len(terms) < leaders:
+        bad.append(f"writes of {len(terms)} terms recorded, but {leaders} leaders were seen")
     detail = f"{len(orders)} writes by {len(terms)} leaders' terms, in order"
     return Verdict("one leader writing at a time", not bad, "; ".join(bad[:5]) or detail)
 
@@ -147,9 +150,16 @@ def check(
     effects: list[Effect],
     write_orders: list[tuple[int, str]],
     window: float,
+    leaders: int = 1,
 ) -> list[Verdict]:
     """``acked``: ids of jobs whose submission was acknowledged; ``final``: each one's get-job
     document after the run (None: not found); ``write_orders``: (revision, value) of every write
-    of keys.WRITE_ORDER; ``window``: how long two attempts may overlap (a beat and a margin)."""
+    of keys.WRITE_ORDER; ``window``: how long two attempts may overlap (a beat and a margin);
+    ``leaders``: how many leaders the run saw at least (each must have written)."""
     acked = list(acked)
-    return [_kept(acked, final), _once(final, effects), _alone(effects, window), _one_writer(write_orders)]
+    return [
+        _kept(acked, final),
+        _once(final, effects),
+        _alone(effects, window),
+        _one_writer(write_orders, leaders),
+    ]

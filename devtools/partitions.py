@@ -171,4 +171,5 @@ class FaultRun:
                     final[job_id] = c.get_job(job_id)
         time.sleep(0.5)  # the last write orders reach the recorder
         orders = self.recorder.stop()
-        return history.check(self.acked, final, self._effects(), orders, WINDOW)
+        leaders = 1 + sum(1 for f in self.figures if f.get("new_leader_after_s") is not None)
+        return history.check(self.acked, final, self._effects(), orders, WINDOW, leaders)

@@ -25,6 +25,7 @@ class WriteOrderRecorder:
         #: When each of ``orders`` reached us (time.time()).
         self.times: list[float] = []
         self.error: BaseException | None = None
+        self._stopping = False
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._task: asyncio.Task[None] | None = None
@@ -42,8 +43,10 @@ class WriteOrderRecorder:
         self._task = self._loop.create_task(self._watch())
         try:
             self._loop.run_until_complete(self._task)
+            self.error = RuntimeError("the write-order watch ended by itself")
         except asyncio.CancelledError:
-            pass
+            if not self._stopping:  # not by stop(): the history would have a hole
+                self.error = RuntimeError("the write-order watch was cancelled before the run ended")
         except BaseException as e:  # noqa: BLE001 - handed to the test through stop()
             self.error = e
         finally:
@@ -65,6 +68,7 @@ class WriteOrderRecorder:
                 await asyncio.sleep(0.05)
 
     def stop(self) -> list[tuple[int, str]]:
+        self._stopping = True
         if self._task is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(15)

@@ -65,3 +65,13 @@ def test_effect_lines_parse_and_a_torn_line_is_skipped():
     text = "start j/0 1 e0 1700000000.25\nbeat j/0 1 e0 1700000000.35\ndone j/0 1 e0 17000\nstart j/1 2 e"
     effects = history.parse_effects(text)
     assert [e.kind for e in effects] == ["start", "beat", "done"] and effects[0].where == "e0"
+
+
+def test_a_record_with_fewer_terms_than_leaders_seen_fails():
+    orders = [(5, f"{1:020d}/{1:020d}"), (6, f"{1:020d}/{2:020d}")]
+    (v,) = [
+        v
+        for v in history.check(["j"], {"j": doc("j", [1, 1])}, CLEAN, orders, 0.2, leaders=2)
+        if "leader" in v.name
+    ]
+    assert not v.ok and "2 leaders were seen" in v.detail
