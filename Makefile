@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The folders installed as rota.*
 PACKAGES := rota common client devtools metastore protos scheduler executor dataflow
 
-.PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos partitions
+.PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos partitions bench-hosts
 
 all: $(VENV)/.installed $(PROTO_GEN) $(PROGRAMS) etcd
 
@@ -129,6 +129,15 @@ chaos: all
 # Randomized link faults on a cluster of network namespaces, checked by the history checker (root).
 partitions: all test-tools
 	$(PY) -m bench.partitions $(PARTITIONS_ARGS)
+
+# Throughput and round trips on a cluster of network namespaces, with and without added latency
+# (root). This kernel has no tc netem, so latency comes from an NFQUEUE: iptables, NetfilterQueue.
+bench-hosts: all test-tools
+	@command -v iptables >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
+	@$(PY) -c "import netfilterqueue" 2>/dev/null || { dpkg -s libnetfilter-queue-dev >/dev/null 2>&1 || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnetfilter-queue-dev >/dev/null; \
+		$(PY) -m pip install -q 'NetfilterQueue==1.1.0'; }
+	$(PY) -m bench.hosts $(HOSTS_ARGS)
 
 clean:
 	rm -rf $(VENV) bin protos/*_pb2*.py protos/*_pb2*.pyi *.egg-info

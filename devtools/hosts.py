@@ -4,7 +4,7 @@ private bridge, and faults on the links between them (cut, one-way cut, latency,
 A program started in a host sees only that host's loopback and its one address, as on a separate
 machine; the bridge's own address (in the namespace we run in) is where tests and clients reach
 them from. Links are cut with nftables rules inside the hosts (packets dropped silently, as a
-real partition does, not refused) and made lossy with nftables' random numbers, or slowed with ``tc netem`` where the kernel has it. Needs root, iproute2 and nft.
+real partition does, not refused) and made lossy with nftables' random numbers, or slowed with ``tc netem`` where the kernel has it (else by devtools/delayer.py). Needs root, iproute2 and nft.
 
 Every namespace, veth pair and bridge is named after the pid that made it, and ``close`` (or the
 next Network made after that pid died) removes them: nothing outlives a failed test for long.
@@ -16,7 +16,11 @@ import ipaddress
 import os
 import re
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
+
+from rota.common.procs import die_with_parent
 
 NS_PREFIX = "rota-"
 _NS_NAME = re.compile(r"^rota-(\d+)-(\d+)-")
@@ -78,6 +82,7 @@ class Host:
     ip: str
     blocked: set[str] = field(default_factory=set)
     delayed: bool = False
+    delayer: subprocess.Popen[bytes] | None = None
 
     def command(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
@@ -171,12 +176,20 @@ class Network:
         host.blocked.add(f"loss {loss_pct}")
 
     def delay(self, name: str, delay_ms: float) -> None:
-        """Delay everything ``name`` sends by ``delay_ms`` (tc netem: RuntimeError where the kernel
-        has no sch_netem)."""
+        """Delay everything ``name`` sends by ``delay_ms``: with ``tc netem`` where the kernel has
+        it, else through an NFQUEUE and devtools/delayer.py running in the host."""
         host = self.hosts[name]
-        argv = ["tc", "-n", host.netns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay"]
-        _run([*argv, f"{delay_ms:g}ms"])
-        host.delayed = True
+        netem = ["tc", "-n", host.netns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay"]
+        if _run([*netem, f"{delay_ms:g}ms"], check=False).returncode == 0:
+            host.delayed = True
+            return
+        argv = [sys.executable, "-m", "rota.devtools.delayer", "--delay-ms", f"{delay_ms:g}"]
+        host.delayer = subprocess.Popen(host.command(argv), preexec_fn=die_with_parent())
+        time.sleep(0.5)  # bound to its queue before packets go there (the rule bypasses until then)
+        if host.delayer.poll() is not None:
+            raise RuntimeError(f"the delayer in {name} exited {host.delayer.returncode}")
+        rule = ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+        _run(host.command(["iptables", "-A", *rule]))
 
     def heal(self) -> None:
         """Every cut and every netem removed."""
@@ -187,9 +200,15 @@ class Network:
             if host.delayed:
                 _run(["tc", "-n", host.netns, "qdisc", "del", "dev", "eth0", "root"], check=False)
                 host.delayed = False
+            if host.delayer is not None:
+                _run(host.command(["iptables", "-F", "OUTPUT"]), check=False)
+                host.delayer.terminate()
+                host.delayer.wait(5)
+                host.delayer = None
 
     def close(self) -> None:
         """Remove every namespace and the bridge (stop the programs in them first)."""
+        self.heal()
         for host in self.hosts.values():
             _run(["ip", "netns", "del", host.netns], check=False)
         self.hosts.clear()
