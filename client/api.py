@@ -37,7 +37,10 @@ CONNECT_TIMEOUT = 1.0
 PER_TRY_MIN = 3.0
 _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 #: Calls every master answers itself: no need to look for the leader first.
-_ANY_MASTER = {"GetMasterInfo", "GetClusterStatus", "WhoAmI", "CreateToken", "ListTokens", "RevokeToken"}
+_ANY_MASTER = {
+    "GetMasterInfo", "GetClusterStatus", "WhoAmI", "CreateToken", "ListTokens", "RevokeToken",
+    "ListMembers", "AddMember", "RemoveMember",
+}  # fmt: skip
 T = TypeVar("T")
 #: A token for the calls made in this context instead of the client's own: the HTTP API passes on
 #: the bearer token of each request it serves this way.
@@ -505,6 +508,25 @@ class AsyncClient:
     async def revoke_token(self, token_id: str) -> dict[str, Any]:
         return await self._json_call("RevokeToken", rota_pb2.RevokeTokenRequest(id=token_id))  # type: ignore[no-any-return]
 
+    async def list_members(self) -> list[dict[str, Any]]:
+        """The etcd members of the masters: ``{"id" (hex), "name", "peer_urls", "client_urls",
+        "started", "healthy", "error", "raft_leader", "leader", "learner"}`` each (admin)."""
+        return await self._json_call("ListMembers", rota_pb2.ListMembersRequest())  # type: ignore[no-any-return]
+
+    async def add_member(self, name: str, peer_url: str) -> dict[str, Any]:
+        """Add a master's etcd member (admin): ``{"added", "members", "initial_cluster",
+        "initial_cluster_state", "flags"}``, ``flags`` being what to start the new master with
+        (besides its own addresses, TLS files and token). RequestError for a bad or taken name or
+        URL, or when the cluster could lose its quorum while the new member starts."""
+        request = rota_pb2.AddMemberRequest(name=name, peer_url=peer_url)
+        return await self._json_call("AddMember", request)  # type: ignore[no-any-return]
+
+    async def remove_member(self, name: str) -> dict[str, Any]:
+        """Remove a member by name or hex id (admin), and its master's registration: ``{"removed",
+        "members"}``. RequestError (``not_found`` for an unknown member) when it is the last one or
+        the members left that answer could not make a quorum."""
+        return await self._json_call("RemoveMember", rota_pb2.RemoveMemberRequest(name=name))  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         await self._channels.close()
 
@@ -597,6 +619,15 @@ class Client:
 
     def list_executors(self) -> list[dict[str, Any]]:
         return self._run(self._async.list_executors)
+
+    def list_members(self) -> list[dict[str, Any]]:
+        return self._run(self._async.list_members)
+
+    def add_member(self, name: str, peer_url: str) -> dict[str, Any]:
+        return self._run(lambda: self._async.add_member(name, peer_url))
+
+    def remove_member(self, name: str) -> dict[str, Any]:
+        return self._run(lambda: self._async.remove_member(name))
 
     def drain_executor(self, name: str, timeout: float | None = None) -> list[dict[str, Any]]:
         return self._run(lambda: self._async.drain_executor(name, timeout))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ import click
 
 from rota.client.api import Client, NoMasterReachable, OutOfSpace, RequestError, resolve_addresses
 from rota.client.errors import AccessDenied
-from rota.common import certs, roles, tls, tokens
+from rota.common import certs, membership, roles, tls, tokens
 from rota.common import config as cfg
 from rota.common.jobspec import JobSpecError
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
@@ -652,6 +653,95 @@ def token_whoami(ctx: Ctx) -> None:
 
 def _when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@cli.group("member")
+def member_group() -> None:
+    """List, add and remove masters' etcd members while the cluster runs (admin).
+
+    \b
+    Add a master:      member add m3 https://10.0.0.8:8291, then start it as printed
+    Replace a dead one: member remove m2; member add m4 URL; start m4 on its host
+    """
+
+
+def members_table(docs: list[dict[str, Any]]) -> str:
+    def state(d: dict[str, Any]) -> str:
+        if not d["started"]:
+            return "not started"
+        return "healthy" if d["healthy"] else f"UNHEALTHY: {d['error']}"
+
+    rows = [
+        [
+            d["name"] or "-", d["id"], ",".join(d["peer_urls"]), ",".join(d["client_urls"]) or "-", state(d),
+            ("leader" if d["leader"] else "") + (" raft-leader" if d["raft_leader"] else ""),
+        ]
+        for d in docs
+    ]  # fmt: skip
+    return table(["NAME", "ID", "PEER URLS", "CLIENT URLS", "STATE", "ROLE"], rows)
+
+
+@member_group.command("list")
+@click.pass_obj
+def member_list(ctx: Ctx) -> None:
+    """Every etcd member: name, id, peer and client URLs, whether it started and answers, and
+    which one leads (Rota's leader, and etcd's raft leader)."""
+    with ctx.client() as c:
+        docs = c.list_members()
+    emit(ctx, docs, members_table(docs))
+
+
+@member_group.command("add")
+@click.argument("name")
+@click.argument("peer_url", metavar="PEER-URL")
+@click.pass_obj
+def member_add(ctx: Ctx, name: str, peer_url: str) -> None:
+    """Add the etcd member of a new master NAME, reached by the others at PEER-URL
+    (http(s)://its-address:8291), then print how to start that master: it must be started
+    with these flags, a fresh --data-dir and its own addresses, and then joins as a follower.
+    Refused while the members that answer could not keep a quorum as the new one joins."""
+    try:
+        membership.check_name(name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    try:
+        peer_url = membership.check_peer_url(peer_url)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="PEER-URL") from None
+    with ctx.client() as c:
+        reply = c.add_member(name, peer_url)
+    added = reply["added"]
+    lines = [
+        f"added member {name} (id {added['id']}) at {peer_url}; now start its master on that host with an "
+        "empty --data-dir:",
+        "",
+        "  bin/master " + shlex.join(reply["flags"]) + " \\",
+        "    --master-addr ... --advertise-addr ... --etcd-client-urls ... "
+        "(its own; and the --tls-* and --admin-token-file the other masters have)",
+        "",
+        "Then give clients and executors its address too (--master-addr, --join).",
+    ]
+    emit(ctx, reply, "\n".join(lines))
+
+
+@member_group.command("remove")
+@click.argument("name")
+@click.pass_obj
+def member_remove(ctx: Ctx, name: str) -> None:
+    """Remove a master's etcd member, by NAME or by its id (member list shows both), and its
+    master's registration. A master still running stops once its member is removed. Refused for
+    the last member, or when the members left that answer could not make a quorum."""
+    if not name.strip():
+        raise click.BadParameter("name a member (its name or id)", param_hint="NAME")
+    with ctx.client() as c:
+        reply = c.remove_member(name)
+    gone = reply["removed"]
+    emit(
+        ctx,
+        reply,
+        f"removed member {gone['name'] or gone['id']} (id {gone['id']}); {len(reply['members'])} left:\n\n"
+        + members_table(reply["members"]),
+    )
 
 
 @cli.group("certs")

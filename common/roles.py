@@ -21,13 +21,25 @@ CANCEL_JOBS = "cancel"
 OPERATE = "operate"
 ATTACH = "attach"
 MANAGE_TOKENS = "tokens"
+#: Listing, adding and removing masters' etcd members (``master-client member``).
+MANAGE_MEMBERS = "members"
 WHO_AM_I = "whoami"
 #: Reading the gRPC schema (server reflection): public in protos/rota.proto, so any token will do.
 DESCRIBE = "describe"
 
 _GRANTS: dict[str, frozenset[str]] = {
     ADMIN: frozenset(
-        {READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, OPERATE, ATTACH, MANAGE_TOKENS, WHO_AM_I, DESCRIBE}
+        {
+            READ_JOBS,
+            SUBMIT_JOBS,
+            CANCEL_JOBS,
+            OPERATE,
+            ATTACH,
+            MANAGE_TOKENS,
+            MANAGE_MEMBERS,
+            WHO_AM_I,
+            DESCRIBE,
+        }
     ),
     SUBMIT: frozenset({READ_JOBS, SUBMIT_JOBS, CANCEL_JOBS, WHO_AM_I, DESCRIBE}),
     READ: frozenset({READ_JOBS, WHO_AM_I, DESCRIBE}),
@@ -56,6 +68,9 @@ METHODS: dict[str, str] = {
     "CreateToken": MANAGE_TOKENS,
     "ListTokens": MANAGE_TOKENS,
     "RevokeToken": MANAGE_TOKENS,
+    "ListMembers": MANAGE_MEMBERS,
+    "AddMember": MANAGE_MEMBERS,
+    "RemoveMember": MANAGE_MEMBERS,
     # The executor's own service: its status names the tasks it runs; task output is job data.
     "GetStatus": READ_JOBS,
     "TaskLogs": READ_JOBS,

@@ -120,6 +120,8 @@ class MasterProcess(Process):
     ) -> None:
         super().__init__(name, argv, log_path, http_url, host)
         self.addr = addr
+        #: Its embedded etcd member's advertised peer URL.
+        self.peer_url = ""
 
 
 class LocalCluster:
@@ -169,6 +171,9 @@ class LocalCluster:
         self._insecure = ["--insecure"] if network and not (self.tls and tokens) else []
         scheme = "https" if self.tls else "http"
         self.masters: list[MasterProcess] = []
+        #: Masters taken out with ``drop_master``.
+        self.dropped: list[MasterProcess] = []
+        self._planned: dict[str, tuple[Host | None, list[int]]] = {}
         self.executors: list[Process] = []
         self._initial_executors = (executors, executor_slots, tuple(executor_args))
         names = [f"m{i}" for i in range(masters)]
@@ -180,39 +185,78 @@ class LocalCluster:
             ips = ["127.0.0.1"] * masters
         peers = [f"{scheme}://{ips[i]}:{ports[4 * i + 1]}" for i in range(masters)]
         initial = ",".join(f"{n}={p}" for n, p in zip(names, peers, strict=True))
+        self._etcd_endpoints = list(etcd_endpoints or [])
+        self._master_options = (leader_lease_ttl, tuple(master_args), etcd_tuning)
         for i, name in enumerate(names):
-            addr = f"{ips[i]}:{ports[4 * i]}"
-            http_addr = f"{ips[i]}:{ports[4 * i + 3]}"
-            # On a host, listen on every address of it, as the README's multi-host commands do.
-            listen = (lambda a: "0.0.0.0:" + a.rsplit(":", 1)[1]) if network else (lambda a: a)
-            client_url = f"{scheme}://{ips[i]}:{ports[4 * i + 2]}"
-            argv = [
-                sys.executable, "-m", "rota.scheduler.master", "--name", name, "--master-addr", listen(addr),
-                "--advertise-addr", addr, "--leader-lease-ttl", leader_lease_ttl,
-                "--data-dir", str(self.base_dir / name), "--http-addr", listen(http_addr), *self._insecure,
-            ]  # fmt: skip
-            if etcd_endpoints:
-                argv += ["--etcd-endpoints", ",".join(etcd_endpoints)]
-            else:
-                argv += [
-                    "--peer-urls", f"{scheme}://{listen(peers[i].split('//')[1])}", "--advertise-peer-urls",
-                    peers[i], "--etcd-client-urls", f"{scheme}://{listen(client_url.split('//')[1])}",
-                    "--advertise-client-urls", client_url, "--initial-cluster", initial,
-                    "--etcd-heartbeat-interval", etcd_tuning[0], "--etcd-election-timeout", etcd_tuning[1],
-                ]  # fmt: skip
-            if self.admin_token:
-                argv += ["--admin-token-file", str(self.base_dir / "admin.token")]
-            argv += tls_args(self.tls) + list(master_args)
             self.masters.append(
-                MasterProcess(
-                    name,
-                    addr,
-                    argv,
-                    self.base_dir / f"{name}.log",
-                    f"{scheme}://{http_addr}",
-                    hosts[i] if hosts else None,
-                )  # fmt: skip
+                self._master(name, ips[i], ports[4 * i : 4 * i + 4], initial, hosts[i] if hosts else None)
             )
+
+    def _master(
+        self, name: str, ip: str, ports: Sequence[int], initial: str, host: Host | None, state: str = "new"
+    ) -> MasterProcess:
+        """A master process (not started) at ``ip`` with gRPC, peer, etcd client and HTTP ``ports``."""
+        leader_lease_ttl, master_args, etcd_tuning = self._master_options
+        scheme = "https" if self.tls else "http"
+        addr = f"{ip}:{ports[0]}"
+        http_addr = f"{ip}:{ports[3]}"
+        peer = f"{scheme}://{ip}:{ports[1]}"
+        # On a host, listen on every address of it, as the README's multi-host commands do.
+        listen = (lambda a: "0.0.0.0:" + a.rsplit(":", 1)[1]) if host else (lambda a: a)
+        client_url = f"{scheme}://{ip}:{ports[2]}"
+        argv = [
+            sys.executable, "-m", "rota.scheduler.master", "--name", name, "--master-addr", listen(addr),
+            "--advertise-addr", addr, "--leader-lease-ttl", leader_lease_ttl,
+            "--data-dir", str(self.base_dir / name), "--http-addr", listen(http_addr), *self._insecure,
+        ]  # fmt: skip
+        if self._etcd_endpoints:
+            argv += ["--etcd-endpoints", ",".join(self._etcd_endpoints)]
+        else:
+            argv += [
+                "--peer-urls", f"{scheme}://{listen(peer.split('//')[1])}", "--advertise-peer-urls",
+                peer, "--etcd-client-urls", f"{scheme}://{listen(client_url.split('//')[1])}",
+                "--advertise-client-urls", client_url, "--initial-cluster", initial,
+                "--etcd-heartbeat-interval", etcd_tuning[0], "--etcd-election-timeout", etcd_tuning[1],
+            ]  # fmt: skip
+            if state != "new":
+                argv += ["--initial-cluster-state", state]
+        if self.admin_token:
+            argv += ["--admin-token-file", str(self.base_dir / "admin.token")]
+        argv += tls_args(self.tls) + list(master_args)
+        proc = MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"{scheme}://{http_addr}", host)
+        proc.peer_url = peer
+        return proc
+
+    def plan_master(self, name: str) -> tuple[Host | None, str]:
+        """Where a master to be added will run: a new host on the network (or this machine), and the
+        peer URL to give ``member add``. Start it with ``add_master``."""
+        if self.network is not None:
+            host = self.network.add_host(name)
+            ports = [10240, 8291, 2379, 10280]
+        else:
+            host, ports = None, free_ports(4)
+        self._planned[name] = (host, ports)
+        ip = host.ip if host else "127.0.0.1"
+        return host, f"{'https' if self.tls else 'http'}://{ip}:{ports[1]}"
+
+    def add_master(self, name: str, initial_cluster: str, start: bool = True) -> MasterProcess:
+        """Start master ``name`` (planned with ``plan_master``, its member added with ``member add``)
+        joining the running cluster: ``--initial-cluster`` as ``member add`` gave it,
+        ``--initial-cluster-state existing`` and a fresh data dir."""
+        host, ports = self._planned.pop(name)
+        proc = self._master(name, host.ip if host else "127.0.0.1", ports, initial_cluster, host, "existing")
+        self.masters.append(proc)
+        if start:
+            proc.start()
+        return proc
+
+    def drop_master(self, name: str) -> MasterProcess:
+        """Stop master ``name`` (if it runs) and forget it: ``addresses`` and clients leave it out."""
+        proc = self.master(name)
+        proc.stop()
+        self.masters.remove(proc)
+        self.dropped.append(proc)
+        return proc
 
     @property
     def etcd_endpoints(self) -> list[str]:

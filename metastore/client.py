@@ -10,6 +10,7 @@ last seen revision. Nothing outside ``metastore`` imports an etcd client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -131,6 +132,37 @@ class MemberStatus:
     def free(self) -> int:
         """Bytes of the database file that compaction freed and only defragmentation returns."""
         return max(0, self.db_size - self.db_size_in_use)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One etcd member as MemberList gives it, and whether it answered its own Status call
+    (``error`` says why not; a member added but never started has no name and no client URLs)."""
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    learner: bool = False
+    error: str = ""
+    #: The raft leader's member id as this member sees it (0: it knows none, or did not answer).
+    raft_leader: int = 0
+
+    @property
+    def started(self) -> bool:
+        return bool(self.name)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.error
+
+
+class MemberNotFound(EtcdError):
+    """No member of that id."""
+
+
+class MemberExists(EtcdError):
+    """A member with that peer URL is there already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +442,55 @@ class EtcdClient:
 
     # -- cluster ------------------------------------------------------------------------
 
+    async def members(self, timeout: float | None = None) -> list[MemberInfo]:
+        """Every member, each asked for its Status directly (within ``timeout``): one that does not
+        answer, or answers without knowing a raft leader, has ``error``."""
+        resp = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+        wait = self.call_timeout if timeout is None else timeout
+
+        async def one(m: Any) -> MemberInfo:
+            info = MemberInfo(int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(m.isLearner))
+            if not m.clientURLs:
+                return _replace(info, error="not started")
+            try:
+                st = await self._call_at(
+                    m.clientURLs[0], rpc.MaintenanceStub, "Status", rpc.StatusRequest(), wait
+                )
+            except EtcdError as e:
+                return _replace(info, error=str(e))
+            if not st.leader:
+                return _replace(info, error="no raft leader")
+            return _replace(info, raft_leader=int(st.leader))
+
+        return list(await asyncio.gather(*(one(m) for m in resp.members)))
+
+    async def member_add(self, peer_urls: Sequence[str]) -> tuple[int, list[MemberInfo]]:
+        """Add a voting member (it joins once started with --initial-cluster-state existing);
+        returns its id and every member. A retry that finds its own add applied returns that one."""
+        try:
+            resp = await self._call(
+                rpc.ClusterStub, "MemberAdd", rpc.MemberAddRequest(peerURLs=list(peer_urls))
+            )
+        except EtcdError as e:
+            if "already exists" not in str(e):
+                raise
+            listed = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+            mine = [m for m in listed.members if list(m.peerURLs) == list(peer_urls) and not m.name]
+            if not mine:
+                raise MemberExists(str(e)) from e
+            return int(mine[0].ID), [_member(m) for m in listed.members]
+        return int(resp.member.ID), [_member(m) for m in resp.members]
+
+    async def member_remove(self, member_id: int) -> list[MemberInfo]:
+        """Remove a member; the members left. MemberNotFound when there is none of that id."""
+        try:
+            resp = await self._call(rpc.ClusterStub, "MemberRemove", rpc.MemberRemoveRequest(ID=member_id))
+        except EtcdError as e:
+            if "member not found" in str(e):
+                raise MemberNotFound(str(e)) from e
+            raise
+        return [_member(m) for m in resp.members]
+
     async def member_client_urls(self) -> list[str]:
         resp = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
         return [url for m in resp.members for url in m.clientURLs]
@@ -557,6 +638,14 @@ def _error(method: str, e: grpc.aio.AioRpcError) -> EtcdError:
     ):
         return Refused(f"etcd {method}: {detail}")
     return EtcdError(f"etcd {method}: {detail}")
+
+
+def _member(m: Any) -> MemberInfo:
+    return MemberInfo(int(m.ID), m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(m.isLearner))
+
+
+def _replace(info: MemberInfo, **changes: Any) -> MemberInfo:
+    return dataclasses.replace(info, **changes)
 
 
 def _event(e: Any) -> Event:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import grpc
 from aiohttp import web
 
 from rota.common import config as cfg
-from rota.common import exposure, httpserver, rpc, tls, tokens
+from rota.common import exposure, httpserver, membership, rpc, tls, tokens
 from rota.common.health import Health
 from rota.common.jobspec import MAX_RETENTION
 from rota.common.logs import setup_logging
@@ -44,11 +43,13 @@ from rota.scheduler.token_store import TokenStore
 
 log = logging.getLogger("rota.master")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME_RE = membership.NAME_RE
 #: The smallest etcd backend quota a master accepts (an empty database is about 20 KiB).
 MIN_QUOTA = 1024**2
 #: How often a master whose registration etcd refused for space tries again.
 REGISTER_RETRY = 5.0
+#: How often a master looks whether its embedded etcd member still runs.
+MEMBER_CHECK = 0.5
 
 
 @dataclass
@@ -320,6 +321,30 @@ class Master:
                 upkeep.space_loop(self.client, self.space, self._upkeep_role), name="etcd-space"
             )
         )
+        if self.member is not None:
+            self._tasks.append(asyncio.create_task(self._watch_member(), name="etcd-member"))
+
+    async def _watch_member(self) -> None:
+        """Stop this master once its embedded member was removed from the cluster (``master-client
+        member remove``): etcd then ends the member, and a master without one must not go on
+        campaigning through the others'. A member that exited otherwise is only logged."""
+        assert self.member is not None and self.client is not None
+        member, mine = self.member, set(self.member.config.advertise_peer_urls)
+        while member.alive():
+            await asyncio.sleep(MEMBER_CHECK)
+        while True:
+            try:
+                members = await self.client.members(timeout=1.0)
+                break
+            except EtcdError as e:
+                log.warning("embedded etcd member exited (code %s); cannot tell whether it was removed: %s",
+                            member.returncode, e)  # fmt: skip
+                await asyncio.sleep(REGISTER_RETRY)
+        if any(mine & set(m.peer_urls) for m in members):
+            log.error("embedded etcd member exited (code %s); see %s", member.returncode, member.log_path)
+            return
+        log.warning("this master's etcd member was removed from the cluster (member remove): stopping")
+        self._stop.set()
 
     async def _check_auth_mode(self) -> None:
         """Masters of one cluster all check tokens or none does: one that did not would let anyone in."""

@@ -10,14 +10,25 @@ from typing import Any
 
 import grpc
 
-from rota.common import admission, roles, rpc
+from rota.common import admission, membership, roles, rpc
 from rota.common.config import MAX_DRAIN_TIMEOUT
 from rota.common.jobspec import MAX_SCHEDULE_ID, JobSpecError, parse_job_json, validate_job_id
 from rota.common.paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TASK_PAGE
 from rota.common.states import JOB_STATES
 from rota.common.tls import TlsFiles
 from rota.metastore import keys
-from rota.metastore.client import Alarm, EtcdClient, EtcdError, MemberStatus, NoSpace, WatchCompacted
+from rota.metastore.client import (
+    Alarm,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    MemberExists,
+    MemberInfo,
+    MemberNotFound,
+    MemberStatus,
+    NoSpace,
+    WatchCompacted,
+)
 from rota.metastore.election import read_leader
 from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler import access, events
@@ -36,6 +47,8 @@ PEER_TIMEOUT = 0.5
 #: How long cluster-status waits for etcd's members and alarms before it shows those last seen.
 SPACE_WAIT = 0.05
 BEAT_EVERY = 2.0
+#: How long a membership call waits for each etcd member's own status.
+MEMBER_WAIT = 1.0
 #: The longest a WaitJob or a waiting SubmitJob may hold its call, in seconds.
 MAX_HOLD = 300.0
 
@@ -62,6 +75,22 @@ def _hold(field: str, seconds: float, unset: float) -> float:
 
 def _json(doc: Any) -> rota_pb2.JsonReply:
     return rota_pb2.JsonReply(json=json.dumps(doc).encode())
+
+
+def member_doc(m: MemberInfo, rota_leader: str = "") -> dict[str, Any]:
+    """One etcd member as ``member list --json`` shows it."""
+    return {
+        "id": f"{m.id:x}",
+        "name": m.name,
+        "peer_urls": list(m.peer_urls),
+        "client_urls": list(m.client_urls),
+        "started": m.started,
+        "healthy": m.healthy,
+        "error": m.error or None,
+        "raft_leader": bool(m.raft_leader) and m.raft_leader == m.id,
+        "leader": bool(rota_leader) and m.name == rota_leader,
+        "learner": m.learner,
+    }
 
 
 def _member_name(members: list[MemberStatus], member_id: int) -> str:
@@ -529,6 +558,131 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no token {request.id}")
         log.info("token %s (%s) revoked", request.id, rec["name"] if rec else "")
         return _json(rec)
+
+    # -- membership: any master answers, from etcd (common/membership.py has the checks) ------
+
+    async def _members(self, context: Any) -> list[MemberInfo]:
+        try:
+            return await self.client.members(timeout=MEMBER_WAIT)
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd: {e}")
+            raise  # unreachable: abort raises
+
+    async def _member_docs(self, members: list[MemberInfo]) -> list[dict[str, Any]]:
+        try:
+            leader = await read_leader(self.client, keys.LEADER, serializable=True)
+        except EtcdError:
+            leader = self.leadership.leader
+        name = leader.name if leader else ""
+        return [member_doc(m, name) for m in sorted(members, key=lambda m: (m.name == "", m.name, m.id))]
+
+    async def ListMembers(self, request: rota_pb2.ListMembersRequest, context: Any) -> rota_pb2.JsonReply:
+        return _json(await self._member_docs(await self._members(context)))
+
+    async def AddMember(self, request: rota_pb2.AddMemberRequest, context: Any) -> rota_pb2.JsonReply:
+        try:
+            name = membership.check_name(request.name)
+            membership.check_peer_url(request.peer_url)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        members = await self._members(context)
+        schemes = {u.split("://", 1)[0] for m in members for u in m.peer_urls}
+        try:
+            url = membership.check_peer_url(request.peer_url, schemes.pop() if len(schemes) == 1 else None)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        clash = membership.duplicate(members, name, url)
+        if clash:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clash)
+        refused = membership.addition_refusal(members)
+        if refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused)
+        try:
+            new_id, after = await self.client.member_add([url])
+        except MemberExists as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except EtcdUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"etcd refused the new member: {e}")
+        cluster = membership.initial_cluster(after, new_id, name)
+        log.warning("etcd member %s (%x) added at %s: start its master with --initial-cluster %s "
+                    "--initial-cluster-state existing", name, new_id, url, cluster)  # fmt: skip
+        added = next(m for m in after if m.id == new_id)
+        docs = await self._member_docs(after)
+        return _json(
+            {
+                "added": {**member_doc(added), "name": name},
+                "members": docs,
+                "initial_cluster": cluster,
+                "initial_cluster_state": "existing",
+                "flags": membership.master_flags(name, url, cluster),
+            }
+        )
+
+    async def RemoveMember(self, request: rota_pb2.RemoveMemberRequest, context: Any) -> rota_pb2.JsonReply:
+        wanted = request.name.strip()
+        if not wanted or len(wanted) > membership.MAX_NAME:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "name a member: its name, or its id as member list shows it"
+            )
+        members = await self._members(context)
+        target = membership.find(members, wanted)
+        if target is None:
+            known = ", ".join(m.name or f"{m.id:x}" for m in members)
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no etcd member {wanted[:80]!r} (members: {known})"
+            )
+        assert target is not None
+        refused = membership.removal_refusal(members, target.id)
+        if refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{target.name or wanted}: {refused}")
+        if target.name == self.name:
+            # This master stops once its member is gone, maybe before it could answer or drop its
+            # registration: another master does it.
+            return await self._elsewhere("RemoveMember", request, context)
+        try:
+            await self.client.member_remove(target.id)
+        except MemberNotFound:
+            pass  # removed meanwhile (or our own first try was applied before its answer was lost)
+        except EtcdUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"etcd refused the removal: {e}")
+        if target.name:
+            try:
+                await self.client.delete(keys.master(target.name))
+            except EtcdError as e:
+                log.warning("member %s removed, but its registration stays: %s", target.name, e)
+        log.warning("etcd member %s (%x) removed", target.name or "-", target.id)
+        rest = [m for m in members if m.id != target.id]
+        return _json({"removed": member_doc(target), "members": await self._member_docs(rest)})
+
+    async def _elsewhere(self, method: str, request: Any, context: Any) -> Any:
+        """Pass the call on to another registered master that answers."""
+        try:
+            registered, _ = await self.client.get_prefix(keys.MASTERS)
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd: {e}")
+        others = [r for r in (json.loads(kv.value) for kv in registered) if r["name"] != self.name]
+        failures = []
+        for other in others:
+            remaining = context.time_remaining()
+            try:
+                return await getattr(self.peers.stub(other["addr"]), method)(
+                    request,
+                    timeout=min(remaining if remaining is not None else 30.0, 10.0),
+                    metadata=access.passed_on(context),
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    await context.abort(e.code(), e.details() or "")
+                failures.append(f"{other['name']}: {e.details() or e.code().name}")
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self.name} does not remove its own member and no other master answered "
+            f"({'; '.join(failures) or 'none registered'}): ask another master",
+        )
 
     async def ListExecutors(self, request: rota_pb2.ListExecutorsRequest, context: Any) -> rota_pb2.JsonReply:
         async def local(rt: LeaderRuntime) -> rota_pb2.JsonReply:

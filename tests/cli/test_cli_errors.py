@@ -270,3 +270,21 @@ def test_a_bad_dataflow_file_is_refused_naming_the_key(tmp_path, change, named):
         run("rota.client.cli", "--master-addr", "127.0.0.1:1", "submit-job", "--config", str(bad)),
         f"{bad}: {named}: ",
     )
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["member", "add", "bad name", "https://10.0.0.8:8291"], ["NAME", "bad member name"]),
+        (["member", "add", "m3", "10.0.0.8:8291"], ["PEER-URL", "https://host:port"]),
+        (["member", "add", "m3", "https://0.0.0.0:8291"], ["PEER-URL", "wildcard"]),
+        (["member", "add", "m3", "https://10.0.0.8:8291/x"], ["PEER-URL"]),
+        (["member", "remove", " "], ["NAME"]),
+        (["member", "remove"], ["Missing argument"]),
+    ],
+)
+def test_member_bad_input_is_refused_before_any_master_is_asked(args, needles):
+    # No master listens at this address: a check that asked one would exit 3, not 2.
+    assert_usage_error(
+        run("rota.client.cli", "--master-addr", "127.0.0.1:1", "--timeout", "1s", *args), *needles
+    )
