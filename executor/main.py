@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -357,6 +358,11 @@ def executor_command(**o: Any) -> int:
     defaults, maxima = o["task_default_limits"], o["task_max_limits"]
     lim.check_executor(defaults, maxima)
     setup_logging(str(o["log_level"]), str(o["log_format"]), f"executor[{o['name']}]")
+    if problem := run_as.cannot_run(sys.executable):
+        log.warning(
+            "--run-as: %s, so python and call tasks will fail; install Python where that user reaches it",
+            problem,
+        )
     undumpable()
     mode = confine.setup(str(o["cgroup"]))
     confine.set_mode(mode)

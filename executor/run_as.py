@@ -78,6 +78,33 @@ def shared_root(work_dir: str) -> str:
     return work_dir if _current is None else os.path.join(work_dir, "tasks", "shared")
 
 
+def _may_execute(me: RunAs, st: os.stat_result) -> bool:
+    """Whether ``me`` has the x bit of a file or folder (search, for a folder)."""
+    if st.st_uid == me.uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == me.gid or st.st_gid in me.groups:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def cannot_run(program: str) -> str | None:
+    """Why the run-as user could not start ``program`` (the executor's Python, which python and
+    call tasks run), or None when it can: an interpreter under /root (pyenv) is the usual case."""
+    me = _current
+    if me is None:
+        return None
+    path = os.path.realpath(program)
+    if not _may_execute(me, os.stat(path)):
+        return f"{me.name} may not execute {path}"
+    folder = os.path.dirname(path)
+    while True:
+        if not _may_execute(me, os.stat(folder)):
+            return f"{me.name} cannot pass through {folder} to reach {path}"
+        if os.path.dirname(folder) == folder:
+            return None
+        folder = os.path.dirname(folder)
+
+
 def check_reach(work_dir: str) -> None:
     """ConfigError unless the user can pass through every folder above ``work_dir`` (a work dir
     under /root, say, would fail every task with "permission denied")."""
@@ -86,14 +113,7 @@ def check_reach(work_dir: str) -> None:
         return
     path = os.path.dirname(os.path.abspath(work_dir))
     while True:
-        st = os.stat(path)
-        if st.st_uid == me.uid:
-            ok = bool(st.st_mode & 0o100)
-        elif st.st_gid == me.gid or st.st_gid in me.groups:
-            ok = bool(st.st_mode & 0o010)
-        else:
-            ok = bool(st.st_mode & 0o001)
-        if not ok:
+        if not _may_execute(me, os.stat(path)):
             raise ConfigError(
                 f"--run-as {me.name}: {me.name} cannot pass through {path} to reach --work-dir {work_dir} "
                 "(give others search permission, chmod o+x, or choose another --work-dir)"
