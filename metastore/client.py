@@ -599,7 +599,7 @@ class EtcdClient:
             except asyncio.CancelledError:
                 # grpc.aio raises CancelledError from read() on a call cancelled here, so the
                 # checker's cancel looks like ours: only a cancel of this task ends the watch.
-                if not checker.done() or checker.cancelled() or _cancelling():
+                if not _ours_only(checker):
                     call.cancel()
                     raise
             finally:
@@ -621,12 +621,16 @@ class EtcdClient:
                 return
 
 
-def _cancelling() -> bool:
-    """Whether the running task was asked to stop (Python 3.11's Task.cancelling; before it, a
-    CancelledError is taken as such a request)."""
+def _ours_only(canceller: asyncio.Task[Any] | None) -> bool:
+    """Whether a CancelledError in the running task came only from a gRPC call that we cancelled
+    ourselves (``canceller`` finished after cancelling it; None: another task of ours did), not
+    from a request to stop this task. Python 3.11 tells (Task.cancelling); before it, such a
+    request arriving in the same instant would be lost, and the next one is heeded."""
+    if canceller is not None and (not canceller.done() or canceller.cancelled()):
+        return False
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
-    return cancelling() > 0 if cancelling is not None else True
+    return cancelling is None or cancelling() == 0
 
 
 def _error(method: str, e: grpc.aio.AioRpcError) -> EtcdError:
@@ -715,6 +719,7 @@ class _KeepAliveStream:
         while True:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             sent = time.monotonic()
+            call: Any = None
             try:
                 async with self._lock:
                     call = await self._ensure()
@@ -724,6 +729,12 @@ class _KeepAliveStream:
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, EtcdUnavailable, asyncio.InvalidStateError):
                 fut.cancel()
                 self._drop()
+            except asyncio.CancelledError:
+                # Also what a write raises on the stream another renewal dropped meanwhile: then
+                # try again on a new stream, as after any transport error.
+                fut.cancel()
+                if call is None or not call.cancelled() or not _ours_only(None):
+                    raise
             except asyncio.TimeoutError:
                 waiters = self._waiters.get(lease_id)
                 if waiters and fut in waiters:
