@@ -371,16 +371,23 @@ class AsyncClient:
                     rota_pb2.WatchEventsRequest(job_id=job_id, from_revision=next_rev),
                     metadata=self.metadata(),
                 )
-                async for batch in call:
-                    failed_since = None
-                    next_rev = batch.revision + 1
-                    changes = json.loads(batch.changes_json)
-                    if changes or cursor:
-                        cursor = False
-                        yield batch.revision, changes
+                try:
+                    async for batch in call:
+                        failed_since = None
+                        next_rev = batch.revision + 1
+                        changes = json.loads(batch.changes_json)
+                        if changes or cursor:
+                            cursor = False
+                            yield batch.revision, changes
+                finally:
+                    call.cancel()  # a stream given up (aclose) frees its place on the master now
             except grpc.aio.AioRpcError as e:
                 code = e.code()
-                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+                if code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    grpc.StatusCode.UNIMPLEMENTED,
+                ):
                     raise RequestError(e.details() or code.name) from None
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise AccessDenied(
@@ -458,7 +465,11 @@ class AsyncClient:
         (gathered for PROGRESS_GATHER), so a bar moves when tasks do, not on a timer."""
         events = self.watch_events(job_id, cursor=True)
         try:
-            await anext(events)  # the stream is open: no change from here on is missed
+            left = None if deadline is None else max(MIN_HOLD, deadline - time.monotonic())
+            try:  # the stream is open: no change from here on is missed
+                await asyncio.wait_for(anext(events), left)
+            except asyncio.TimeoutError:
+                raise NoMasterReachable("no master opened the event stream in time") from None
             while True:
                 doc = await self._json_call(
                     "WaitJob",
@@ -472,7 +483,7 @@ class AsyncClient:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
                     await asyncio.wait_for(anext(events), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin before Python 3.11
                     raise TimeoutError(f"job {job_id} still {doc['state']} after its timeout") from None
                 await asyncio.sleep(PROGRESS_GATHER)
         finally:
