@@ -82,8 +82,15 @@ METHODS: dict[str, str] = {
 STANDARD_METHODS: dict[str, str] = {
     "/grpc.health.v1.Health/Check": OPEN,
     "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.health.v1.Health/List": OPEN,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": DESCRIBE,
+    # Not served (the package has v1alpha only), but let through to answer UNIMPLEMENTED: grpcurl
+    # asks v1 first and falls back to v1alpha only on that answer.
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": DESCRIBE,
 }
+
+#: The Rota services whose methods METHODS lists by short name.
+_ROTA_SERVICES = ("/rota.Master/", "/rota.Executor/")
 
 
 def allows(role: str, permission: str) -> bool:
@@ -94,6 +101,8 @@ def method_permission(full_method: str) -> str | None:
     """The permission a gRPC method (``/rota.Master/SubmitJob``) needs; None for one not in the tables."""
     if full_method in STANDARD_METHODS:
         return STANDARD_METHODS[full_method]
+    if not full_method.startswith(_ROTA_SERVICES):
+        return None
     return METHODS.get(full_method.rsplit("/", 1)[-1])
 
 

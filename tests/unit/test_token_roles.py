@@ -94,4 +94,9 @@ def test_health_is_open_and_reflection_takes_any_token_but_only_by_full_name() -
     assert all(roles.allows(role, describe) for role in roles.ROLES)
     assert not roles.allows("nobody", describe)
     assert roles.method_permission("/rota.Master/Check") is None
-    assert roles.method_permission("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") is None
+    # v1 is not served, but passes the gate to answer UNIMPLEMENTED (grpcurl then asks v1alpha).
+    assert (
+        roles.method_permission("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") == roles.DESCRIBE
+    )
+    # Rota's short names count only in Rota's services.
+    assert roles.method_permission("/other.Service/GetMasterInfo") is None
