@@ -109,7 +109,8 @@ def removal_refusal(members: Sequence[Member], target_id: int) -> str | None:
 def addition_refusal(members: Sequence[Member]) -> str | None:
     """Why adding a member must be refused, or None. A member that was added but never started
     must be started (or removed) first; and until the new one starts, the members that answer must
-    make a quorum of the bigger cluster, or etcd stops answering while it joins."""
+    make a quorum of the bigger cluster, or etcd stops answering while it joins (a single healthy
+    member excepted: it stops answering until the second one starts)."""
     pending = [m for m in members if not m.started]
     if pending:
         return (
@@ -118,7 +119,9 @@ def addition_refusal(members: Sequence[Member]) -> str | None:
         )
     healthy = [m for m in members if m.healthy]
     need = quorum(len(members) + 1)
-    if len(healthy) < need:
+    # One healthy member alone may grow (etcd allows it too): the cluster waits for the second to
+    # start, which is the only way a single master or the survivor of a pair gets company.
+    if len(healthy) < need and not (len(members) == 1 and healthy):
         down = ", ".join(_label(m) for m in members if not m.healthy)
         return (
             f"refusing to add a member: {len(members) + 1} members need {need} healthy for a quorum while "

@@ -340,7 +340,8 @@ class Master:
                 log.warning("embedded etcd member exited (code %s); cannot tell whether it was removed: %s",
                             member.returncode, e)  # fmt: skip
                 await asyncio.sleep(REGISTER_RETRY)
-        if any(mine & set(m.peer_urls) for m in members):
+        # By name too: a peer URL spelled otherwise than etcd stored it must not read as removed.
+        if any(m.name == member.config.name or mine & set(m.peer_urls) for m in members):
             log.error("embedded etcd member exited (code %s); see %s", member.returncode, member.log_path)
             return
         log.warning("this master's etcd member was removed from the cluster (member remove): stopping")

@@ -93,3 +93,8 @@ def test_initial_cluster_names_the_new_member() -> None:
     )
     flags = membership.master_flags("m3", "https://10.0.0.9:8291", "m3=https://10.0.0.9:8291")
     assert flags[flags.index("--initial-cluster-state") + 1] == "existing"
+
+
+def test_a_single_healthy_member_may_grow_but_a_dead_single_one_may_not() -> None:
+    assert membership.addition_refusal(cluster(True)) is None
+    assert "remove the dead members first" in (membership.addition_refusal(cluster(False)) or "")
