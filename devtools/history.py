@@ -78,12 +78,13 @@ def _once(final: Mapping[str, dict[str, Any] | None], effects: list[Effect]) -> 
     could not reach them before the task was run again, is counted apart: the side effects of such
     a lost attempt are at-least-once by nature (promise 5)."""
     taken: dict[str, int] = {}
+    bad = [f"{j}: its document lists no tasks" for j, doc in final.items() if doc and not doc.get("tasks")]
     for doc in final.values():
         for task in (doc or {}).get("tasks", []):
             if task["state"] == "SUCCEEDED":
                 taken[task["id"]] = task["attempt"]
     done = collections.Counter((e.task, e.attempt) for e in effects if e.kind == "done")
-    bad, lost_finished = [], 0
+    lost_finished = 0
     for task, attempt in taken.items():
         if done[(task, attempt)] != 1:
             bad.append(f"{task} attempt {attempt} finished {done[(task, attempt)]} times")

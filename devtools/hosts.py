@@ -51,7 +51,7 @@ def sweep_stale() -> None:
         if m and not _alive(int(m.group(1))):
             _run(["ip", "netns", "del", name], check=False)
     for line in _run(["ip", "-o", "link", "show", "type", "bridge"], check=False).stdout.splitlines():
-        m = re.match(r"^\d+: (rb([0-9a-f]+)-[0-9a-f]+)[:@]", line)
+        m = re.match(r"^\d+: (rotab([0-9a-f]+)-[0-9a-f]+)[:@]", line)
         if m and not _alive(int(m.group(2), 16)):
             _run(["ip", "link", "del", m.group(1)], check=False)
 
@@ -96,8 +96,9 @@ class Network:
     def __init__(self) -> None:
         sweep_stale()
         Network._made += 1
-        self.tag = f"{os.getpid()}-{Network._made}"
-        self.bridge = f"rb{os.getpid():x}-{Network._made:x}"
+        self._n = Network._made
+        self.tag = f"{os.getpid()}-{self._n}"
+        self.bridge = f"rotab{os.getpid():x}-{self._n:x}"
         self.subnet = _free_subnet()
         addrs = list(self.subnet.hosts())
         self.gateway = str(addrs[0])
@@ -123,8 +124,8 @@ class Network:
         index = len(self.hosts)
         host = Host(name, f"{NS_PREFIX}{self.tag}-{name}", self._free.pop(0))
         outer, inner = (
-            f"rv{os.getpid():x}-{Network._made:x}-{index}",
-            f"rp{os.getpid():x}-{Network._made:x}-{index}",
+            f"rv{os.getpid():x}-{self._n:x}-{index}",
+            f"rp{os.getpid():x}-{self._n:x}-{index}",
         )
         _run(["ip", "netns", "add", host.netns])
         self.hosts[name] = host
@@ -207,8 +208,14 @@ class Network:
                 host.delayer = None
 
     def close(self) -> None:
-        """Remove every namespace and the bridge (stop the programs in them first)."""
-        self.heal()
+        """Remove every namespace and the bridge (stop the programs in them first), whatever fails."""
+        try:
+            self.heal()
+        except (RuntimeError, subprocess.TimeoutExpired):
+            for host in self.hosts.values():
+                if host.delayer is not None:
+                    host.delayer.kill()
+                    host.delayer.wait(5)
         for host in self.hosts.values():
             _run(["ip", "netns", "del", host.netns], check=False)
         self.hosts.clear()

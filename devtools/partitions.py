@@ -120,11 +120,9 @@ class FaultRun:
         healed = time.time()
         figures: dict[str, Any] = {"fault": kind, "leader": leader, "hold_s": hold}
         if kind.startswith("leader"):
-            old = [
-                t
-                for (_, v), t in zip(self.recorder.orders, self.recorder.times, strict=True)
-                if v.startswith(last_term)
-            ]
+            n = len(self.recorder.times)  # the recorder's thread appends an order, then its time
+            orders, times = self.recorder.orders[:n], self.recorder.times[:n]
+            old = [t for (_, v), t in zip(orders, times, strict=True) if v.startswith(last_term)]
             figures["old_leader_last_write_s"] = round(max(old) - t0, 3) if old and last_term else None
             figures["new_leader_after_s"] = round(new_leader_at - t0, 3) if new_leader_at else None
         if kind == "executor-from-masters":

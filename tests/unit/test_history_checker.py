@@ -75,3 +75,8 @@ def test_a_record_with_fewer_terms_than_leaders_seen_fails():
         if "leader" in v.name
     ]
     assert not v.ok and "2 leaders were seen" in v.detail
+
+
+def test_documents_without_their_tasks_fail_rather_than_pass_on_nothing():
+    empty = {"j": {"id": "j", "state": "SUCCEEDED", "tasks": []}}
+    assert not verdicts(["j"], empty, CLEAN)["no task completed twice"]
