@@ -96,13 +96,16 @@ def cannot_run(program: str) -> str | None:
     path = os.path.realpath(program)
     if not _may_execute(me, os.stat(path)):
         return f"{me.name} may not execute {path}"
-    folder = os.path.dirname(path)
-    while True:
-        if not _may_execute(me, os.stat(folder)):
-            return f"{me.name} cannot pass through {folder} to reach {path}"
-        if os.path.dirname(folder) == folder:
-            return None
-        folder = os.path.dirname(folder)
+    # Both ways to it: a venv's bin (whose site-packages the task needs too) and the real file.
+    for start in dict.fromkeys((os.path.abspath(program), path)):
+        folder = os.path.dirname(start)
+        while True:
+            if not _may_execute(me, os.stat(folder)):
+                return f"{me.name} cannot pass through {folder} to reach {start}"
+            if os.path.dirname(folder) == folder:
+                break
+            folder = os.path.dirname(folder)
+    return None
 
 
 def check_reach(work_dir: str) -> None:
