@@ -591,20 +591,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             url = membership.check_peer_url(request.peer_url, schemes.pop() if len(schemes) == 1 else None)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        clash = membership.duplicate(members, name, url)
-        if clash:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clash)
-        refused = membership.addition_refusal(members)
-        if refused:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused)
-        try:
-            new_id, after = await self.client.member_add([url])
-        except MemberExists as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except EtcdUnavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        except EtcdError as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"etcd refused the new member: {e}")
+        # Added, never started, at this very URL: a retry whose first answer was lost. Answer again.
+        again = next((m for m in members if not m.started and list(m.peer_urls) == [url]), None)
+        if again is not None:
+            new_id, after = again.id, members
+        else:
+            new_id, after = await self._add_member(context, members, name, url)
         cluster = membership.initial_cluster(after, new_id, name)
         log.warning("etcd member %s (%x) added at %s: start its master with --initial-cluster %s "
                     "--initial-cluster-state existing", name, new_id, url, cluster)  # fmt: skip
@@ -619,6 +611,25 @@ class MasterService(rota_pb2_grpc.MasterServicer):
                 "flags": membership.master_flags(name, url, cluster),
             }
         )
+
+    async def _add_member(
+        self, context: Any, members: list[MemberInfo], name: str, url: str
+    ) -> tuple[int, list[MemberInfo]]:
+        clash = membership.duplicate(members, name, url)
+        if clash:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clash)
+        refused = membership.addition_refusal(members)
+        if refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused)
+        try:
+            return await self.client.member_add([url])
+        except MemberExists as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except EtcdUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except EtcdError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"etcd refused the new member: {e}")
+        raise AssertionError("unreachable: abort raises")
 
     async def RemoveMember(self, request: rota_pb2.RemoveMemberRequest, context: Any) -> rota_pb2.JsonReply:
         wanted = request.name.strip()

@@ -79,6 +79,11 @@ def join(cluster, c, name: str) -> dict:
     assert f"{name}={peer_url}" in reply["initial_cluster"].split(",")
     assert reply["flags"][reply["flags"].index("--initial-cluster-state") + 1] == "existing"
     assert not reply["added"]["started"]
+    # The same add again (its first answer lost, say) answers the same, adding nothing more.
+    again = c.add_member(name, peer_url)
+    assert again["initial_cluster"] == reply["initial_cluster"] and len(again["members"]) == len(
+        reply["members"]
+    )
     cluster.add_master(name, reply["initial_cluster"])
     return reply
 
