@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from rota.devtools.etcdcluster import EtcdCluster
+from rota.devtools.hosts import Network
 from rota.devtools.localcluster import LocalCluster
 
 
@@ -93,3 +95,13 @@ def cluster(
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    """Hosts made of network namespaces on a private bridge (devtools/hosts.py), removed at the
+    end. Ask for it before ``local_cluster``, so the clusters on it stop before it goes."""
+    for tool in ("ip", "nft"):
+        assert shutil.which(tool), f"the hosts tests need {tool} (make test-tools installs it)"
+    with Network() as net:
+        yield net

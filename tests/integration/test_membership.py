@@ -5,7 +5,6 @@ mutual TLS with tokens, as on separate hosts."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,19 +14,10 @@ import pytest
 
 from rota.client.api import Client
 from rota.client.errors import AccessDenied, RequestError
-from rota.devtools.hosts import Network
 
 pytestmark = pytest.mark.etcd
 
 JOB = {"name": "member-check", "task": [{"name": "t", "kind": "shell", "command": ["true"]}]}
-
-
-@pytest.fixture
-def network():
-    for tool in ("ip", "nft"):
-        assert shutil.which(tool), f"the membership tests need {tool} (make test-tools installs it)"
-    with Network() as net:
-        yield net
 
 
 def start(local_cluster, network):
@@ -88,7 +78,7 @@ def join(cluster, c, name: str) -> dict:
     return reply
 
 
-def test_a_fourth_master_joins_a_running_cluster(local_cluster, network, wait_until):
+def test_a_fourth_master_joins_a_running_cluster(network, local_cluster, wait_until):
     cluster = start(local_cluster, network)
     with cluster.client(timeout=20) as c:
         before = c.list_members()
@@ -118,7 +108,7 @@ def test_a_fourth_master_joins_a_running_cluster(local_cluster, network, wait_un
     job_runs(cluster)
 
 
-def test_removing_a_follower_drops_it_and_it_stops(local_cluster, network, wait_until):
+def test_removing_a_follower_drops_it_and_it_stops(network, local_cluster, wait_until):
     cluster = start(local_cluster, network)
     leader = cluster.wait_for_leader()
     follower = next(m for m in cluster.masters if m.name != leader)
@@ -138,7 +128,7 @@ def test_removing_a_follower_drops_it_and_it_stops(local_cluster, network, wait_
     job_runs(cluster)
 
 
-def test_a_dead_master_is_replaced_on_a_new_host(local_cluster, network, wait_until):
+def test_a_dead_master_is_replaced_on_a_new_host(network, local_cluster, wait_until):
     cluster = start(local_cluster, network)
     leader = cluster.wait_for_leader()
     dead, other = [m for m in cluster.masters if m.name != leader]

@@ -6,25 +6,14 @@ one leader writing at a time. ``make partitions`` runs a longer, randomized sequ
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from rota.devtools.hosts import Network
 from rota.devtools.partitions import FaultRun
 
 pytestmark = pytest.mark.etcd
 
 
-@pytest.fixture
-def network():
-    for tool in ("ip", "nft"):
-        assert shutil.which(tool), f"the partition tests need {tool} (make test-tools installs it)"
-    with Network() as net:
-        yield net
-
-
-def test_cut_links_keep_every_promise_and_work_resumes(local_cluster, network, tmp_path):
+def test_cut_links_keep_every_promise_and_work_resumes(network, local_cluster, tmp_path):
     cluster = local_cluster(network=network, tls=True, tokens=True, executors=2, executor_slots=2)
     with FaultRun(cluster, network, tmp_path / "effects.txt") as run:
         figures = [
