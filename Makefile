@@ -11,6 +11,16 @@ PYTEST_ARGS ?=
 # The folders installed as rota.*
 PACKAGES := rota common client devtools metastore protos scheduler executor dataflow
 
+# The end of a recipe line that gathered Debian packages in $$missing: install them as root, or
+# say how. $(1): what they are; $(2): who needs them.
+apt_missing = if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(1):$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "$(2):$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
+	fi
+
 .PHONY: all etcd test-tools test unit_test integration_test dev demo bench bench-peers clean chaos partitions bench-hosts
 
 all: $(VENV)/.installed $(PROTO_GEN) $(PROGRAMS) etcd
@@ -54,13 +64,7 @@ test-tools:
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing test tools:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	else \
-		echo "the tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
-	fi
+	$(call apt_missing,test tools,the tests need)
 
 test: all test-tools deploy-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
@@ -153,10 +157,4 @@ deploy-tools: $(VENV)/.installed
 	@missing=""; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing deploy validators:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	else \
-		echo "the deploy/ tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
-	fi
+	$(call apt_missing,deploy validators,the deploy/ tests need)

@@ -61,7 +61,7 @@ class FaultRun:
         self._stop.set()
         self._submitter.join(30)
         self.net.heal()
-        if self.recorder._thread.is_alive():
+        if self.recorder.running:
             self.recorder.stop()
 
     def _submit_loop(self) -> None:

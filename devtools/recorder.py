@@ -67,6 +67,10 @@ class WriteOrderRecorder:
                             self.times.append(now)
                 await asyncio.sleep(0.05)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> list[tuple[int, str]]:
         self._stopping = True
         if self._task is not None and self._thread.is_alive():
