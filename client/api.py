@@ -71,6 +71,9 @@ TASK_PAGE = 5_000
 WAIT_CHUNK = 20.0
 #: The shortest hold asked for: a last look at a job whose wait has run out.
 MIN_HOLD = 0.001
+#: How long a call to one given address is tried again after a refusal: gRPC's longest reconnect
+#: backoff here (``common/rpc.py``) and a margin.
+RECONNECT_GRACE = 1.5
 #: How long a progress display gathers state changes before it asks for fresh counts.
 PROGRESS_GATHER = 0.25
 
@@ -234,10 +237,19 @@ class AsyncClient:
     async def master_info(self, addr: str | None = None) -> dict[str, Any]:
         """What one master (the first that answers, or ``addr``) says of itself."""
         if addr is not None:
-            reply = await self._stub(parse_address(addr).dial()).GetMasterInfo(
-                rota_pb2.MasterInfoRequest(), timeout=self.timeout
-            )
-            return info_to_dict(reply)
+            # A channel to an address that refused a moment ago fails at once until gRPC's reconnect
+            # backoff (at most 1 s) is over, even when it listens now: ask again within that time.
+            stub = self._stub(parse_address(addr).dial())
+            deadline = time.monotonic() + min(self.timeout, RECONNECT_GRACE)
+            while True:
+                try:
+                    return info_to_dict(
+                        await stub.GetMasterInfo(rota_pb2.MasterInfoRequest(), timeout=self.timeout)
+                    )
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                        raise
+                await asyncio.sleep(0.1)
         return info_to_dict(await self._call("GetMasterInfo", rota_pb2.MasterInfoRequest()))
 
     async def submit_job(
