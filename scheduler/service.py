@@ -561,9 +561,15 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     # -- membership: any master answers, from etcd (common/membership.py has the checks) ------
 
-    async def _members(self, context: Any) -> list[MemberInfo]:
+    async def _members(self, context: Any, judge: bool = False) -> list[MemberInfo]:
+        """Every etcd member with its health. ``judge``: the answer may refuse a change, so a started
+        member that did not answer within MEMBER_WAIT is asked once more, longer, before it counts
+        as down (a first TLS handshake on a loaded host can take that long)."""
         try:
-            return await self.client.members(timeout=MEMBER_WAIT)
+            members = await self.client.members(timeout=MEMBER_WAIT)
+            if judge and any(m.error and m.client_urls for m in members):
+                members = await self.client.members(timeout=3 * MEMBER_WAIT)
+            return members
         except EtcdError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd: {e}")
             raise  # unreachable: abort raises
@@ -585,7 +591,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             membership.check_peer_url(request.peer_url)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        members = await self._members(context)
+        members = await self._members(context, judge=True)
         schemes = {u.split("://", 1)[0] for m in members for u in m.peer_urls}
         try:
             url = membership.check_peer_url(request.peer_url, schemes.pop() if len(schemes) == 1 else None)
@@ -637,7 +643,7 @@ class MasterService(rota_pb2_grpc.MasterServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "name a member: its name, or its id as member list shows it"
             )
-        members = await self._members(context)
+        members = await self._members(context, judge=True)
         target = membership.find(members, wanted)
         if target is None:
             known = ", ".join(m.name or f"{m.id:x}" for m in members)
