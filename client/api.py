@@ -33,7 +33,8 @@ from rota.protos import rota_pb2, rota_pb2_grpc
 DEFAULT_ADDR = "127.0.0.1:10240"
 #: How long one master may take to accept a connection before the next is tried.
 CONNECT_TIMEOUT = 1.0
-#: The least time one call to one master gets when there are others to try.
+#: The least time one call to one master gets when there are others to try (at most half the
+#: client's timeout, so that a stalled master never takes all of a short one).
 PER_TRY_MIN = 3.0
 _RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 #: Calls every master answers itself: no need to look for the leader first.
@@ -185,8 +186,9 @@ class AsyncClient:
         errors: dict[str, str] = {}
         n = len(self.addresses)
         attempt = 0
+        first = self._preferred
         while True:
-            idx = (self._preferred + attempt) % n
+            idx = (first + attempt) % n
             addr = self.addresses[idx]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -202,7 +204,9 @@ class AsyncClient:
                 try:
                     # Several masters: do not let one that stopped answering eat the whole timeout.
                     per_try = (
-                        remaining if n == 1 else min(remaining, hold + max(PER_TRY_MIN, self.timeout / n))
+                        remaining
+                        if n == 1
+                        else min(remaining, hold + max(min(PER_TRY_MIN, self.timeout / 2), self.timeout / n))
                     )
                     result = await getattr(stub, method)(request, timeout=per_try, metadata=self.metadata())
                     self._preferred = idx
@@ -226,6 +230,10 @@ class AsyncClient:
                         raise
                     errors[addr] = rpc.explain(e.details() or e.code().name, self.tls)
                     self._leader_known = False  # the leader may have moved: look again next time
+            if idx == self._preferred:
+                # A stalled master keeps its connection up and answers nothing: start the next
+                # call elsewhere instead of paying its timeout on every call.
+                self._preferred = (idx + 1) % n
             attempt += 1
             if attempt % n == 0:
                 await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from rota.client.api import Client
+from rota.client.errors import NoMasterReachable
 
 pytestmark = pytest.mark.etcd
 
@@ -94,6 +95,29 @@ def test_sigstopped_leader_is_fenced_and_steps_down(local_cluster):
     with Client(new_addr, timeout=5) as c:
         new_info = c.master_info(new_addr)
     assert new_info["role"] == "leader" and new_info["term"] > old_term
+
+
+def test_a_client_stops_knocking_on_a_stalled_master(local_cluster):
+    """A stopped master keeps its connection open and answers nothing: a client that used it goes
+    to the others from then on, within its timeout, instead of timing out on it call after call."""
+    cluster = local_cluster()
+    leader = cluster.leader()
+    stalled = next(m for m in cluster.masters if m is not leader)
+    order = [stalled.addr] + [m.addr for m in cluster.masters if m is not stalled]
+    outcomes = []
+    with Client(",".join(order), timeout=3) as c:
+        assert c.cluster_status()["leader"]["name"] == leader.name  # its channel to `stalled` is up
+        stalled.signal(signal.SIGSTOP)
+        try:
+            for _ in range(4):
+                try:
+                    outcomes.append(c.cluster_status()["leader"]["name"])
+                except NoMasterReachable as e:
+                    outcomes.append(f"failed: {e}")
+        finally:
+            stalled.signal(signal.SIGCONT)
+    # The first call may spend its time on the stalled master; every later one starts elsewhere.
+    assert outcomes[1:] == [leader.name] * 3, outcomes
 
 
 def test_external_etcd_survives_a_member_kill(local_cluster, etcd_cluster):
