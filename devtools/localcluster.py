@@ -120,8 +120,9 @@ class MasterProcess(Process):
     ) -> None:
         super().__init__(name, argv, log_path, http_url, host)
         self.addr = addr
-        #: Its embedded etcd member's advertised peer URL.
+        #: Its embedded etcd member's advertised peer and client URLs ("" with external etcd).
         self.peer_url = ""
+        self.etcd_url = ""
 
 
 class LocalCluster:
@@ -225,6 +226,7 @@ class LocalCluster:
         argv += tls_args(self.tls) + list(master_args)
         proc = MasterProcess(name, addr, argv, self.base_dir / f"{name}.log", f"{scheme}://{http_addr}", host)
         proc.peer_url = peer
+        proc.etcd_url = client_url if not self._etcd_endpoints else ""
         return proc
 
     def plan_master(self, name: str) -> tuple[Host | None, str]:
