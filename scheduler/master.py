@@ -321,6 +321,7 @@ class Master:
                 upkeep.space_loop(self.client, self.space, self._upkeep_role), name="etcd-space"
             )
         )
+        self._tasks.append(asyncio.create_task(service.run_looks(), name="status-looks"))
         if self.member is not None:
             self._tasks.append(asyncio.create_task(self._watch_member(), name="etcd-member"))
 

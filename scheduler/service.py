@@ -35,6 +35,7 @@ from rota.scheduler import access, events
 from rota.scheduler.executor_registry import ExecutorLink
 from rota.scheduler.leader import LeaderRuntime, NotReady
 from rota.scheduler.leadership import Leadership
+from rota.scheduler.looked import Looked
 from rota.scheduler.pipeline import OutOfSpace
 from rota.scheduler.schedules import MAX_SCHEDULE_BYTES
 from rota.scheduler.token_store import Identity, TokenError, TokenStore, TooManyTokens
@@ -44,8 +45,6 @@ from rota.scheduler.views import executor_doc, job_doc
 log = logging.getLogger("rota.service")
 
 PEER_TIMEOUT = 0.5
-#: How long cluster-status waits for etcd's members and alarms before it shows those last seen.
-SPACE_WAIT = 0.05
 BEAT_EVERY = 2.0
 #: How long a membership call waits for each etcd member's own status.
 MEMBER_WAIT = 1.0
@@ -121,6 +120,13 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         self._streams: dict[str, set[ExecutorLink]] = {}
         self._event_streams = 0
         self.tokens.on_revoke.append(self._close_streams)
+        #: What cluster-status shows of the other masters and of etcd's space, looked at beside it
+        #: (``run_looks``): a busy peer or etcd must not hold up the status view.
+        self.peer_look = Looked(self._probe_all)
+        self.space_look = Looked(self._space_now)
+
+    async def run_looks(self) -> None:
+        await asyncio.gather(self.peer_look.run(), self.space_look.run())
 
     def _close_streams(self, token_id: str) -> None:
         for link in self._streams.pop(token_id, set()):
@@ -157,12 +163,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     ) -> rota_pb2.ClusterStatus:
         try:
             # Serializable reads: a status view must answer quickly while etcd is busy committing.
-            # The other masters are probed as soon as their names are read, beside the rest.
+            # What needs others to answer (peers, etcd's members and alarms) is looked at beside.
             leader, masters, executors, (members, alarms) = await asyncio.gather(
                 read_leader(self.client, keys.LEADER, serializable=True),
                 self._probed_masters(),
                 self.client.count_prefix(keys.EXECUTORS, serializable=True),
-                self._space_now(),
+                self.space_look.get(),
             )
             healthy = True
             endpoints = [m.endpoint for m in members if m.endpoint] or list(self.client.endpoints)
@@ -212,30 +218,43 @@ class MasterService(rota_pb2_grpc.MasterServicer):
 
     async def _space_now(self) -> tuple[list[MemberStatus], list[Alarm]]:
         """etcd's members and alarms, or the last ones seen (every master looks every SPACE_CHECK)
-        when etcd cannot say within SPACE_WAIT: reading alarms is a raft request, which queues
-        behind big commits and waits out etcd's own election after its leader died, and the status
-        view must not."""
-        seen = bool(self.space.members)
+        when etcd cannot say within PEER_TIMEOUT: reading alarms is a raft request, which queues
+        behind big commits and waits out etcd's own election after its leader died."""
         try:
             members, alarms = await asyncio.wait_for(
                 asyncio.gather(self.client.member_statuses(timeout=PEER_TIMEOUT), self.client.alarms()),
-                SPACE_WAIT if seen else PEER_TIMEOUT,  # nothing seen yet: nothing to show instead
+                PEER_TIMEOUT,
             )
         except (EtcdError, asyncio.TimeoutError):
             return list(self.space.members), list(self.space.alarms)
         self.space.observe(alarms, members)
         return members, alarms
 
-    async def _probed_masters(self) -> dict[str, tuple[str, bool]]:
-        """Every registered master: its address and whether it answers."""
+    async def _registered(self) -> dict[str, str]:
+        """Every registered master's address by its name."""
         registered, _ = await self.client.get_prefix(keys.MASTERS, serializable=True)
-        masters = {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
+        return {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
+
+    async def _probe_all(self) -> dict[tuple[str, str], bool]:
+        """Whether each registered master answers, by (name, address): the background look."""
+        masters = await self._registered()
+        answers = await asyncio.gather(*(self._reachable(n, a) for n, a in masters.items()))
+        return dict(zip(masters.items(), answers, strict=True))
+
+    async def _probed_masters(self) -> dict[str, tuple[str, bool]]:
+        """Every registered master: its address and whether it answers. One that answered the
+        latest background look counts as answering; any other (new, or silent then) is asked now,
+        so a master that is back is never shown unreachable."""
+        masters = await self._registered()
+        seen = self.peer_look.fresh() or {}
         names = sorted(masters)
-        answers = await asyncio.gather(*(self._reachable(n, masters[n]) for n in names))
+        answers = await asyncio.gather(
+            *(self._reachable(n, masters[n], seen.get((n, masters[n]), False)) for n in names)
+        )
         return {n: (masters[n], ok) for n, ok in zip(names, answers, strict=True)}
 
-    async def _reachable(self, name: str, addr: str) -> bool:
-        if name == self.name:
+    async def _reachable(self, name: str, addr: str, answered: bool = False) -> bool:
+        if name == self.name or answered:
             return True
         try:
             await self.peers.stub(addr).GetMasterInfo(rota_pb2.MasterInfoRequest(), timeout=PEER_TIMEOUT)
