@@ -413,10 +413,10 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         self, rt: LeaderRuntime, job: Any, offset: int, limit: int, context: Any
     ) -> rota_pb2.JsonReply:
         """The get-job document with a page of tasks; NOT_FOUND when the job expired meanwhile."""
-        doc = await rt.jobs.page_doc(job, offset, limit)
-        if doc is None:
+        blob = await rt.jobs.page_json(job, offset, limit)
+        if blob is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, rt.jobs.why_missing(job.id))
-        return _json(doc)
+        return rota_pb2.JsonReply(json=blob)
 
     async def WaitJob(self, request: rota_pb2.WaitJobRequest, context: Any) -> rota_pb2.JsonReply:
         try:
