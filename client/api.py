@@ -704,9 +704,17 @@ class Client:
                 self._loop.run_until_complete(items.aclose())  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self._async.close())
-            self._loop.close()
+        if self._loop.is_closed():
+            return
+        closing = self._async.close()
+        try:
+            self._loop.run_until_complete(closing)
+        except BaseException:
+            # Not runnable here (a client collected while another event loop runs): say nothing
+            # of a coroutine never awaited; the caller sees the error.
+            closing.close()
+            raise
+        self._loop.close()
 
     def __enter__(self) -> Client:
         return self
