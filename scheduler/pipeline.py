@@ -197,6 +197,9 @@ class CommitPipeline:
                         continue
                 self.route(decisions)
                 _resolve(synced)
+            # Routing one commit and building the next are each a long step under load: let the
+            # callers waiting in between (status, list-jobs, reports) have their turn.
+            await asyncio.sleep(0)
 
     async def _commit(self, decisions: list[Decision]) -> bool | None:
         """Commit until etcd takes it: True once it did, False when etcd is out of space (the deletes
