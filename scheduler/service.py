@@ -30,6 +30,7 @@ from rota.metastore.client import (
     WatchCompacted,
 )
 from rota.metastore.election import read_leader
+from rota.metastore.mirror import Mirror
 from rota.protos import rota_pb2, rota_pb2_grpc
 from rota.scheduler import access, events
 from rota.scheduler.executor_registry import ExecutorLink
@@ -124,9 +125,11 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         #: (``run_looks``): a busy peer or etcd must not hold up the status view.
         self.peer_look = Looked(self._probe_all)
         self.space_look = Looked(self._space_now)
+        #: The registered masters, as watched.
+        self.masters = Mirror(client, keys.MASTERS)
 
     async def run_looks(self) -> None:
-        await asyncio.gather(self.peer_look.run(), self.space_look.run())
+        await asyncio.gather(self.peer_look.run(), self.space_look.run(), self.masters.run())
 
     def _close_streams(self, token_id: str) -> None:
         for link in self._streams.pop(token_id, set()):
@@ -161,15 +164,28 @@ class MasterService(rota_pb2_grpc.MasterServicer):
     async def GetClusterStatus(
         self, request: rota_pb2.ClusterStatusRequest, context: object
     ) -> rota_pb2.ClusterStatus:
+        rt = self.runtime()
+        known = rt.executors_known() if rt is not None else None
+        leader = self.leadership.leader
         try:
-            # Serializable reads: a status view must answer quickly while etcd is busy committing.
-            # What needs others to answer (peers, etcd's members and alarms) is looked at beside.
-            leader, masters, executors, (members, alarms) = await asyncio.gather(
-                read_leader(self.client, keys.LEADER, serializable=True),
-                self._probed_masters(),
-                self.client.count_prefix(keys.EXECUTORS, serializable=True),
-                self.space_look.get(),
-            )
+            if known is not None and self.masters.synced and leader is not None and leader.name == self.name:
+                # A ready leader that etcd renewed just now is the leader etcd would name, and
+                # knows its executors: no read of its busy etcd member.
+                executors = known
+                # Awaited in turn, not gathered: each task gathered waits a turn of the leader's
+                # busy loop (tens of ms), and both answer at once while their looks are fresh.
+                masters = await self._probed_masters()
+                members, alarms = await self.space_look.get()
+            else:
+                # Serializable reads: a status view must answer quickly while etcd is busy
+                # committing. What needs others to answer (peers, etcd's members and alarms) is
+                # looked at beside.
+                leader, masters, executors, (members, alarms) = await asyncio.gather(
+                    read_leader(self.client, keys.LEADER, serializable=True),
+                    self._probed_masters(),
+                    self.client.count_prefix(keys.EXECUTORS, serializable=True),
+                    self.space_look.get(),
+                )
             healthy = True
             endpoints = [m.endpoint for m in members if m.endpoint] or list(self.client.endpoints)
         except EtcdError as e:
@@ -231,9 +247,12 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         return members, alarms
 
     async def _registered(self) -> dict[str, str]:
-        """Every registered master's address by its name."""
-        registered, _ = await self.client.get_prefix(keys.MASTERS, serializable=True)
-        return {m["name"]: m["addr"] for m in (json.loads(kv.value) for kv in registered)}
+        """Every registered master's address by its name: as watched, else read."""
+        if self.masters.synced:
+            values = list(self.masters.kvs.values())
+        else:
+            values = [kv.value for kv in (await self.client.get_prefix(keys.MASTERS, serializable=True))[0]]
+        return {m["name"]: m["addr"] for m in map(json.loads, values)}
 
     async def _probe_all(self) -> dict[tuple[str, str], bool]:
         """Whether each registered master answers, by (name, address): the background look."""
@@ -247,14 +266,13 @@ class MasterService(rota_pb2_grpc.MasterServicer):
         so a master that is back is never shown unreachable."""
         masters = await self._registered()
         seen = self.peer_look.fresh() or {}
-        names = sorted(masters)
-        answers = await asyncio.gather(
-            *(self._reachable(n, masters[n], seen.get((n, masters[n]), False)) for n in names)
-        )
-        return {n: (masters[n], ok) for n, ok in zip(names, answers, strict=True)}
+        ask = [n for n in sorted(masters) if n != self.name and not seen.get((n, masters[n]), False)]
+        answers = await asyncio.gather(*(self._reachable(n, masters[n]) for n in ask)) if ask else []
+        asked = dict(zip(ask, answers, strict=True))
+        return {n: (masters[n], asked.get(n, True)) for n in sorted(masters)}
 
-    async def _reachable(self, name: str, addr: str, answered: bool = False) -> bool:
-        if name == self.name or answered:
+    async def _reachable(self, name: str, addr: str) -> bool:
+        if name == self.name:
             return True
         try:
             await self.peers.stub(addr).GetMasterInfo(rota_pb2.MasterInfoRequest(), timeout=PEER_TIMEOUT)

@@ -136,3 +136,19 @@ def test_external_etcd_survives_a_member_kill(local_cluster, etcd_cluster):
     # Elections still work on the two remaining members.
     cluster.master(first).signal(signal.SIGKILL)
     assert cluster.wait_for_leader(exclude=first, timeout=20) != first
+
+
+def test_the_leader_and_followers_count_executors_alike(local_cluster, wait_until):
+    # The leader answers from what it holds, the followers read etcd: both must say the same.
+    cluster = local_cluster(executors=2)
+
+    def counts() -> list[int]:
+        out = []
+        for m in cluster.masters:
+            with Client(m.addr, timeout=5) as c:
+                out.append(c.cluster_status()["executors"])
+        return out
+
+    assert counts() == [2, 2, 2]
+    cluster.executors[0].signal(signal.SIGKILL)
+    wait_until("every master to count one executor", lambda: counts() == [1, 1, 1], timeout=30)
