@@ -2,8 +2,9 @@
 
 Like etcd's Go ``clientv3/mirror``. Reading the copy costs nothing, where a read of etcd waits on a
 member that may be busy committing (the leader's, under a big job). The copy is as current as the
-watch: ``synced`` says whether it follows etcd now; while it does not (etcd unreachable, the watch
-being started again) the caller reads etcd instead.
+watch, which moves to another member by itself when one stops answering; ``synced`` is False
+until the first listing and while listing again (after a compaction, or etcd refusing it), when
+the caller reads etcd instead. While etcd cannot be reached at all the copy is the last one seen.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ RETRY = 0.5
 
 
 class Mirror:
+    """The keys under ``prefix`` and their values, as ``run`` follows them."""
+
     def __init__(self, client: EtcdClient, prefix: bytes) -> None:
         self.client = client
         self.prefix = prefix
@@ -27,6 +30,12 @@ class Mirror:
         self.synced = False
 
     async def run(self) -> None:
+        try:
+            await self._follow()
+        finally:
+            self.synced = False
+
+    async def _follow(self) -> None:
         while True:
             try:
                 kvs, revision = await self.client.get_prefix(self.prefix)
@@ -38,7 +47,7 @@ class Mirror:
                             self.kvs[e.kv.key] = e.kv.value
                         else:
                             self.kvs.pop(e.kv.key, None)
-                self.synced = False  # the client was closed
+                return  # a watch ends only when its client is closed
             except WatchCompacted:
                 self.synced = False  # events were missed: list again
             except EtcdError as e:

@@ -17,6 +17,15 @@ from rota.metastore.client import EtcdClient, EtcdError
 
 log = logging.getLogger("rota.session")
 
+#: Seconds of its lease a holder keeps in hand when it acts on holding it without asking etcd.
+MARGIN = 1.0
+
+
+def held_surely(ttl: float, renew_every: float, since: float) -> bool:
+    """Whether a lease etcd renewed ``since`` seconds ago is still held with MARGIN to spare, and
+    missed at most one renewal (one missed more is a sign that etcd is not answering)."""
+    return since < min(ttl - MARGIN, 2 * renew_every)
+
 
 class Session:
     def __init__(self, client: EtcdClient, ttl: float, renew_every: float | None = None) -> None:
@@ -40,6 +49,9 @@ class Session:
     def expires_in(self) -> float:
         """Seconds for which the lease is certainly still valid, from what we last heard."""
         return self._renewed_at + self.ttl - time.monotonic()
+
+    def surely_held(self) -> bool:
+        return not self.lost.is_set() and held_surely(self.ttl, self.renew_every, self.ttl - self.expires_in)
 
     async def _keep_alive(self) -> None:
         while not self.lost.is_set():

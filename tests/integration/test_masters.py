@@ -149,6 +149,6 @@ def test_the_leader_and_followers_count_executors_alike(local_cluster, wait_unti
                 out.append(c.cluster_status()["executors"])
         return out
 
-    assert counts() == [2, 2, 2]
+    wait_until("every master to count two executors", lambda: counts() == [2, 2, 2], timeout=10)
     cluster.executors[0].signal(signal.SIGKILL)
     wait_until("every master to count one executor", lambda: counts() == [1, 1, 1], timeout=30)

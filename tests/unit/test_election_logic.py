@@ -10,6 +10,7 @@ from aetcd import rpc
 from rota.common import config as cfg
 from rota.metastore.client import KV, TxnResult, prefix_end
 from rota.metastore.election import Leader, campaign_outcome, fence
+from rota.metastore.session import held_surely
 from rota.scheduler.master import build_config, master_command
 
 
@@ -102,3 +103,20 @@ def test_master_external_etcd_starts_no_member():
 def test_master_inconsistent_flags_are_named(over, needle):
     with pytest.raises(cfg.ConfigError, match=needle):
         build_config(_options(**over))
+
+
+@pytest.mark.parametrize(
+    ("ttl", "since", "sure"),
+    [
+        (3, 0.0, True),
+        (3, 1.9, True),  # one renewal (every 1 s) missed, a second still in hand
+        (3, 2.1, False),
+        (2, 0.9, True),
+        (2, 1.0, False),  # within the lease, but not with a second to spare
+        (1, 0.0, False),  # a 1 s lease is never sure enough to answer without etcd
+        (10, 6.0, True),
+        (10, 7.0, False),  # two renewals (every 3.3 s) missed: etcd is not answering
+    ],
+)
+def test_a_lease_is_held_surely_with_a_second_in_hand_and_one_renewal_missed_at_most(ttl, since, sure):
+    assert held_surely(ttl, ttl / 3, since) is sure

@@ -40,6 +40,7 @@ def test_a_caller_looks_itself_until_a_look_is_fresh_then_gets_it_until_it_is_st
 
 def test_a_slow_older_look_never_replaces_a_newer_one() -> None:
     clock = Clock()
+
     async def run() -> int | None:
         release = asyncio.Event()
         calls = 0
