@@ -51,6 +51,7 @@ class Session:
         return self._renewed_at + self.ttl - time.monotonic()
 
     def surely_held(self) -> bool:
+        """Whether etcd renewed the lease lately enough to act on holding it without asking."""
         return not self.lost.is_set() and held_surely(self.ttl, self.renew_every, self.ttl - self.expires_in)
 
     async def _keep_alive(self) -> None:
