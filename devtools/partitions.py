@@ -55,6 +55,14 @@ class FaultRun:
     def __enter__(self) -> FaultRun:
         self.recorder.start()
         self._submitter.start()
+        # The first leader's term began before the recording: the check counts it only once one
+        # of its writes is seen, so no fault may come before (a leader that answers sooner let
+        # the first fault cut it off before the first submission reached it).
+        deadline = time.monotonic() + 30
+        while not self.recorder.orders:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no write of the leader recorded within 30 s of the start")
+            time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
