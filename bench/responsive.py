@@ -40,6 +40,9 @@ def main() -> int:
         with LocalCluster(Path(tmp) / "c", executors=2, executor_slots=1) as cluster:
             times: dict[str, list[float]] = {"cluster-status": [], "list-jobs": []}
             failures: list[str] = []
+            #: (seconds into the run, master, call, seconds) of every answer, and when the job ended.
+            answers: list[tuple[float, str, str, float]] = []
+            ended: list[float] = []
             done = threading.Event()
 
             def poll() -> None:
@@ -48,19 +51,31 @@ def main() -> int:
                 try:
                     while not done.is_set():
                         c = clients[i % len(clients)]
+                        master = cluster.masters[i % len(clients)].name
                         for name, call in (("cluster-status", c.cluster_status), ("list-jobs", c.list_jobs)):
                             t0 = time.perf_counter()
                             try:
-                                call()
+                                reply = call()
                             except Exception as e:  # counted, not fatal: the figure is the point
                                 failures.append(f"{name}: {e}")
-                            times[name].append(time.perf_counter() - t0)
+                                reply = None
+                            took = time.perf_counter() - t0
+                            times[name].append(took)
+                            answers.append((t0 - start, master, name, took))
+                            if (
+                                name == "list-jobs"
+                                and not ended
+                                and reply
+                                and reply[-1].get("state") == "SUCCEEDED"
+                            ):
+                                ended.append(t0 - start)
                         i += 1
                         time.sleep(0.05)
                 finally:
                     for c in clients:
                         c.close()
 
+            start = time.perf_counter()
             poller = threading.Thread(target=poll)
             poller.start()
             t0 = time.monotonic()
@@ -72,6 +87,7 @@ def main() -> int:
             elapsed = time.monotonic() - t0
             done.set()
             poller.join()
+            leader = cluster.leader().name
     if p.returncode != 0:
         print(p.stderr[-2000:], file=sys.stderr)
         return 1
@@ -86,6 +102,17 @@ def main() -> int:
               f"max {doc['max_ms']} ms")  # fmt: skip
     if failures:
         print(f"  {len(failures)} calls failed, first: {failures[0]}")
+    # Where the slowest answers fall: while tasks ran, or while the client read the ended job's
+    # document (the job ended when list-jobs first showed it SUCCEEDED), and on which master.
+    end = f", the job ended at {ended[0]:.1f} s" if ended else ""
+    print(f"  slowest answers (s into the run{end}; {leader} led):")
+    slowest = sorted(answers, key=lambda a: -a[3])[:5]
+    for at, master, name, took in slowest:
+        print(f"    {took * 1000:.1f} ms at {at:.1f} s: {name} from {master}")
+    result["leader"], result["ended_at"] = leader, ended[0] if ended else None
+    result["slowest"] = [
+        {"at": round(a, 1), "master": m, "call": n, "ms": round(t * 1000, 1)} for a, m, n, t in slowest
+    ]
     save(args.out, result)
     return 0
 
