@@ -24,7 +24,7 @@ from rota.scheduler.views import job_doc, job_page_doc, stored_page_doc, task_do
 log = logging.getLogger("rota.leader")
 
 #: Tasks above which a job's objects are built in a thread (10,000 take about 5 ms) and kept out of
-#: the cyclic collector's sight while it runs (see collector.py).
+#: the cyclic collector's sight while it holds them (see collector.py).
 BIG_JOB = 10_000
 #: Jobs list-jobs looks at between two yields to the event loop.
 LIST_CHUNK = 5000
@@ -127,13 +127,17 @@ class JobApi:
         created_at = time.time()
         if spec.task_count() > BIG_JOB:
             # Its task objects are built beside the event loop, which keeps answering meanwhile.
-            job = await asyncio.to_thread(Job, job_id, spec, 0, created_at, owner)
+            job = await self.collector.build(lambda: Job(job_id, spec, 0, created_at, owner))
         else:
             job = Job(job_id, spec, 0, created_at, owner)
         async with self.pipeline.lock:
-            self.check()
-            if self.pipeline.out_of_space:
-                raise OutOfSpace(f"job {job_id!r} was not submitted")
+            try:
+                self.check()
+                if self.pipeline.out_of_space:
+                    raise OutOfSpace(f"job {job_id!r} was not submitted")
+            except BaseException:
+                self.collector.dropped(job)
+                raise
             self.seq += 1
             job.seq = self.seq
             # Place the job now, so its first placements commit with the job itself.
@@ -148,8 +152,8 @@ class JobApi:
                 # Nothing of the job is in etcd (the store made sure): it leaves the core, and what
                 # else was drained with it waits in the pipeline for etcd to have room.
                 self.core.withdraw_job(job_id)
-                self.collector.ended(job_id)
                 self.pipeline.hold(without_job(decisions, job))
+                self.collector.dropped(job)
                 raise OutOfSpace(f"job {job_id!r} was not submitted") from None
             except (Fenced, EtcdError) as e:
                 # The core holds a job etcd may not have: only a rebuild can tell.
@@ -287,7 +291,6 @@ class JobApi:
 
     def ended(self, job: Job) -> None:
         """A job's end is committed: log it and wake whoever waits for it."""
-        self.collector.ended(job.id)
         level = logging.DEBUG if job.state == SUCCEEDED else logging.INFO
         if log.isEnabledFor(level):
             log.log(

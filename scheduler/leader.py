@@ -174,6 +174,7 @@ class LeaderRuntime:
         next_check = 0.0
         while True:
             self.core.tick()
+            self.jobs.collector.settle()  # after tick: the jobs it held as summaries dropped their tasks
             self.pipeline.kick()
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + RAFT_LEADER_CHECK

@@ -1,7 +1,9 @@
-"""Big running jobs' objects are kept out of the cyclic collector's walks, and given back after."""
+"""Big jobs' objects are kept out of the cyclic collector's walks, and given back once no big job
+holds its tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
@@ -20,7 +22,15 @@ class Node:
 
 
 def job(job_id: str, tasks: int = 3, state: str | None = None) -> Job:
-    return cast(Job, SimpleNamespace(id=job_id, tasks=[None] * tasks, state=state))
+    j = SimpleNamespace(id=job_id, tasks=[None] * tasks, state=state)
+    j.release = lambda: setattr(j, "tasks", [])
+    return cast(Job, j)
+
+
+def end(j: Any, released: bool) -> None:
+    j.state = "SUCCEEDED"
+    if released:
+        j.release()
 
 
 @pytest.fixture
@@ -34,32 +44,65 @@ def collector() -> Iterator[Collector]:
         gc.unfreeze()
 
 
-def test_objects_are_frozen_while_a_big_job_runs_and_given_back_after_the_last_ends(collector: Any) -> None:
+def test_objects_stay_frozen_until_no_big_job_holds_its_tasks(collector: Any) -> None:
     collector.started(job("small", tasks=2))
     collector.started(job("ended", state="SUCCEEDED"))
     assert gc.get_freeze_count() == 0, "neither a small nor an ended job freezes anything"
-    collector.started(job("a"))
-    frozen = gc.get_freeze_count()
-    assert frozen > 0
-    collector.started(job("b"))
-    collector.ended("a")
-    assert gc.get_freeze_count() >= frozen, "another big job still runs"
-    collector.ended("small")  # a small job's end changes nothing
-    assert gc.get_freeze_count() >= frozen
-    collector.ended("b")
-    assert gc.get_freeze_count() == 0
+    a, b = job("a"), job("b")
+    collector.started(a)
+    assert gc.get_freeze_count() > 0
+    collector.started(b)
+    end(a, released=True)
+    collector.settle()
+    assert gc.get_freeze_count() > 0, "another big job still runs"
+    end(b, released=False)
+    collector.settle()
+    assert gc.get_freeze_count() > 0, "an ended job still holds its tasks (a client may read them)"
+    b.release()  # held as a summary now
+    collector.settle()
+    assert gc.get_freeze_count() == 0 and not collector.big
 
 
 def test_an_ended_jobs_cycles_are_collected_once_given_back(collector: Any) -> None:
     node = Node()
     ref = weakref.ref(node)
-    collector.started(job("a"))
+    a = job("a")
+    collector.started(a)
     del node
     gc.collect()
     assert ref() is not None, "a frozen cycle is not walked, so not freed"
-    collector.ended("a")
+    end(a, released=True)
+    collector.settle()
     gc.collect()
     assert ref() is None
+
+
+def test_a_big_job_is_built_with_the_collector_off_and_frozen_once_built(collector: Any) -> None:
+    seen: list[bool] = []
+
+    def make() -> Job:
+        seen.append(gc.isenabled())
+        return job("built")
+
+    for enabled in (True, False):
+        gc.enable() if enabled else gc.disable()
+        try:
+            built = asyncio.run(collector.build(make))
+            assert seen[-1] is False, "the collector walked a half-built job"
+            assert gc.isenabled() is enabled, "the collector's own state is restored"
+            assert gc.get_freeze_count() > 0 and collector.big == {"built": built}
+        finally:
+            gc.enable()
+        collector.clear()
+
+
+def test_a_built_job_whose_submission_failed_gives_back_what_it_froze(collector: Any) -> None:
+    other = job("other")
+    built = asyncio.run(collector.build(lambda: job("built")))
+    collector.dropped(other)  # never built or started here: nothing to do
+    assert gc.get_freeze_count() > 0
+    collector.dropped(built)
+    assert built.tasks == [] and gc.get_freeze_count() == 0 and not collector.big
 
 
 def test_a_leader_that_stops_gives_back_what_it_froze(collector: Any) -> None:
