@@ -59,16 +59,17 @@ def discover() -> dict[str, type[Kind]]:
         if not (isinstance(cls, type) and issubclass(cls, Kind)):
             log.error("task kind %r (%s) is not a subclass of Kind; skipped", ep.name, ep.value)
             continue
-        if ep.name in found and found[ep.name] is not cls:
+        kind: type[Kind] = cls
+        if ep.name in found and found[ep.name] is not kind:
             log.warning(
                 "task kind %r is declared twice; keeping %s, ignoring %s", ep.name, found[ep.name], ep.value
             )
             continue
-        if cls.name and cls.name != ep.name:
+        if kind.name and kind.name != ep.name:
             log.warning(
-                "task kind %r is registered under the name %r; job files use %r", cls.name, ep.name, ep.name
+                "task kind %r is registered under the name %r; job files use %r", kind.name, ep.name, ep.name
             )
-        found[ep.name] = cls
+        found[ep.name] = kind
     return found
 
 
