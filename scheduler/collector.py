@@ -7,12 +7,13 @@ objects live as long as the job, so they are moved out of the collector's sight 
 
 They are built with the collector off (``build``): building frees nothing, and two full
 collections over a half-built 200,000-task job held the leader 70-85 ms each. They are given back
-(``gc.unfreeze``) only once no big job holds its tasks any more (``settle``): an ended job keeps them
+(``gc.unfreeze``) once no big job holds its tasks any more (``settle``): an ended job keeps them
 while it is among the most recent (a client reads its pages then), and giving back a quarter of a
 million live objects at its end cost the leader a 94 ms walk just as that client read it. An
 ended job held as a summary drops its tasks (``Job.release``), which reference counting frees even
-while frozen; what stays frozen meanwhile is what was alive when the job came, cycles among it
-included, until it is given back.
+while frozen. What stays frozen meanwhile is what was alive when the job came, cycles that became
+garbage since included; so once no big job has run for ``HELD_AFTER_END`` everything is given
+back even if an ended job still holds its tasks (and the next full collection walks them).
 """
 
 from __future__ import annotations
@@ -20,19 +21,28 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Callable
 
 from rota.scheduler.core import Job
 
 log = logging.getLogger("rota.leader")
 
+#: Seconds after the last big job ended (none running) when frozen objects are given back even if
+#: that job still holds its tasks: long enough for its client to read it, short enough that
+#: garbage frozen with it does not pile up.
+HELD_AFTER_END = 120.0
+
 
 class Collector:
-    def __init__(self, big_job: int) -> None:
+    def __init__(self, big_job: int, clock: Callable[[], float] = time.monotonic) -> None:
         #: Tasks above which a job is big.
         self.big_job = big_job
+        self.clock = clock
         #: The big jobs whose objects are frozen, until they no longer hold their tasks.
         self.big: dict[str, Job] = {}
+        #: Since when every big job here has ended (None while one runs).
+        self._ended_since: float | None = None
         self._building = 0
         self._collecting = False
 
@@ -61,27 +71,39 @@ class Collector:
             gc.freeze()
 
     def dropped(self, job: Job) -> None:
-        """A job built or added here that the core no longer holds (its submission failed): its
-        tasks go now, and what was frozen for it comes back if nothing else keeps it."""
-        if job.id in self.big and self.big[job.id] is job:
-            job.release()
-            self.settle()
+        """A job built here that the core does not hold (its submission failed): its tasks go now,
+        and what was frozen for it comes back if nothing else keeps it."""
+        job.release()
+        self.settle()
 
     def settle(self) -> None:
         """Give the frozen objects back once no big job holds its tasks (ended and held as a summary,
-        expired, or dropped). Cheap: run at every tick of the leader."""
+        expired, or dropped), or once none has run for HELD_AFTER_END. Cheap: run at every tick of
+        the leader."""
         if not self.big:
             return
         for job_id in [j for j, job in self.big.items() if not job.tasks]:
             del self.big[job_id]
-        if not self.big:
+        if any(job.state is None for job in self.big.values()):
+            self._ended_since = None
+            return
+        if self.big:
+            now = self.clock()
+            if self._ended_since is None:
+                self._ended_since = now
+            if now - self._ended_since < HELD_AFTER_END:
+                return
+            self.big.clear()
+        self._ended_since = None
+        if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "no big job holds its tasks: %d objects go back to the collector", gc.get_freeze_count()
             )
-            gc.unfreeze()
+        gc.unfreeze()
 
     def clear(self) -> None:
         """This leader stops: what it froze goes back to the collector."""
+        self._ended_since = None
         if self.big:
             self.big.clear()
             gc.unfreeze()

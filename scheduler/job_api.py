@@ -130,45 +130,46 @@ class JobApi:
             job = await self.collector.build(lambda: Job(job_id, spec, 0, created_at, owner))
         else:
             job = Job(job_id, spec, 0, created_at, owner)
-        async with self.pipeline.lock:
-            try:
+        try:
+            async with self.pipeline.lock:
                 self.check()
                 if self.pipeline.out_of_space:
                     raise OutOfSpace(f"job {job_id!r} was not submitted")
-            except BaseException:
-                self.collector.dropped(job)
-                raise
-            self.seq += 1
-            job.seq = self.seq
-            # Place the job now, so its first placements commit with the job itself.
-            self.core.add_job(job)
-            self.collector.started(job)
-            decisions = self.core.drain()
-            try:
-                created = await self.store.create_job(
-                    job_id, spec, created_at, along=writes(decisions), owner=owner, also=also
+                self.seq += 1
+                job.seq = self.seq
+                # Place the job now, so its first placements commit with the job itself.
+                self.core.add_job(job)
+                self.collector.started(job)
+                decisions = self.core.drain()
+                try:
+                    created = await self.store.create_job(
+                        job_id, spec, created_at, along=writes(decisions), owner=owner, also=also
+                    )
+                except NoSpace:
+                    # Nothing of the job is in etcd (the store made sure): it leaves the core, and what
+                    # else was drained with it waits in the pipeline for etcd to have room.
+                    self.core.withdraw_job(job_id)
+                    self.pipeline.hold(without_job(decisions, job))
+                    raise OutOfSpace(f"job {job_id!r} was not submitted") from None
+                except (Fenced, EtcdError) as e:
+                    # The core holds a job etcd may not have: only a rebuild can tell.
+                    self.give_up()
+                    raise NotReady(f"leadership in doubt while submitting: {e}") from None
+                if created is None:
+                    self.give_up()
+                    raise NotReady("the job appeared in etcd under another leader")
+                self.route(decisions)
+                log.debug(
+                    "job %s committed: %d tasks",
+                    job_id,
+                    len(job.tasks),
+                    **logs.ids(job=job_id),
                 )
-            except NoSpace:
-                # Nothing of the job is in etcd (the store made sure): it leaves the core, and what
-                # else was drained with it waits in the pipeline for etcd to have room.
-                self.core.withdraw_job(job_id)
-                self.pipeline.hold(without_job(decisions, job))
+        except BaseException:
+            if self.core.jobs.get(job_id) is not job:
+                # Never held by the core, or withdrawn: its tasks go now, and what was frozen for it.
                 self.collector.dropped(job)
-                raise OutOfSpace(f"job {job_id!r} was not submitted") from None
-            except (Fenced, EtcdError) as e:
-                # The core holds a job etcd may not have: only a rebuild can tell.
-                self.give_up()
-                raise NotReady(f"leadership in doubt while submitting: {e}") from None
-            if created is None:
-                self.give_up()
-                raise NotReady("the job appeared in etcd under another leader")
-            self.route(decisions)
-            log.debug(
-                "job %s committed: %d tasks",
-                job_id,
-                len(job.tasks),
-                **logs.ids(job=job_id),
-            )
+            raise
 
     def job(self, job_id: str) -> AnyJob | None:
         """A committed job (one still being submitted is not shown yet)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import weakref
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from rota.scheduler import collector as collector_mod
 from rota.scheduler.collector import Collector
 from rota.scheduler.core import Job
 
@@ -34,9 +36,14 @@ def end(j: Any, released: bool) -> None:
 
 
 @pytest.fixture
-def collector() -> Iterator[Collector]:
+def now() -> list[float]:
+    return [1000.0]
+
+
+@pytest.fixture
+def collector(now: list[float]) -> Iterator[Collector]:
     gc.unfreeze()
-    c = Collector(big_job=2)
+    c = Collector(big_job=2, clock=lambda: now[0])
     try:
         yield c
     finally:
@@ -99,10 +106,53 @@ def test_a_big_job_is_built_with_the_collector_off_and_frozen_once_built(collect
 def test_a_built_job_whose_submission_failed_gives_back_what_it_froze(collector: Any) -> None:
     other = job("other")
     built = asyncio.run(collector.build(lambda: job("built")))
-    collector.dropped(other)  # never built or started here: nothing to do
-    assert gc.get_freeze_count() > 0
+    collector.dropped(other)  # a small one, never frozen for: its tasks go all the same
+    assert other.tasks == [] and gc.get_freeze_count() > 0
     collector.dropped(built)
     assert built.tasks == [] and gc.get_freeze_count() == 0 and not collector.big
+
+
+def test_everything_is_given_back_a_while_after_the_last_big_job_ended(
+    collector: Any, now: list[float]
+) -> None:
+    """An ended job may hold its tasks for a day; what was frozen with it must not wait that long."""
+    a, b = job("a"), job("b")
+    collector.started(a)
+    collector.started(b)
+    end(a, released=False)
+    collector.settle()
+    now[0] += collector_mod.HELD_AFTER_END * 2
+    collector.settle()
+    assert gc.get_freeze_count() > 0, "b still runs"
+    end(b, released=False)
+    collector.settle()  # the clock starts when the last big job has ended
+    now[0] += collector_mod.HELD_AFTER_END - 1
+    collector.settle()
+    assert gc.get_freeze_count() > 0
+    now[0] += 1
+    collector.settle()
+    assert gc.get_freeze_count() == 0 and not collector.big
+
+
+def test_concurrent_builds_keep_the_collector_off_until_the_last_is_built(collector: Any) -> None:
+    release_second = threading.Event()
+    seen: list[bool] = []
+
+    def second() -> Job:
+        release_second.wait(10)
+        seen.append(gc.isenabled())
+        return job("second")
+
+    async def both() -> None:
+        slow = asyncio.create_task(collector.build(second))
+        await asyncio.sleep(0)
+        await collector.build(lambda: job("first"))
+        release_second.set()  # the first is built: the second goes on building after it
+        await slow
+
+    gc.enable()
+    asyncio.run(both())
+    assert seen == [False] and gc.isenabled()
 
 
 def test_a_leader_that_stops_gives_back_what_it_froze(collector: Any) -> None:
