@@ -72,7 +72,10 @@ def _compactions(endpoint: str) -> float | None:
 def _after_burst(endpoint: str, c: Any, task: dict[str, Any], args: argparse.Namespace, out: str) -> int:
     t0 = time.perf_counter()
     burst = c.submit_job({"name": "burst", "task": [{"name": "t", **task, "count": args.after_burst}]})
-    c.wait_job(burst["id"], timeout=3600)
+    doc = c.wait_job(burst["id"], timeout=3600)
+    if doc["state"] != "SUCCEEDED":
+        print(f"the burst ended {doc['state']}: {doc.get('counts')}", file=sys.stderr)
+        return 1
     print(f"a burst of {args.after_burst:,} {args.kind} tasks took {time.perf_counter() - t0:.1f} s; then:")
     windows = []
     start = time.perf_counter()
