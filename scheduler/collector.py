@@ -19,10 +19,11 @@ back even if an ended job still holds its tasks (and the next full collection wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rota.scheduler.core import Job
 
@@ -32,6 +33,26 @@ log = logging.getLogger("rota.leader")
 #: that job still holds its tasks: long enough for its client to read it, short enough that
 #: garbage frozen with it does not pile up.
 HELD_AFTER_END = 120.0
+
+_off = 0
+_was_on = False
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """The cyclic collector off while objects are made and none freed (a leader's rebuild, a big
+    job's build). Uses that overlap keep it off until the last ends; then it is as it was."""
+    global _off, _was_on
+    if not _off:
+        _was_on = gc.isenabled()
+        gc.disable()
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+        if not _off and _was_on:
+            gc.enable()
 
 
 class Collector:
@@ -43,25 +64,15 @@ class Collector:
         self.big: dict[str, Job] = {}
         #: Since when every big job here has ended (None while one runs).
         self._ended_since: float | None = None
-        self._building = 0
-        self._collecting = False
 
     async def build(self, make: Callable[[], Job]) -> Job:
         """A big job built by ``make`` in a thread beside the event loop, the collector off meanwhile,
         and frozen once built. A job that then never reaches the core goes through ``dropped``."""
-        if not self._building:
-            self._collecting = gc.isenabled()
-            gc.disable()
-        self._building += 1
-        try:
+        with collector_off():
             job = await asyncio.to_thread(make)
             self.big[job.id] = job
             gc.freeze()
             return job
-        finally:
-            self._building -= 1
-            if not self._building and self._collecting:
-                gc.enable()
 
     def started(self, job: Job) -> None:
         """A job is in the core (submitted, or rebuilt by a new leader): if it is big and still

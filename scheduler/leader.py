@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from rota.common.tls import TlsFiles
 from rota.metastore.client import EtcdClient, EtcdError
 from rota.metastore.election import Election
 from rota.scheduler import upkeep
+from rota.scheduler.collector import collector_off
 from rota.scheduler.core import (
     DEFAULT_RETENTION,
     Ack,
@@ -86,10 +86,8 @@ class LeaderRuntime:
         t0 = time.monotonic()
         await self.store.begin_term()
         # A rebuild makes objects and frees none: the collector's passes over them cost twice the
-        # rebuild itself at 100,000 jobs. (Disabled for this master process, for the rebuild only.)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        # rebuild itself at 100,000 jobs. (Off for this master process, for the rebuild only.)
+        with collector_off():
             snap = await self.store.load()
             for ex in snap.executors:
                 self.core.executors[ex.id] = ex
@@ -109,9 +107,6 @@ class LeaderRuntime:
             for job in snap.jobs:
                 if isinstance(job, Job):
                     self.jobs.collector.started(job)
-        finally:
-            if collecting:
-                gc.enable()
         self._tasks = [
             asyncio.create_task(self.pipeline.run(), name="leader-flush"),
             asyncio.create_task(self._tick_loop(), name="leader-tick"),

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from rota.scheduler import collector as collector_mod
-from rota.scheduler.collector import Collector
+from rota.scheduler.collector import Collector, collector_off
 from rota.scheduler.core import Job
 
 
@@ -160,3 +160,13 @@ def test_a_leader_that_stops_gives_back_what_it_froze(collector: Any) -> None:
     assert gc.get_freeze_count() > 0
     collector.clear()
     assert gc.get_freeze_count() == 0 and not collector.big
+
+
+def test_a_rebuild_and_a_build_share_one_switch_of_the_collector(collector: Any) -> None:
+    """A leader's rebuild and a big job's build both turn the collector off: the first to end must
+    not turn it back on under the other."""
+    gc.enable()
+    with collector_off():
+        built = asyncio.run(collector.build(lambda: job("built")))
+        assert not gc.isenabled(), "a build ending inside a rebuild turned the collector on"
+    assert gc.isenabled() and collector.big == {"built": built}
