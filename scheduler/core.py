@@ -181,7 +181,7 @@ class Task:
 class Job:
     __slots__ = (
         "id", "spec", "seq", "created", "state", "tasks", "counts", "started", "cancelled", "short", "ended",
-        "owner", "gangs", "deps", "needs", "prio",
+        "owner", "gangs", "deps", "needs", "prio", "detailed",
     )  # fmt: skip
 
     def __init__(self, job_id: str, spec: JobSpec, seq: int, created: float, owner: str = "") -> None:
@@ -196,6 +196,8 @@ class Job:
         self.ended: float | None = None
         self.started = False
         self.cancelled = False
+        #: Ended, committed and counted among the jobs that keep their tasks (Core._detailed).
+        self.detailed = False
         self.tasks: list[Task] = []
         self.counts: Counter[str] = Counter()
         for t_idx, tmpl in enumerate(spec.tasks):
@@ -744,6 +746,9 @@ class Core:
     def end_committed(self, job: Job) -> None:
         """A job's end is in etcd (or was found there): from now on it may be held as a summary,
         whose tasks are read back from etcd, once it is no longer among the most recent."""
+        if job.detailed or self.jobs.get(job.id) is not job:  # expired before its end committed
+            return
+        job.detailed = True
         self._detailed.append(job)
         self._detailed_tasks += len(job.tasks)
 
@@ -788,6 +793,12 @@ class Core:
                 if len(self.expired) > REMEMBER_EXPIRED:
                     self.expired.popitem(last=False)
                 self._out.append(DeleteJob(job))
+                if isinstance(job, Job) and job.detailed:
+                    # Its tasks go now, not once every job ended before it has left _detailed
+                    # (jobs of shorter retentions expire first); its entry there is left to demote.
+                    # One whose end is not yet committed keeps them for its waiters.
+                    self._detailed_tasks -= len(job.tasks)
+                    job.release()
                 n += 1
         return n
 

@@ -1899,6 +1899,43 @@ def test_older_ended_jobs_are_held_as_summaries_and_still_expire() -> None:
     assert not h.core.jobs and sum(h.core.summary().tasks.values()) == 0
 
 
+def test_a_job_that_expires_before_older_detailed_ones_lets_its_tasks_go_at_once() -> None:
+    """Jobs of a shorter retention expire before jobs ended earlier: each drops its tasks when it
+    expires, not when every job before it has left the most recent."""
+    h = _retention_harness(600.0)
+    long_ = h.add_job("long", tmpl(count=2))
+    _run_to_end(h, long_)
+    short = h.new_job("short", tmpl(count=3))
+    short.spec.retention = 5.0
+    h.core.add_job(short)
+    _run_to_end(h, short)
+    h.now[0] += 5
+    h.core.tick()
+    assert [d.job.id for d in only(h.drain(), DeleteJob)] == ["short"]
+    assert short.tasks == [] and h.core._detailed_tasks == 2
+    assert h.core.jobs["long"] is long_ and len(long_.tasks) == 2
+    h.now[0] += 600
+    h.core.tick()
+    assert [d.job.id for d in only(h.drain(), DeleteJob)] == ["long"]
+    assert long_.tasks == [] and h.core._detailed_tasks == 0 and not h.core._detailed
+
+
+def test_a_job_that_expires_before_its_end_is_committed_keeps_its_tasks_for_its_waiters() -> None:
+    h = _retention_harness(1.0)
+    job = h.add_job("j", tmpl(count=2))
+    h.drain()
+    for t in job.tasks:
+        h.report("a", t.ref(), SUCCEEDED, {})
+    ended = only(h.drain(), JobEnded)
+    h.now[0] += 1
+    h.core.tick()
+    assert [d.job.id for d in only(h.drain(), DeleteJob)] == ["j"]
+    assert len(job.tasks) == 2, "the end's waiters are answered from them once it commits"
+    for d in ended:
+        h.core.end_committed(d.job)
+    assert h.core._detailed_tasks == 0 and not h.core._detailed, "an expired job is not kept in detail"
+
+
 def test_a_job_held_as_a_summary_is_freed_by_reference_counting_alone() -> None:
     """Its tasks and it refer to each other; with the cyclic collector kept off big jobs (gc.freeze),
     only dropping the tasks lets it go."""
