@@ -33,7 +33,7 @@ from rota.client.api import Client
 from rota.common.config import parse_duration
 from rota.devtools.localcluster import LocalCluster
 from rota.metastore.client import EtcdClient
-from rota.scheduler.upkeep import COMPACT_EVERY, COMPACT_KEEP
+from rota.scheduler.upkeep import COMPACT_EVERY
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("leader_rss_mb", "etcd_in_use_mb", "list_jobs_ms", "jobs_listed")
@@ -164,9 +164,9 @@ def report(args: Any, samples: list[dict[str, Any]], wall: float, done: int, bad
                            "tasks_per_s": round(tasks / wall), "bad": len(bad), "lost": len(errors),
                            "samples": samples, "flat": True}  # fmt: skip
     if len(samples) >= 3:
-        # The reference: after the first 10 % of the run, or after one retention and the history
-        # etcd keeps if that is later (before then, history is still filling up by design).
-        settled = parse_duration(args.retention) + COMPACT_KEEP + COMPACT_EVERY
+        # The reference: after the first 10 % of the run, or after one retention and two compaction
+        # periods if that is later (before then, history is still filling up by design).
+        settled = parse_duration(args.retention) + 2 * COMPACT_EVERY
         first = max(
             len(samples) // 10,
             next((i for i, s in enumerate(samples) if s["t"] >= settled), len(samples) - 1),

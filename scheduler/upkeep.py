@@ -2,11 +2,9 @@
 
 etcd keeps every revision of every key until it is compacted. An embedded member compacts itself
 each hour, an external cluster maybe never; with thousands of task writes a minute, that history
-is most of the database. The leader compacts it here, in steps of ``COMPACT_EVERY``, keeping
-``COMPACT_KEEP`` of history behind the current revision for watchers to resume from (the executor
-watch lists again if it fell further behind). History also costs every write: after a burst of
-tasks, each etcd member spends more on every transaction until the burst's revisions are
-compacted (docs/benchmarks.md), so small steps end that sooner than one compaction a period. Compaction frees space inside the database file; the file itself shrinks only when a
+is most of the database. The leader compacts it here, keeping one period of history behind the
+current revision for watchers to resume from (the executor watch lists again if it fell further
+behind). Compaction frees space inside the database file; the file itself shrinks only when a
 member is defragmented, and etcd's quota counts the file.
 
 When a member's file reaches the quota, etcd raises its NOSPACE alarm and refuses every write but
@@ -25,19 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rota.metastore import keys
 from rota.metastore.client import Alarm, EtcdClient, EtcdError, MemberStatus
 
 log = logging.getLogger("rota.leader")
 
-#: Seconds of history kept behind the current revision, at least...
-COMPACT_KEEP = 60.0
-#: ... and the step of compaction: history reaches back at most COMPACT_KEEP + COMPACT_EVERY.
-COMPACT_EVERY = 10.0
+#: Seconds between compactions, and the history kept behind the current revision.
+COMPACT_EVERY = 60.0
 #: How often a master looks at etcd's alarms and members' sizes; while NOSPACE is raised.
 SPACE_CHECK = 5.0
 NOSPACE_CHECK = 1.0
@@ -60,42 +55,20 @@ DEFAULT_EXTERNAL_QUOTA = 2 * 1024**3
 NOSPACE = "NOSPACE"
 
 
-@dataclass
-class CompactionPoint:
-    """How far etcd may be compacted: up to the newest revision seen at least ``keep`` seconds ago."""
-
-    keep: float
-    _seen: deque[tuple[float, int]] = field(default_factory=deque)
-    _given: int = 0
-
-    def see(self, now: float, revision: int) -> int | None:
-        """Note ``revision`` as current at ``now``; the revision to compact up to, if any is new."""
-        self._seen.append((now, revision))
-        target = 0
-        while self._seen and self._seen[0][0] <= now - self.keep:
-            target = self._seen.popleft()[1]
-        if target <= self._given:
-            return None
-        self._given = target
-        return target
-
-
-async def compact_loop(client: EtcdClient, keep: float = COMPACT_KEEP, every: float = COMPACT_EVERY) -> None:
-    """Each ``every`` seconds, compact up to the newest revision seen at least ``keep`` seconds ago."""
-    point = CompactionPoint(keep)
+async def compact_loop(client: EtcdClient, every: float = COMPACT_EVERY) -> None:
+    """Each period, compact up to the revision the previous period started at."""
+    behind = 0
     while True:
+        await asyncio.sleep(every)
         try:
             _, revision = await client.read(keys.HEALTH)
-            target = point.see(time.monotonic(), revision)
-            if target:
-                await client.compact(target)
-                log.debug("etcd compacted up to revision %d", target)
+            if behind:
+                await client.compact(behind)
+                log.debug("etcd compacted up to revision %d", behind)
+            behind = revision
         except EtcdError as e:
-            # Already compacted past it (etcd's own auto-compaction, or under NOSPACE): the next
-            # step is newer. Any other failure is retried by the next step too.
-            if "compacted" not in str(e):
+            if "compacted" not in str(e):  # already compacted past it (etcd's own auto-compaction)
                 log.warning("cannot compact etcd: %s", e)
-        await asyncio.sleep(every)
 
 
 # -- deciding ------------------------------------------------------------------------------

@@ -140,13 +140,13 @@ def test_a_master_whose_rebuild_raises_resigns_and_another_leads(etcd_cluster):
     assert leader == "m1" and broken_tries >= 1
 
 
-def test_the_leaders_compaction_drops_history_older_than_it_keeps(etcd_cluster):
+def test_the_leaders_compaction_drops_history_older_than_one_period(etcd_cluster):
     async def scenario() -> tuple[bool, bytes]:
         async with EtcdClient(etcd_cluster.endpoints, timeout=20) as client:
             first = await client.put(b"/rota-test/k", b"old")
             await client.put(b"/rota-test/k", b"new")
-            loop = asyncio.create_task(upkeep.compact_loop(client, keep=0.3, every=0.1))
-            await asyncio.sleep(1.0)  # the steps after 0.3 s compact up to what the first saw
+            loop = asyncio.create_task(upkeep.compact_loop(client, every=0.3))
+            await asyncio.sleep(1.0)  # two periods: the second compacts up to what the first saw
             loop.cancel()
             kvs, _ = await client.get_prefix(b"/rota-test/", revision=0)
             try:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from rota.metastore.client import Alarm, MemberStatus
-from rota.scheduler.upkeep import CompactionPoint, Defragment, Disarm, EtcdSpace, SpacePolicy, next_step
+from rota.scheduler.upkeep import Defragment, Disarm, EtcdSpace, SpacePolicy, next_step
 
 MiB = 1024**2
 POLICY = SpacePolicy(quota=100 * MiB)  # disarm under 80 MiB; scheduled: half the file free, >= 1 MiB
@@ -20,26 +20,6 @@ def member(i: int, size: float, in_use: float, error: str = "") -> MemberStatus:
 
 def step(alarms, members, now=1000.0, last_defrag=-1e9, last_disarm=-1e9, compacted=0, defragged=None, **kw):
     return next_step(POLICY, alarms, members, now, last_defrag, last_disarm, compacted, defragged or {}, **kw)
-
-
-def test_compaction_keeps_at_least_its_history_and_steps_up_to_the_newest_old_enough_revision():
-    point = CompactionPoint(keep=60)
-    seen = [point.see(t, 100 + t) for t in range(0, 60, 10)]
-    assert seen == [None] * 6, "nothing is a minute old yet"
-    assert point.see(60, 160) == 100
-    assert point.see(70, 170) == 110
-    assert point.see(75, 175) is None, "no revision newer than the last one compacted is a minute old"
-    assert point.see(80, 180) == 120
-    assert point.see(200, 300) == 180, "after a pause, the newest revision seen a minute before now"
-
-
-def test_compaction_is_never_asked_twice_for_a_revision_or_for_an_older_one():
-    point = CompactionPoint(keep=1)
-    assert point.see(0, 5) is None
-    assert point.see(1, 5) == 5
-    assert point.see(2, 5) is None, "the revision did not move: nothing new to compact"
-    assert point.see(3, 4) is None, "a revision read from a member that lags behind"
-    assert len(point._seen) <= 2, "what was seen is dropped once used: the history is bounded"
 
 
 def test_under_nospace_the_fullest_freeable_member_is_defragmented_first_then_the_alarm_disarmed():
