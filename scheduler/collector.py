@@ -12,8 +12,9 @@ while it is among the most recent (a client reads its pages then), and giving ba
 million live objects at its end cost the leader a 94 ms walk just as that client read it. An
 ended job held as a summary drops its tasks (``Job.release``), which reference counting frees even
 while frozen. What stays frozen meanwhile is what was alive when the job came, cycles that became
-garbage since included; so once no big job has run for ``HELD_AFTER_END`` everything is given
-back even if an ended job still holds its tasks (and the next full collection walks them).
+garbage since included; so once no big job has run for ``HELD_AFTER_END``, the big ended jobs are
+held as summaries (``let_go``: the core frees their tasks a step a tick), and everything is given
+back once they are gone, or ``LET_GO_GRACE`` later whatever holds them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = logging.getLogger("rota.leader")
 #: that job still holds its tasks: long enough for its client to read it, short enough that
 #: garbage frozen with it does not pile up.
 HELD_AFTER_END = 120.0
+#: Seconds after asking the core to let go of the big ended jobs when frozen objects are given back
+#: even if one still holds its tasks (its end not committed yet, or it is not in the core).
+LET_GO_GRACE = 30.0
 
 _off = 0
 _was_on = False
@@ -56,10 +60,18 @@ def collector_off() -> Iterator[None]:
 
 
 class Collector:
-    def __init__(self, big_job: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        big_job: int,
+        clock: Callable[[], float] = time.monotonic,
+        let_go: Callable[[Job], object] = lambda job: None,
+    ) -> None:
         #: Tasks above which a job is big.
         self.big_job = big_job
         self.clock = clock
+        #: Asks the core to hold an ended job as its summary (Core.summarize).
+        self.let_go = let_go
+        self._let_go_asked = False
         #: The big jobs whose objects are frozen, until they no longer hold their tasks.
         self.big: dict[str, Job] = {}
         #: Since when every big job here has ended (None while one runs).
@@ -89,14 +101,16 @@ class Collector:
 
     def settle(self) -> None:
         """Give the frozen objects back once no big job holds its tasks (ended and held as a summary,
-        expired, or dropped), or once none has run for HELD_AFTER_END. Cheap: run at every tick of
-        the leader."""
+        expired, or dropped). Once none has run for HELD_AFTER_END, the big ended jobs are let go of,
+        and LET_GO_GRACE later their objects are given back whatever holds them. Cheap: run at
+        every tick of the leader."""
         if not self.big:
             return
         for job_id in [j for j, job in self.big.items() if not job.tasks]:
             del self.big[job_id]
         if any(job.state is None for job in self.big.values()):
             self._ended_since = None
+            self._let_go_asked = False
             return
         if self.big:
             now = self.clock()
@@ -104,8 +118,16 @@ class Collector:
                 self._ended_since = now
             if now - self._ended_since < HELD_AFTER_END:
                 return
+            if not self._let_go_asked:
+                self._let_go_asked = True
+                for job in list(self.big.values()):
+                    self.let_go(job)
+                return
+            if now - self._ended_since < HELD_AFTER_END + LET_GO_GRACE:
+                return
             self.big.clear()
         self._ended_since = None
+        self._let_go_asked = False
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "no big job holds its tasks: %d objects go back to the collector", gc.get_freeze_count()
@@ -115,6 +137,7 @@ class Collector:
     def clear(self) -> None:
         """This leader stops: what it froze goes back to the collector."""
         self._ended_since = None
+        self._let_go_asked = False
         if self.big:
             self.big.clear()
             gc.unfreeze()

@@ -68,7 +68,7 @@ class JobApi:
         self.seq = 0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._submitting: dict[str, asyncio.Task[None]] = {}
-        self.collector = Collector(BIG_JOB)
+        self.collector = Collector(BIG_JOB, let_go=core.summarize)
 
     def unplaceable(self, spec: JobSpec) -> str:
         """Why a task of ``spec`` could never run on the executors attached now ("" when it could,

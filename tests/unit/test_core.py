@@ -1936,6 +1936,43 @@ def test_a_job_that_expires_before_its_end_is_committed_keeps_its_tasks_for_its_
     assert h.core._detailed_tasks == 0 and not h.core._detailed, "an expired job is not kept in detail"
 
 
+def test_a_big_job_let_go_of_frees_its_tasks_a_step_a_tick(monkeypatch) -> None:
+    """Freeing a 200,000-task job at once holds the leader's loop; a step a tick does not."""
+    monkeypatch.setattr(core_module, "FREE_STEP", 2)
+    h = _retention_harness(600.0)
+    h.core.keep_detail = 0
+    big = h.add_job("big", tmpl(count=5))
+    _run_to_end(h, big)
+    small = h.add_job("small", tmpl(count=2))
+    _run_to_end(h, small)
+    h.core.tick()
+    assert isinstance(h.core.jobs["big"], EndedJob) and isinstance(h.core.jobs["small"], EndedJob)
+    assert small.tasks == [], "a small job's tasks go at once"
+    sizes = [len(big.tasks)]
+    while big.tasks:
+        h.core.tick()
+        sizes.append(len(big.tasks))
+    assert sizes == [3, 1, 0] and not h.core._freeing and h.core._detailed_tasks == 0
+
+
+def test_the_leader_may_hold_an_ended_job_as_a_summary_before_its_turn() -> None:
+    h = _retention_harness(600.0)
+    ended = h.add_job("ended", tmpl(count=3))
+    _run_to_end(h, ended)
+    later = h.add_job("later")
+    _run_to_end(h, later)
+    running = h.add_job("running", tmpl(count=2))
+    assert not h.core.summarize(running), "a running job keeps its tasks"
+    assert h.core.summarize(ended) and isinstance(h.core.jobs["ended"], EndedJob) and ended.tasks == []
+    assert not h.core.summarize(ended), "once"
+    assert h.core._detailed_tasks == 1 and h.core.jobs["later"] is later
+    h.core.tick()
+    assert [j.id for j in h.core._detailed] == ["later"], "its place in the queue goes at its turn"
+    h.now[0] += 600
+    h.core.tick()
+    assert {d.job.id for d in only(h.drain(), DeleteJob)} == {"ended", "later"}
+
+
 def test_a_job_held_as_a_summary_is_freed_by_reference_counting_alone() -> None:
     """Its tasks and it refer to each other; with the cyclic collector kept off big jobs (gc.freeze),
     only dropping the tasks lets it go."""
