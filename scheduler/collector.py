@@ -10,8 +10,8 @@ collections over a half-built 200,000-task job held the leader 70-85 ms each. Th
 (``gc.unfreeze``) once no big job holds its tasks any more (``settle``): an ended job keeps them
 while it is among the most recent (a client reads its pages then), and giving back a quarter of a
 million live objects at its end cost the leader a 94 ms walk just as that client read it. An
-ended job held as a summary drops its tasks (``Job.release``), which reference counting frees even
-while frozen. What stays frozen meanwhile is what was alive when the job came, cycles that became
+ended job held as a summary drops its tasks (a big one's a step a tick: ``Core._let_go``), which
+reference counting frees even while frozen. What stays frozen meanwhile is what was alive when the job came, cycles that became
 garbage since included; so once no big job has run for ``HELD_AFTER_END``, the big ended jobs are
 held as summaries (``let_go``: the core frees their tasks a step a tick), and everything is given
 back once they are gone, or ``LET_GO_GRACE`` later whatever holds them.
@@ -30,9 +30,9 @@ from rota.scheduler.core import Job
 
 log = logging.getLogger("rota.leader")
 
-#: Seconds after the last big job ended (none running) when frozen objects are given back even if
-#: that job still holds its tasks: long enough for its client to read it, short enough that
-#: garbage frozen with it does not pile up.
+#: Seconds after the last big job ended (none running) when the big ended jobs are held as
+#: summaries: long enough for its client to read it, short enough that garbage frozen with it does
+#: not pile up.
 HELD_AFTER_END = 120.0
 #: Seconds after asking the core to let go of the big ended jobs when frozen objects are given back
 #: even if one still holds its tasks (its end not committed yet, or it is not in the core).

@@ -1472,6 +1472,11 @@ class Core:
             entry = heap[0]
             item = entry[3]
             if isinstance(item, Run):
+                if item.job.state is not None:
+                    # Ended (cancelled while queued): nothing of it is pending, and its tasks may be
+                    # gone already (held as a summary, expired).
+                    heapq.heappop(heap)
+                    continue
                 tasks = item.job.tasks
                 while item.next < item.end and (
                     tasks[item.next].state != PENDING or tasks[item.next].attempt

@@ -211,10 +211,20 @@ class JobApi:
             await asyncio.sleep(0)
             self.check()
 
+    def _held(self, job: AnyJob) -> AnyJob | None:
+        """What the core holds now of an ended ``job`` looked up before an await: it may have been
+        held as a summary since (its tasks let go) or have expired (None)."""
+        if isinstance(job, Job) and job.state is not None and self.core.jobs.get(job.id) is not job:
+            return self.core.jobs.get(job.id)
+        return job
+
     async def page_doc(self, job: AnyJob, offset: int, limit: int) -> dict[str, Any] | None:
         """The get-job document with tasks ``[offset, offset + limit)``: from memory, or for an
         ended job held as a summary, from etcd (a spec and a range of task records); None when
         that job has just expired."""
+        job = self._held(job)
+        if job is None:
+            return None
         if isinstance(job, Job):
             return job_page_doc(
                 job, offset, limit, self.core.endpoints.of_job(job.id), self.core.barriers.docs(job.id),
@@ -243,6 +253,9 @@ class JobApi:
         """``page_doc`` as JSON. An ended job's tasks no longer change, so a page of many is built
         and encoded PAGE_STEP tasks at a time, the event loop answering others in between; a running
         job's page stays one snapshot."""
+        job = self._held(job)
+        if job is None:
+            return None
         if not (isinstance(job, Job) and job.state is not None and limit > PAGE_STEP):
             doc = await self.page_doc(job, offset, limit)
             return None if doc is None else json.dumps(doc).encode()

@@ -1973,6 +1973,57 @@ def test_the_leader_may_hold_an_ended_job_as_a_summary_before_its_turn() -> None
     assert {d.job.id for d in only(h.drain(), DeleteJob)} == {"ended", "later"}
 
 
+def test_a_job_cancelled_while_queued_then_let_go_of_does_not_break_placement() -> None:
+    """Its queue entry outlives it until an executor has room; by then its tasks may be gone."""
+    h = Harness()
+    h.core.wall = lambda: h.now[0]
+    h.attach("a", slots=1)
+    busy = h.add_job("busy")
+    queued = h.add_job("queued", tmpl(count=3))
+    assert dispatched(h.drain()) == {"a": [("busy/0", 1)]}
+    h.core.cancel_job("queued")
+    for d in only(h.drain(), JobEnded):
+        h.core.end_committed(d.job)
+    assert queued.state == CANCELLED and h.core.summarize(queued) and queued.tasks == []
+    h.report("a", busy.tasks[0].ref(), SUCCEEDED, {})
+    later = h.add_job("later")
+    assert dispatched(h.drain()) == {"a": [("later/0", 1)]}
+    assert later.tasks[0].state != PENDING
+
+
+def test_big_ended_jobs_are_held_as_summaries_by_the_collector_and_freed_in_steps(monkeypatch) -> None:
+    """The collector's let_go wired to the core, as the leader wires it (job_api.py)."""
+    import gc
+
+    from rota.scheduler import collector as collector_mod
+    from rota.scheduler.collector import Collector
+
+    monkeypatch.setattr(core_module, "FREE_STEP", 2)
+    h = _retention_harness(3600.0)
+    clock = [0.0]
+    collector = Collector(big_job=3, clock=lambda: clock[0], let_go=h.core.summarize)
+    try:
+        big = h.add_job("big", tmpl(count=5))
+        collector.started(big)
+        assert "big" in collector.big and gc.get_freeze_count() > 0
+        _run_to_end(h, big)
+        h.core.tick()
+        collector.settle()
+        assert h.core.jobs["big"] is big, "the most recent ended job keeps its tasks a while"
+        clock[0] += collector_mod.HELD_AFTER_END
+        collector.settle()
+        assert isinstance(h.core.jobs["big"], EndedJob) and gc.get_freeze_count() > 0
+        while big.tasks:
+            h.core.tick()
+            collector.settle()
+            assert gc.get_freeze_count() > 0 or not big.tasks
+        collector.settle()
+        assert gc.get_freeze_count() == 0 and not collector.big
+    finally:
+        collector.clear()
+        gc.unfreeze()
+
+
 def test_a_job_held_as_a_summary_is_freed_by_reference_counting_alone() -> None:
     """Its tasks and it refer to each other; with the cyclic collector kept off big jobs (gc.freeze),
     only dropping the tasks lets it go."""

@@ -26,18 +26,21 @@ def api() -> JobApi:
     return JobApi(Core(), nothing, nothing, nothing, nothing, nothing)
 
 
-def ended_job() -> Job:
+def ended_job(jobs: JobApi) -> Job:
+    """An ended job the core holds with its tasks (as a rebuilt leader finds it)."""
     job = Job("j", SPEC, 1, time.time())
     for i in range(len(job.tasks)):
         rec = {"s": FAILED if i == 7 else SUCCEEDED, "a": 1, "e": "ex-1", "f": 0}
         rec["r"] = {"error": "boom"} if i == 7 else {"value": [i, "ü"], "stdout": "x\n"}
         restore_task(job, i, rec)
     job.state, job.ended = FAILED, time.time()
+    jobs.core.add_job(job)
     return job
 
 
 def test_a_page_built_in_steps_is_the_page_built_at_once() -> None:
-    jobs, job = api(), ended_job()
+    jobs = api()
+    job = ended_job(jobs)
 
     async def both(offset: int, limit: int) -> tuple[bytes | None, dict[str, Any] | None]:
         return await jobs.page_json(job, offset, limit), await jobs.page_doc(job, offset, limit)
@@ -50,7 +53,8 @@ def test_a_page_built_in_steps_is_the_page_built_at_once() -> None:
 
 
 def test_an_ended_jobs_big_page_lets_the_event_loop_answer_others_meanwhile() -> None:
-    jobs, job = api(), ended_job()
+    jobs = api()
+    job = ended_job(jobs)
 
     async def run() -> tuple[int, int]:
         turns = 0
@@ -77,3 +81,13 @@ def test_an_ended_jobs_big_page_lets_the_event_loop_answer_others_meanwhile() ->
     ended_turns, running_turns = asyncio.run(run())
     assert ended_turns >= TASKS // PAGE_STEP, ended_turns
     assert running_turns <= 1, running_turns
+
+
+def test_a_page_of_a_job_that_expired_after_it_was_looked_up_is_not_built_from_what_it_let_go() -> None:
+    jobs = api()
+    job = ended_job(jobs)
+    jobs.core.wall = lambda: time.time() + 2 * jobs.core.retention_of(job)
+    jobs.core.tick()
+    assert "j" not in jobs.core.jobs and job.tasks == []
+    assert asyncio.run(jobs.page_json(job, 0, TASKS)) is None
+    assert asyncio.run(jobs.page_doc(job, 0, 10)) is None
