@@ -10,11 +10,11 @@ collections over a half-built 200,000-task job held the leader 70-85 ms each. Th
 (``gc.unfreeze``) once no big job holds its tasks any more (``settle``): an ended job keeps them
 while it is among the most recent (a client reads its pages then), and giving back a quarter of a
 million live objects at its end cost the leader a 94 ms walk just as that client read it. An
-ended job held as a summary drops its tasks (a big one's a step a tick: ``Core._let_go``), which
-reference counting frees even while frozen. What stays frozen meanwhile is what was alive when the job came, cycles that became
-garbage since included; so once no big job has run for ``HELD_AFTER_END``, the big ended jobs are
-held as summaries (``let_go``: the core frees their tasks a step a tick), and everything is given
-back once they are gone, or ``LET_GO_GRACE`` later whatever holds them.
+ended job held as a summary drops its tasks, which reference counting frees even while frozen (a
+big job's a step a tick: ``Core._let_go``). What stays frozen meanwhile is what was alive when
+the job came, cycles that became garbage since included; so once no big job has run for
+``HELD_AFTER_END``, the big ended jobs are held as summaries (``let_go``), and everything is
+given back once their tasks are gone, or ``LET_GO_GRACE`` later whatever holds them.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ KEEP_DETAIL_TASKS = 200_000
 #: Expired job ids remembered, so that get-job can say "expired" and a late retry of a submission
 #: does not run the job again.
 REMEMBER_EXPIRED = 100_000
-#: Tasks of released jobs freed per tick at most: a 200,000-task job freed at once held the
-#: leader's loop 24-40 ms (reference counting alone), walked by a full collection 50-94 ms.
+#: Tasks of released jobs freed per tick at most: a 200,000-task job freed at once held the loop
+#: 22-24 ms (reference counting alone); a full collection walking it instead took 50-142 ms.
 FREE_STEP = 10_000
 #: Attempts lost with their executor (or handed back by a draining one) do not count against
 #: max-attempts; but a task that kills every executor it runs on must end: it fails once this many
