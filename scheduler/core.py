@@ -777,8 +777,6 @@ class Core:
         expired). Its entry in ``_detailed`` goes when it reaches the front."""
         if not job.detailed:
             return False
-        job.detailed = False
-        self._detailed_tasks -= len(job.tasks)
         summary = job.summary()
         self.jobs[job.id] = summary
         self.by_seq[(job.seq, job.id)] = summary
@@ -786,6 +784,9 @@ class Core:
         return True
 
     def _let_go(self, job: Job) -> None:
+        """Its tasks no longer count among those ended jobs keep, and go: a big job's a step a tick."""
+        job.detailed = False
+        self._detailed_tasks -= len(job.tasks)
         if len(job.tasks) <= FREE_STEP:
             job.release()
             return
@@ -826,8 +827,6 @@ class Core:
                     # Its tasks go now, not once every job ended before it has left _detailed
                     # (jobs of shorter retentions expire first); its entry there is left to demote.
                     # One whose end is not yet committed keeps them for its waiters.
-                    job.detailed = False
-                    self._detailed_tasks -= len(job.tasks)
                     self._let_go(job)
                 n += 1
         return n
